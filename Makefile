@@ -1,0 +1,67 @@
+# convlens: `make demo` opens the explainer on the bundled model, `make test` runs every check.
+# Both build .venv on first use. torch is pinned to the CPU build first so that pip never
+# resolves the range in pyproject.toml to a multi-GB CUDA wheel.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+APT_TEST_PKGS := chromium dataset-fashion-mnist
+
+.PHONY: demo test lint typecheck pytest nodetest venv dev-env system-packages demo-model clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet $(TORCH)
+
+venv: $(BIN)/python
+
+# The stamp is rebuilt when pyproject.toml changes, so `make test` also updates .venv.
+$(VENV)/.dev-stamp: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(VENV)/.demo-stamp: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet -e '.[web]'
+	touch $@
+
+dev-env: $(VENV)/.dev-stamp
+
+# Debian packages the tests use: Chromium for the browser tests, Fashion-MNIST for training.
+system-packages:
+	@missing=""; for p in $(APT_TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: not root, cannot install:$$missing (the tests that need them will skip)"; fi; \
+	fi
+
+demo: $(VENV)/.demo-stamp
+	$(BIN)/convlens demo
+
+lint: dev-env
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: dev-env
+	$(BIN)/mypy
+
+pytest: dev-env system-packages
+	$(BIN)/pytest -q
+
+nodetest:
+	@if [ -d src/convlens/web/static/tests ]; then node --test src/convlens/web/static/tests/; fi
+
+test: lint typecheck nodetest pytest
+
+# Regenerates the bundled demo weights (see README, "The demo model").
+demo-model: dev-env system-packages
+	$(BIN)/convlens train --model tiny-vgg:in_channels=1,input_size=28 --dataset fashion-mnist \
+	  --epochs 30 --lr-schedule cosine --augment --seed 0 --out runs/demo
+	$(BIN)/python -m convlens.model.demo_export runs/demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,189 @@
+"""Pictures made from tensors: heatmaps, overlays, colour bars, labelled grids, PNG files.
+
+Every figure that convlens writes is built from these few pieces, so they all share fonts,
+spacing and colour-bar conventions.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from functools import cache
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from convlens.io.atomic import write_bytes_atomic
+from convlens.io.color import Scale, colorize
+from convlens.io.image import tensor_to_image
+
+BACKGROUND = (255, 255, 255)
+INK = (30, 30, 30)
+MUTED = (110, 110, 110)
+
+Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@cache
+def font(size: int = 12) -> Font:
+    """Pillow's bundled scalable font (no system fonts needed)."""
+    return ImageFont.load_default(size=size)
+
+
+def text_size(text: str, size: int = 12) -> tuple[int, int]:
+    left, top, right, bottom = font(size).getbbox(text)
+    return int(right - left), int(bottom - top)
+
+
+def upscale(img: Image.Image, min_side: int) -> Image.Image:
+    """Enlarge small images by an integer factor with nearest neighbour, so pixels stay crisp."""
+    factor = max(1, -(-min_side // max(1, min(img.size))))
+    if factor == 1:
+        return img
+    return img.resize((img.width * factor, img.height * factor), Image.Resampling.NEAREST)
+
+
+def heatmap(values: torch.Tensor | np.ndarray, scale: Scale | None = None) -> Image.Image:
+    """A 2-D array as a colour image on ``scale`` (fitted to the data when not given)."""
+    scale = scale or Scale.fit(values)
+    return Image.fromarray(colorize(values, scale), mode="RGB")
+
+
+def to_pil(image: torch.Tensor | Image.Image) -> Image.Image:
+    return image if isinstance(image, Image.Image) else tensor_to_image(image)
+
+
+def overlay(
+    image: torch.Tensor | Image.Image,
+    values: torch.Tensor | np.ndarray,
+    scale: Scale | None = None,
+    alpha: float = 0.5,
+) -> Image.Image:
+    """Blend a heatmap over an image; the map is resized (bilinear) to the image's size."""
+    base = to_pil(image).convert("RGB")
+    heat = heatmap(values, scale).resize(base.size, Image.Resampling.BILINEAR)
+    return Image.blend(base, heat, alpha)
+
+
+def _format_tick(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000 or abs(v) < 0.01:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def colorbar(scale: Scale, length: int = 160, thickness: int = 12, label: str = "") -> Image.Image:
+    """A vertical colour bar with its min, middle and max values and an optional label."""
+    ramp = np.linspace(scale.vmax, scale.vmin, length)[:, None].repeat(thickness, axis=1)
+    bar = Image.fromarray(colorize(ramp, scale), mode="RGB")
+    ticks = [scale.vmax, (scale.vmax + scale.vmin) / 2, scale.vmin]
+    tick_w = max(text_size(_format_tick(t), 10)[0] for t in ticks)
+    label_h = text_size(label, 10)[1] + 6 if label else 0
+    out = Image.new("RGB", (thickness + 6 + tick_w + 2, length + 12 + label_h), BACKGROUND)
+    out.paste(bar, (0, 6 + label_h))
+    draw = ImageDraw.Draw(out)
+    draw.rectangle((0, 6 + label_h, thickness - 1, 6 + label_h + length - 1), outline=MUTED)
+    for t, y in zip(ticks, (0, length // 2, length - 1), strict=True):
+        draw.text(
+            (thickness + 4, 6 + label_h + y), _format_tick(t), fill=INK, font=font(10), anchor="lm"
+        )
+    if label:
+        draw.text((0, 0), label, fill=INK, font=font(10))
+    return out
+
+
+def hstack(images: Sequence[Image.Image], gap: int = 8, align: str = "center") -> Image.Image:
+    """Place images side by side on a white background."""
+    w = sum(i.width for i in images) + gap * (len(images) - 1)
+    h = max(i.height for i in images)
+    out = Image.new("RGB", (w, h), BACKGROUND)
+    x = 0
+    for im in images:
+        y = (h - im.height) // 2 if align == "center" else 0
+        out.paste(im.convert("RGB"), (x, y))
+        x += im.width + gap
+    return out
+
+
+def vstack(images: Sequence[Image.Image], gap: int = 8) -> Image.Image:
+    """Place images one under the other, left-aligned."""
+    w = max(i.width for i in images)
+    h = sum(i.height for i in images) + gap * (len(images) - 1)
+    out = Image.new("RGB", (w, h), BACKGROUND)
+    y = 0
+    for im in images:
+        out.paste(im.convert("RGB"), (0, y))
+        y += im.height + gap
+    return out
+
+
+def caption(image: Image.Image, text: str, size: int = 12, above: bool = True) -> Image.Image:
+    """Add one or more lines of text above (or below) an image, wrapped to its width."""
+    lines = _wrap(text, image.width, size) if text else []
+    line_h = text_size("Ag", size)[1] + 4
+    pad = line_h * len(lines) + (4 if lines else 0)
+    out = Image.new("RGB", (image.width, image.height + pad), BACKGROUND)
+    out.paste(image.convert("RGB"), (0, pad if above else 0))
+    draw = ImageDraw.Draw(out)
+    y0 = 0 if above else image.height + 4
+    for i, line in enumerate(lines):
+        draw.text((image.width // 2, y0 + i * line_h), line, fill=INK, font=font(size), anchor="ma")
+    return out
+
+
+def _wrap(text: str, width: int, size: int) -> list[str]:
+    lines: list[str] = []
+    for para in text.split("\n"):
+        current = ""
+        for word in para.split():
+            trial = f"{current} {word}".strip()
+            if current and text_size(trial, size)[0] > width:
+                lines.append(current)
+                current = word
+            else:
+                current = trial
+        lines.append(current)
+    return lines
+
+
+def grid(
+    cells: Sequence[Image.Image | torch.Tensor],
+    ncols: int,
+    labels: Sequence[str] | None = None,
+    title: str = "",
+    cell_size: int = 96,
+    gap: int = 6,
+    label_size: int = 11,
+) -> Image.Image:
+    """A labelled grid: every cell scaled to ``cell_size`` (crisp for tiny images)."""
+    ims = [upscale(to_pil(c).convert("RGB"), cell_size) for c in cells]
+    ims = [
+        im.resize((cell_size, round(cell_size * im.height / im.width)), Image.Resampling.NEAREST)
+        for im in ims
+    ]
+    if labels is not None:
+        ims = [caption(im, lab, size=label_size) for im, lab in zip(ims, labels, strict=True)]
+    ncols = max(1, min(ncols, len(ims)))
+    cw, ch = max(i.width for i in ims), max(i.height for i in ims)
+    nrows = -(-len(ims) // ncols)
+    out = Image.new(
+        "RGB", (ncols * cw + (ncols + 1) * gap, nrows * ch + (nrows + 1) * gap), BACKGROUND
+    )
+    for k, im in enumerate(ims):
+        r, c = divmod(k, ncols)
+        out.paste(im, (gap + c * (cw + gap), gap + r * (ch + gap)))
+    return caption(out, title, size=14) if title else out
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", optimize=True)
+    return buf.getvalue()
+
+
+def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike[str]) -> None:
+    """Write a PNG atomically (temporary file, then rename)."""
+    write_bytes_atomic(path, png_bytes(to_pil(image)))

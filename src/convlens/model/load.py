@@ -1,0 +1,201 @@
+"""``load_model(source)``: one entry point for every way a model can arrive.
+
+Formats live in one registry; each knows how to recognise its files and how to load them.
+The API, the CLI's ``--model`` and the web app all call :func:`load_model`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.io.spec import InputSpec
+from convlens.model.checkpoint import (
+    is_checkpoint,
+    load_checkpoint,
+    load_state_dict_into,
+    read_safetensors,
+)
+from convlens.model.core import Model
+from convlens.model.zoo import ZOO, build
+from convlens.registry import Registry
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """What the user said beside the source (CLI flags or keyword arguments)."""
+
+    arch: str | None = None
+    classes: list[str] | None = None
+    input_spec: dict[str, Any] = field(default_factory=dict)  # overrides: channels, mean, ...
+    trust_pickle: bool = False
+    download: bool = False
+
+
+@dataclass(frozen=True)
+class ModelFormat:
+    """A way models arrive: ``detect(source)`` says whether it applies, ``load`` reads it."""
+
+    detect: Callable[[str], bool]
+    load: Callable[[str, LoadOptions], Model]
+    description: str
+
+
+FORMATS: Registry[ModelFormat] = Registry("model format")
+
+
+def demo_folder() -> Path:
+    return Path(str(resources.files("convlens.model") / "demo"))
+
+
+def _load_demo(source: str, opts: LoadOptions) -> Model:
+    folder = demo_folder()
+    if not is_checkpoint(folder):
+        raise ConvlensError(
+            f"the bundled demo weights are missing from {folder}; regenerate them with "
+            "`make demo-model`"
+        )
+    return load_checkpoint(folder)
+
+
+def _load_zoo(source: str, opts: LoadOptions) -> Model:
+    return build(source, opts.classes)
+
+
+def _load_checkpoint(source: str, opts: LoadOptions) -> Model:
+    return load_checkpoint(source)
+
+
+def _read_state_dict(path: str, opts: LoadOptions) -> dict[str, torch.Tensor]:
+    if path.endswith(".safetensors"):
+        return read_safetensors(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not opts.trust_pickle)
+    except FileNotFoundError:
+        raise ConvlensError(f"weights file {path!r} does not exist") from None
+    except Exception as e:
+        hint = (
+            " It may hold pickled Python objects; if you trust its author, pass --trust-pickle "
+            "(trust_pickle=True) to allow running code from it."
+            if not opts.trust_pickle
+            else ""
+        )
+        raise ConvlensError(f"cannot read {path!r} as a PyTorch state dict: {e}.{hint}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]  # a training checkpoint that wraps the weights
+    if isinstance(obj, nn.Module):
+        return obj.state_dict()
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ConvlensError(f"{path!r} does not hold a state dict (a mapping of names to tensors)")
+    return obj
+
+
+def _load_state_dict(source: str, opts: LoadOptions) -> Model:
+    if not opts.arch:
+        raise ConvlensError(
+            f"{source!r} holds weights only; say which architecture they belong to with "
+            f"--arch NAME[:args] (arch=...), one of: {', '.join(ZOO.names())}"
+        )
+    model = build(opts.arch, opts.classes)
+    state = _read_state_dict(source, opts)
+    load_state_dict_into(model, state, source)
+    return model.eval()
+
+
+def _has_suffix(*suffixes: str) -> Callable[[str], bool]:
+    return lambda s: Path(s).suffix.lower() in suffixes and Path(s).is_file()
+
+
+def _is_zoo_name(source: str) -> bool:
+    return source.partition(":")[0] in ZOO
+
+
+FORMATS.add("demo", ModelFormat(
+    lambda s: s == "demo", _load_demo,
+    "the bundled demo: Tiny VGG trained on Fashion-MNIST"))  # fmt: skip
+FORMATS.add("zoo", ModelFormat(
+    _is_zoo_name, _load_zoo,
+    "a zoo architecture with random weights: " + ", ".join(ZOO.names())))  # fmt: skip
+FORMATS.add("checkpoint", ModelFormat(
+    is_checkpoint, _load_checkpoint,
+    "a folder written by `convlens train` (model.json + weights.safetensors)"))  # fmt: skip
+FORMATS.add("state-dict", ModelFormat(
+    _has_suffix(".safetensors", ".pt", ".pth", ".bin"), _load_state_dict,
+    "weights only (.safetensors, or .pt/.pth read weights_only) with --arch"))  # fmt: skip
+
+
+def formats_help() -> str:
+    return "; ".join(f"{name}: {fmt.description}" for name, fmt in FORMATS.items())
+
+
+def detect_format(source: str) -> str:
+    for name, fmt in FORMATS.items():
+        if fmt.detect(source):
+            return name
+    if not Path(source).exists() and ("/" in source or "." in Path(source).name):
+        raise ConvlensError(f"model file {source!r} does not exist")
+    raise ConvlensError(f"cannot tell what kind of model {source!r} is. Accepted: {formats_help()}")
+
+
+def _apply_overrides(model: Model, opts: LoadOptions) -> Model:
+    """Replace the input spec or class names when the user gave them explicitly."""
+    spec = model.spec
+    if opts.input_spec:
+        merged = spec.to_dict() | opts.input_spec
+        if "size" in merged:
+            merged["height"] = merged["width"] = merged.pop("size")
+        spec = InputSpec.from_dict(merged)
+    if spec == model.spec and not opts.classes:
+        return model
+    return Model(
+        model.net,
+        spec,
+        opts.classes or model.classes,
+        name=model.name,
+        arch=model.arch,
+        outputs=model.outputs,
+        samples=model.samples,
+    )
+
+
+def load_model(
+    source: str | os.PathLike[str] | nn.Module,
+    *,
+    format: str | None = None,
+    input_spec: InputSpec | dict[str, Any] | None = None,
+    classes: list[str] | None = None,
+    **options: Any,
+) -> Model:
+    """Load a model from a zoo name, ``"demo"``, a file or folder, or a live ``nn.Module``.
+
+    A live module needs its ``input_spec`` (an :class:`InputSpec` or a dict).
+
+    >>> load_model("tiny-vgg:input_size=32").graph.output.output_shape
+    (10,)
+    """
+    if isinstance(source, Model):
+        return source
+    if isinstance(source, nn.Module):
+        if input_spec is None:
+            raise ConvlensError(
+                "a live nn.Module needs input_spec=InputSpec(channels, height, width, mean, std)"
+            )
+        spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec)
+        return Model(source, spec, classes, name=type(source).__name__)
+    overrides = input_spec.to_dict() if isinstance(input_spec, InputSpec) else input_spec
+    try:
+        opts = LoadOptions(classes=classes, input_spec=dict(overrides or {}), **options)
+    except TypeError as e:
+        raise ConvlensError(f"unknown option for load_model: {e}") from None
+    src = os.fspath(source)
+    name = format or detect_format(src)
+    model = FORMATS.get(name).load(src, opts)
+    return _apply_overrides(model, replace(opts, classes=classes))

@@ -1,0 +1,149 @@
+"""The layer graph against hand computations."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError, NotFoundError
+from convlens.io.spec import InputSpec
+from convlens.model import Model, ReceptiveField, build, load_model, output_size
+
+
+def shapes(model: Model, kind: str) -> list[int]:
+    return [lay.output_shape[-1] for lay in model.graph if lay.kind == kind]
+
+
+def test_tiny_vgg_matches_cnn_explainer_by_hand() -> None:
+    model = build("tiny-vgg")
+    graph = model.graph
+    assert graph.total_params == 19_920
+    # 64 -> conv 62 -> conv 60 -> pool 30 -> conv 28 -> conv 26 -> pool 13
+    sizes = [lay.output_shape[-1] for lay in graph if lay.kind in ("conv", "maxpool")]
+    assert sizes == [62, 60, 30, 28, 26, 13]
+    assert graph["output"].params == 13 * 13 * 10 * 10 + 10
+    assert graph["conv_1_1"].macs == 62 * 62 * 10 * 3 * 9
+    assert graph.is_chain
+
+
+def test_padded_conv_parameter_count() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 10, 3, padding=1))
+    model = Model(nn.Sequential(net, nn.Flatten()), InputSpec(3, 32, 32))
+    conv = next(lay for lay in model.graph if lay.kind == "conv")
+    assert conv.params == 3 * 3 * 3 * 10 + 10 == 280
+    assert conv.output_shape == (10, 32, 32)
+
+
+def test_lecture_sample_net() -> None:
+    """[conv-relu-conv-relu-pool] x 3 with padding 1 on 32x32x3: 280, then 910 per conv,
+    8x8x10 after two blocks and a 1,610-parameter head from 4x4x10."""
+    model = build("tiny-vgg:input_size=32,padding=1,blocks=3")
+    convs = [lay.params for lay in model.graph if lay.kind == "conv"]
+    assert convs == [280, 910, 910, 910, 910, 910]
+    assert model.graph["max_pool_2"].output_shape == (10, 8, 8)
+    assert model.graph["max_pool_3"].output_shape == (10, 4, 4)
+    assert model.graph["output"].params == 1_610
+
+
+def test_alexnet_parameter_count() -> None:
+    graph = build("alexnet").graph
+    assert graph.total_params == 62_378_344
+    assert graph["conv1"].output_shape == (96, 55, 55)
+    assert graph["pool5"].output_shape == (256, 6, 6)
+
+
+def test_vgg16_and_resnet18_match_published_counts() -> None:
+    assert build("vgg16").graph.total_params == 138_357_544
+    graph = build("resnet18").graph
+    assert graph.total_params == 11_689_512
+    assert not graph.is_chain
+    adds = [lay for lay in graph if lay.kind == "add"]
+    assert len(adds) == 8 and all(len(lay.inputs) == 2 for lay in adds)
+    # the well-known receptive field of ResNet-18's last block
+    assert graph.last_spatial().rf.size == (435, 435)
+
+
+def test_three_stacked_3x3_convs_see_7x7() -> None:
+    net = nn.Sequential(*[nn.Conv2d(1, 1, 3) for _ in range(3)], nn.Flatten())
+    model = Model(net, InputSpec(1, 16, 16))
+    convs = [lay for lay in model.graph if lay.kind == "conv"]
+    assert [c.rf.size for c in convs] == [(3, 3), (5, 5), (7, 7)]
+
+
+def test_receptive_field_recurrence_by_hand() -> None:
+    rf = ReceptiveField.identity().through((3, 3), (1, 1), (1, 1), (1, 1))
+    assert rf == ReceptiveField((3, 3), (1, 1), (-1, -1))
+    rf = rf.through((2, 2), (2, 2), (0, 0), (1, 1))
+    assert rf == ReceptiveField((4, 4), (2, 2), (-1, -1))
+    assert rf.box(1, 2) == (1, 3, 5, 7)
+    dilated = ReceptiveField.identity().through((3, 3), (1, 1), (0, 0), (2, 2))
+    assert dilated.size == (5, 5)
+
+
+def test_receptive_field_box_covers_exactly_the_gradient_support() -> None:
+    """Every input pixel with a nonzero gradient lies in the box, and the box edges are hit."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3,
+                        stride=2), nn.Flatten())
+    model = Model(net, InputSpec(1, 20, 20))
+    layer = model.graph.layers[3]  # the strided conv
+    x = torch.rand(1, 1, 20, 20, requires_grad=True)
+    out = model.net[:3](x)
+    out[0, 0, 2, 1].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
+    top, left, bottom, right = layer.rf.box(2, 1)
+    assert rows.min() >= top and rows.max() < bottom and cols.min() >= left and cols.max() < right
+    assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left, right)
+
+
+def test_non_tiling_window_is_flagged_not_floored() -> None:
+    assert output_size(7, 3, 3, 0) == pytest.approx(7 / 3)
+    net = nn.Sequential(nn.Conv2d(1, 1, 3, stride=3), nn.Flatten())
+    model = Model(net, InputSpec(1, 7, 7))
+    conv = model.graph.layers[1]
+    assert conv.output_shape == (1, 2, 2)
+    assert conv.tiling is not None and "2.33" in conv.tiling
+    assert build("tiny-vgg").graph["conv_1_1"].tiling is None
+
+
+def test_functional_ops_and_hooks_fallback(functional_net: Model) -> None:
+    graph = functional_net.graph
+    kinds = [lay.kind for lay in graph]
+    assert kinds.count("activation") == 2 and "add" in kinds and graph.traced is not None
+
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+            self.fc = nn.Linear(4 * 6 * 6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            if h.sum() > 1e9:  # data-dependent control flow defeats symbolic tracing
+                h = h * 0
+            return self.fc(h.flatten(1))
+
+    model = Model(Untraceable(), InputSpec(1, 8, 8))
+    assert model.graph.traced is None
+    assert [lay.name for lay in model.graph] == ["input", "conv", "fc"]
+    assert model.graph.total_params == 4 * 9 + 4 + 144 * 3 + 3
+
+
+def test_unknown_layer_and_model_names_list_the_known_ones() -> None:
+    model = build("tiny-vgg")
+    with pytest.raises(NotFoundError, match="conv_1_1"):
+        model.graph["conv_1_l"]
+    with pytest.raises(ConvlensError, match="tiny-vgg"):
+        load_model("tiny-vg")
+    with pytest.raises(ConvlensError, match="accepted: in_channels"):
+        build("tiny-vgg:colour=3")
+
+
+def test_model_normalizes_inside_forward() -> None:
+    spec = InputSpec(3, 8, 8, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    model = Model(nn.Sequential(nn.Flatten(), nn.Linear(192, 2)), spec)
+    x = torch.rand(2, 3, 8, 8)
+    assert torch.allclose(model(x), model.net((x - 0.5) / 0.25))
+    with pytest.raises(ConvlensError, match=r"\(B, 3, H, W\)"):
+        model(torch.rand(2, 1, 8, 8))
