@@ -84,8 +84,9 @@ def test_receptive_field_recurrence_by_hand() -> None:
 def test_receptive_field_box_covers_exactly_the_gradient_support() -> None:
     """Every input pixel with a nonzero gradient lies in the box, and the box edges are hit."""
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3,
-                        stride=2), nn.Flatten())
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3, padding=1), nn.MaxPool2d(2), nn.Conv2d(2, 2, 3, stride=2), nn.Flatten()
+    )
     model = Model(net, InputSpec(1, 20, 20))
     layer = model.graph.layers[3]  # the strided conv
     x = torch.rand(1, 1, 20, 20, requires_grad=True)
