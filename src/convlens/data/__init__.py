@@ -1,5 +1,15 @@
 """Data sets in one registry, used by training and by dataset-level analysis."""
 
+from convlens.data import fashion_mnist as _fashion_mnist  # noqa: F401  (registers)
+from convlens.data import folder as _folder  # noqa: F401  (registers)
 from convlens.data.base import DATASETS, DatasetSource, ImageDataset, TensorImages, open_dataset
+from convlens.data.folder import FolderImages
 
-__all__ = ["DATASETS", "DatasetSource", "ImageDataset", "TensorImages", "open_dataset"]
+__all__ = [
+    "DATASETS",
+    "DatasetSource",
+    "FolderImages",
+    "ImageDataset",
+    "TensorImages",
+    "open_dataset",
+]
