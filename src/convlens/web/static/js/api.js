@@ -1,0 +1,56 @@
+// Talking to the server (docs/web-api.md) and decoding its tensors.
+import { API } from './config.js';
+
+/** {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order). */
+export function decodeTensor(t) {
+  if (!t) return null;
+  if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
+  const bytes = Uint8Array.from(atob(t.b64), (ch) => ch.charCodeAt(0));
+  return { shape: t.shape, data: new Float32Array(bytes.buffer) };
+}
+
+async function request(path, options = {}) {
+  const res = await fetch(`${API}${path}`, options);
+  const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
+  if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
+  return body;
+}
+
+export function getModel() {
+  return request('/model');
+}
+
+/** The trace with every tensor decoded. */
+export async function getTrace(imageId) {
+  const doc = await request(`/trace?image=${encodeURIComponent(imageId)}`);
+  const activations = {};
+  for (const [name, t] of Object.entries(doc.activations)) activations[name] = decodeTensor(t);
+  return { ...doc, activations, inputTensor: decodeTensor(doc.input.tensor) };
+}
+
+const weightCache = new Map();
+export async function getWeights(layer) {
+  if (!weightCache.has(layer)) {
+    const body = await request(`/weights/${encodeURIComponent(layer)}`);
+    weightCache.set(layer, { weight: decodeTensor(body.weight), bias: decodeTensor(body.bias) });
+  }
+  return weightCache.get(layer);
+}
+
+export function uploadImage(file) {
+  const form = new FormData();
+  form.append('file', file, file.name || 'pasted.png');
+  return request('/images', { method: 'POST', body: form });
+}
+
+export async function explain(body) {
+  const res = await request('/explain', {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+  });
+  return { ...res, map: decodeTensor(res.map) };
+}
+
+export async function getUnit(layer, channel) {
+  const res = await request(`/units/${encodeURIComponent(layer)}/${channel}`);
+  return { ...res, kernel: decodeTensor(res.kernel) };
+}

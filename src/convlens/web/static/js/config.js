@@ -1,0 +1,14 @@
+// Constants shared by the views.
+export const API = '/api/v1';
+export const PAGE_SIZE = 10; // neurons per column before paging (CNN Explainer's Tiny VGG has 10)
+export const MAX_NEURON = 56; // px, largest neuron thumbnail
+export const MIN_NEURON = 16;
+export const OVERVIEW_HEIGHT_MIN = 520;
+export const ANIMATION_MS = 350; // one window step in the convolution animation
+export const MAX_TERMS_CHANNELS = 8; // input channels written out in full in the arithmetic
+export const MAX_INTERMEDIATE = 8; // intermediate maps drawn in the convolution view (per page)
+export const LAYER_COLORS = {
+  input: '#6b7280', conv: '#2563eb', activation: '#d97706', maxpool: '#059669', avgpool: '#059669',
+  adaptive_pool: '#059669', batchnorm: '#9333ea', norm: '#9333ea', flatten: '#64748b',
+  linear: '#dc2626', softmax: '#dc2626', add: '#0891b2', concat: '#0891b2', other: '#6b7280',
+};

@@ -1,0 +1,297 @@
+// Pure helpers for drawing: layout, window arithmetic, output-size formula, number strings.
+// No DOM here, so `node --test` covers every function (tests/draw-utils.test.mjs).
+
+/** Format a number for the arithmetic strings: fixed decimals, a real minus sign. */
+export function fmt(x, digits = 3) {
+  if (!Number.isFinite(x)) return String(x);
+  const s = Math.abs(x) >= 1e5 || (Math.abs(x) < 1e-3 && x !== 0)
+    ? x.toExponential(2) : x.toFixed(digits);
+  return s.replace(/^-/, '−');
+}
+
+/** Parse a number printed by fmt back (the browser tests read the arithmetic this way). */
+export function parseFmt(s) {
+  return Number(String(s).replace(/−/g, '-'));
+}
+
+/** Shape as "C×H×W". */
+export function shapeText(shape) {
+  return shape.join('×');
+}
+
+/** Parameter count in short form: 1234 → "1.2k". */
+export function countText(n) {
+  if (n >= 1e6) return `${(n / 1e6).toFixed(1)}M`;
+  if (n >= 1e3) return `${(n / 1e3).toFixed(1)}k`;
+  return String(n);
+}
+
+// --------------------------------------------------------------- output size
+
+/**
+ * Output length of a sliding window along one axis (Dumoulin & Visin 2016, eq. 6):
+ * o = (n + 2p − d(k − 1) − 1) / s + 1. A setting tiles when the division is exact; otherwise
+ * the last rows/columns of the padded input are never read (PyTorch floors silently).
+ */
+export function outputSize(n, k, p, s, d = 1) {
+  const kEff = d * (k - 1) + 1;
+  const span = n + 2 * p - kEff;
+  if (![n, k, s, d].every((v) => Number.isInteger(v) && v >= 1) || !Number.isInteger(p) || p < 0) {
+    return { size: null, tiles: false, error: 'sizes, kernel, stride and dilation must be whole numbers ≥ 1 and padding ≥ 0' };
+  }
+  if (span < 0) {
+    return { size: null, tiles: false, span, error: `the kernel (${kEff}) is larger than the padded input (${n + 2 * p})` };
+  }
+  const rest = span % s;
+  const size = Math.floor(span / s) + 1;
+  if (rest !== 0) {
+    return {
+      size: null, floored: size, tiles: false, span, rest,
+      error: `does not tile: n + 2p − k = ${span} is not divisible by the stride ${s}; `
+        + `the last ${rest} padded row(s) would never be read`,
+    };
+  }
+  return { size, tiles: true, span, rest: 0, error: null };
+}
+
+/** The output-size formula written out with the current numbers. */
+export function outputSizeFormula(n, k, p, s) {
+  const r = outputSize(n, k, p, s);
+  const lhs = `(n + 2p − k) / s + 1 = (${n} + 2·${p} − ${k}) / ${s} + 1`;
+  if (r.size !== null) return `${lhs} = ${r.span} / ${s} + 1 = ${r.size}`;
+  if (r.floored !== undefined) return `${lhs} = ${r.span} / ${s} + 1 = ${fmt(r.span / s + 1, 2)} ✗`;
+  return `${lhs} ✗`;
+}
+
+// --------------------------------------------------------------- windows
+
+/** Top-left input coordinate of output cell (i, j) (may be negative inside the padding). */
+export function windowOrigin(i, j, stride, padding) {
+  return [i * stride[0] - padding[0], j * stride[1] - padding[1]];
+}
+
+/** Input cells [row, col] read by output cell (i, j), in kernel order (row-major). */
+export function windowCells(i, j, hyper) {
+  const [k0, k1] = hyper.kernel;
+  const d = hyper.dilation || [1, 1];
+  const [r0, c0] = windowOrigin(i, j, hyper.stride, hyper.padding || [0, 0]);
+  const cells = [];
+  for (let a = 0; a < k0; a++) for (let b = 0; b < k1; b++) cells.push([r0 + a * d[0], c0 + b * d[1]]);
+  return cells;
+}
+
+/** Window of PyTorch's adaptive pooling: [start, end) = [⌊i·n/o⌋, ⌈(i+1)·n/o⌉). */
+export function adaptiveRange(i, n, o) {
+  return [Math.floor((i * n) / o), Math.ceil(((i + 1) * n) / o)];
+}
+
+/** Value of a (C,H,W) tensor at (c, r, q), 0 inside the padding. */
+export function at(t, c, r, q) {
+  const [, H, W] = t.shape;
+  if (r < 0 || q < 0 || r >= H || q >= W) return 0;
+  return t.data[(c * H + r) * W + q];
+}
+
+/**
+ * One output value of a 2-D convolution (cross-correlation, as in PyTorch), term by term:
+ * y[o,i,j] = b[o] + Σ_c Σ_a Σ_b x[c, i·s + a·d − p, j·s + b·d − p] · w[o, c, a, b].
+ * Returns per input channel its terms and partial sum, and the total.
+ */
+export function convCell(input, weight, bias, o, i, j, hyper) {
+  const [, cinG, k0, k1] = weight.shape;
+  const groups = hyper.groups || 1;
+  const cout = weight.shape[0];
+  const g = Math.floor(o / (cout / groups));
+  const cells = windowCells(i, j, hyper);
+  const channels = [];
+  let total = bias ? bias.data[o] : 0;
+  for (let cc = 0; cc < cinG; cc++) {
+    const c = g * cinG + cc;
+    const terms = cells.map(([r, q], t) => {
+      const w = weight.data[((o * cinG + cc) * k0 + Math.floor(t / k1)) * k1 + (t % k1)];
+      return { x: at(input, c, r, q), w, r, q };
+    });
+    const sum = terms.reduce((acc, t) => acc + t.x * t.w, 0);
+    channels.push({ channel: c, terms, sum });
+    total += sum;
+  }
+  return { channels, bias: bias ? bias.data[o] : 0, value: total };
+}
+
+/** "x₁×w₁ + x₂×w₂ + … = s" for one channel's window. */
+export function productString(terms, sum) {
+  const parts = terms.map((t) => `${fmt(t.x, 2)}×${fmt(t.w, 2)}`);
+  return `${parts.join(' + ')} = ${fmt(sum)}`;
+}
+
+/** The last line: channel sums plus the bias giving the output value. */
+export function sumString(sums, bias, value) {
+  const parts = sums.map((s) => fmt(s));
+  return `${parts.join(' + ')} + ${fmt(bias)} (bias) = ${fmt(value)}`;
+}
+
+/** "max(a, b, …) = v" or "avg(a, b, …) = v" for a pooling window. */
+export function poolString(kind, values) {
+  const isMax = kind === 'maxpool' || kind === 'adaptive_max';
+  const v = isMax ? Math.max(...values) : values.reduce((a, b) => a + b, 0) / values.length;
+  const name = isMax ? 'max' : 'avg';
+  return { text: `${name}(${values.map((x) => fmt(x, 2)).join(', ')}) = ${fmt(v)}`, value: v };
+}
+
+/** An activation written out for one element, with its value, e.g. "max(0, −1.200) = 0.000". */
+export function activationString(op, x, y, hyper = {}) {
+  const name = String(op).toLowerCase();
+  const X = fmt(x);
+  const Y = fmt(y);
+  if (name.startsWith('relu6')) return `min(max(0, ${X}), 6) = ${Y}`;
+  if (name.startsWith('leakyrelu') || name === 'leaky_relu') {
+    return `${X} ≥ 0 ? ${X} : ${hyper.negative_slope ?? 0.01}×${X} = ${Y}`;
+  }
+  if (name.startsWith('relu')) return `max(0, ${X}) = ${Y}`;
+  if (name.startsWith('sigmoid')) return `1 / (1 + e^(−${X})) = ${Y}`;
+  if (name.startsWith('tanh')) return `tanh(${X}) = ${Y}`;
+  if (name.startsWith('gelu')) return `${X}·Φ(${X}) = ${Y}`;
+  if (name.startsWith('silu')) return `${X}·σ(${X}) = ${Y}`;
+  return `${op}(${X}) = ${Y}`;
+}
+
+// --------------------------------------------------------------- flatten and softmax
+
+/** Flat index of (c, h, w) in the model's flatten order (PyTorch: C-order; Keras: channels last). */
+export function flattenIndex(c, h, w, shape, order = 'chw') {
+  const [C, H, W] = shape;
+  return order === 'hwc' ? (h * W + w) * C + c : (c * H + h) * W + w;
+}
+
+/** Inverse of flattenIndex: the (c, h, w) that element k came from. */
+export function unflattenIndex(k, shape, order = 'chw') {
+  const [C, H, W] = shape;
+  if (order === 'hwc') return [k % C, Math.floor(k / (C * W)), Math.floor(k / C) % W];
+  return [Math.floor(k / (H * W)), Math.floor(k / W) % H, k % W];
+}
+
+/**
+ * Softmax written out: e^{z_i − m} / Σ_j e^{z_j − m}. The shift m (the largest logit, when any
+ * logit exceeds 80) keeps exp finite and does not change the probabilities.
+ */
+export function softmaxTerms(logits) {
+  const big = Math.max(...logits);
+  const shift = big > 80 ? big : 0;
+  const exps = logits.map((z) => Math.exp(z - shift));
+  const sum = exps.reduce((a, b) => a + b, 0);
+  return { shift, exps, sum, probs: exps.map((e) => e / sum) };
+}
+
+export function softmaxString(i, logits) {
+  const t = softmaxTerms(logits);
+  const z = t.shift ? `e^(${fmt(logits[i])} − ${fmt(t.shift)})` : `e^${fmt(logits[i])}`;
+  return `p${i} = ${z} / Σⱼ e^zⱼ = ${fmt(t.exps[i])} / ${fmt(t.sum)} = ${fmt(t.probs[i], 4)}`;
+}
+
+// --------------------------------------------------------------- overview layout
+
+const HIDDEN_KINDS = new Set(['dropout']);
+
+/** The layers the overview shows as columns, in graph order (dropout is identity at eval). */
+export function visibleLayers(layers) {
+  return layers.filter((l) => !HIDDEN_KINDS.has(l.kind));
+}
+
+/** Column role: a grid of maps, a vector strip, or the class output. */
+export function columnRole(layer, isLast) {
+  if (isLast) return 'output';
+  return layer.output_shape.length === 3 ? 'maps' : 'vector';
+}
+
+/** Channel order for a column: the most active first when the layer is wider than a page. */
+export function channelOrder(channelMax, pageSize) {
+  const idx = channelMax.map((_, i) => i);
+  if (channelMax.length <= pageSize) return idx;
+  return idx.sort((a, b) => channelMax[b] - channelMax[a] || a - b);
+}
+
+/** The channels on page `page` of an ordered list. */
+export function pageOf(order, page, pageSize) {
+  const pages = Math.max(1, Math.ceil(order.length / pageSize));
+  const p = Math.min(Math.max(0, page), pages - 1);
+  return { page: p, pages, channels: order.slice(p * pageSize, (p + 1) * pageSize) };
+}
+
+/**
+ * Block names: a module's parent path (`layer1.0.conv1` → `layer1.0`) when the network nests
+ * modules, otherwise a counter that steps after every pooling layer (VGG-style blocks).
+ */
+export function blockNames(layers) {
+  let block = 1;
+  const nested = layers.some((l) => (l.module || '').includes('.'));
+  return layers.map((l) => {
+    if (l.kind === 'input') return 'input';
+    if (nested) {
+      const m = l.module || l.inputs[0] || l.name;
+      const parts = m.split('.');
+      return parts.length > 1 ? parts.slice(0, -1).join('.') : m;
+    }
+    const name = `block ${block}`;
+    if (['maxpool', 'avgpool', 'adaptive_pool'].includes(l.kind)) block += 1;
+    return l.output_shape.length === 3 ? name : 'head';
+  });
+}
+
+/**
+ * Positions for every column and neuron. Pure: from the layers, how many neurons each column
+ * shows, and the box to fill. Columns are evenly spaced; a column's neurons are centred
+ * vertically; the neuron size is the largest that fits the tallest column.
+ *
+ * Returns {columns: [{name, x, width, neurons: [{y, size}]}], neuronSize, width, height}.
+ */
+export function layoutOverview(cols, box) {
+  const { width, height, top = 40, bottom = 30, minColumnGap = 72, maxNeuron = 56, minNeuron = 14, gap = 6 } = box;
+  const tallest = Math.max(1, ...cols.map((c) => (c.role === 'maps' ? c.count : 1)));
+  const avail = height - top - bottom;
+  const neuron = Math.max(minNeuron, Math.min(maxNeuron, Math.floor((avail - gap * (tallest - 1)) / tallest)));
+  const colW = (c) => (c.role === 'output' ? 150 : c.role === 'vector' ? 14 : neuron);
+  const natural = cols.reduce((a, c) => a + colW(c), 0);
+  const spacing = Math.max(minColumnGap, (width - natural - 40) / Math.max(1, cols.length - 1));
+  let x = 20;
+  const columns = cols.map((c) => {
+    const w = colW(c);
+    const n = c.role === 'maps' ? c.count : 1;
+    const rowH = c.role === 'output' ? Math.min(24, avail / Math.max(1, c.count)) : neuron;
+    const items = c.role === 'output' ? c.count : n;
+    const colH = c.role === 'maps' ? n * neuron + (n - 1) * gap : c.role === 'output' ? items * rowH : Math.min(avail, 0.8 * avail);
+    const y0 = top + (avail - colH) / 2;
+    const neurons = [];
+    for (let k = 0; k < items; k++) {
+      neurons.push(c.role === 'maps' ? { y: y0 + k * (neuron + gap), size: neuron }
+        : c.role === 'output' ? { y: y0 + k * rowH, size: rowH } : { y: y0, size: colH });
+    }
+    const col = { name: c.name, role: c.role, x, width: w, neurons };
+    x += w + spacing;
+    return col;
+  });
+  return { columns, neuronSize: neuron, width: Math.max(width, x - spacing + 20), height };
+}
+
+/** Which neurons of the input column(s) a neuron reads, by channel, for hover highlighting. */
+export function readsFrom(layer, channel, inputChannels) {
+  const all = Array.from({ length: inputChannels }, (_, i) => i);
+  if (layer.kind === 'conv') {
+    const groups = layer.hyper.groups || 1;
+    if (groups === 1) return all;
+    const per = inputChannels / groups;
+    const g = Math.floor(channel / (layer.output_shape[0] / groups));
+    return all.slice(g * per, (g + 1) * per);
+  }
+  if (layer.kind === 'linear' || layer.kind === 'flatten') return all;
+  return channel < inputChannels ? [channel] : [];
+}
+
+/** An SVG path for an edge: a smooth horizontal S-curve, or an arc above for a skip connection. */
+export function edgePath(x0, y0, x1, y1, skip = false, lift = 30) {
+  if (skip) {
+    const top = Math.min(y0, y1) - lift;
+    return `M${x0},${y0} C${x0 + 20},${top} ${x1 - 20},${top} ${x1},${y1}`;
+  }
+  const mx = (x0 + x1) / 2;
+  return `M${x0},${y0} C${mx},${y0} ${mx},${y1} ${x1},${y1}`;
+}
