@@ -1,0 +1,193 @@
+"""The trace document: everything the explainer draws for one model and one image.
+
+``build_trace(model, x)`` runs the model once through its traced graph
+(:func:`convlens.probe.record_all`) and returns a JSON-ready dict: every layer's output, its
+value range, the logits and the class probabilities. Wide or large layers are capped so the
+document of a big network stays small enough for a browser: at most ``max_channels`` channels
+are sent, and a map larger than ``max_size`` on a side is average-pooled down,
+
+    capped[c, i, j] = mean of x[c, rows_i, cols_j]      (torch's adaptive_avg_pool2d bins)
+
+while the ``stats`` are always taken on the full tensor, so colour scales stay true.
+
+>>> from convlens.model.zoo import build
+>>> doc = build_trace(build("tiny-vgg"), torch.rand(1, 3, 64, 64))
+>>> doc["activations"]["conv_1_1"]["shape"]
+[10, 62, 62]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from convlens.errors import ConvlensError, unknown_name
+from convlens.io.image import tensor_to_image
+from convlens.model.core import Model
+from convlens.probe import record_all
+from convlens.trace.encode import TensorJSON, encode_tensor, png_data_url
+
+TRACE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class TraceOptions:
+    """Caps on what a trace sends per layer; ``None`` means no cap.
+
+    ``layers`` restricts ``activations`` to the named layers (all when ``None``).
+    """
+
+    max_channels: int | None = 64
+    max_size: int | None = 128
+    layers: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_channels", "max_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConvlensError(f"{name} must be a positive integer or unset, got {value}")
+
+
+def _number(v: torch.Tensor | float) -> float | None:
+    """A float for JSON; ``None`` for NaN and infinities, which JSON cannot carry."""
+    f = float(v)
+    return f if math.isfinite(f) else None
+
+
+def layer_stats(t: torch.Tensor) -> dict[str, Any]:
+    """Min and max over a per-example tensor, and per channel when it has channels.
+
+    ``t`` is ``(C, H, W)`` (or ``(C, ...)`` of any rank ≥ 2) or a vector ``(N,)``; a vector has
+    no channels, so its per-channel lists are empty.
+    """
+    t = t.detach().float()
+    stats: dict[str, Any] = {"min": _number(t.min()), "max": _number(t.max())}
+    if t.dim() >= 2:
+        per_channel = t.reshape(t.shape[0], -1)  # (C, H, W) -> (C, H*W)
+        stats["channel_min"] = [_number(v) for v in per_channel.min(dim=1).values]
+        stats["channel_max"] = [_number(v) for v in per_channel.max(dim=1).values]
+    else:
+        stats["channel_min"], stats["channel_max"] = [], []
+    return stats
+
+
+def cap_activation(
+    t: torch.Tensor, max_channels: int | None, max_size: int | None
+) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """Cut ``t`` (per example) to ``max_channels`` and pool its map down to ``max_size``.
+
+    Returns the tensor to send and, when anything was cut, ``{"channels", "of_channels",
+    "size", "of_size"}``; vectors are never capped.
+    """
+    if t.dim() != 3:
+        return t, None
+    c, h, w = t.shape
+    out = t[:max_channels] if max_channels is not None and c > max_channels else t
+    if max_size is not None and max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        out = F.adaptive_avg_pool2d(out.unsqueeze(0), size)[0]  # (1, C, H, W) pooling
+    if out.shape == t.shape:
+        return t, None
+    info = {
+        "channels": int(out.shape[0]),
+        "of_channels": int(c),
+        "size": [int(out.shape[1]), int(out.shape[2])],
+        "of_size": [int(h), int(w)],
+    }
+    return out, info
+
+
+def _chosen_layers(model: Model, layers: Sequence[str] | None) -> list[str]:
+    names = model.graph.names()
+    if layers is None:
+        return names
+    for name in layers:
+        if name not in model.graph:
+            raise unknown_name("layer", name, names)
+    wanted = set(layers)
+    return [n for n in names if n in wanted]  # graph order, whatever order was asked
+
+
+def build_trace(
+    model: Model,
+    x: torch.Tensor,
+    *,
+    image_id: str | None = None,
+    options: TraceOptions | None = None,
+) -> dict[str, Any]:
+    """The trace document of ``model`` on one image ``x`` ``(1, C, H, W)`` in ``[0, 1]``.
+
+    See ``docs/web-api.md`` (``GET /api/v1/trace``) for the layout.
+    """
+    options = options or TraceOptions()
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ConvlensError(f"a trace takes one image (1, C, H, W); got {tuple(x.shape)}")
+    names = _chosen_layers(model, options.layers)
+    outputs, out = record_all(model, x)
+    logits = out[0].float()
+    probs = logits if model.outputs == "probabilities" else logits.softmax(dim=0)
+    activations: dict[str, TensorJSON] = {}
+    stats: dict[str, dict[str, Any]] = {}
+    caps: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name not in outputs:
+            continue  # a layer the fallback hooks could not see (untraceable model)
+        act = outputs[name][0]
+        stats[name] = layer_stats(act)
+        sent, info = cap_activation(act, options.max_channels, options.max_size)
+        activations[name] = encode_tensor(sent)
+        if info:
+            caps[name] = info
+    predicted = int(probs.argmax())
+    return {
+        "version": TRACE_VERSION,
+        "image_id": image_id,
+        "input": {
+            "processed": png_data_url(tensor_to_image(x[0])),
+            "tensor": encode_tensor(x[0]),
+        },
+        "activations": activations,
+        "stats": stats,
+        "caps": caps,
+        "logits": [_number(v) for v in logits],
+        "probabilities": [_number(v) for v in probs],
+        "predicted": predicted,
+        "predicted_name": model.classes[predicted],
+    }
+
+
+def weights_document(model: Model, layer: str) -> dict[str, Any]:
+    """``{"layer", "weight", "bias"}`` of a conv or linear layer."""
+    lay = model.graph[layer]
+    if lay.kind not in ("conv", "linear") or lay.module is None:
+        raise ConvlensError(
+            f"layer {layer!r} ({lay.kind}, {lay.op}) has no weights; weights are shown for conv "
+            "and linear layers"
+        )
+    module = model.net.get_submodule(lay.module)
+    weight = getattr(module, "weight", None)
+    bias = getattr(module, "bias", None)
+    if not isinstance(weight, torch.Tensor):
+        raise ConvlensError(f"layer {layer!r} has no weight tensor")
+    return {
+        "layer": layer,
+        "weight": encode_tensor(weight),
+        "bias": encode_tensor(bias) if isinstance(bias, torch.Tensor) else None,
+    }
+
+
+def kernel_of(model: Model, layer: str, channel: int) -> TensorJSON | None:
+    """The filter of output ``channel`` of a conv layer ``(in/groups, kH, kW)``, else None."""
+    lay = model.graph[layer]
+    if lay.kind != "conv" or lay.module is None:
+        return None
+    weight = getattr(model.net.get_submodule(lay.module), "weight", None)
+    if not isinstance(weight, torch.Tensor) or not 0 <= channel < weight.shape[0]:
+        return None
+    return encode_tensor(weight[channel])

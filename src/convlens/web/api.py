@@ -1,0 +1,268 @@
+"""The JSON API under ``/api/v1`` (contract: ``docs/web-api.md``).
+
+Routes are thin: they look up the image, take the model lock for the model pass, and hand
+the result to :mod:`convlens.trace` for encoding. Model work runs in plain ``def`` routes,
+which FastAPI runs in its threadpool, so the event loop stays free while a model computes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Annotated, Any
+
+import torch
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import Response
+from pydantic import BaseModel, Field
+
+from convlens.errors import ConvlensError, NotFoundError
+from convlens.io.color import Scale
+from convlens.io.figure import overlay, png_bytes
+from convlens.trace import (
+    TraceOptions,
+    build_trace,
+    encode_tensor,
+    kernel_of,
+    png_data_url,
+    weights_document,
+)
+from convlens.web import features
+from convlens.web.errors import ApiError
+from convlens.web.state import ServerState
+from convlens.web.store import StoredImage
+from convlens.web.uploads import MULTIPART_OVERHEAD, decode_upload, multipart_file, read_body
+
+PREFIX = "/api/v1"
+
+
+class ExplainRequest(BaseModel):
+    """Body of ``POST /api/v1/explain``."""
+
+    image_id: str = Field(description="a sample id (sample-N) or an id from POST /images")
+    method: str = Field(description="a method name from /model's capabilities.methods")
+    target: int | str | None = Field(None, description="class index or name; null: predicted")
+    layer: str | None = Field(None, description="a layer name; null: the method's default")
+    params: dict[str, Any] = Field(default_factory=dict, description="the method's parameters")
+
+
+_UPLOAD_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "required": ["file"],
+                }
+            },
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    }
+}
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "bad parameter or corrupt image: {'error': message}"},
+    404: {"description": "unknown image, layer or sample: {'error': message}"},
+}
+
+
+def model_document(state: ServerState) -> dict[str, Any]:
+    """The body of ``GET /model`` (computed once per server)."""
+    model, cfg = state.model, state.config
+    samples = [
+        {
+            "id": s.id,
+            "name": s.name,
+            "label": s.label,
+            "label_name": model.classes[s.label] if s.label is not None else None,
+            "url": f"{PREFIX}/samples/{s.id}.png",
+        }
+        for s in state.store.samples.values()
+    ]
+    return {
+        "name": model.name,
+        "classes": model.classes,
+        "input_spec": model.spec.to_dict(),
+        "outputs": model.outputs,
+        "graph": model.graph.to_dict(),
+        "samples": samples,
+        "capabilities": {
+            "methods": features.method_catalogue(),
+            "scan": features.scan_available(state.scan_dir),
+            "featurevis": features.featurevis_available(),
+        },
+        "limits": {
+            "max_upload_bytes": cfg.max_upload_bytes,
+            "max_upload_pixels": cfg.max_upload_pixels,
+            "max_channels": cfg.trace_max_channels,
+            "max_size": cfg.trace_max_size,
+        },
+    }
+
+
+def upload_document(stored: StoredImage) -> dict[str, Any]:
+    return {
+        "image_id": stored.image_id,
+        "width": stored.width,
+        "height": stored.height,
+        "original": png_data_url(stored.original),
+        "processed": png_data_url(stored.processed),
+    }
+
+
+def _check_layer(state: ServerState, layer: str) -> None:
+    if layer not in state.model.graph:
+        state.model.graph[layer]  # raises the NotFoundError listing the known layers
+
+
+def _target_index(state: ServerState, target: int | str | None, x: torch.Tensor) -> int:
+    if target is None:
+        with state.model_lock:
+            return int(state.model.probabilities(x)[0].argmax())
+    return state.model.class_index(target)
+
+
+def build_router(state: ServerState) -> APIRouter:
+    router = APIRouter(prefix=PREFIX, responses=_ERRORS)
+    model = state.model
+
+    @router.get("/model", summary="The model: classes, input spec, layer graph, samples")
+    def get_model() -> dict[str, Any]:
+        with state.cache_lock:
+            doc = state.cache.get("model")
+            if doc is None:
+                doc = state.cache["model"] = model_document(state)
+        return doc
+
+    @router.get(
+        "/samples/{sample_id}.png",
+        summary="A sample image as PNG",
+        response_class=Response,
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    def get_sample(sample_id: str) -> Response:
+        return Response(png_bytes(state.store.sample_image(sample_id)), media_type="image/png")
+
+    @router.post(
+        "/images",
+        summary="Upload an image (multipart field 'file', or the raw bytes)",
+        openapi_extra=_UPLOAD_BODY,
+        responses={
+            413: {"description": "too many bytes or pixels"},
+            415: {"description": "not an image"},
+        },
+    )
+    async def post_image(request: Request) -> dict[str, Any]:
+        content_type = request.headers.get("content-type", "")
+        multipart = content_type.lower().startswith("multipart/form-data")
+        limit = state.config.max_upload_bytes + (MULTIPART_OVERHEAD if multipart else 0)
+        declared = request.headers.get("content-length")
+        body = await read_body(
+            request.stream(), limit, int(declared) if declared and declared.isdigit() else None
+        )
+        data = multipart_file(body, content_type) if multipart else body
+
+        def work() -> dict[str, Any]:
+            img = decode_upload(data, state.config.decode_limits)
+            return upload_document(state.store.add_upload(img))
+
+        return await run_in_threadpool(work)
+
+    @router.get("/trace", summary="Every layer's output, stats and prediction for an image")
+    def get_trace(
+        image: Annotated[str, Query(description="image id: sample-N or from POST /images")],
+        max_channels: Annotated[int | None, Query(ge=1, description="channels per layer")] = None,
+        max_size: Annotated[int | None, Query(ge=1, description="largest map side sent")] = None,
+        layers: Annotated[str | None, Query(description="comma-separated layer names")] = None,
+    ) -> Response:
+        stored = state.store.get(image)
+        options = TraceOptions(
+            max_channels=max_channels or state.config.trace_max_channels,
+            max_size=max_size or state.config.trace_max_size,
+            layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
+        )
+        with state.model_lock:
+            doc = build_trace(model, stored.tensor, image_id=image, options=options)
+        return json_response(doc)
+
+    @router.get("/weights/{layer:path}", summary="Weight and bias of a conv or linear layer")
+    def get_weights(layer: str) -> dict[str, Any]:
+        _check_layer(state, layer)
+        return weights_document(model, layer)
+
+    @router.post(
+        "/explain",
+        summary="An explanation map for an image, a method and a target class",
+        responses={503: {"description": "explanation methods not available in this build"}},
+    )
+    def post_explain(req: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
+        stored = state.store.get(req.image_id)
+        if req.layer is not None:
+            _check_layer(state, req.layer)
+        target = _target_index(state, req.target, stored.tensor)
+        start = time.perf_counter()
+        try:
+            with state.model_lock:
+                result = features.explain(
+                    model, stored.tensor, req.method, target, req.layer, req.params
+                )
+        except features.UnavailableError as e:
+            raise ApiError(503, str(e)) from None
+        seconds = time.perf_counter() - start
+        amap = result.map.detach().float()
+        scale = Scale.fit(amap, "rdbu" if result.signed else "viridis")
+        return {
+            "method": req.method,
+            "target": target,
+            "target_name": model.classes[target],
+            "layer": result.layer,
+            "map": encode_tensor(amap),
+            "signed": result.signed,
+            "overlay": png_data_url(overlay(stored.processed, amap, scale)),
+            "seconds": round(seconds, 4),
+        }
+
+    @router.get("/units/{layer:path}/{channel}", summary="One unit: kernel, feature vis, patches")
+    def get_unit(layer: str, channel: int) -> dict[str, Any]:
+        _check_layer(state, layer)
+        channels = model.graph[layer].output_shape[0]
+        if not 0 <= channel < channels:
+            raise ConvlensError(
+                f"channel {channel} is out of range for layer {layer!r} (0..{channels - 1})"
+            )
+        fv = _cached_render(state, layer, channel)
+        patches = features.top_patches(state.scan_dir, model, layer, channel)
+        return {
+            "layer": layer,
+            "channel": channel,
+            "featurevis": png_data_url(fv) if fv is not None else None,
+            "kernel": kernel_of(model, layer, channel),
+            "top_patches": [png_data_url(p) for p in patches] if patches is not None else None,
+        }
+
+    @router.api_route("/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
+    def unknown_route(rest: str) -> None:
+        raise NotFoundError(f"no API route /api/v1/{rest}; see /api/v1/openapi.json")
+
+    return router
+
+
+def _cached_render(state: ServerState, layer: str, channel: int) -> Any:
+    key = ("featurevis", layer, channel)
+    with state.cache_lock:
+        if key in state.cache:
+            return state.cache[key]
+    with state.model_lock:
+        image = features.render_unit(state.model, layer, channel)
+    with state.cache_lock:
+        state.cache[key] = image
+    return image
+
+
+def json_response(doc: dict[str, Any]) -> Response:
+    """JSON without FastAPI's validation pass (a trace is large and already plain data)."""
+    body = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()
+    return Response(body, media_type="application/json")

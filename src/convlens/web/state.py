@@ -1,0 +1,60 @@
+"""What one running server holds: the model, its images, the settings and the model lock."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from convlens.io.image import DecodeLimits
+from convlens.model.core import Model
+from convlens.web.store import ImageStore, sample_catalogue
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Limits and defaults of a server (see ``docs/web-api.md``)."""
+
+    max_upload_bytes: int = 16 * 1024 * 1024
+    max_upload_pixels: int = 40_000_000
+    store_capacity: int = 64
+    trace_max_channels: int = 64
+    trace_max_size: int = 128
+
+    @property
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_upload_pixels)
+
+
+class ServerState:
+    """The shared model and everything the routes read.
+
+    ``model_lock`` serializes every pass through the model. Tracing alone would be safe to run
+    concurrently (no hooks, inference mode), but the explanation methods and feature
+    visualization attach hooks to the shared modules, and those hooks would fire inside a
+    concurrent trace; one lock keeps every request's passes apart. JSON and PNG encoding happen
+    outside it.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        *,
+        images_dir: Path | None = None,
+        scan_dir: Path | None = None,
+        config: ServerConfig | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.config = config or ServerConfig()
+        _ = model.graph  # build the (cached) layer graph once, before any request races for it
+        self.store = ImageStore(
+            model.spec,
+            sample_catalogue(model, images_dir),
+            capacity=self.config.store_capacity,
+            limits=self.config.decode_limits,
+        )
+        self.scan_dir = scan_dir
+        self.model_lock = threading.Lock()
+        self.cache: dict[Any, Any] = {}  # small per-server caches (model document, renders)
+        self.cache_lock = threading.Lock()
