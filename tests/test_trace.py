@@ -1,0 +1,165 @@
+"""convlens.trace: tensor encoding, per-layer activations, stats, caps and weights."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convlens.errors import ConvlensError, NotFoundError
+from convlens.model import Model
+from convlens.trace import (
+    TraceOptions,
+    build_trace,
+    cap_activation,
+    decode_tensor,
+    encode_tensor,
+    kernel_of,
+    layer_stats,
+    weights_document,
+)
+
+
+def test_encoding_is_little_endian_float32_c_order() -> None:
+    t = torch.tensor([[1.5, -2.0, 3.25], [0.0, 1e-3, 7.0]])
+    d = encode_tensor(t.t())  # a non-contiguous view must still be sent in C order
+    raw = base64.b64decode(d["b64"])
+    values = struct.unpack("<6f", raw)
+    assert d["shape"] == [3, 2] and d["dtype"] == "float32"
+    assert values == pytest.approx([1.5, 0.0, -2.0, 1e-3, 3.25, 7.0])
+    np.testing.assert_array_equal(decode_tensor(d), t.t().numpy())
+
+
+def test_decode_rejects_garbage() -> None:
+    with pytest.raises(ConvlensError, match="float32"):
+        decode_tensor({"shape": [1], "dtype": "int8", "b64": ""})
+    with pytest.raises(ConvlensError, match="not an encoded tensor"):
+        decode_tensor({"shape": [3], "dtype": "float32", "b64": "AAAA"})
+
+
+def _by_hand(model: Model, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Tiny VGG is a plain Sequential: run its modules one by one on the normalized input."""
+    h = (x - torch.tensor(model.spec.mean).view(1, -1, 1, 1)) / torch.tensor(model.spec.std).view(
+        1, -1, 1, 1
+    )
+    out = {"input": h}
+    with torch.no_grad():
+        for name, module in model.net.named_children():
+            h = module(h)
+            out[name] = h
+    return out
+
+
+def test_trace_activations_equal_a_hand_forward(tiny_vgg_rgb: Model) -> None:
+    torch.manual_seed(1)
+    x = torch.rand(1, 3, 32, 32)
+    doc = build_trace(tiny_vgg_rgb, x, image_id="img", options=TraceOptions(None, None))
+    expected = _by_hand(tiny_vgg_rgb, x)
+    assert list(doc["activations"]) == tiny_vgg_rgb.graph.names()
+    for name, t in expected.items():
+        got = decode_tensor(doc["activations"][name])
+        assert list(got.shape) == list(tiny_vgg_rgb.graph[name].output_shape)
+        np.testing.assert_allclose(got, t[0].numpy(), rtol=1e-5, atol=1e-6)
+    logits = expected["output"][0]
+    np.testing.assert_allclose(doc["logits"], logits.numpy(), rtol=1e-5, atol=1e-6)
+    probs = np.exp(logits.numpy() - logits.numpy().max())
+    np.testing.assert_allclose(doc["probabilities"], probs / probs.sum(), rtol=1e-5, atol=1e-7)
+    assert doc["predicted"] == int(logits.argmax())
+    assert doc["predicted_name"] == tiny_vgg_rgb.classes[doc["predicted"]]
+    np.testing.assert_array_equal(decode_tensor(doc["input"]["tensor"]), x[0].numpy())
+    assert doc["input"]["processed"].startswith("data:image/png;base64,")
+    assert doc["version"] == 1 and doc["image_id"] == "img"
+    json.dumps(doc, allow_nan=False)  # plain JSON all the way down
+
+
+def test_trace_records_functional_layers(functional_net: Model) -> None:
+    doc = build_trace(functional_net, torch.rand(1, 3, 16, 16))
+    kinds = {lay.name: lay.kind for lay in functional_net.graph}
+    assert set(doc["activations"]) == set(kinds)
+    assert "add" in kinds.values() and "activation" in kinds.values()
+
+
+def test_stats_match_numpy() -> None:
+    t = torch.randn(4, 5, 6)
+    s = layer_stats(t)
+    arr = t.numpy().reshape(4, -1)
+    assert s["min"] == pytest.approx(arr.min()) and s["max"] == pytest.approx(arr.max())
+    np.testing.assert_allclose(s["channel_min"], arr.min(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(s["channel_max"], arr.max(axis=1), rtol=1e-6)
+    v = layer_stats(torch.tensor([3.0, -1.0]))
+    assert (v["min"], v["max"], v["channel_min"], v["channel_max"]) == (-1.0, 3.0, [], [])
+
+
+def test_non_finite_stats_become_null() -> None:
+    s = layer_stats(torch.tensor([[[1.0, float("inf")]], [[float("nan"), 0.0]]]))
+    assert s["channel_max"][0] is None
+    json.dumps(s, allow_nan=False)
+
+
+def test_caps_cut_channels_and_average_pool() -> None:
+    t = torch.arange(6 * 8 * 8, dtype=torch.float32).view(6, 8, 8)
+    out, info = cap_activation(t, max_channels=2, max_size=4)
+    # 8x8 -> 4x4 is exact 2x2 block averaging
+    blocks = t[:2].numpy().reshape(2, 4, 2, 4, 2).mean(axis=(2, 4))
+    np.testing.assert_allclose(out.numpy(), blocks)
+    assert info == {"channels": 2, "of_channels": 6, "size": [4, 4], "of_size": [8, 8]}
+    same, none = cap_activation(t, max_channels=6, max_size=8)
+    assert same is t and none is None
+    vec, vinfo = cap_activation(torch.rand(100), max_channels=2, max_size=2)
+    assert vec.shape == (100,) and vinfo is None
+
+
+def test_capped_trace_keeps_true_stats(tiny_vgg_rgb: Model) -> None:
+    x = torch.rand(1, 3, 32, 32)
+    full = build_trace(tiny_vgg_rgb, x, options=TraceOptions(None, None))
+    capped = build_trace(tiny_vgg_rgb, x, options=TraceOptions(max_channels=3, max_size=10))
+    assert capped["stats"] == full["stats"]
+    assert decode_tensor(capped["activations"]["conv_1_1"]).shape == (3, 10, 10)
+    assert capped["caps"]["conv_1_1"]["of_size"] == [30, 30]
+    assert "output" not in capped["caps"]
+    assert full["caps"] == {}
+
+
+def test_layer_subset_in_graph_order_and_unknown_layer(tiny_vgg_rgb: Model) -> None:
+    x = torch.rand(1, 3, 32, 32)
+    doc = build_trace(tiny_vgg_rgb, x, options=TraceOptions(layers=["output", "conv_1_1"]))
+    assert list(doc["activations"]) == ["conv_1_1", "output"]
+    with pytest.raises(NotFoundError, match="conv_1_3"):
+        build_trace(tiny_vgg_rgb, x, options=TraceOptions(layers=["conv_1_3"]))
+    with pytest.raises(ConvlensError, match="one image"):
+        build_trace(tiny_vgg_rgb, torch.rand(2, 3, 32, 32))
+    with pytest.raises(ConvlensError, match="max_channels"):
+        TraceOptions(max_channels=0)
+
+
+def test_weights_and_kernels(small_resnet: Model) -> None:
+    conv = small_resnet.net.get_submodule("layer1.0.conv1")
+    doc = weights_document(small_resnet, "layer1.0.conv1")
+    np.testing.assert_array_equal(decode_tensor(doc["weight"]), conv.weight.detach().numpy())
+    assert doc["bias"] is None  # ResNet convs have no bias
+    fc = weights_document(small_resnet, "fc")
+    np.testing.assert_array_equal(
+        decode_tensor(fc["bias"]), small_resnet.net.fc.bias.detach().numpy()
+    )
+    with pytest.raises(ConvlensError, match="no weights"):
+        weights_document(small_resnet, "maxpool")
+    k = kernel_of(small_resnet, "layer1.0.conv1", 3)
+    assert k is not None
+    np.testing.assert_array_equal(decode_tensor(k), conv.weight[3].detach().numpy())
+    assert kernel_of(small_resnet, "fc", 0) is None
+    assert kernel_of(small_resnet, "layer1.0.conv1", 10_000) is None
+
+
+def test_trace_of_a_branching_net_pools_large_maps(small_resnet: Model) -> None:
+    x = torch.rand(1, 3, 64, 64)
+    doc = build_trace(small_resnet, x, options=TraceOptions(max_channels=4, max_size=16))
+    conv1 = decode_tensor(doc["activations"]["conv1"])
+    assert conv1.shape == (4, 16, 16)
+    with torch.no_grad():
+        ref = small_resnet.net.conv1(small_resnet.normalize(x))[0, :4]
+    np.testing.assert_allclose(conv1, F.adaptive_avg_pool2d(ref, 16).numpy(), atol=1e-5)
