@@ -1,0 +1,59 @@
+"""``convlens fool``: an adversarial example for an image, with the prediction before and after."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli.common import ArchOpt, FormatOpt, ModelArg, TrustOpt, open_model
+from convlens.errors import ConvlensError
+from convlens.featurevis.adversarial import fgsm, pgd
+from convlens.io.figure import save_png
+
+
+def fool(
+    image: Annotated[Path, typer.Argument(help="Image file to perturb.")],
+    model: ModelArg = "demo",
+    eps: Annotated[float, typer.Option(help="Budget in pixel units (images in [0, 1]).")] = 8 / 255,
+    target: Annotated[
+        str | None, typer.Option(help="Class (name or index) to aim for; untargeted if absent.")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option(help="The true class; the model's prediction if absent.")
+    ] = None,
+    method: Annotated[str, typer.Option(help="'pgd' or 'fgsm'.")] = "pgd",
+    norm: Annotated[str, typer.Option(help="PGD budget: 'linf' or 'l2'.")] = "linf",
+    steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Figure PNG to write.")] = None,
+    arch: ArchOpt = None,
+    fmt: FormatOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Perturb IMAGE within a budget so that the model changes its mind."""
+    m = open_model(model, arch, fmt, trust_pickle)
+    x = m.load_image(image)
+    if method == "fgsm":
+        if norm != "linf":
+            raise ConvlensError("FGSM has an L∞ budget only; use --method pgd for --norm l2")
+        r = fgsm(m, x, eps, labels=label, target=target)
+    elif method == "pgd":
+        r = pgd(m, x, eps, norm=norm, steps=steps, labels=label, target=target)  # type: ignore[arg-type]
+    else:
+        raise ConvlensError(f"unknown method {method!r}; accepted: pgd, fgsm")
+    kb, ka = int(r.pred_before[0]), int(r.pred_after[0])
+    typer.echo(f"before: {m.classes[kb]} ({float(r.before[0, kb]):.3f})")
+    typer.echo(f"after:  {m.classes[ka]} ({float(r.after[0, ka]):.3f})")
+    typer.echo(
+        f"{method} {norm} eps={eps:.4g}: max |change| {float(r.perturbation.abs().max()):.4g}, "
+        f"L2 {float(r.perturbation.flatten().norm()):.4g}; "
+        + ("fooled" if bool(r.success[0]) else "not fooled")
+    )
+    if out is not None:
+        save_png(r.figure(m.classes), out)
+        typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(fool)

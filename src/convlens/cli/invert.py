@@ -1,0 +1,40 @@
+"""``convlens invert``: reconstruct an image from its activations at several depths."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli.common import ArchOpt, FormatOpt, ModelArg, TrustOpt, open_model
+from convlens.featurevis.inversion import correlation, inversion_figure, invert_layers
+from convlens.io.figure import save_png
+
+
+def invert(
+    image: Annotated[Path, typer.Argument(help="Image file to reconstruct.")],
+    layers: Annotated[str, typer.Option("--layers", "-l", help="Comma-separated layer names.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Figure PNG to write.")],
+    model: ModelArg = "demo",
+    steps: Annotated[int, typer.Option(help="Optimization steps per layer.")] = 300,
+    tv: Annotated[float, typer.Option(help="Total-variation prior weight.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    arch: ArchOpt = None,
+    fmt: FormatOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Reconstruct IMAGE from each layer's representation (Mahendran & Vedaldi 2015)."""
+    m = open_model(model, arch, fmt, trust_pickle)
+    x = m.load_image(image)
+    names = [s.strip() for s in layers.split(",") if s.strip()]
+    results = invert_layers(m, x, names, steps=steps, tv=tv, seed=seed)
+    save_png(inversion_figure(x, results), out)
+    for r in results:
+        typer.echo(f"{r.layer}: loss {r.losses[0]:.3g} -> {r.losses[-1]:.3g}, "
+                   f"correlation {float(correlation(r.images, x)[0]):.3f}")  # fmt: skip
+    typer.echo(f"wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(invert)

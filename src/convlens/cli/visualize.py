@@ -1,0 +1,64 @@
+"""``convlens visualize``: feature visualizations of a layer's channels, a PNG each and a grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.featurevis.render import parse_channels, render_channels
+from convlens.io.atomic import ensure_writable_dir
+from convlens.io.figure import save_png
+
+
+def visualize(
+    model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or model file.")],
+    layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (model.graph).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNG files.")],
+    channels: Annotated[
+        str, typer.Option("--channels", "-c", help="'0-9', '3', '1,4,7' or 'all'.")
+    ] = "0-9",
+    steps: Annotated[int, typer.Option("--steps", "-n", help="Optimization steps.")] = 256,
+    unit: Annotated[str, typer.Option(help="'channel' (mean over space) or 'neuron'.")] = "channel",
+    param: Annotated[str, typer.Option(help="'fourier' or 'pixel'.")] = "fourier",
+    decorrelate: Annotated[bool, typer.Option(help="Decorrelated colour (RGB models).")] = True,
+    transforms: Annotated[str, typer.Option(help="'standard' or 'none'.")] = "standard",
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
+    tv: Annotated[float, typer.Option(help="Total-variation penalty weight.")] = 0.0,
+    l2: Annotated[float, typer.Option(help="L2 penalty weight (toward gray).")] = 0.0,
+    relu_override: Annotated[
+        bool, typer.Option(help="Redirect ReLU gradients for units dead at the start.")
+    ] = False,
+    batch: Annotated[int, typer.Option(help="Channels rendered per batch.")] = 16,
+    seed: Annotated[int, typer.Option(help="Random seed (same seed, same images).")] = 0,
+    arch: ArchOpt = None,
+    fmt: FormatOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Render what each channel of LAYER responds to most; writes DIR/<layer>_<c>.png and a grid."""
+    m = open_model(model, arch, fmt, trust_pickle)
+    width = m.graph[layer].channels
+    chans = parse_channels(channels, width)
+    folder = ensure_writable_dir(out)
+    result = render_channels(
+        m, layer, chans, kind=unit, chunk=batch, steps=steps, param=param,
+        decorrelate=decorrelate, transforms=transforms, lr=lr, tv=tv, l2=l2,
+        relu_override=relu_override, seed=seed, progress=None,
+    )  # fmt: skip
+    stem = layer.replace("/", "_").replace("#", "_")
+    for c, img in zip(chans, result.images, strict=True):
+        save_png(img, folder / f"{stem}_{c}.png")
+    title = f"{m.name} · {layer} · {unit} objective, {steps} steps, {param} parameterization"
+    save_png(result.figure(title=title), folder / f"{stem}_grid.png")
+    final = result.history[-1]
+    typer.echo(f"wrote {len(chans)} images and {stem}_grid.png to {folder}")
+    typer.echo(
+        "final objective: "
+        + " ".join(f"{c}:{float(v):.3g}" for c, v in zip(chans, final, strict=True))
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(visualize)
