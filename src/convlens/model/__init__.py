@@ -7,6 +7,9 @@ from convlens.model.load import FORMATS, LoadOptions, ModelFormat, load_model
 from convlens.model.receptive import ReceptiveField, output_size, tiling_problem
 from convlens.model.zoo import ZOO, build, parse_arch
 
+# Registers the Keras, TF.js, ONNX and PyTorch formats into FORMATS (after load.py defines it).
+from convlens.model import formats as formats  # isort: skip
+
 __all__ = [
     "FORMATS",
     "ZOO",

@@ -1,0 +1,153 @@
+"""What every file format shares: sidecar metadata, class-name files, sample images.
+
+A model file rarely says everything convlens needs. Class names and the input spec come, in
+order of precedence, from the user's flags (``--classes``, ``--input-size``, ``--mean``,
+``--std``, ``--channels``), then a sidecar JSON beside the file, then the file itself. The
+sidecar is ``<file stem>.convlens.json`` or ``convlens.json`` in the same folder::
+
+    {"classes": ["lifeboat", "ladybug", ...],
+     "input_spec": {"height": 64, "width": 64, "mean": [0.0], "std": [1.0]},
+     "name": "tiny-vgg"}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.io.spec import InputSpec
+from convlens.model.core import Model, OutputKind, Sample
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def sidecar_path(source: str | os.PathLike[str]) -> Path | None:
+    p = Path(source)
+    folder = p if p.is_dir() else p.parent
+    stem = p.name.split(".")[0] if p.is_file() else p.name
+    for cand in (folder / f"{stem}.convlens.json", folder / "convlens.json"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def read_sidecar(source: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar JSON beside ``source`` (see the module docstring), or ``{}``."""
+    path = sidecar_path(source)
+    if path is None:
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConvlensError(f"sidecar {str(path)!r} is not valid JSON: {e}") from None
+    if isinstance(doc, list):
+        doc = {"classes": doc}
+    if not isinstance(doc, dict):
+        raise ConvlensError(f"sidecar {str(path)!r} must hold an object with 'classes'")
+    return doc
+
+
+def read_classes(path: str | os.PathLike[str]) -> list[str]:
+    """Class names from a file: a JSON list, a JSON object with ``classes``, or one per line.
+
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "c.txt"; _ = p.write_text("cat\\ndog\\n")
+    >>> read_classes(p)
+    ['cat', 'dog']
+    """
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except FileNotFoundError:
+        raise ConvlensError(f"class-names file {str(p)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConvlensError(f"cannot read class-names file {str(p)!r}: {e}") from None
+    if p.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ConvlensError(f"class-names file {str(p)!r} is not valid JSON: {e}") from None
+        if isinstance(doc, dict):
+            doc = doc.get("classes")
+        if not isinstance(doc, list) or not all(isinstance(c, str) for c in doc):
+            raise ConvlensError(
+                f"class-names file {str(p)!r} must be a JSON list of strings, an object with "
+                "'classes', or a text file with one name per line"
+            )
+        return doc
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def label_from_name(path: Path, classes: list[str]) -> int | None:
+    """The class whose name contains the file-name prefix (``boat_1.jpeg`` → ``lifeboat``)."""
+    prefix = path.stem.split("_")[0].lower()
+    if prefix.isdigit() or not prefix:
+        return None
+    exact = [i for i, c in enumerate(classes) if c.lower() == prefix]
+    if exact:
+        return exact[0]
+    hits = [i for i, c in enumerate(classes) if prefix in c.lower()]
+    return hits[0] if len(hits) == 1 else None
+
+
+def find_samples(folder: Path, classes: list[str] | None) -> list[Sample]:
+    """Images in ``folder/images`` (a TF.js or Keras model's sample pictures), with labels."""
+    images = folder / "images"
+    if not images.is_dir():
+        return []
+    return [
+        Sample(p, label_from_name(p, classes) if classes else None)
+        for p in sorted(images.iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    ]
+
+
+def make_model(
+    net: nn.Module,
+    spec: InputSpec,
+    source: str | os.PathLike[str],
+    classes: list[str] | None,
+    *,
+    name: str,
+    outputs: OutputKind = "logits",
+    input_overrides: dict[str, Any] | None = None,
+) -> Model:
+    """A :class:`Model` for a converted file, with sidecar classes/spec and sample images.
+
+    The user's flags (``classes``, ``input_overrides``) win over the sidecar, which wins over
+    what the file said (``spec``).
+    """
+    side = read_sidecar(source)
+    if side.get("input_spec"):
+        spec = InputSpec.from_dict(spec.to_dict() | dict(side["input_spec"]))
+    if input_overrides:
+        merged = spec.to_dict() | input_overrides
+        if "size" in merged:
+            merged["height"] = merged["width"] = merged.pop("size")
+        spec = InputSpec.from_dict(merged)
+    names = classes or side.get("classes")
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    net.eval()
+    return Model(
+        net,
+        spec,
+        names,
+        name=str(side.get("name") or name),
+        outputs=outputs,
+        samples=find_samples(folder, names),
+    )
+
+
+def input_size_override(opts_spec: dict[str, Any]) -> tuple[int, int] | None:
+    """``(height, width)`` when the user gave ``--input-size`` (size, or height and width)."""
+    if "size" in opts_spec:
+        s = int(opts_spec["size"])
+        return (s, s)
+    if "height" in opts_spec and "width" in opts_spec:
+        return (int(opts_spec["height"]), int(opts_spec["width"]))
+    return None

@@ -1,0 +1,156 @@
+"""TensorFlow.js layers models: CNN Explainer's Tiny VGG against a numpy Keras reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convlens.errors import ConvlensError
+from convlens.model import Model, load_model
+from convlens.model.load import detect_format
+
+CLASSES = [
+    "lifeboat", "ladybug", "pizza", "bell pepper", "school bus",
+    "koala", "espresso", "red panda", "orange", "sport car",
+]  # fmt: skip
+
+
+# ------------------------------------------------------------------ numpy reference (Keras)
+
+
+def np_weights(folder: Path) -> dict[str, np.ndarray]:
+    doc = json.loads((folder / "model.json").read_text())
+    out: dict[str, np.ndarray] = {}
+    for group in doc["weightsManifest"]:
+        buf = b"".join((folder / p).read_bytes() for p in group["paths"])
+        offset = 0
+        for w in group["weights"]:
+            n = int(np.prod(w["shape"]))
+            out[w["name"]] = np.frombuffer(buf, "<f4", n, offset).reshape(w["shape"])
+            offset += 4 * n
+    return out
+
+
+def np_conv_valid(x: np.ndarray, k: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Keras Conv2D, padding valid, stride 1: x (N, H, W, C), k (kh, kw, C, F)."""
+    kh, kw, _, f = k.shape
+    n, h, w, _ = x.shape
+    out = np.zeros((n, h - kh + 1, w - kw + 1, f), dtype=np.float64)
+    for i in range(kh):
+        for j in range(kw):
+            out += x[:, i : i + h - kh + 1, j : j + w - kw + 1, :] @ k[i, j]
+    return out + b
+
+
+def np_maxpool2(x: np.ndarray) -> np.ndarray:
+    n, h, w, c = x.shape
+    x = x[:, : h // 2 * 2, : w // 2 * 2]
+    return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def np_tiny_vgg(x: np.ndarray, wts: dict[str, np.ndarray]) -> np.ndarray:
+    """Keras's forward pass of CNN Explainer's Tiny VGG: NHWC in [0, 1] → probabilities."""
+    h = x.astype(np.float64)
+    for block in (1, 2):
+        for c in (1, 2):
+            name = f"conv_{block}_{c}"
+            h = np.maximum(np_conv_valid(h, wts[f"{name}/kernel"], wts[f"{name}/bias"]), 0)
+        h = np_maxpool2(h)
+    h = h.reshape(h.shape[0], -1)  # Keras Flatten: (h, w, c) order
+    logits = h @ wts["output/kernel"] + wts["output/bias"]
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def sample_pixels(folder: Path) -> tuple[list[Path], np.ndarray]:
+    paths = sorted((folder / "images").glob("*.jpeg"))
+    imgs = np.stack(
+        [np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255 for p in paths]
+    )
+    return paths, imgs
+
+
+# ------------------------------------------------------------------ tests
+
+
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
+
+
+@pytest.fixture(scope="module")
+def explainer() -> Model:
+    if not (FIXTURE / "model.json").is_file():
+        pytest.skip("CNN Explainer fixture not found")
+    return load_model(FIXTURE / "model.json")
+
+
+def test_detects_tfjs(cnn_explainer_dir: Path) -> None:
+    assert detect_format(str(cnn_explainer_dir / "model.json")) == "tfjs"
+    assert detect_format(str(cnn_explainer_dir)) == "tfjs"
+
+
+def test_cnn_explainer_contract(explainer: Model) -> None:
+    assert explainer.spec.shape == (3, 64, 64)
+    assert explainer.spec.mean == (0.0, 0.0, 0.0) and explainer.spec.std == (1.0, 1.0, 1.0)
+    assert explainer.classes == CLASSES  # recognised by checksum as the published model
+    assert explainer.outputs == "logits"
+    names = [lay.name for lay in explainer.graph if lay.name != "input"]
+    assert names[:5] == ["conv_1_1", "relu_1_1", "conv_1_2", "relu_1_2", "max_pool_1"]
+    assert names[-2:] == ["flatten", "output"]
+    assert explainer.graph.total_params == 19_920
+    assert len(explainer.samples) == 20
+    by_name = {s.path.name: s.label for s in explainer.samples}
+    assert CLASSES[by_name["boat_1.jpeg"]] == "lifeboat"
+    assert CLASSES[by_name["panda_1.jpeg"]] == "red panda"
+    assert CLASSES[by_name["car_1.jpeg"]] == "sport car"
+
+
+def test_cnn_explainer_matches_numpy_keras(explainer: Model, cnn_explainer_dir: Path) -> None:
+    _, imgs = sample_pixels(cnn_explainer_dir)
+    want = np_tiny_vgg(imgs, np_weights(cnn_explainer_dir))
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).contiguous()  # NHWC → NCHW
+    got = explainer.probabilities(x).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # The model's own image loading gives the same pixels for these 64×64 files.
+    x2 = torch.cat([explainer.load_image(s.path) for s in explainer.samples])
+    np.testing.assert_allclose(explainer.probabilities(x2).double().numpy(), want, atol=1e-5)
+    # And most samples are classified correctly (the page shows a few mistakes).
+    labels = np.array([s.label for s in explainer.samples])
+    assert (want.argmax(1) == labels).mean() >= 0.6
+
+
+def test_classes_from_sidecar_and_flag(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    for name in ("model.json", "group1-shard1of1.bin"):
+        (tmp_path / name).write_bytes((cnn_explainer_dir / name).read_bytes())
+    doc = json.loads((tmp_path / "model.json").read_text())
+    doc["modelTopology"]["model_config"]["config"]["name"] = "renamed"  # not the published file
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    assert load_model(tmp_path / "model.json").classes[0] == "class 0"
+    side = [f"c{i}" for i in range(10)]
+    (tmp_path / "model.convlens.json").write_text(json.dumps({"classes": side}))
+    assert load_model(tmp_path / "model.json").classes == side
+    flag = [f"f{i}" for i in range(10)]
+    assert load_model(tmp_path / "model.json", classes=flag).classes == flag
+
+
+def test_truncated_shard_is_a_clear_error(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    (tmp_path / "model.json").write_bytes((cnn_explainer_dir / "model.json").read_bytes())
+    data = (cnn_explainer_dir / "group1-shard1of1.bin").read_bytes()
+    (tmp_path / "group1-shard1of1.bin").write_bytes(data[:1000])
+    with pytest.raises(ConvlensError, match="end before weight"):
+        load_model(tmp_path / "model.json")
+
+
+def test_unsupported_layer_names_type_and_position(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    doc = json.loads((cnn_explainer_dir / "model.json").read_text())
+    doc["modelTopology"]["model_config"]["config"]["layers"][4]["class_name"] = "LSTM"
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    (tmp_path / "group1-shard1of1.bin").write_bytes(
+        (cnn_explainer_dir / "group1-shard1of1.bin").read_bytes()
+    )
+    with pytest.raises(ConvlensError, match=r"layer 4 \('max_pool_1', LSTM\).*'LSTM'"):
+        load_model(tmp_path / "model.json")
