@@ -1,0 +1,366 @@
+"""Stream a data set through a model and keep, per channel, the top-k activations and statistics.
+
+One forward pass per batch with the chosen layers captured; each layer's output goes through
+:func:`~convlens.analysis.state.map_batch` and is merged into the running state. Memory is
+bounded by one batch plus ``C × k`` hits per layer, whatever the data set's size. With an output
+folder the state is saved atomically every ``save_every`` seconds and at the end, so an
+interrupted scan resumes from its last save (``resume=True``) and a finished one is reused.
+
+>>> from convlens.model import build
+>>> from convlens.data import TensorImages
+>>> m = build("tiny-vgg:in_channels=1,input_size=28", seed=0)
+>>> ds = TensorImages(torch.rand(8, 1, 28, 28), torch.zeros(8), ["a"])
+>>> res = scan(m, ds, ["relu_2_2"], k=4, progress=False)
+>>> res.state["relu_2_2"].values.shape
+torch.Size([10, 4])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from convlens.analysis.state import LayerState, ScanState, map_batch, merge
+from convlens.analysis.store import ScanMeta, has_scan, load_scan, save_scan
+from convlens.data import ImageDataset
+from convlens.errors import ConvlensError
+from convlens.model import Model
+from convlens.probe import Capture, capture
+
+ProgressFn = Callable[[int, int], None]  # (images done, total)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One top activation: ``value`` at ``(row, col)`` of the layer's grid for image ``image``."""
+
+    value: float
+    image: int
+    row: int
+    col: int
+
+
+@dataclass
+class ScanResult:
+    """A scan's metadata and per-layer state, with per-channel statistics derived from it."""
+
+    meta: ScanMeta
+    state: ScanState
+
+    @property
+    def layers(self) -> list[str]:
+        return list(self.state)
+
+    def layer(self, name: str) -> LayerState:
+        if name not in self.state:
+            raise ConvlensError(f"the scan has no layer {name!r}; it has: {', '.join(self.state)}")
+        return self.state[name]
+
+    def hits(self, layer: str, unit: int) -> list[Hit]:
+        """The unit's top activations, best first (empty slots left out)."""
+        lay = self.layer(layer)
+        if not 0 <= unit < lay.channels:
+            raise ConvlensError(f"layer {layer!r} has units 0..{lay.channels - 1}; got unit {unit}")
+        W = lay.grid[1]
+        out = []
+        for v, i, p in zip(
+            lay.values[unit].tolist(),
+            lay.images[unit].tolist(),
+            lay.positions[unit].tolist(),
+            strict=True,
+        ):
+            if i >= 0:
+                out.append(Hit(float(v), int(i), int(p) // W, int(p) % W))
+        return out
+
+    def stats(self, layer: str) -> dict[str, torch.Tensor]:
+        """Per-channel ``mean``, ``std``, ``max``, ``frac_positive`` (positions above zero) and
+        ``frac_silent`` (images where the channel never rises above zero)."""
+        lay = self.layer(layer)
+        n = max(lay.n_positions, 1)
+        mean = lay.total / n
+        var = (lay.total_sq / n - mean.square()).clamp_min(0.0)
+        return {
+            "mean": mean,
+            "std": var.sqrt(),
+            "max": lay.maximum.double(),
+            "frac_positive": lay.positive.double() / n,
+            "frac_silent": 1.0 - lay.fired.double() / max(lay.n_images, 1),
+        }
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def check_layers(model: Model, layers: Sequence[str]) -> list[str]:
+    """The layers to scan, checked: known, hookable, a ``(C, H, W)`` or ``(C,)`` output."""
+    if not layers:
+        raise ConvlensError("no layers to scan; name at least one (e.g. --layers conv_2_2)")
+    out = []
+    for name in layers:
+        lay = model.graph[name]  # unknown names raise with suggestions
+        if lay.module is None:
+            raise ConvlensError(
+                f"layer {name!r} is a functional call ({lay.op}) and cannot be captured; "
+                "choose a module layer before or after it"
+            )
+        if len(lay.output_shape) not in (1, 3):
+            raise ConvlensError(
+                f"layer {name!r} has output shape {lay.output_shape}; accepted: (C, H, W) "
+                "feature maps or (C,) vectors"
+            )
+        if name not in out:
+            out.append(name)
+    return out
+
+
+def check_dataset(model: Model, dataset: ImageDataset) -> None:
+    if len(dataset) == 0:
+        raise ConvlensError(f"data set {dataset.name!r} is empty: there is nothing to scan")
+    if tuple(dataset.shape) != tuple(model.spec.shape):
+        raise ConvlensError(
+            f"data set {dataset.name!r} has images of shape {tuple(dataset.shape)} but model "
+            f"{model.name!r} takes {tuple(model.spec.shape)}; use a data set of the model's "
+            "input size (an image folder is fitted to it)"
+        )
+
+
+def model_fingerprint(model: Model) -> str:
+    """SHA-256 of the weights, so a scan is never resumed or reused with other weights."""
+    h = hashlib.sha256()
+    for key, t in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _describe(model: Model, dataset: ImageDataset, layers: list[str], k: int, bs: int) -> ScanMeta:
+    return ScanMeta(
+        model={"name": model.name, "sha256": model_fingerprint(model), "arch": model.arch},
+        dataset={
+            "name": dataset.name,
+            "split": getattr(dataset, "split", None),
+            "size": len(dataset),
+            "shape": list(dataset.shape),
+            "classes": list(dataset.classes),
+        },
+        layers={name: {"channels": model.graph[name].channels} for name in layers},
+        k=k,
+        batch_size=bs,
+    )
+
+
+def _same_scan(old: ScanMeta, new: ScanMeta) -> str | None:
+    """Why a saved scan cannot be resumed/reused for this request (``None`` if it can)."""
+    for what, a, b in (
+        ("model weights", old.model.get("sha256"), new.model["sha256"]),
+        ("data set", old.dataset.get("name"), new.dataset["name"]),
+        ("split", old.dataset.get("split"), new.dataset["split"]),
+        ("data-set size", old.dataset.get("size"), new.dataset["size"]),
+        ("layers", list(old.layers), list(new.layers)),
+        ("k", old.k, new.k),
+    ):
+        if a != b:
+            return f"its {what} differ ({a!r} there, {b!r} now)"
+    return None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _item_name(dataset: ImageDataset, index: int) -> str:
+    path = getattr(dataset, "path", None)
+    return str(path(index)) if callable(path) else f"#{index}"
+
+
+def read_batches(
+    dataset: ImageDataset, order: Sequence[int], batch_size: int, skipped: list[dict[str, Any]]
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
+    """``(images, indices, consumed)`` in order, where ``consumed`` counts the entries of
+    ``order`` read so far; an image that fails to load is skipped and recorded in ``skipped``
+    (a failing batch is re-read one image at a time, so one bad file costs only itself)."""
+    for start in range(0, len(order), batch_size):
+        chunk = list(order[start : start + batch_size])
+        consumed = start + len(chunk)
+        try:
+            images, _ = dataset.get(chunk)
+            yield images, torch.tensor(chunk, dtype=torch.long), consumed
+            continue
+        except (ConvlensError, OSError):
+            pass  # find the bad image(s) one at a time
+        good: list[int] = []
+        parts: list[torch.Tensor] = []
+        for i in chunk:
+            try:
+                parts.append(dataset.get([i])[0])
+                good.append(i)
+            except (ConvlensError, OSError) as e:
+                skipped.append({"index": i, "name": _item_name(dataset, i), "reason": str(e)})
+        images = torch.cat(parts) if parts else torch.empty(0, *dataset.shape)
+        yield images, torch.tensor(good, dtype=torch.long), consumed
+
+
+def merge_batch(
+    model: Model,
+    cap: Capture,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    k: int,
+    state: ScanState,
+) -> None:
+    """One forward pass (inside ``capture``), mapped and merged into ``state`` in place."""
+    if len(indices) == 0:
+        return
+    with torch.inference_mode():
+        model(images)
+    for name, act in cap.activations.items():
+        part = map_batch(act, indices, k)
+        state[name] = merge(state[name], part) if name in state else part
+    cap.activations.clear()
+
+
+def scan_indices(
+    model: Model,
+    dataset: ImageDataset,
+    layers: Sequence[str],
+    indices: Sequence[int],
+    *,
+    k: int = 16,
+    batch_size: int = 128,
+) -> tuple[ScanState, list[dict[str, Any]]]:
+    """The *map* step over one shard of the data set: its state and its skipped images.
+
+    States of disjoint shards combine with :func:`~convlens.analysis.state.merge_states` in
+    any grouping and order, giving what one scan of their union gives.
+    """
+    names = check_layers(model, layers)
+    skipped: list[dict[str, Any]] = []
+    state: ScanState = {}
+    with capture(model, names) as cap:
+        for images, idx, _ in read_batches(dataset, indices, batch_size, skipped):
+            merge_batch(model, cap, images, idx, k, state)
+    return state, skipped
+
+
+# --------------------------------------------------------------------------- the scan
+
+
+def _tqdm_progress(total: int, initial: int) -> tuple[ProgressFn, Callable[[], None]]:
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=initial, unit="img", unit_scale=True, desc="scan")
+
+    def update(done: int, _total: int) -> None:
+        bar.update(done - bar.n)
+
+    return update, bar.close
+
+
+def scan(
+    model: Model,
+    dataset: ImageDataset,
+    layers: Sequence[str],
+    *,
+    k: int = 16,
+    batch_size: int = 128,
+    out: str | os.PathLike[str] | None = None,
+    resume: bool = False,
+    save_every: float = 30.0,
+    progress: bool | ProgressFn = True,
+) -> ScanResult:
+    """Scan ``dataset`` (in index order) through ``model``, keeping every channel's top ``k``
+    activations of ``layers`` and its statistics.
+
+    With ``out``, a finished scan of the same model, data and settings already there is
+    returned without recomputing; an unfinished one continues only with ``resume=True``.
+    The state is saved every ``save_every`` seconds (0: after every batch).
+    """
+    if k < 1:
+        raise ConvlensError(f"--top-k must be at least 1, got {k}")
+    if batch_size < 1:
+        raise ConvlensError(f"batch size must be at least 1, got {batch_size}")
+    names = check_layers(model, layers)
+    check_dataset(model, dataset)
+    meta = _describe(model, dataset, names, k, batch_size)
+    state: ScanState = {}
+    if out is not None and has_scan(out):
+        old, old_state = load_scan(out)
+        why = _same_scan(old, meta)
+        if why is not None:
+            raise ConvlensError(
+                f"{os.fspath(out)!r} holds a different scan ({why}); choose another folder or "
+                "delete it"
+            )
+        if old.complete:
+            return ScanResult(old, old_state)
+        if not resume:
+            raise ConvlensError(
+                f"{os.fspath(out)!r} holds an unfinished scan ({old.images_done} of "
+                f"{len(dataset)} images); pass --resume (resume=True) to continue it, or "
+                "choose another folder"
+            )
+        meta, state = old, old_state
+    total = len(dataset)
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    report: ProgressFn | None = None
+    if progress is True:
+        report, close = _tqdm_progress(total, meta.images_done)
+    elif callable(progress):
+        report = progress
+    try:
+        state = _run(model, dataset, names, meta, state, out, save_every, report)
+    finally:
+        close()
+    meta.complete = True
+    if out is not None:
+        save_scan(out, meta, state)
+    if meta.skipped:
+        warnings.warn(_skipped_summary(meta.skipped), stacklevel=2)
+    return ScanResult(meta, state)
+
+
+def _skipped_summary(skipped: list[dict[str, Any]], show: int = 5) -> str:
+    names = ", ".join(s["name"] for s in skipped[:show])
+    more = f" and {len(skipped) - show} more" if len(skipped) > show else ""
+    return f"skipped {len(skipped)} unreadable image(s): {names}{more}"
+
+
+def _run(
+    model: Model,
+    dataset: ImageDataset,
+    names: list[str],
+    meta: ScanMeta,
+    state: ScanState,
+    out: str | os.PathLike[str] | None,
+    save_every: float,
+    report: ProgressFn | None,
+) -> ScanState:
+    total = len(dataset)
+    # The scan always covers a prefix [0, images_done) of the data set, saved at batch ends.
+    first = meta.images_done
+    meta.skipped = [s for s in meta.skipped if s["index"] < first]  # re-read after a crash
+    last_save = time.monotonic()
+    with capture(model, names) as cap:
+        for images, idx, consumed in read_batches(
+            dataset, range(first, total), meta.batch_size, meta.skipped
+        ):
+            merge_batch(model, cap, images, idx, meta.k, state)
+            meta.images_done = first + consumed
+            if out is not None and state and time.monotonic() - last_save >= save_every:
+                save_scan(out, meta, state)
+                last_save = time.monotonic()
+            if report is not None:
+                report(meta.images_done, total)
+    if not state:
+        raise ConvlensError(
+            f"none of the {total} images of {dataset.name!r} could be read: "
+            + _skipped_summary(meta.skipped)
+        )
+    return state

@@ -1,0 +1,214 @@
+"""The scan's state: a per-batch *map* and an associative, commutative *merge*.
+
+For every channel of a layer the state keeps a running top-k of ``(value, image, position)``
+and running sums for per-channel statistics. A scan is a fold of :func:`merge` over
+:func:`map_batch` results, so it can be split over shards of the data set (processes, Ray
+Data blocks, ``torch.distributed`` ranks) and combined in any order with the same result:
+
+* top-k: ``topk(A ∪ B) = topk(topk(A) ∪ topk(B))`` under a *total* order, here value
+  descending, then image index ascending, then position ascending (ties never depend on the
+  order batches arrived);
+* statistics: sums, counts and maxima, each associative and commutative (sums in float64, so
+  shard order changes them only in the last bits).
+
+This is the classic "top-k activating patches" computation of Zeiler and Fergus ("Visualizing
+and Understanding Convolutional Networks", ECCV 2014), streamed.
+
+>>> import torch
+>>> x = torch.arange(8.0).view(2, 1, 2, 2)            # 2 images, 1 channel, 2×2
+>>> s = map_batch(x, torch.tensor([10, 11]), k=3)
+>>> s.values.tolist(), s.images.tolist(), s.positions.tolist()
+([[7.0, 6.0, 5.0]], [[11, 11, 11]], [[3, 2, 1]])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from convlens.errors import ConvlensError
+
+EMPTY_IMAGE = -1  # image index of an unfilled top-k slot (its value is -inf)
+
+
+@dataclass
+class LayerState:
+    """Running results for one layer of ``C`` channels on a ``H×W`` grid (1×1 for vectors).
+
+    ``values``/``images``/``positions`` are ``(C, k)``, sorted best first; a position is the
+    flat index ``row * W + col`` in the layer's grid. ``total``/``total_sq`` are float64 sums
+    of the activations, ``positive`` counts positions above zero, ``fired`` counts images where
+    the channel is above zero somewhere, ``n_images`` counts the images seen.
+    """
+
+    values: torch.Tensor  # (C, k) float32, -inf where empty
+    images: torch.Tensor  # (C, k) int64, -1 where empty
+    positions: torch.Tensor  # (C, k) int64, -1 where empty
+    total: torch.Tensor  # (C,) float64
+    total_sq: torch.Tensor  # (C,) float64
+    maximum: torch.Tensor  # (C,) float32, -inf before any image
+    positive: torch.Tensor  # (C,) int64
+    fired: torch.Tensor  # (C,) int64
+    n_images: int
+    grid: tuple[int, int]  # (H, W)
+
+    @property
+    def channels(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.values.shape[1])
+
+    @property
+    def n_positions(self) -> int:
+        """Positions seen per channel: images × H × W."""
+        return self.n_images * self.grid[0] * self.grid[1]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _SCALARS}
+
+    @classmethod
+    def empty(cls, channels: int, k: int, grid: tuple[int, int]) -> LayerState:
+        return cls(
+            values=torch.full((channels, k), float("-inf")),
+            images=torch.full((channels, k), EMPTY_IMAGE, dtype=torch.long),
+            positions=torch.full((channels, k), EMPTY_IMAGE, dtype=torch.long),
+            total=torch.zeros(channels, dtype=torch.float64),
+            total_sq=torch.zeros(channels, dtype=torch.float64),
+            maximum=torch.full((channels,), float("-inf")),
+            positive=torch.zeros(channels, dtype=torch.long),
+            fired=torch.zeros(channels, dtype=torch.long),
+            n_images=0,
+            grid=grid,
+        )
+
+
+_SCALARS = frozenset({"n_images", "grid"})
+
+
+def _as_grid(x: torch.Tensor) -> torch.Tensor:
+    """A layer output as ``(B, C, H, W)``; vectors ``(B, C)`` become ``(B, C, 1, 1)``."""
+    if x.dim() == 4:
+        return x
+    if x.dim() == 2:
+        return x[:, :, None, None]
+    raise ConvlensError(
+        f"cannot scan a layer whose output has shape {tuple(x.shape[1:])} per image; "
+        "accepted: (C, H, W) feature maps or (C,) vectors"
+    )
+
+
+def _exact_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the top ``k`` of each row of ``flat``, ties broken by the smaller index.
+
+    ``torch.topk`` picks arbitrarily among values equal to the k-th (all the zeros of a dead
+    ReLU unit, say); such rows are redone exactly: everything above the k-th value, then the
+    first equal ones in index order.
+    """
+    vals, idx = flat.topk(k, dim=1, sorted=True)  # (C, k)
+    kth = vals[:, -1:]
+    ambiguous = (flat >= kth).sum(dim=1) > k  # more candidates than slots: a tie at the edge
+    if bool(ambiguous.any()):
+        rows = flat[ambiguous]
+        edge = kth[ambiguous]
+        above = rows > edge
+        equal = rows == edge
+        room = k - above.sum(dim=1, keepdim=True)  # how many of the equal ones fit
+        take = above | (equal & (equal.cumsum(dim=1) <= room))
+        idx[ambiguous] = take.nonzero()[:, 1].view(-1, k)  # row-major: grouped by row
+    return idx
+
+
+def sort_hits(
+    values: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort each row by (value desc, image asc, position asc) and keep the first ``k``.
+
+    Three stable sorts from the least to the most significant key give the lexicographic
+    order; empty slots (-inf, -1, -1) sort last.
+    """
+    order = positions.argsort(dim=1, stable=True)
+    order = order.gather(1, images.gather(1, order).argsort(dim=1, stable=True))
+    order = order.gather(1, values.gather(1, order).argsort(dim=1, stable=True, descending=True))
+    order = order[:, :k]
+    return values.gather(1, order), images.gather(1, order), positions.gather(1, order)
+
+
+def map_batch(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
+    """The state of one batch: ``activations`` ``(B, C, H, W)`` (or ``(B, C)``) of the images
+    whose data-set indices are ``image_indices`` ``(B,)``.
+
+    One ``topk`` per channel over all ``B·H·W`` positions; no Python loop over images.
+    """
+    if k < 1:
+        raise ConvlensError(f"top-k needs k of at least 1, got {k}")
+    x = _as_grid(activations.detach()).float()
+    image_indices = image_indices.to(torch.long)
+    if bool((image_indices.diff() < 0).any()):  # ties resolve by index order: sort the batch
+        image_indices, order = image_indices.sort()
+        x = x[order]
+    B, C, H, W = x.shape
+    flat = x.transpose(0, 1).reshape(C, B * H * W)  # (C, B·H·W), image-major then position
+    kk = min(k, B * H * W)
+    idx = _exact_topk(flat, kk)
+    values = flat.gather(1, idx)
+    images = image_indices[idx // (H * W)]
+    positions = idx % (H * W)
+    if kk < k:  # fewer positions in this batch than slots: pad with empty slots
+        pad = LayerState.empty(C, k - kk, (H, W))
+        values = torch.cat([values, pad.values], 1)
+        images = torch.cat([images, pad.images], 1)
+        positions = torch.cat([positions, pad.positions], 1)
+    values, images, positions = sort_hits(values, images, positions, k)
+    per_image_max = flat.view(C, B, H * W).amax(dim=2)  # (C, B)
+    return LayerState(
+        values=values,
+        images=images,
+        positions=positions,
+        total=flat.sum(dim=1, dtype=torch.float64),
+        total_sq=flat.square().sum(dim=1, dtype=torch.float64),
+        maximum=per_image_max.amax(dim=1),
+        positive=(flat > 0).sum(dim=1),
+        fired=(per_image_max > 0).sum(dim=1),
+        n_images=B,
+        grid=(H, W),
+    )
+
+
+def merge(a: LayerState, b: LayerState) -> LayerState:
+    """Combine the states of two disjoint sets of images (associative and commutative)."""
+    if a.values.shape != b.values.shape or a.grid != b.grid:
+        raise ConvlensError(
+            f"cannot merge scan states of different shapes: {tuple(a.values.shape)} on a "
+            f"{a.grid} grid and {tuple(b.values.shape)} on a {b.grid} grid"
+        )
+    values, images, positions = sort_hits(
+        torch.cat([a.values, b.values], 1),
+        torch.cat([a.images, b.images], 1),
+        torch.cat([a.positions, b.positions], 1),
+        a.k,
+    )
+    return replace(
+        a,
+        values=values,
+        images=images,
+        positions=positions,
+        total=a.total + b.total,
+        total_sq=a.total_sq + b.total_sq,
+        maximum=torch.maximum(a.maximum, b.maximum),
+        positive=a.positive + b.positive,
+        fired=a.fired + b.fired,
+        n_images=a.n_images + b.n_images,
+    )
+
+
+ScanState = dict[str, LayerState]  # layer name -> its state
+
+
+def merge_states(a: ScanState, b: ScanState) -> ScanState:
+    """:func:`merge` layer by layer; both states must cover the same layers."""
+    if set(a) != set(b):
+        raise ConvlensError(f"cannot merge scans of different layers: {sorted(a)} vs {sorted(b)}")
+    return {name: merge(a[name], b[name]) for name in a}
