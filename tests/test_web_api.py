@@ -1,0 +1,438 @@
+"""The web API (docs/web-api.md): every route, bad uploads, and a concurrent burst on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import struct
+import threading
+import time
+import warnings
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convlens.model import Model, build
+from convlens.trace import decode_tensor
+from convlens.web import ServerConfig, create_app
+from convlens.web.server import is_loopback
+
+with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+
+def png(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def jpeg(img: Image.Image, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=95, **kw)
+    return buf.getvalue()
+
+
+def data_url_image(url: str) -> Image.Image:
+    assert url.startswith("data:image/png;base64,")
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+
+
+def halves(w: int, h: int) -> Image.Image:
+    """Left half red, right half blue: orientation is easy to read back."""
+    img = Image.new("RGB", (w, h), (255, 0, 0))
+    img.paste((0, 0, 255), (w // 2, 0, w, h))
+    return img
+
+
+@pytest.fixture(scope="module")
+def model() -> Model:
+    return build("tiny-vgg:in_channels=3,input_size=32", seed=0).eval()
+
+
+@pytest.fixture(scope="module")
+def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("web")
+    folder = root / "images"
+    folder.mkdir()
+    halves(48, 40).save(folder / "a_halves.png")
+    Image.new("L", (20, 30), 100).save(folder / "b_gray.png")
+    (folder / "notes.txt").write_text("not an image")
+    secret = root / "secret.png"
+    Image.new("RGB", (8, 8), (0, 255, 0)).save(secret)
+    (folder / "c_link.png").symlink_to(secret)  # leads outside the folder: never listed
+    return folder
+
+
+@pytest.fixture(scope="module")
+def client(model: Model, images_dir: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(model, images_dir=images_dir)) as c:
+        yield c
+
+
+def upload(client: TestClient, data: bytes, raw: bool = False) -> httpx.Response:
+    if raw:
+        return client.post("/api/v1/images", content=data)
+    return client.post("/api/v1/images", files={"file": ("../../etc/passwd", data)})
+
+
+# ----------------------------------------------------------------------------- /model, samples
+
+
+def test_model_document(client: TestClient, model: Model) -> None:
+    doc = client.get("/api/v1/model").json()
+    assert doc["graph"] == model.graph.to_dict()
+    assert doc["classes"] == model.classes and doc["outputs"] == "logits"
+    assert doc["input_spec"] == model.spec.to_dict()
+    names = [s["name"] for s in doc["samples"]]
+    assert names == ["a_halves.png", "b_gray.png"]  # no .txt, no link leaving the folder
+    assert doc["samples"][0] == {
+        "id": "sample-0",
+        "name": "a_halves.png",
+        "label": None,
+        "label_name": None,
+        "url": "/api/v1/samples/sample-0.png",
+    }
+    assert set(doc["capabilities"]) == {"methods", "scan", "featurevis"}
+    assert doc["limits"]["max_upload_bytes"] == ServerConfig().max_upload_bytes
+
+
+def test_sample_png_is_the_file(client: TestClient, images_dir: Path) -> None:
+    r = client.get("/api/v1/samples/sample-0.png")
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    got = np.asarray(Image.open(io.BytesIO(r.content)))
+    np.testing.assert_array_equal(got, np.asarray(Image.open(images_dir / "a_halves.png")))
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/v1/samples/sample-9.png",
+        "/api/v1/samples/c_link.png",
+        "/api/v1/samples/..%2F..%2Fsecret.png",
+        "/api/v1/samples/%2E%2E/secret.png",
+        "/..%2Fsecret.png",
+        "/static/..%2F..%2Fserver.py",
+        "/api/v1/nothing-here",
+    ],
+)
+def test_no_request_reads_outside_what_was_given(client: TestClient, path: str) -> None:
+    r = client.get(path)
+    assert r.status_code == 404
+    assert r.headers["content-type"].startswith("application/json")
+    assert "error" in r.json()
+
+
+def test_front_end_and_openapi(client: TestClient) -> None:
+    r = client.get("/")
+    assert r.status_code == 200 and "<html" in r.text.lower()
+    paths = client.get("/api/v1/openapi.json").json()["paths"]
+    for route in ("/model", "/samples/{sample_id}.png", "/images", "/trace", "/explain"):
+        assert f"/api/v1{route}" in paths
+    assert "/api/v1/weights/{layer}" in paths and "/api/v1/units/{layer}/{channel}" in paths
+    assert "multipart/form-data" in paths["/api/v1/images"]["post"]["requestBody"]["content"]
+
+
+# ----------------------------------------------------------------------------- uploads
+
+
+def test_upload_multipart_and_raw(client: TestClient) -> None:
+    data = png(halves(64, 32))
+    for raw in (False, True):
+        r = upload(client, data, raw=raw)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        assert doc["image_id"].startswith("upload-")
+        assert (doc["width"], doc["height"]) == (64, 32)
+        assert data_url_image(doc["original"]).size == (64, 32)
+        processed = data_url_image(doc["processed"])
+        # shorter-side-crop: 64x32 -> 64x32 scaled to cover 32x32 -> centre crop 32x32
+        assert processed.size == (32, 32) and processed.mode == "RGB"
+        arr = np.asarray(processed).astype(int)
+        assert arr[16, 2, 0] > 200 and arr[16, 29, 2] > 200  # red left, blue right
+
+
+def test_exif_orientation_is_respected(client: TestClient) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display rotated 90° clockwise
+    doc = upload(client, jpeg(halves(40, 20), exif=exif)).json()
+    assert (doc["width"], doc["height"]) == (20, 40)
+    arr = np.asarray(data_url_image(doc["original"])).astype(int)
+    assert arr[5, 10, 0] > 200 and arr[35, 10, 2] > 200  # red now on top, blue below
+
+
+def _cmyk() -> bytes:
+    return jpeg(Image.new("CMYK", (16, 16), (0, 255, 255, 0)))  # full magenta+yellow = red
+
+
+def _sixteen_bit() -> bytes:
+    data = png(Image.new("I;16", (16, 16), 65535 // 2))
+    assert Image.open(io.BytesIO(data)).mode.startswith("I;16")  # really a 16-bit file
+    return data
+
+
+def _palette() -> bytes:
+    return png(halves(16, 16).convert("P", palette=Image.Palette.ADAPTIVE, colors=4))
+
+
+def _alpha() -> bytes:
+    img = Image.new("RGBA", (16, 16), (255, 0, 0, 0))  # fully transparent: shown over white
+    return png(img)
+
+
+def _gray() -> bytes:
+    return png(Image.new("L", (16, 16), 77))
+
+
+def _animated() -> bytes:
+    frames = [Image.new("RGB", (16, 16), c) for c in ((255, 0, 0), (0, 0, 255))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=50)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "centre"),
+    [
+        (_cmyk, (255, 0, 0)),
+        (_sixteen_bit, (128, 128, 128)),
+        (_palette, None),
+        (_alpha, (255, 255, 255)),
+        (_gray, (77, 77, 77)),
+        (_animated, (255, 0, 0)),  # the first frame
+    ],
+)
+def test_any_mode_is_converted_to_the_models_channels(
+    client: TestClient, make: object, centre: tuple[int, int, int] | None
+) -> None:
+    r = upload(client, make())  # type: ignore[operator]
+    assert r.status_code == 200, r.text
+    processed = data_url_image(r.json()["processed"])
+    assert processed.mode == "RGB" and processed.size == (32, 32)
+    if centre is not None:
+        got = np.asarray(processed)[16, 16].astype(int)
+        assert np.abs(got - np.array(centre)).max() <= 12, got
+
+
+def _bomb_header() -> bytes:
+    """A valid PNG whose header claims 100000×100000 pixels (pixels never sent)."""
+    small = png(Image.new("L", (1, 1)))
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    patched = struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return small[:8] + patched + small[8 + 25 :]
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "words"),
+    [
+        (b"", 400, "empty"),
+        (b"%PDF-1.4 this is not an image at all", 415, "not a readable image"),
+        (png(halves(64, 64))[:120], 400, "truncated"),
+        (_bomb_header(), 413, "bomb"),
+    ],
+)
+def test_bad_uploads_get_clear_4xx(
+    client: TestClient, data: bytes, status: int, words: str
+) -> None:
+    for raw in (False, True):
+        r = upload(client, data, raw=raw)
+        assert r.status_code == status, r.text
+        assert words in r.json()["error"]
+
+
+def test_upload_limits(model: Model) -> None:
+    config = ServerConfig(max_upload_bytes=2000, max_upload_pixels=50 * 50)
+    with TestClient(create_app(model, config=config)) as c:
+        noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+        big = png(noisy)
+        assert len(big) > 2000
+        for raw in (False, True):
+            r = upload(c, big, raw=raw)
+            assert r.status_code == 413 and "limit" in r.json()["error"]
+        r = upload(c, png(Image.new("L", (60, 60))))  # small file, too many pixels
+        assert r.status_code == 413 and "pixels" in r.json()["error"]
+        assert upload(c, png(Image.new("L", (50, 50)))).status_code == 200
+
+
+def test_multipart_without_the_file_field(client: TestClient) -> None:
+    r = client.post("/api/v1/images", files={"image": ("x.png", png(Image.new("L", (4, 4))))})
+    assert r.status_code == 400 and "'file'" in r.json()["error"]
+
+
+def test_upload_store_is_bounded(model: Model) -> None:
+    with TestClient(create_app(model, config=ServerConfig(store_capacity=2))) as c:
+        ids = [upload(c, png(Image.new("L", (8, 8), v))).json()["image_id"] for v in (1, 2, 3)]
+        assert c.get("/api/v1/trace", params={"image": ids[0]}).status_code == 404
+        assert c.get("/api/v1/trace", params={"image": ids[2]}).status_code == 200
+
+
+# ----------------------------------------------------------------------------- /trace
+
+
+def test_trace_of_an_upload_matches_the_model(client: TestClient, model: Model) -> None:
+    up = upload(client, png(halves(50, 50))).json()
+    doc = client.get("/api/v1/trace", params={"image": up["image_id"]}).json()
+    x = torch.from_numpy(np.asarray(data_url_image(up["processed"]), dtype=np.float32) / 255)
+    x = x.permute(2, 0, 1).unsqueeze(0)  # (H, W, C) -> (1, C, H, W)
+    np.testing.assert_allclose(decode_tensor(doc["input"]["tensor"]), x[0].numpy(), atol=1e-6)
+    with torch.no_grad():
+        logits = model(x)[0]
+        conv = model.net.conv_1_1(model.normalize(x))[0]
+    np.testing.assert_allclose(doc["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        decode_tensor(doc["activations"]["conv_1_1"]), conv.numpy(), rtol=1e-4, atol=1e-5
+    )
+    assert doc["predicted"] == int(logits.argmax())
+    assert list(doc["activations"]) == model.graph.names()
+
+
+def test_trace_params(client: TestClient) -> None:
+    q = {"image": "sample-1", "max_channels": 2, "max_size": 8, "layers": "conv_1_1,output"}
+    doc = client.get("/api/v1/trace", params=q).json()
+    assert list(doc["activations"]) == ["conv_1_1", "output"]
+    assert doc["activations"]["conv_1_1"]["shape"] == [2, 8, 8]
+    assert len(doc["stats"]["conv_1_1"]["channel_max"]) == 10
+    assert doc["caps"]["conv_1_1"] == {
+        "channels": 2,
+        "of_channels": 10,
+        "size": [8, 8],
+        "of_size": [30, 30],
+    }
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ({"image": "upload-0000"}, 404),
+        ({"image": "sample-99"}, 404),
+        ({"image": "../secret.png"}, 404),
+        ({}, 422),
+        ({"image": "sample-0", "max_channels": 0}, 422),
+        ({"image": "sample-0", "layers": "conv_9"}, 404),
+    ],
+)
+def test_trace_errors(client: TestClient, query: dict[str, object], status: int) -> None:
+    r = client.get("/api/v1/trace", params=query)  # type: ignore[arg-type]
+    assert r.status_code == status and r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- weights, units
+
+
+def test_weights(client: TestClient, model: Model) -> None:
+    doc = client.get("/api/v1/weights/conv_2_1").json()
+    conv = model.net.conv_2_1
+    np.testing.assert_array_equal(decode_tensor(doc["weight"]), conv.weight.detach().numpy())
+    np.testing.assert_array_equal(decode_tensor(doc["bias"]), conv.bias.detach().numpy())
+    lin = client.get("/api/v1/weights/output").json()
+    assert lin["weight"]["shape"] == list(model.net.output.weight.shape)
+    assert client.get("/api/v1/weights/relu_1_1").status_code == 400
+    assert client.get("/api/v1/weights/conv_7").status_code == 404
+
+
+def test_dotted_layer_names_in_urls(small_resnet: Model) -> None:
+    with TestClient(create_app(small_resnet)) as c:
+        r = c.get("/api/v1/weights/layer1.0.conv1")
+        assert r.status_code == 200 and r.json()["bias"] is None
+        unit = c.get("/api/v1/units/layer1.0.conv1/2").json()
+        w = small_resnet.net.get_submodule("layer1.0.conv1").weight[2]
+        np.testing.assert_array_equal(decode_tensor(unit["kernel"]), w.detach().numpy())
+
+
+def test_units(client: TestClient, model: Model) -> None:
+    doc = client.get("/api/v1/units/conv_1_2/4").json()
+    assert doc["layer"] == "conv_1_2" and doc["channel"] == 4
+    np.testing.assert_array_equal(
+        decode_tensor(doc["kernel"]), model.net.conv_1_2.weight[4].detach().numpy()
+    )
+    assert doc["top_patches"] is None  # no --scan given
+    assert client.get("/api/v1/units/relu_1_2/4").json()["kernel"] is None
+    assert client.get("/api/v1/units/conv_1_2/10").status_code == 400
+    assert client.get("/api/v1/units/conv_1_2/x").status_code == 422
+    assert client.get("/api/v1/units/conv_9/1").status_code == 404
+
+
+# ----------------------------------------------------------------------------- /explain
+
+
+def test_explain_bad_requests(client: TestClient) -> None:
+    methods = client.get("/api/v1/model").json()["capabilities"]["methods"]
+    body = {"image_id": "sample-0", "method": "no-such-method"}
+    r = client.post("/api/v1/explain", json=body)
+    assert r.status_code == (400 if methods else 503) or r.status_code == 404
+    assert r.json()["error"]
+    assert (
+        client.post("/api/v1/explain", json={"image_id": "nope", "method": "x"}).status_code == 404
+    )
+    assert client.post("/api/v1/explain", json={"method": "x"}).status_code == 422
+    r = client.post("/api/v1/explain", json={**body, "layer": "conv_9"})
+    assert r.status_code == 404
+    r = client.post("/api/v1/explain", json={**body, "target": 99})
+    assert r.status_code == 400 and "out of range" in r.json()["error"]
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def live_url(model: Model, images_dir: Path) -> Iterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(model, images_dir=images_dir), "127.0.0.1", port, log_level="error"
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_burst_of_50_concurrent_requests(live_url: str) -> None:
+    """Concurrent requests never see each other's results: each equals the lone answer."""
+    up = httpx.post(f"{live_url}/api/v1/images", files={"file": ("a", png(halves(30, 60)))})
+    images = ["sample-0", "sample-1", up.json()["image_id"]]
+    urls = [f"{live_url}/api/v1/trace?image={i}" for i in images]
+    urls += [f"{live_url}/api/v1/units/conv_1_1/{c}" for c in (0, 5)]
+    alone = {u: httpx.get(u).json() for u in urls}
+
+    async def burst() -> list[tuple[str, httpx.Response]]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as ac:
+            chosen = [urls[k % len(urls)] for k in range(50)]
+            answers = await asyncio.gather(*(ac.get(u) for u in chosen))
+            return list(zip(chosen, answers, strict=True))
+
+    results = asyncio.run(burst())
+    assert len(results) == 50
+    for url, r in results:
+        assert r.status_code == 200
+        assert r.json() == alone[url]
+
+
+def test_loopback_detection() -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
