@@ -8,7 +8,16 @@
 
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
+from convlens.methods import Attribution, explain
 from convlens.model import Model, load_model
 
 __version__ = "0.1.0"
-__all__ = ["ConvlensError", "InputSpec", "Model", "__version__", "load_model"]
+__all__ = [
+    "Attribution",
+    "ConvlensError",
+    "InputSpec",
+    "Model",
+    "__version__",
+    "explain",
+    "load_model",
+]
