@@ -21,8 +21,12 @@ export function getModel() {
 }
 
 /** The trace with every tensor decoded. */
-export async function getTrace(imageId) {
-  const doc = await request(`/trace?image=${encodeURIComponent(imageId)}`);
+export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null } = {}) {
+  const q = new URLSearchParams({ image: imageId });
+  if (layers) q.set('layers', layers.join(','));
+  if (maxChannels) q.set('max_channels', String(maxChannels));
+  if (maxSize) q.set('max_size', String(maxSize));
+  const doc = await request(`/trace?${q}`);
   const activations = {};
   for (const [name, t] of Object.entries(doc.activations)) activations[name] = decodeTensor(t);
   return { ...doc, activations, inputTensor: decodeTensor(doc.input.tensor) };

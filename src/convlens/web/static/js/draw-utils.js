@@ -295,3 +295,39 @@ export function edgePath(x0, y0, x1, y1, skip = false, lift = 30) {
   const mx = (x0 + x1) / 2;
   return `M${x0},${y0} C${mx},${y0} ${mx},${y1} ${x1},${y1}`;
 }
+
+/**
+ * One input channel's contribution to a convolution output map (before summing channels and
+ * adding the bias): m[i,j] = Σ_a Σ_b x[c, i·s + a·d − p, j·s + b·d − p] · w[o, cc, a, b].
+ */
+export function intermediateMap(input, weight, o, cc, c, hyper, Hout, Wout) {
+  const [, cinG, k0, k1] = weight.shape;
+  const out = new Float32Array(Hout * Wout);
+  const d = hyper.dilation || [1, 1];
+  const base = (o * cinG + cc) * k0 * k1;
+  for (let i = 0; i < Hout; i++) {
+    for (let j = 0; j < Wout; j++) {
+      const [r0, c0] = windowOrigin(i, j, hyper.stride, hyper.padding || [0, 0]);
+      let acc = 0;
+      for (let a = 0; a < k0; a++) {
+        for (let b = 0; b < k1; b++) acc += at(input, c, r0 + a * d[0], c0 + b * d[1]) * weight.data[base + a * k1 + b];
+      }
+      out[i * Wout + j] = acc;
+    }
+  }
+  return { shape: [Hout, Wout], data: out };
+}
+
+/** Input cells of pooling output (i, j): a regular window, or PyTorch's adaptive one. */
+export function poolCells(layer, i, j) {
+  if (layer.kind === 'adaptive_pool') {
+    const [, H, W] = layer.input_shapes[0];
+    const [, Ho, Wo] = layer.output_shape;
+    const [r0, r1] = adaptiveRange(i, H, Ho);
+    const [c0, c1] = adaptiveRange(j, W, Wo);
+    const cells = [];
+    for (let r = r0; r < r1; r++) for (let q = c0; q < c1; q++) cells.push([r, q]);
+    return cells;
+  }
+  return windowCells(i, j, { dilation: [1, 1], ...layer.hyper });
+}

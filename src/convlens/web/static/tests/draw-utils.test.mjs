@@ -142,3 +142,28 @@ test('edgePath draws skip connections above', () => {
   assert.equal(U.edgePath(0, 10, 100, 20), 'M0,10 C50,10 50,20 100,20');
   assert.match(U.edgePath(0, 50, 100, 60, true, 30), /C20,20 80,20/);
 });
+
+test('intermediateMap summed over channels plus bias equals convCell everywhere', () => {
+  const input = { shape: [2, 4, 5], data: Float32Array.from({ length: 40 }, (_, k) => Math.sin(k)) };
+  const weight = { shape: [3, 2, 3, 2], data: Float32Array.from({ length: 36 }, (_, k) => Math.cos(k)) };
+  const bias = { shape: [3], data: Float32Array.from([0.1, -0.2, 0.3]) };
+  const hyper = { kernel: [3, 2], stride: [1, 2], padding: [1, 0], dilation: [1, 1] };
+  const Ho = U.outputSize(4, 3, 1, 1).size; // 4
+  const Wo = U.outputSize(5, 2, 0, 2).floored; // 2 (floored along this axis)
+  const maps = [0, 1].map((c) => U.intermediateMap(input, weight, 2, c, c, hyper, Ho, Wo));
+  for (let i = 0; i < Ho; i++) {
+    for (let j = 0; j < Wo; j++) {
+      const want = U.convCell(input, weight, bias, 2, i, j, hyper).value;
+      const got = maps[0].data[i * Wo + j] + maps[1].data[i * Wo + j] + 0.3;
+      assert.ok(Math.abs(want - got) < 1e-5, `${i},${j}`);
+    }
+  }
+});
+
+test('poolCells: regular and adaptive windows', () => {
+  const pool = { kind: 'maxpool', hyper: { kernel: [3, 3], stride: [2, 2], padding: [0, 0] } };
+  assert.equal(U.poolCells(pool, 1, 1).length, 9);
+  assert.deepEqual(U.poolCells(pool, 1, 1)[0], [2, 2]);
+  const ad = { kind: 'adaptive_pool', input_shapes: [[1, 5, 5]], output_shape: [1, 3, 3], hyper: {} };
+  assert.deepEqual(U.poolCells(ad, 0, 0), [[0, 0], [0, 1], [1, 0], [1, 1]]);
+});

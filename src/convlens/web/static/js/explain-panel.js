@@ -1,0 +1,91 @@
+// Explanations: choose a method, its target class, layer and parameters; see the map over the
+// input; keep earlier results side by side to compare methods.
+import { explain } from './api.js';
+import { makeScale } from './color.js';
+import { el, paintMap } from './render.js';
+import * as store from './store.js';
+
+const MAX_CARDS = 6;
+
+function paramInput(name, spec) {
+  const type = spec?.type || 'str';
+  const value = spec?.default ?? '';
+  if (type === 'bool') return el('input', { type: 'checkbox', 'data-param': name, 'data-type': type, checked: Boolean(value) });
+  if (Array.isArray(spec?.choices)) {
+    return el('select', { 'data-param': name, 'data-type': type }, ...spec.choices.map((c) => el('option', { value: c, selected: c === value }, String(c))));
+  }
+  return el('input', { type: type === 'int' || type === 'float' ? 'number' : 'text', step: type === 'float' ? 'any' : '1', value: value ?? '', 'data-param': name, 'data-type': type, style: { width: '80px' } });
+}
+
+function readParams(box) {
+  const params = {};
+  box.querySelectorAll('[data-param]').forEach((node) => {
+    const t = node.dataset.type;
+    if (t === 'bool') params[node.dataset.param] = node.checked;
+    else if (node.value === '') return;
+    else if (t === 'int') params[node.dataset.param] = parseInt(node.value, 10);
+    else if (t === 'float') params[node.dataset.param] = parseFloat(node.value);
+    else params[node.dataset.param] = node.value;
+  });
+  return params;
+}
+
+function resultCard(res) {
+  const [H, W] = res.map.shape;
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of res.map.data) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  const scale = makeScale(res.signed ? Math.min(lo, -1e-12) : lo, hi, { mode: 'neuron' });
+  const map = paintMap(el('canvas', { class: 'pixelated', style: { width: '150px', height: `${150 * H / W}px` } }), res.map, 0, scale);
+  return el('div', { class: 'card explain-card', 'data-method': res.method },
+    el('img', { src: res.overlay, alt: `${res.method} overlay` }), map,
+    el('div', {}, el('b', {}, res.method), ` → ${res.target_name}`),
+    el('div', { class: 'muted' }, `${res.layer ? `layer ${res.layer} · ` : ''}${res.signed ? 'signed' : 'non-negative'}${res.seconds !== undefined ? ` · ${res.seconds.toFixed(2)} s` : ''}`));
+}
+
+export function install(root) {
+  const render = () => {
+    const model = store.get('model');
+    if (!model) return;
+    const methods = model.capabilities?.methods || [];
+    root.replaceChildren(el('h3', {}, 'Explanations'));
+    if (!methods.length) {
+      root.append(el('p', { class: 'muted' }, 'This server has no explanation methods installed.'));
+      return;
+    }
+    const method = el('select', { id: 'explain-method', 'aria-label': 'method' }, ...methods.map((m) => el('option', { value: m.name }, m.name)));
+    const target = el('select', { id: 'explain-target', 'aria-label': 'target class' }, el('option', { value: '' }, 'predicted class'),
+      ...model.classes.map((c, k) => el('option', { value: k }, c)));
+    const spatial = model.graph.layers.filter((l) => l.output_shape.length === 3 && l.kind !== 'input');
+    const layer = el('select', { id: 'explain-layer', 'aria-label': 'layer' }, el('option', { value: '' }, 'default layer'),
+      ...spatial.map((l) => el('option', { value: l.name }, l.name)));
+    const params = el('span', { class: 'row' });
+    const fill = () => {
+      const m = methods.find((x) => x.name === method.value);
+      const entries = Object.entries(m?.params || {}).filter(([k]) => !['layer', 'target'].includes(k));
+      params.replaceChildren(...entries.map(([k, spec]) => el('label', {}, `${k} `, paramInput(k, spec))));
+    };
+    method.addEventListener('change', fill);
+    const cards = el('div', { class: 'cards', id: 'explain-cards' });
+    const status = el('span', { class: 'muted', id: 'explain-status' });
+    const run = async () => {
+      status.textContent = 'computing…';
+      try {
+        const res = await explain({ image_id: store.get('imageId'), method: method.value,
+          target: target.value === '' ? null : Number(target.value), layer: layer.value || null, params: readParams(params) });
+        cards.prepend(resultCard(res));
+        while (cards.children.length > MAX_CARDS) cards.lastChild.remove();
+        status.textContent = '';
+      } catch (err) {
+        status.textContent = String(err.message || err);
+        status.className = 'error-text';
+      }
+    };
+    fill();
+    root.append(el('div', { class: 'row' }, method, target, layer), params,
+      el('div', { class: 'row' }, el('button', { type: 'button', id: 'explain-run', onclick: run }, 'Explain'),
+        el('button', { type: 'button', onclick: () => cards.replaceChildren() }, 'Clear'), status),
+      el('p', { class: 'muted' }, 'Each result is kept beside the earlier ones to compare methods.'), cards);
+  };
+  store.on('model', render);
+}

@@ -1,0 +1,85 @@
+// Entry point: load the model and the first image, draw the overview, wire the panels.
+import { getModel, getTrace } from './api.js';
+import { legendText, makeScale } from './color.js';
+import * as detail from './detail.js';
+import * as explainPanel from './explain-panel.js';
+import * as inputs from './inputs.js';
+import { drawOverview } from './overview.js';
+import * as playground from './playground.js';
+import * as store from './store.js';
+import * as unitPanel from './unit-panel.js';
+import { el } from './render.js';
+
+const overviewRoot = () => document.getElementById('overview');
+
+/** Activations of `names` at full resolution: refetched without caps when the trace cut them. */
+async function fullActivations(names) {
+  const trace = store.get('trace');
+  const capped = names.filter((n) => trace.caps?.[n] || !trace.activations[n]);
+  if (!capped.length) return Object.fromEntries(names.map((n) => [n, trace.activations[n]]));
+  const full = await getTrace(store.get('imageId'), { layers: names, maxChannels: 4096, maxSize: 4096 });
+  return Object.fromEntries(names.map((n) => [n, full.activations[n]]));
+}
+
+function openNeuron({ layer, channel }) {
+  const model = store.get('model');
+  const layers = model.graph.layers;
+  const lay = layers.find((l) => l.name === layer);
+  store.set('selected', { layer, channel });
+  document.querySelectorAll('.neuron.selected').forEach((n) => n.classList.remove('selected'));
+  document.querySelector(`[data-key="${CSS.escape(`${layer}|${channel}`)}"]`)?.classList.add('selected');
+  if (lay.kind === 'input') return;
+  detail.open({ model, trace: store.get('trace'), layer: lay, channel, isLast: lay === layers.at(-1), fullActivations });
+}
+
+function redraw() {
+  const model = store.get('model');
+  const trace = store.get('trace');
+  if (!model || !trace) return;
+  drawOverview(overviewRoot(), model, trace, openNeuron);
+  const mode = store.get('scaleMode');
+  document.getElementById('legend-text').textContent = mode === 'neuron'
+    ? 'colours: per neuron (hover a neuron for its range)'
+    : `colours: ${legendText(makeScale(-1, 1, { mode }))} when signed, white = 0 · input in pixel units`;
+}
+
+function showPrediction(model, trace) {
+  const k = trace.predicted;
+  document.getElementById('prediction').replaceChildren('prediction: ',
+    el('b', { id: 'predicted-class' }, model.classes[k]), ` (${(100 * trace.probabilities[k]).toFixed(1)} %)`);
+}
+
+async function loadImage(imageId) {
+  store.set('imageId', imageId);
+  const trace = await getTrace(imageId);
+  store.set('trace', trace);
+  showPrediction(store.get('model'), trace);
+  redraw();
+  document.body.dataset.ready = 'true';
+}
+
+async function start() {
+  detail.install();
+  inputs.install(loadImage);
+  explainPanel.install(document.getElementById('explain-panel'));
+  unitPanel.install(document.getElementById('unit-panel'));
+  playground.install(document.getElementById('playground'));
+  document.getElementById('scale-mode').addEventListener('change', (e) => { store.set('scaleMode', e.target.value); redraw(); });
+  document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
+  let resizeTimer = null;
+  window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 150); });
+  try {
+    const model = await getModel();
+    store.set('model', model);
+    document.getElementById('model-name').textContent = `${model.name} · ${model.input_spec.channels}×${model.input_spec.height}×${model.input_spec.width} · ${model.classes.length} classes`;
+    document.title = `convlens · ${model.name}`;
+    if (model.samples.length) await loadImage(model.samples[0].id);
+    else document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
+  } catch (err) {
+    const status = document.getElementById('status');
+    status.textContent = `Could not load the model: ${err.message || err}`;
+    status.classList.add('error');
+  }
+}
+
+start();

@@ -1,0 +1,282 @@
+// The overview: one column per layer, each neuron a heatmap of its feature map, edges between
+// the columns. Everything is placed from the layer graph by draw-utils.layoutOverview.
+import { MAX_NEURON, MIN_NEURON, OVERVIEW_HEIGHT_MIN, PAGE_SIZE } from './config.js';
+import { GRAY, RGB_TINTS, makeScale, rangeFor, legendText } from './color.js';
+import {
+  blockNames, channelOrder, columnRole, countText, edgePath, fmt, layoutOverview, pageOf,
+  readsFrom, shapeText, visibleLayers,
+} from './draw-utils.js';
+import { el, hideTip, legend, paintMap, showTip } from './render.js';
+import * as store from './store.js';
+
+const SVG = 'http://www.w3.org/2000/svg';
+const WINDOW_KINDS = new Set(['conv', 'maxpool', 'avgpool']);
+
+/** Resolve a layer name through hidden layers (dropout) to the column that shows it. */
+function resolver(layers, shown) {
+  const byName = new Map(layers.map((l) => [l.name, l]));
+  return function resolve(name) {
+    let n = name;
+    while (n && !shown.has(n)) n = byName.get(n)?.inputs[0];
+    return n;
+  };
+}
+
+/** Column specs: the layer, its role, and the channels it shows on its current page. */
+export function buildColumns(model, trace) {
+  const layers = visibleLayers(model.graph.layers);
+  const pages = store.get('pages');
+  const blocks = Object.fromEntries(
+    blockNames(model.graph.layers).map((b, i) => [model.graph.layers[i].name, b]));
+  return layers.map((layer, i) => {
+    const role = columnRole(layer, i === layers.length - 1);
+    const act = trace.activations[layer.name];
+    const stats = trace.stats[layer.name] || {};
+    if (role !== 'maps') {
+      const count = role === 'output' ? model.classes.length : 1;
+      return { layer, role, count, channels: [0], block: blocks[layer.name] };
+    }
+    const sent = act ? act.shape[0] : 0;
+    const chMax = (stats.channel_max || []).slice(0, sent);
+    const order = chMax.length === sent ? channelOrder(chMax, PAGE_SIZE) : [...Array(sent).keys()];
+    const pg = pageOf(order, pages[layer.name] || 0, PAGE_SIZE);
+    return {
+      layer, role, count: pg.channels.length, channels: pg.channels, page: pg.page,
+      pages: pg.pages, total: layer.output_shape[0], sent, block: blocks[layer.name],
+    };
+  });
+}
+
+function scaleFor(model, trace, name, c) {
+  const mode = store.get('scaleMode');
+  const spatial = new Set(model.graph.layers.filter((l) => l.output_shape.length === 3).map((l) => l.name));
+  const blocks = Object.fromEntries(
+    blockNames(model.graph.layers).map((b, i) => [model.graph.layers[i].name, b]));
+  const [lo, hi] = rangeFor(mode, name, c, trace.stats, blocks, spatial);
+  return makeScale(lo, hi, { mode });
+}
+
+function inputScale(model, c) {
+  const stops = model.input_spec.channels === 1 ? GRAY : RGB_TINTS[c % 3];
+  return { ...makeScale(0, 1, { stops }), mode: 'input pixels' };
+}
+
+// ------------------------------------------------------------------ drawing pieces
+
+function svgEl(tag, attrs) {
+  const node = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  return node;
+}
+
+function drawLabels(svg, cols, lay, details) {
+  const tight = lay.columns.length > 1 && lay.columns[1].x - lay.columns[0].x < 110;
+  lay.columns.forEach((pos, i) => {
+    const { layer } = cols[i];
+    const cx = pos.x + pos.width / 2;
+    const dy = tight && i % 2 ? 26 : 0;
+    const text = (cls, y, s) => {
+      const t = svgEl('text', { x: cx, y: y + dy, 'text-anchor': 'middle', class: cls });
+      t.textContent = s;
+      svg.append(t);
+    };
+    text('name', 14, layer.name);
+    const params = layer.params ? ` · ${countText(layer.params)} params` : '';
+    text('sub', 26, `${shapeText(layer.output_shape)}${params}`);
+    if (details) {
+      const h = layer.hyper || {};
+      const win = WINDOW_KINDS.has(layer.kind)
+        ? `k${h.kernel?.join('×')} s${h.stride?.join('×')} p${h.padding?.join('×')}` : layer.op;
+      text('sub', 38, win);
+      const rf = layer.receptive_field;
+      text('block', 50, rf ? `${cols[i].block} · RF ${rf.global ? 'all' : rf.size.join('×')}` : cols[i].block);
+    }
+  });
+}
+
+function neuronCenter(pos, k, side) {
+  const n = pos.neurons[Math.min(k, pos.neurons.length - 1)];
+  return [side === 'out' ? pos.x + pos.width : pos.x, n.y + n.size / 2];
+}
+
+/** Edges into column i; returns Map "target channel index" → [paths, source keys]. */
+function drawEdgesInto(svg, cols, lay, i, index, resolve, colOf) {
+  const col = cols[i];
+  const pos = lay.columns[i];
+  const links = new Map();
+  const prevName = i > 0 ? cols[i - 1].layer.name : null;
+  for (const srcName of col.layer.inputs.map(resolve)) {
+    const j = colOf.get(srcName);
+    if (j === undefined) continue;
+    const src = cols[j];
+    const spos = lay.columns[j];
+    if (srcName !== prevName) { // a skip connection: one arc between the column tops
+      const [x0] = neuronCenter(spos, 0, 'out');
+      const top = Math.min(spos.neurons[0].y, pos.neurons[0].y);
+      svg.append(svgEl('path', { class: 'edge skip', d: edgePath(x0 - spos.width / 2, top, pos.x + pos.width / 2, top, true, 24) }));
+      continue;
+    }
+    col.channels.forEach((ch, t) => {
+      const targetCh = col.role === 'maps' ? ch : 0;
+      const wanted = col.role === 'maps' ? readsFrom(col.layer, targetCh, src.total || 1) : null;
+      src.channels.forEach((sch, s) => {
+        if (wanted && !wanted.includes(sch)) return;
+        const ends = col.role === 'output' ? col.layer.output_shape[0] : 1;
+        for (let e = 0; e < (col.role === 'output' ? Math.min(ends, 10) : 1); e++) {
+          const [x0, y0] = neuronCenter(spos, s, 'out');
+          const [x1, y1] = neuronCenter(pos, col.role === 'output' ? e : t, 'in');
+          const path = svgEl('path', { class: 'edge', d: edgePath(x0, y0, x1, y1) });
+          svg.append(path);
+          const key = col.role === 'output' ? e : t;
+          if (!links.has(key)) links.set(key, { paths: [], sources: [] });
+          links.get(key).paths.push(path);
+          links.get(key).sources.push(`${src.layer.name}|${sch}`);
+        }
+      });
+    });
+  }
+  index.set(col.layer.name, links);
+}
+
+function neuronTip(layer, c, trace, scale) {
+  const s = trace.stats[layer.name];
+  const range = s && s.channel_min && s.channel_min.length > c
+    ? `values ${fmt(s.channel_min[c])} … ${fmt(s.channel_max[c])}` : '';
+  return `<b>${layer.name}</b> · channel ${c}<br>${range}<br><span style="opacity:.75">colours: ${legendText(scale)} [${fmt(scale.lo, 2)}, ${fmt(scale.hi, 2)}]</span>`;
+}
+
+function hoverHandlers(stage, index, layer, key, tipHtml) {
+  const links = index.get(layer.name)?.get(key);
+  const on = (e) => {
+    stage.classList.add('hovering');
+    links?.paths.forEach((p) => p.classList.add('hl'));
+    links?.sources.forEach((s) => stage.querySelector(`[data-key="${CSS.escape(s)}"]`)?.classList.add('reads'));
+    showTip(e, tipHtml());
+  };
+  const off = () => {
+    stage.classList.remove('hovering');
+    stage.querySelectorAll('.hl').forEach((p) => p.classList.remove('hl'));
+    stage.querySelectorAll('.reads').forEach((p) => p.classList.remove('reads'));
+    hideTip();
+  };
+  return { mouseenter: on, mousemove: (e) => showTip(e, tipHtml()), mouseleave: off, focus: on, blur: off };
+}
+
+function bind(node, handlers) {
+  for (const [ev, fn] of Object.entries(handlers)) node.addEventListener(ev, fn);
+}
+
+function drawMaps(stage, ctx, col, pos) {
+  const { model, trace, index, onOpen } = ctx;
+  const isInput = col.layer.kind === 'input';
+  const act = isInput ? trace.inputTensor : trace.activations[col.layer.name];
+  col.channels.forEach((c, k) => {
+    const n = pos.neurons[k];
+    const scale = isInput ? inputScale(model, c) : scaleFor(model, trace, col.layer.name, c);
+    const canvas = paintMap(el('canvas', {
+      class: 'neuron', tabindex: 0, role: 'button', 'data-layer': col.layer.name,
+      'data-channel': c, 'data-key': `${col.layer.name}|${c}`,
+      'aria-label': `${col.layer.name} channel ${c}`,
+    }), act, c, scale);
+    Object.assign(canvas.style, { left: `${pos.x}px`, top: `${n.y}px`, width: `${n.size}px`, height: `${n.size}px` });
+    bind(canvas, hoverHandlers(stage, index, col.layer, k, () => neuronTip(col.layer, c, trace, scale)));
+    canvas.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: c }));
+    canvas.addEventListener('keydown', (e) => { if (e.key === 'Enter' || e.key === ' ') { e.preventDefault(); onOpen({ layer: col.layer.name, channel: c }); } });
+    stage.append(canvas);
+  });
+}
+
+function drawStrip(stage, ctx, col, pos) {
+  const { model, trace, index, onOpen } = ctx;
+  const act = trace.activations[col.layer.name];
+  if (!act) return;
+  const n = pos.neurons[0];
+  const N = act.data.length;
+  const scale = scaleFor(model, trace, col.layer.name, 0);
+  const canvas = paintMap(el('canvas', {
+    class: 'strip', tabindex: 0, role: 'button', 'data-layer': col.layer.name, 'data-key': `${col.layer.name}|0`,
+    'aria-label': `${col.layer.name}: vector of ${N}`,
+  }), { shape: [N, 1], data: act.data }, 0, scale);
+  Object.assign(canvas.style, { left: `${pos.x}px`, top: `${n.y}px`, width: `${pos.width}px`, height: `${n.size}px` });
+  bind(canvas, hoverHandlers(stage, index, col.layer, 0, () => `<b>${col.layer.name}</b> · vector of ${N}<br>values ${fmt(trace.stats[col.layer.name]?.min ?? 0)} … ${fmt(trace.stats[col.layer.name]?.max ?? 0)}`));
+  canvas.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: 0 }));
+  canvas.addEventListener('keydown', (e) => { if (e.key === 'Enter') onOpen({ layer: col.layer.name, channel: 0 }); });
+  stage.append(canvas);
+}
+
+function drawOutput(stage, ctx, col, pos) {
+  const { model, trace, onOpen } = ctx;
+  const box = el('div', { class: 'outcol', style: { left: `${pos.x}px`, top: `${pos.neurons[0].y}px`, width: `${pos.width}px` } });
+  model.classes.forEach((name, k) => {
+    const p = trace.probabilities[k];
+    const row = el('div', {
+      class: `outrow${k === trace.predicted ? ' top' : ''}`, tabindex: 0, role: 'button',
+      'data-layer': col.layer.name, 'data-channel': k, 'data-key': `${col.layer.name}|${k}`,
+      style: { height: `${pos.neurons[k].size}px` }, title: `${name}: ${(100 * p).toFixed(1)} %`,
+      'aria-label': `class ${name}, probability ${(100 * p).toFixed(1)} percent`,
+    }, el('span', { class: 'cls' }, name), el('div', { class: 'bar' }, el('span', { style: { width: `${100 * p}%` } })));
+    row.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: k }));
+    row.addEventListener('keydown', (e) => { if (e.key === 'Enter') onOpen({ layer: col.layer.name, channel: k }); });
+    bind(row, hoverHandlers(stage, ctx.index, col.layer, k, () => `<b>${name}</b><br>logit ${fmt(trace.logits[k])} · p = ${fmt(p, 4)}`));
+    box.append(row);
+  });
+  stage.append(box);
+}
+
+function drawLegendAndPager(stage, ctx, col, pos) {
+  const last = pos.neurons.at(-1);
+  const y = last.y + last.size + 6;
+  if (col.role === 'maps' && store.get('scaleMode') !== 'neuron' && col.layer.kind !== 'input') {
+    const w = Math.max(60, pos.width + 20);
+    const lg = legend(scaleFor(ctx.model, ctx.trace, col.layer.name, 0), w);
+    Object.assign(lg.style, { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${y}px` });
+    stage.append(lg);
+  }
+  if (col.pages > 1) {
+    const go = (d) => () => {
+      store.get('pages')[col.layer.name] = col.page + d;
+      ctx.redraw();
+    };
+    const pager = el('div', { class: 'pager', style: { left: `${pos.x - 12}px`, top: `${y + 22}px` } },
+      el('button', { type: 'button', 'aria-label': `previous channels of ${col.layer.name}`, onclick: go(-1), disabled: col.page === 0 }, '‹'),
+      el('span', {}, `${col.page + 1}/${col.pages}`),
+      el('button', { type: 'button', 'aria-label': `next channels of ${col.layer.name}`, onclick: go(1), disabled: col.page === col.pages - 1 }, '›'));
+    pager.title = `most active first; ${col.sent} of ${col.total} channels sent`;
+    stage.append(pager);
+  }
+}
+
+/**
+ * Draw the overview into `root`. `onOpen({layer, channel})` is called when a neuron is chosen.
+ */
+export function drawOverview(root, model, trace, onOpen) {
+  const t0 = performance.now();
+  const cols = buildColumns(model, trace);
+  const details = store.get('showDetails');
+  const height = Math.max(OVERVIEW_HEIGHT_MIN, Math.min(760, window.innerHeight - root.getBoundingClientRect().top - 16));
+  const lay = layoutOverview(cols.map((c) => ({ name: c.layer.name, role: c.role, count: c.count })), {
+    width: root.clientWidth, height, top: details ? 84 : 60, bottom: 56, minColumnGap: 46, maxNeuron: MAX_NEURON, minNeuron: MIN_NEURON,
+  });
+  const stage = el('div', { class: 'stage', style: { width: `${lay.width}px`, height: `${height}px` } });
+  const svg = svgEl('svg', { width: lay.width, height });
+  stage.append(svg);
+  const colOf = new Map(cols.map((c, i) => [c.layer.name, i]));
+  const resolve = resolver(model.graph.layers, colOf);
+  const index = new Map();
+  cols.forEach((_, i) => drawEdgesInto(svg, cols, lay, i, index, resolve, colOf));
+  drawLabels(svg, cols, lay, details);
+  const ctx = { model, trace, index, onOpen, redraw: () => drawOverview(root, model, trace, onOpen) };
+  cols.forEach((col, i) => {
+    const pos = lay.columns[i];
+    if (col.role === 'maps') drawMaps(stage, ctx, col, pos);
+    else if (col.role === 'vector') drawStrip(stage, ctx, col, pos);
+    else drawOutput(stage, ctx, col, pos);
+    if (col.role === 'maps') drawLegendAndPager(stage, ctx, col, pos);
+  });
+  const scroll = root.scrollLeft;
+  root.replaceChildren(stage);
+  root.scrollLeft = scroll;
+  root.dataset.columns = String(cols.length);
+  root.dataset.drawMs = String(Math.round(performance.now() - t0));
+  return { columns: cols, layout: lay };
+}

@@ -1,0 +1,35 @@
+// Softmax: logits, their exponentials, the normalizing sum and the probabilities; hover a row
+// to pair its terms.
+import { fmt, softmaxString, softmaxTerms } from './draw-utils.js';
+import { el } from './render.js';
+
+export const NAME = 'softmax';
+
+export function title(ctx) {
+  return `${ctx.layer.name} — softmax over ${ctx.model.classes.length} classes`;
+}
+
+export async function render(body, ctx) {
+  const { model, trace } = ctx;
+  // A model whose output already is probabilities: its logits are not sent; use log p (same softmax).
+  const logits = model.outputs === 'probabilities' ? trace.probabilities.map((p) => Math.log(Math.max(p, 1e-30))) : trace.logits;
+  const t = softmaxTerms(logits);
+  const formula = el('div', { class: 'arith', id: 'softmax-formula' });
+  const rows = model.classes.map((name, k) => el('tr', { 'data-k': k, tabindex: 0 },
+    el('td', { style: { textAlign: 'left' } }, name), el('td', {}, fmt(logits[k])), el('td', {}, fmt(t.exps[k])),
+    el('td', {}, fmt(t.probs[k], 4)),
+    el('td', { style: { width: '160px', textAlign: 'left' } }, el('div', { style: { height: '8px', width: `${150 * t.probs[k]}px`, background: k === trace.predicted ? '#2563eb' : '#94a3b8', borderRadius: '4px' } }))));
+  const pick = (k) => {
+    rows.forEach((r, i) => r.classList.toggle('hl', i === k));
+    formula.replaceChildren(el('span', { class: 'result', id: 'softmax-result', 'data-k': k, 'data-value': t.probs[k] }, softmaxString(k, logits)));
+  };
+  rows.forEach((r, k) => { r.addEventListener('mouseenter', () => pick(k)); r.addEventListener('focus', () => pick(k)); });
+  const table = el('table', { class: 'softmax-table' },
+    el('tr', {}, el('th', { style: { textAlign: 'left' } }, 'class'), el('th', {}, 'logit z'),
+      el('th', {}, t.shift ? `e^(z − ${fmt(t.shift)})` : 'e^z'), el('th', {}, 'p = e^z / Σ'), el('th', {}, '')),
+    ...rows,
+    el('tr', {}, el('td', { style: { textAlign: 'left' } }, el('b', {}, 'Σ')), el('td', {}), el('td', {}, el('b', {}, fmt(t.sum))), el('td', {}, '1.0000'), el('td', {})));
+  body.replaceChildren(el('div', { class: 'viewrow' }, table), formula);
+  pick(ctx.channel ?? trace.predicted);
+  return null;
+}
