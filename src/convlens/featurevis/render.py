@@ -39,12 +39,14 @@ from convlens.probe import capture, preserved_modes
 
 @dataclass
 class RenderResult:
-    """Images ``(B, C, H, W)`` in ``[0, 1]`` and the objective per step ``(steps, B)``."""
+    """Images ``(B, C, H, W)`` in ``[0, 1]``, the objective per step ``(steps, B)`` (as seen
+    through the random transforms, regularizers included) and the starting images."""
 
     images: torch.Tensor
     history: torch.Tensor
     objective: str
     labels: list[str]
+    start: torch.Tensor
 
     def figure(self, title: str = "", ncols: int = 5, cell_size: int = 112) -> Image.Image:
         """A labelled grid of the images."""
@@ -214,6 +216,8 @@ def render(
     loss_of = _regularized(objective, tv, l1, l2, blur)
     optimizer = torch.optim.Adam(p.parameters(), lr=lr)
     history = torch.empty(steps, n)
+    with torch.no_grad():
+        start = p().detach().clone()
     bar = _progress(steps, progress, objective.name)
     redirect = redirected_relus(model) if relu_override else contextlib.nullcontext()
     with redirect, capture(model, sorted(loss_of.layers)) as cap:
@@ -237,7 +241,8 @@ def render(
         bar.close()
     with torch.no_grad():
         images = p().detach().clamp(0, 1)
-    return RenderResult(images, history, objective.name, list(labels or [str(i) for i in range(n)]))
+    names = list(labels or [str(i) for i in range(n)])
+    return RenderResult(images, history, objective.name, names, start)
 
 
 def parse_channels(text: str, width: int | None = None) -> list[int]:
@@ -295,6 +300,7 @@ def render_channels(
         torch.cat([r.history for r in parts], dim=1),
         f"{layer} {kind}s",
         [names[c] if names else f"{layer}:{c}" for c in channels],
+        torch.cat([r.start for r in parts]),
     )
 
 
