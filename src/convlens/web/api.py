@@ -199,18 +199,20 @@ def build_router(state: ServerState) -> APIRouter:
         responses={503: {"description": "explanation methods not available in this build"}},
     )
     def post_explain(req: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
-        stored = state.store.get(req.image_id)
-        if req.layer is not None:
-            _check_layer(state, req.layer)
-        target = _target_index(state, req.target, stored.tensor)
+        stored = state.store.get(req.image_id)  # an unknown image is a 404
         start = time.perf_counter()
         try:
+            if req.layer is not None:
+                _check_layer(state, req.layer)
+            target = _target_index(state, req.target, stored.tensor)
             with state.model_lock:
                 result = features.explain(
                     model, stored.tensor, req.method, target, req.layer, req.params
                 )
         except features.UnavailableError as e:
             raise ApiError(503, str(e)) from None
+        except ConvlensError as e:  # unknown method, layer or class: 400, as the contract says
+            raise ApiError(400, str(e)) from None
         seconds = time.perf_counter() - start
         amap = result.map.detach().float()
         scale = Scale.fit(amap, "rdbu" if result.signed else "viridis")
