@@ -78,10 +78,11 @@ export async function render(body, ctx) {
       el('span', { class: 'op' }, '='),
       el('div', { class: 'viewcol' }, midBox.box, el('span', { class: 'label' }, `intermediate ${c}`))) };
   });
-  const outBox = mapBox(Y, o, outScale, Math.min(260, 12 * Wo));
+  const outBox = mapBox(Y, o, outScale, Math.min(240, 12 * Wo));
   const outCell = el('div', { class: 'cell' });
   outBox.box.append(outCell);
   const arith = el('div', { class: 'arith', id: 'conv-arith' });
+  const resultBox = el('div', { class: 'arith' });
   const show = (p) => {
     const i = Math.floor(p / Wo);
     const j = p % Wo;
@@ -94,9 +95,10 @@ export async function render(body, ctx) {
     placeRect(outCell, outBox.cell, i, j, 1, 1);
     const res = convCell(X, weight, bias, o, i, j, hyper);
     const a = arithmetic(res, i, j, Y.data[(o * Ho + i) * Wo + j]);
-    arith.replaceChildren(a.lines.join('\n'), '\n',
+    resultBox.replaceChildren(
       el('span', { class: 'result', id: 'conv-result', 'data-row': i, 'data-col': j, 'data-value': res.value }, a.final),
       el('span', { class: 'muted' }, `\n(the network computed ${fmt(a.server, 5)})`));
+    arith.replaceChildren(a.lines.join('\n'));
   };
   const anim = animator(Ho * Wo, show, ANIMATION_MS);
   const scrub = (box, H, W) => box.canvas.addEventListener('mousemove', (e) => {
@@ -106,13 +108,16 @@ export async function render(body, ctx) {
   scrub(outBox, Ho, Wo);
   rows.forEach((r) => scrub(r.midBox, Ho, Wo));
   const more = cinG > chans.length ? el('p', { class: 'muted' }, `showing ${chans.length} of ${cinG} input channels; the sum below uses all of them`) : null;
-  body.replaceChildren(
-    el('div', { class: 'viewrow' },
-      el('div', {}, ...rows.map((r) => r.node), more,
-        el('div', { class: 'viewrow' }, legend(inScale, 110), legend(kScale, 80), legend(interScale, 110))),
-      el('div', { class: 'viewcol' }, el('span', { class: 'label' }, `Σ intermediate + bias (${fmt(res0(bias, o), 3)}) =`),
-        outBox.box, el('span', { class: 'label' }, `${layer.name} channel ${o}`), legend(outScale, 160))),
-    anim.node, arith);
+  const named = (text, node) => el('div', {}, el('span', {}, text), node);
+  body.replaceChildren(el('div', { class: 'conv-layout' },
+    el('div', { class: 'conv-channels' }, ...rows.map((r) => r.node), more,
+      el('div', { class: 'legends' }, named('input', legend(inScale, 110)), named('kernel', legend(kScale, 90)),
+        named('intermediate', legend(interScale, 110)))),
+    el('div', { class: 'conv-side' },
+      el('span', { class: 'label muted' }, `Σ of the ${cinG} intermediate maps + bias ${fmt(res0(bias, o))} =`),
+      outBox.box, el('span', { class: 'label muted' }, `${layer.name} channel ${o} (hover to move the window)`),
+      named('', legend(outScale, 160)), anim.node, resultBox,
+      el('span', { class: 'label muted' }, 'window × kernel, channel by channel:'), arith)));
   anim.set(0);
   return () => anim.stop();
 }

@@ -11,8 +11,10 @@ function paramInput(name, spec) {
   const type = spec?.type || 'str';
   const value = spec?.default ?? '';
   if (type === 'bool') return el('input', { type: 'checkbox', 'data-param': name, 'data-type': type, checked: Boolean(value) });
-  if (Array.isArray(spec?.choices)) {
-    return el('select', { 'data-param': name, 'data-type': type }, ...spec.choices.map((c) => el('option', { value: c, selected: c === value }, String(c))));
+  const literal = /^Literal\[(.*)\]$/.exec(type);
+  const choices = spec?.choices || (literal ? literal[1].split(',').map((c) => c.trim().replace(/^['"]|['"]$/g, '')) : null);
+  if (choices) {
+    return el('select', { 'data-param': name, 'data-type': 'str' }, ...choices.map((c) => el('option', { value: c, selected: c === value }, String(c))));
   }
   return el('input', { type: type === 'int' || type === 'float' ? 'number' : 'text', step: type === 'float' ? 'any' : '1', value: value ?? '', 'data-param': name, 'data-type': type, style: { width: '80px' } });
 }
@@ -53,7 +55,7 @@ export function install(root) {
       root.append(el('p', { class: 'muted' }, 'This server has no explanation methods installed.'));
       return;
     }
-    const method = el('select', { id: 'explain-method', 'aria-label': 'method' }, ...methods.map((m) => el('option', { value: m.name }, m.name)));
+    const method = el('select', { id: 'explain-method', 'aria-label': 'method' }, ...methods.map((m) => el('option', { value: m.name, title: m.paper || '' }, m.title || m.name)));
     const target = el('select', { id: 'explain-target', 'aria-label': 'target class' }, el('option', { value: '' }, 'predicted class'),
       ...model.classes.map((c, k) => el('option', { value: k }, c)));
     const spatial = model.graph.layers.filter((l) => l.output_shape.length === 3 && l.kind !== 'input');
