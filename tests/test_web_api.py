@@ -483,3 +483,80 @@ def test_burst_of_50_concurrent_requests(live_url: str) -> None:
 def test_loopback_detection() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Replace the blocking ``serve`` with a recorder."""
+    calls: list[dict[str, object]] = []
+
+    def fake_serve(app: object, host: str, port: int, *, open_browser: bool = False) -> None:
+        calls.append({"app": app, "host": host, "port": port, "open_browser": open_browser})
+
+    monkeypatch.setattr("convlens.web.serve", fake_serve)
+    return calls
+
+
+def test_cli_serve_defaults_to_loopback(served: list[dict[str, object]], images_dir: Path) -> None:
+    from convlens.cli import main
+
+    args = ["serve", "-m", "tiny-vgg:input_size=32", "--images", str(images_dir), "--no-browser"]
+    assert main(args) == 0
+    (call,) = served
+    assert (call["host"], call["port"], call["open_browser"]) == ("127.0.0.1", 8765, False)
+    with TestClient(call["app"]) as c:  # type: ignore[arg-type]
+        assert len(c.get("/api/v1/model").json()["samples"]) == 2
+
+
+def test_cli_serve_bad_options(served: list[dict[str, object]], tmp_path: Path) -> None:
+    from convlens.cli import main
+
+    assert main(["serve", "-m", "tiny-vgg", "--images", str(tmp_path / "none")]) == 2
+    assert main(["serve", "-m", "tiny-vgg", "--port", "70000"]) == 2
+    assert main(["serve", "-m", "tiny-vgg", "--max-upload-mb", "-1"]) == 2
+    assert served == []
+
+
+def test_cli_demo_serves_and_opens_the_browser(
+    served: list[dict[str, object]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convlens.cli import main
+
+    assert main(["demo", "-m", "tiny-vgg:input_size=32"]) == 0
+    assert served[0]["open_browser"] is True
+    assert "conv_1_1" in capsys.readouterr().out  # the summary is still printed
+    assert main(["demo", "-m", "tiny-vgg:input_size=32", "--no-browser"]) == 0
+    assert served[1]["open_browser"] is False
+
+
+def test_cli_demo_without_the_web_extra(
+    served: list[dict[str, object]],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from convlens.cli import main
+
+    monkeypatch.setattr("convlens.cli.demo.web_available", lambda: False)
+    assert main(["demo", "-m", "tiny-vgg:input_size=32"]) == 0
+    out = capsys.readouterr().out
+    assert "conv_1_1" in out and "convlens[web]" in out
+    assert served == []
+
+
+def test_serving_beyond_loopback_warns(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: Model
+) -> None:
+    import uvicorn
+
+    from convlens.web.server import serve
+
+    runs: list[tuple[str, int]] = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: runs.append((host, port)))
+    serve(create_app(model), "127.0.0.1", 9001)
+    assert "warning" not in capsys.readouterr().out
+    serve(create_app(model), "0.0.0.0", 9002)
+    assert "warning" in capsys.readouterr().out
+    assert runs == [("127.0.0.1", 9001), ("0.0.0.0", 9002)]

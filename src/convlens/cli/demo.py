@@ -6,9 +6,18 @@ from typing import Annotated
 
 import torch
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from convlens.cli.common import open_model
+from convlens.cli.serve import (
+    WEB_EXTRA_HINT,
+    HostOpt,
+    NoBrowserOpt,
+    PortOpt,
+    run_server,
+    web_available,
+)
 from convlens.cli.summary import print_summary, wide_console
 from convlens.model import Model
 
@@ -31,12 +40,26 @@ def prediction_table(model: Model) -> Table:
 
 def demo(
     model: Annotated[str, typer.Option("--model", "-m", help="Model to show.")] = "demo",
+    host: HostOpt = "127.0.0.1",
+    port: PortOpt = 8765,
+    no_browser: NoBrowserOpt = False,
+    no_server: Annotated[
+        bool, typer.Option("--no-server", help="Only print the summary; do not serve.")
+    ] = False,
 ) -> None:
-    """Show the bundled demo model: its layers and its predictions on the sample images."""
+    """Show the bundled demo model: its layers, its predictions, and the web explainer."""
     m = open_model(model)
     console = wide_console()
     print_summary(m, console)
     console.print(prediction_table(m))
+    if no_server:
+        return
+    if not web_available():
+        console.print(
+            f"[yellow]The web explainer is not installed[/yellow]; for it: {escape(WEB_EXTRA_HINT)}"
+        )
+        return
+    run_server(m, host=host, port=port, open_browser=not no_browser)
 
 
 def register(app: typer.Typer) -> None:
