@@ -1,0 +1,303 @@
+"""The web explainer in a real headless Chromium (Playwright for Python, Debian's chromium).
+
+The real server (``convlens.web.server.create_app`` under uvicorn, in a thread on a free
+loopback port) serves the real front end; the assertions compare what the page shows with
+what the model computes in this process. Screenshots go to ``tests/artifacts/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from convlens.model import Model, build, load_model
+from convlens.model.core import Sample
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "web"
+PAGE_SIZE = 10  # config.js PAGE_SIZE: neurons per column before paging
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+server_mod = pytest.importorskip("convlens.web.server", reason="the web server is not available")
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    """uvicorn in a thread, stopped cleanly at the end."""
+
+    def __init__(self, model: Model) -> None:
+        self.model = model
+        self.port = _free_port()
+        config = uvicorn.Config(
+            server_mod.create_app(model), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def _demo_model(tmp: Path) -> Model:
+    """The bundled demo model, or (until its weights land) Tiny VGG on 1×28×28 with samples."""
+    try:
+        return load_model("demo").eval()
+    except Exception:
+        model = build("tiny-vgg:in_channels=1,input_size=28", seed=0).eval()
+        rng = np.random.default_rng(0)
+        for k in range(3):
+            path = tmp / f"sample-{k}.png"
+            Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8), "L").save(path)
+            model.samples.append(Sample(path, label=k))
+        return model
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+    srv = _Server(_demo_model(tmp_path_factory.mktemp("demo")))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def explainer_server() -> Iterator[_Server]:
+    root = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
+    if not (root / "model.json").is_file():
+        pytest.skip(f"CNN Explainer fixture not found at {root}")
+    srv = _Server(load_model(str(root)).eval())
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=str(CHROMIUM),
+            args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        yield b
+        b.close()
+
+
+def _open(browser: Any, server: _Server) -> Any:
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.errors = errors
+    page.goto(server.url)
+    page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+    return page
+
+
+def _shot(page: Any, name: str, full: bool = False) -> None:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
+
+
+def _number(text: str) -> float:
+    """The last number of an arithmetic line, as the page prints it (with a real minus sign)."""
+    found = re.findall(r"[−-]?\d+(?:\.\d+)?(?:e[−+-]?\d+)?", text.split("=")[-1])
+    return float(found[-1].replace("−", "-"))
+
+
+def _activations(model: Model, image: str | Path) -> dict[str, torch.Tensor]:
+    from convlens.probe import record_all
+
+    acts, _ = record_all(model, model.load_image(image))
+    return {k: v[0] for k, v in acts.items()}
+
+
+# --------------------------------------------------------------------------- tests
+
+
+def _expected_counts(model: Model) -> tuple[int, int]:
+    """Columns (every layer but dropout) and map neurons (channels up to a page per column)."""
+    layers = [lay for lay in model.graph.layers if lay.kind != "dropout"]
+    neurons = sum(
+        min(lay.output_shape[0], PAGE_SIZE) for lay in layers[:-1] if len(lay.output_shape) == 3
+    )
+    return len(layers), neurons
+
+
+@pytest.mark.parametrize("which", ["demo_server", "explainer_server"])
+def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
+    which: str, request: pytest.FixtureRequest, browser: Any
+) -> None:
+    server: _Server = request.getfixturevalue(which)
+    page = _open(browser, server)
+    columns, neurons = _expected_counts(server.model)
+    assert page.get_attribute("#overview", "data-columns") == str(columns)
+    assert page.locator("canvas.neuron").count() == neurons
+    assert page.locator(".outrow").count() == len(server.model.classes)
+    ms = page.get_attribute("#overview", "data-draw-ms")
+    print(f"{which}: overview drawn in {ms} ms (noisy shared machine)")
+    _shot(page, f"overview-{which}", full=True)
+    page.check("#show-details")
+    page.select_option("#scale-mode", "global")
+    _shot(page, f"overview-{which}-details-global")
+    assert not page.errors
+
+
+def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, browser: Any) -> None:
+    model = explainer_server.model
+    page = _open(browser, explainer_server)
+    page.click("canvas.neuron[data-layer='conv_1_2'][data-channel='4']")
+    page.wait_for_selector("#detail[data-view=conv] #conv-result")
+    for _ in range(40):  # step the window along, as a user would
+        page.click("#detail button.step")
+    result = page.locator("#conv-result")
+    i, j = int(result.get_attribute("data-row")), int(result.get_attribute("data-col"))
+    assert (i, j) == (0, 40)
+    expected = float(_activations(model, model.samples[0].path)["conv_1_2"][4, i, j])
+    shown = _number(result.inner_text())
+    assert shown == pytest.approx(expected, abs=1.5e-3)  # printed to 3 decimals
+    assert float(result.get_attribute("data-value")) == pytest.approx(expected, rel=1e-4, abs=1e-5)
+    # each channel's line is x×w products summing to its printed partial sum
+    lines = page.locator("#conv-arith").inner_text().splitlines()
+    assert len(lines) == 8 + 1  # 8 channels written out, the other 2 summed
+    _shot(page, "view-conv")
+    page.keyboard.press("Escape")
+    assert page.locator("#detail").is_hidden()
+    assert not page.errors
+
+
+@pytest.mark.parametrize(
+    ("selector", "view", "result"),
+    [
+        ("canvas.neuron[data-layer='relu_1_1'][data-channel='2']", "activation", None),
+        ("canvas.neuron[data-layer='max_pool_1'][data-channel='3']", "pool", "#pool-result"),
+        ("canvas.strip[data-layer='flatten']", "flatten", "#flatten-result"),
+        (".outrow[data-channel='1']", "softmax", "#softmax-result"),
+    ],
+)
+def test_detail_views_open_show_the_right_numbers_and_close(
+    explainer_server: _Server, browser: Any, selector: str, view: str, result: str | None
+) -> None:
+    model = explainer_server.model
+    page = _open(browser, explainer_server)
+    page.evaluate("window.scrollTo(0, 0)")
+    page.click(selector)
+    page.wait_for_selector(f"#detail[data-view={view}]")
+    page.wait_for_selector("#detail .result")
+    acts = _activations(model, model.samples[0].path)
+    if view == "activation":
+        text = page.locator("#elementwise-formula").inner_text()
+        x = float(acts["conv_1_1"][2, 0, 0])
+        assert text.startswith("[0, 0]") and "max(0," in text
+        assert _number(text) == pytest.approx(max(0.0, x), abs=1.5e-3)
+    elif view == "pool":
+        expected = float(acts["max_pool_1"][3, 0, 0])
+        assert _number(page.locator(result).inner_text()) == pytest.approx(expected, abs=1.5e-3)
+    elif view == "flatten":
+        assert page.locator(result).get_attribute("data-index") == "0"
+        page.hover("#detail canvas.map >> nth=2")  # channel 2, the centre pixel of 13×13
+        assert page.locator(result).get_attribute("data-index") == str(2 * 169 + 6 * 13 + 6)
+    else:
+        probs = model.probabilities(model.load_image(model.samples[0].path))[0]
+        assert float(page.locator(result).get_attribute("data-value")) == pytest.approx(
+            float(probs[1]), rel=1e-4, abs=1e-6
+        )
+    _shot(page, f"view-{view}")
+    page.keyboard.press("Escape")
+    assert page.locator("#detail").is_hidden()
+    assert not page.errors
+
+
+def test_upload_updates_the_prediction(
+    explainer_server: _Server, browser: Any, tmp_path: Path
+) -> None:
+    model = explainer_server.model
+    page = _open(browser, explainer_server)
+    # a red-and-yellow image: the model's answer for it, computed here
+    arr = np.zeros((80, 120, 3), dtype=np.uint8)
+    arr[:, :60] = (220, 30, 30)
+    arr[:, 60:] = (240, 220, 20)
+    path = tmp_path / "upload.png"
+    Image.fromarray(arr).save(path)
+    expected = model.classes[int(model.probabilities(model.load_image(path)).argmax())]
+    before = page.get_attribute("#processed-img", "src")
+    page.set_input_files("#file-input", str(path))
+    page.wait_for_function(
+        "before => document.getElementById('processed-img').src !== before", arg=before
+    )
+    page.wait_for_function(
+        "name => document.getElementById('predicted-class')?.textContent === name", arg=expected
+    )
+    assert page.locator(".outrow.top .cls").inner_text() == expected
+    assert "120×80" in page.locator("#original-cap").inner_text()
+    _shot(page, "upload", full=True)
+    assert not page.errors
+
+
+def test_playground_flags_a_stride_that_does_not_tile(demo_server: _Server, browser: Any) -> None:
+    page = _open(browser, demo_server)
+    page.fill("#pg-n", "8")
+    page.dispatch_event("#pg-n", "change")
+    page.fill("#pg-s", "2")
+    page.dispatch_event("#pg-s", "change")
+    assert "does not tile" in page.locator("#pg-error").inner_text()
+    assert page.get_attribute("#playground", "data-tiles") == "false"
+    page.locator("#playground").scroll_into_view_if_needed()
+    _shot(page, "playground-error")
+    page.fill("#pg-n", "7")
+    page.dispatch_event("#pg-n", "change")
+    assert page.locator("#pg-error").inner_text() == ""
+    assert "= 4 / 2 + 1 = 3" in page.locator("#pg-formula").inner_text()
+
+
+def test_an_explanation_map_appears(explainer_server: _Server, browser: Any) -> None:
+    page = _open(browser, explainer_server)
+    names = page.eval_on_selector_all("#explain-method option", "os => os.map(o => o.value)")
+    if not names:
+        pytest.skip("this build has no explanation methods")
+    for method in [m for m in ("saliency", "grad-cam") if m in names] or names[:1]:
+        page.select_option("#explain-method", method)
+        page.click("#explain-run")
+        page.wait_for_selector(f".explain-card[data-method='{method}']", timeout=20_000)
+    img = page.locator(".explain-card img").first
+    src = img.get_attribute("src") or ""
+    assert src.startswith("data:image/png;base64,")
+    assert Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))).size[0] > 0
+    page.locator("#explain-panel").scroll_into_view_if_needed()
+    _shot(page, "explain")
+    assert not page.errors
