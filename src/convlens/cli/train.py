@@ -1,0 +1,265 @@
+"""``convlens train`` (train or fine-tune a model, with checkpoints and --resume) and
+``convlens augment-preview`` (a grid of augmented samples)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from convlens.cli.common import ArchOpt, TrustOpt, open_model
+from convlens.data import ImageDataset, open_dataset
+from convlens.errors import ConvlensError
+from convlens.io.figure import grid, save_png
+from convlens.model import Model
+from convlens.model.zoo import ZOO, build, parse_arch
+from convlens.train import Augment, StepInfo, TrainConfig, TrainingInterrupted, default_augment
+from convlens.train import train as run_training
+from convlens.train.datasets import Subset, for_model
+from convlens.train.loop import OPTIMIZERS, SCHEDULES
+from convlens.train.transfer import with_classes
+
+DatasetOpt = Annotated[
+    str,
+    typer.Option("--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png"),
+]
+DataDirOpt = Annotated[
+    str | None, typer.Option("--data-dir", help="Folder holding the data set's files.")
+]
+DownloadOpt = Annotated[
+    bool, typer.Option("--download", help="Fetch missing files from the official source.")
+]
+
+
+def check_out_target(out: str) -> None:
+    """Fail before any work if ``out`` could not be created or written (creates nothing)."""
+    p = Path(out).absolute()
+    if p.exists() and not p.is_dir():
+        raise ConvlensError(f"--out {out!r} exists and is not a folder")
+    existing = p
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConvlensError(f"--out {out!r} cannot be written (no write permission on {existing})")
+
+
+def _zoo_model(source: str, data: ImageDataset, seed: int) -> Model:
+    """A fresh zoo model sized to the data unless the user gave the sizes in ``source``."""
+    name, args = parse_arch(source)
+    defaults = ZOO.get(name).defaults
+    channels, height, _ = data.shape
+    fill = {"in_channels": channels, "input_size": height, "num_classes": len(data.classes)}
+    for key, value in fill.items():
+        if key in defaults and key not in args:
+            args[key] = value
+    return build(name, data.classes, seed=seed, **args)
+
+
+def prepare_model(
+    source: str, data: ImageDataset, seed: int, arch: str | None, trust_pickle: bool
+) -> Model:
+    if source.partition(":")[0] in ZOO:
+        return _zoo_model(source, data, seed)
+    model = open_model(source, arch, None, trust_pickle)
+    torch.manual_seed(seed)  # the new head's initialisation
+    return with_classes(model, data.classes)
+
+
+def _progress(console: Console) -> Progress:
+    return Progress(
+        TextColumn("epoch {task.fields[epoch]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+    )
+
+
+def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
+    val = f"  val loss {rec['val_loss']:.4f} acc {rec['val_acc']:.2%}" if "val_loss" in rec else ""
+    return (
+        f"epoch {rec['epoch']}/{epochs}  train loss {rec['train_loss']:.4f} "
+        f"acc {rec['train_acc']:.2%}{val}  lr {rec['lr']:.2e}  {rec['seconds']:.1f} s  "
+        f"{rec['images_per_s']:,.0f} img/s"
+    )
+
+
+def train(
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="A zoo name (tiny-vgg[:args]) trained from scratch, "
+            "or a checkpoint/model file to fine-tune.",
+        ),
+    ] = "tiny-vgg",
+    epochs: Annotated[int, typer.Option(help="Total epochs (with --resume: the new total).")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
+    lr: Annotated[
+        float, typer.Option(help="Learning rate (of the head, when fine-tuning).")
+    ] = 3e-3,
+    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")] = "adam",
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
+    lr_schedule: Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")] = "none",
+    augment: Annotated[
+        bool,
+        typer.Option(
+            "--augment/--no-augment",
+            help="Random crop and flips (+ colour jitter for RGB), see augment-preview.",
+        ),
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of weights, data order and augmentation.")] = 0,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Replace an earlier run in --out.")
+    ] = False,
+    freeze: Annotated[
+        bool, typer.Option("--freeze", help="Feature extraction: train only the head.")
+    ] = False,
+    finetune: Annotated[
+        bool, typer.Option("--finetune", help="Fine-tune all layers, the body at a lower LR.")
+    ] = False,
+    body_lr_scale: Annotated[float, typer.Option(help="Body LR = lr × this (--finetune).")] = 0.1,
+    limit: Annotated[
+        int | None, typer.Option(help="Train on this many images (a seeded subset).")
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
+    ] = None,
+    channels_last: Annotated[
+        bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout.")
+    ] = True,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+) -> None:
+    """Train a model on a data set, validating on its test split and checkpointing each epoch.
+
+    Ctrl-C saves the run and exits; the same command with --resume continues it exactly.
+    """
+    if freeze and finetune:
+        raise ConvlensError("choose one of --freeze (feature extraction) and --finetune")
+    check_out_target(out)
+    if threads:
+        torch.set_num_threads(threads)
+    train_data = open_dataset(dataset, "train", data_dir, download)
+    val_data = open_dataset(dataset, "test", data_dir, download)
+    m = prepare_model(model, train_data, seed, arch, trust_pickle)
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+        weight_decay=weight_decay, schedule=lr_schedule, seed=seed,
+        augment=default_augment(m.spec.shape) if augment else Augment(),
+        mode="feature-extraction" if freeze else "finetune" if finetune else "full",
+        body_lr_scale=body_lr_scale, channels_last=channels_last,
+    )  # fmt: skip
+    train_data, val_data = for_model(train_data, m.spec.shape), for_model(val_data, m.spec.shape)
+    if limit is not None:
+        train_data = Subset(train_data, limit, seed)
+    console = Console(stderr=True, soft_wrap=True)
+    console.print(
+        f"training {m.name} {m.arch['args'] if m.arch else ''} on {train_data.name}: "
+        f"{len(train_data):,} images, validating on {len(val_data):,}; writing {out}"
+    )
+    meta = {"dataset": {"name": dataset if dataset in ("fashion-mnist", "cifar10") else "folder",
+                        "train_images": len(train_data)},
+            "command": "convlens train " + " ".join(sys.argv[2:])}  # fmt: skip
+    with _progress(console) as progress:
+        task = progress.add_task("train", total=1, epoch="", stats="")
+
+        def on_step(s: StepInfo) -> None:
+            stats = f"loss {s.loss:.4f}  acc {s.accuracy:.2%}  {s.images_per_s:,.0f} img/s"
+            progress.update(task, completed=s.step, total=s.steps,
+                            epoch=f"{s.epoch}/{s.epochs}", stats=stats)  # fmt: skip
+
+        def on_epoch(rec: dict[str, Any]) -> None:
+            progress.console.print(_epoch_line(rec, config.epochs))
+
+        try:
+            result = run_training(m, train_data, val_data, out, config, resume=resume,
+                                  overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
+                                  extra_meta=meta)  # fmt: skip
+        except TrainingInterrupted as e:
+            progress.stop()
+            print(f"interrupted: {e}", file=sys.stderr)
+            raise SystemExit(130) from None
+    last = result.history[-1] if result.history else {}
+    console.print(
+        f"done: {len(result.history)} epochs, validation accuracy {last.get('val_acc', 0):.2%}; "
+        f"checkpoint in {result.out} (load with --model {result.out})"
+    )
+
+
+def augment_preview(
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write.")],
+    count: Annotated[int, typer.Option(help="How many images (rows).")] = 8,
+    variants: Annotated[int, typer.Option(help="Augmented versions per image.")] = 6,
+    split: Annotated[str, typer.Option(help="Which split to sample.")] = "train",
+    seed: Annotated[int, typer.Option(help="Seed of the sample and the augmentation.")] = 0,
+    crop_padding: Annotated[
+        int | None, typer.Option(help="Random-crop padding in pixels (default: fits the data).")
+    ] = None,
+    hflip: Annotated[bool, typer.Option("--hflip/--no-hflip", help="Random flips.")] = True,
+    jitter: Annotated[
+        float | None, typer.Option(help="Brightness/contrast/saturation jitter strength.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+) -> None:
+    """Write a grid: each row one image, first the original, then augmented versions."""
+    if count < 1 or variants < 1:
+        raise ConvlensError("--count and --variants must be at least 1")
+    if not out.lower().endswith(".png"):
+        raise ConvlensError(f"--out must name a .png file, got {out!r}")
+    check_out_target(str(Path(out).parent) if str(Path(out).parent) else ".")
+    data = open_dataset(dataset, split, data_dir, download)
+    base = default_augment(data.shape)
+    strength = base.brightness if jitter is None else jitter
+    aug = Augment(
+        crop_padding=base.crop_padding if crop_padding is None else crop_padding,
+        hflip=hflip, brightness=strength, contrast=strength,
+        saturation=strength if data.shape[0] == 3 else 0.0,
+    )  # fmt: skip
+    pick = Subset(data, min(count, len(data)), seed)
+    x, y = pick.get(range(len(pick)))
+    gen = torch.Generator().manual_seed(seed)
+    # (V, B, C, H, W): every variant of the batch, then row-major order image by image.
+    versions = torch.stack([x] + [aug(x, gen) for _ in range(variants)])
+    cells = list(versions.transpose(0, 1).reshape(-1, *x.shape[1:]))
+    labels = [
+        data.classes[int(y[i])] if v == 0 else f"aug {v}"
+        for i in range(len(x))
+        for v in range(variants + 1)
+    ]
+    title = f"{data.name} ({split}): {_describe(aug)}"
+    save_png(grid(cells, variants + 1, labels, title=title, cell_size=72), out)
+    Console(stderr=True).print(f"wrote {out}")
+
+
+def _describe(aug: Augment) -> str:
+    parts = []
+    if aug.crop_padding:
+        parts.append(f"random crop with {aug.crop_padding} px padding")
+    if aug.hflip:
+        parts.append("horizontal flips")
+    if aug.brightness or aug.contrast or aug.saturation:
+        parts.append(f"colour jitter ±{aug.brightness:.0%}")
+    return ", ".join(parts) or "no augmentation"
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(train)
+    app.command("augment-preview")(augment_preview)
