@@ -12,3 +12,5 @@ export const LAYER_COLORS = {
   adaptive_pool: '#059669', batchnorm: '#9333ea', norm: '#9333ea', flatten: '#64748b',
   linear: '#dc2626', softmax: '#dc2626', add: '#0891b2', concat: '#0891b2', other: '#6b7280',
 };
+export const OVERVIEW_MAX_SIZE = 64; // trace maps larger than this are pooled down for the overview
+export const MAX_CLASSES = 10; // output rows shown (the most probable first beyond this)

@@ -9,6 +9,7 @@ import * as playground from './playground.js';
 import * as store from './store.js';
 import * as unitPanel from './unit-panel.js';
 import { el } from './render.js';
+import { OVERVIEW_MAX_SIZE } from './config.js';
 
 const overviewRoot = () => document.getElementById('overview');
 
@@ -51,7 +52,9 @@ function showPrediction(model, trace) {
 
 async function loadImage(imageId) {
   store.set('imageId', imageId);
-  const trace = await getTrace(imageId);
+  // Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast; the detail
+  // views fetch the layers they show at full resolution (fullActivations).
+  const trace = await getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();

@@ -1,6 +1,6 @@
 // The overview: one column per layer, each neuron a heatmap of its feature map, edges between
 // the columns. Everything is placed from the layer graph by draw-utils.layoutOverview.
-import { MAX_NEURON, MIN_NEURON, OVERVIEW_HEIGHT_MIN, PAGE_SIZE } from './config.js';
+import { MAX_CLASSES, MAX_NEURON, MIN_NEURON, OVERVIEW_HEIGHT_MIN, PAGE_SIZE } from './config.js';
 import { GRAY, RGB_TINTS, makeScale, rangeFor, legendText } from './color.js';
 import {
   blockNames, channelOrder, columnRole, countText, edgePath, fmt, layoutOverview, pageOf,
@@ -32,10 +32,13 @@ export function buildColumns(model, trace) {
     const role = columnRole(layer, i === layers.length - 1);
     const act = trace.activations[layer.name];
     const stats = trace.stats[layer.name] || {};
-    if (role !== 'maps') {
-      const count = role === 'output' ? model.classes.length : 1;
-      return { layer, role, count, channels: [0], block: blocks[layer.name] };
+    if (role === 'output') { // the most probable classes first when there are many
+      const k = model.classes.length;
+      const order = k <= MAX_CLASSES ? [...Array(k).keys()]
+        : channelOrder(trace.probabilities, MAX_CLASSES).slice(0, MAX_CLASSES);
+      return { layer, role, count: order.length, channels: order, classOrder: order, block: blocks[layer.name] };
     }
+    if (role !== 'maps') return { layer, role, count: 1, channels: [0], block: blocks[layer.name] };
     const sent = act ? act.shape[0] : 0;
     const chMax = (stats.channel_max || []).slice(0, sent);
     const order = chMax.length === sent ? channelOrder(chMax, PAGE_SIZE) : [...Array(sent).keys()];
@@ -207,19 +210,23 @@ function drawStrip(stage, ctx, col, pos) {
 function drawOutput(stage, ctx, col, pos) {
   const { model, trace, onOpen } = ctx;
   const box = el('div', { class: 'outcol', style: { left: `${pos.x}px`, top: `${pos.neurons[0].y}px`, width: `${pos.width}px` } });
-  model.classes.forEach((name, k) => {
+  col.classOrder.forEach((k, row) => {
+    const name = model.classes[k];
     const p = trace.probabilities[k];
-    const row = el('div', {
+    const rowEl = el('div', {
       class: `outrow${k === trace.predicted ? ' top' : ''}`, tabindex: 0, role: 'button',
       'data-layer': col.layer.name, 'data-channel': k, 'data-key': `${col.layer.name}|${k}`,
-      style: { height: `${pos.neurons[k].size}px` }, title: `${name}: ${(100 * p).toFixed(1)} %`,
+      style: { height: `${pos.neurons[row].size}px` }, title: `${name}: ${(100 * p).toFixed(1)} %`,
       'aria-label': `class ${name}, probability ${(100 * p).toFixed(1)} percent`,
     }, el('span', { class: 'cls' }, name), el('div', { class: 'bar' }, el('span', { style: { width: `${100 * p}%` } })));
-    row.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: k }));
-    row.addEventListener('keydown', (e) => { if (e.key === 'Enter') onOpen({ layer: col.layer.name, channel: k }); });
-    bind(row, hoverHandlers(stage, ctx.index, col.layer, k, () => `<b>${name}</b><br>logit ${fmt(trace.logits[k])} · p = ${fmt(p, 4)}`));
-    box.append(row);
+    rowEl.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: k }));
+    rowEl.addEventListener('keydown', (e) => { if (e.key === 'Enter') onOpen({ layer: col.layer.name, channel: k }); });
+    bind(rowEl, hoverHandlers(stage, ctx.index, col.layer, row, () => `<b>${name}</b><br>logit ${fmt(trace.logits[k])} · p = ${fmt(p, 4)}`));
+    box.append(rowEl);
   });
+  if (model.classes.length > col.classOrder.length) {
+    box.append(el('div', { class: 'muted', style: { fontSize: '10px' } }, `top ${col.classOrder.length} of ${model.classes.length} classes`));
+  }
   stage.append(box);
 }
 

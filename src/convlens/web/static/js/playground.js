@@ -90,9 +90,12 @@ export function install(root) {
       timer = setInterval(step, ANIMATION_MS * 2);
     } else if (res.floored) {
       // Show where the windows would fall, and the padded rows no window reaches.
-      place(input.win, n + 2 * p - res.rest, 0, res.rest, n + 2 * p);
-      input.win.setAttribute('fill', 'rgba(185, 28, 28, 0.18)');
-      input.win.setAttribute('stroke', '#b91c1c');
+      const total = n + 2 * p;
+      const col = input.win.cloneNode();
+      input.svg.append(col);
+      place(input.win, total - res.rest, 0, res.rest, total);
+      place(col, 0, total - res.rest, total, res.rest);
+      [input.win, col].forEach((r) => { r.setAttribute('fill', 'rgba(185, 28, 28, 0.18)'); r.setAttribute('stroke', '#b91c1c'); });
     }
     stage.replaceChildren(...parts);
   };
