@@ -181,7 +181,9 @@ def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
 def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, browser: Any) -> None:
     model = explainer_server.model
     page = _open(browser, explainer_server)
-    page.click("canvas.neuron[data-layer='conv_1_2'][data-channel='4']")
+    neuron = "canvas.neuron[data-layer='conv_1_2'][data-channel='4']"
+    page.focus(neuron)  # keyboard reachable: Enter opens the view
+    page.keyboard.press("Enter")
     page.wait_for_selector("#detail[data-view=conv] #conv-result")
     for _ in range(40):  # step the window along, as a user would
         page.click("#detail button.step")
@@ -198,6 +200,12 @@ def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, brow
     _shot(page, "view-conv")
     page.keyboard.press("Escape")
     assert page.locator("#detail").is_hidden()
+    # back where we were: focus on the neuron, and the unit panel shows its 10 kernel slices
+    assert page.evaluate("document.activeElement.dataset.key") == "conv_1_2|4"
+    page.wait_for_selector("#unit-panel canvas")
+    assert page.locator("#unit-panel canvas").count() == 10
+    page.locator("#unit-panel").scroll_into_view_if_needed()
+    _shot(page, "unit-panel")
     assert not page.errors
 
 
