@@ -20,6 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
+from convlens.errors import ConvlensError
 from convlens.model import Model, build
 from convlens.trace import decode_tensor
 from convlens.web import ServerConfig, create_app
@@ -344,22 +345,89 @@ def test_dotted_layer_names_in_urls(small_resnet: Model) -> None:
     with TestClient(create_app(small_resnet)) as c:
         r = c.get("/api/v1/weights/layer1.0.conv1")
         assert r.status_code == 200 and r.json()["bias"] is None
-        unit = c.get("/api/v1/units/layer1.0.conv1/2").json()
+        unit = c.get("/api/v1/units/layer1.0.conv1/2?featurevis=false").json()
         w = small_resnet.net.get_submodule("layer1.0.conv1").weight[2]
         np.testing.assert_array_equal(decode_tensor(unit["kernel"]), w.detach().numpy())
 
 
 def test_units(client: TestClient, model: Model) -> None:
-    doc = client.get("/api/v1/units/conv_1_2/4").json()
+    doc = client.get("/api/v1/units/conv_1_2/4?featurevis=false").json()
     assert doc["layer"] == "conv_1_2" and doc["channel"] == 4
     np.testing.assert_array_equal(
         decode_tensor(doc["kernel"]), model.net.conv_1_2.weight[4].detach().numpy()
     )
     assert doc["top_patches"] is None  # no --scan given
-    assert client.get("/api/v1/units/relu_1_2/4").json()["kernel"] is None
+    assert client.get("/api/v1/units/relu_1_2/4?featurevis=false").json()["kernel"] is None
     assert client.get("/api/v1/units/conv_1_2/10").status_code == 400
     assert client.get("/api/v1/units/conv_1_2/x").status_code == 422
     assert client.get("/api/v1/units/conv_9/1").status_code == 404
+
+
+def test_unit_feature_visualization_is_rendered_once(model: Model) -> None:
+    pytest.importorskip("convlens.featurevis")
+    with TestClient(create_app(model, config=ServerConfig(featurevis_steps=3))) as c:
+        assert c.get("/api/v1/model").json()["capabilities"]["featurevis"] is True
+        first = c.get("/api/v1/units/conv_2_1/1").json()["featurevis"]
+        img = data_url_image(first)
+        assert img.size == (128, 128)  # 32x32 upscaled x4, nearest neighbour
+        assert c.get("/api/v1/units/conv_2_1/1").json()["featurevis"] == first  # cached
+        assert c.get("/api/v1/units/input/0").json()["featurevis"] is None
+
+
+@pytest.fixture(scope="module")
+def scanned(model: Model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A class-folder data set of 6 noise images and a scan of two layers over it."""
+    analysis = pytest.importorskip("convlens.analysis")
+    from convlens.data import open_dataset
+
+    root = tmp_path_factory.mktemp("scan")
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / "data" / cls).mkdir(parents=True)
+        for i in range(3):
+            arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / "data" / cls / f"{i}.png")
+    dataset = open_dataset(root / "data", "train")
+    analysis.scan(model, dataset, ["conv_1_1", "conv_2_2"], k=4, out=root / "scan", progress=False)
+    return root / "scan", root / "data"
+
+
+def test_unit_top_patches_from_a_scan(model: Model, scanned: tuple[Path, Path]) -> None:
+    from convlens.data import open_dataset
+
+    scan_dir, data_dir = scanned
+    app = create_app(model, scan_dir=scan_dir, scan_data=str(data_dir))
+    with TestClient(app) as c:
+        assert c.get("/api/v1/model").json()["capabilities"]["scan"] is True
+        doc = c.get("/api/v1/units/conv_1_1/2?featurevis=false").json()
+        assert len(doc["top_patches"]) == len(doc["top_hits"]) == 4
+        # the best hit is the channel's largest activation over the data set, found by hand
+        images, _ = open_dataset(data_dir, "train").get(list(range(6)))
+        with torch.no_grad():
+            acts = model.net.conv_1_1(model.normalize(images))[:, 2]  # (N, 30, 30)
+        best = doc["top_hits"][0]
+        assert best["value"] == pytest.approx(float(acts.max()), rel=1e-5)
+        assert float(acts[best["image"], best["row"], best["col"]]) == pytest.approx(best["value"])
+        # its patch is the 3x3 receptive field at (row, col), upscaled x22 to 66 px
+        patch = np.asarray(data_url_image(doc["top_patches"][0]))
+        crop = images[
+            best["image"], :, best["row"] : best["row"] + 3, best["col"] : best["col"] + 3
+        ]
+        expected = (crop.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        np.testing.assert_array_equal(patch[::22, ::22], expected)
+        assert c.get("/api/v1/units/conv_1_2/0?featurevis=false").json()["top_patches"] is None
+
+
+def test_scan_problems(model: Model, scanned: tuple[Path, Path], tmp_path: Path) -> None:
+    scan_dir, _ = scanned
+    with TestClient(create_app(model, scan_dir=scan_dir)) as c:  # folder data set not given
+        assert c.get("/api/v1/model").json()["capabilities"]["scan"] is False
+        assert c.get("/api/v1/units/conv_1_1/0?featurevis=false").json()["top_patches"] is None
+    other = build("tiny-vgg:in_channels=3,input_size=32", seed=1)
+    with pytest.raises(ConvlensError, match="other weights"):
+        create_app(other, scan_dir=scan_dir)
+    with pytest.raises(ConvlensError, match="no scan"):
+        create_app(model, scan_dir=tmp_path)
 
 
 # ----------------------------------------------------------------------------- /explain
@@ -463,7 +531,7 @@ def test_burst_of_50_concurrent_requests(live_url: str) -> None:
     up = httpx.post(f"{live_url}/api/v1/images", files={"file": ("a", png(halves(30, 60)))})
     images = ["sample-0", "sample-1", up.json()["image_id"]]
     urls = [f"{live_url}/api/v1/trace?image={i}" for i in images]
-    urls += [f"{live_url}/api/v1/units/conv_1_1/{c}" for c in (0, 5)]
+    urls += [f"{live_url}/api/v1/units/conv_1_1/{c}?featurevis=false" for c in (0, 5)]
     alone = {u: httpx.get(u).json() for u in urls}
 
     async def burst() -> list[tuple[str, httpx.Response]]:

@@ -41,6 +41,7 @@ def run_server(
     *,
     images: Path | None = None,
     scan: Path | None = None,
+    scan_data: str | None = None,
     host: str = "127.0.0.1",
     port: int = 8765,
     open_browser: bool = True,
@@ -58,7 +59,13 @@ def run_server(
         config_args["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
     if not 0 < port < 65536:
         raise ConvlensError(f"--port must be 1..65535, got {port}")
-    app = create_app(model, images_dir=images, scan_dir=scan, config=ServerConfig(**config_args))
+    app = create_app(
+        model,
+        images_dir=images,
+        scan_dir=scan,
+        scan_data=scan_data,
+        config=ServerConfig(**config_args),
+    )
     serve(app, host, port, open_browser=open_browser)
 
 
@@ -79,6 +86,14 @@ def serve_command(
         Path | None,
         typer.Option("--scan", help="A scan folder (`convlens scan`) for top dataset patches."),
     ] = None,
+    scan_data: Annotated[
+        str | None,
+        typer.Option(
+            "--scan-data",
+            help="The scan's data set (a name or a class-folder root) when it cannot be "
+            "reopened from the scan's own record (image folders).",
+        ),
+    ] = None,
     host: HostOpt = "127.0.0.1",
     port: PortOpt = 8765,
     no_browser: NoBrowserOpt = False,
@@ -94,6 +109,7 @@ def serve_command(
         open_model(model, arch, fmt, trust_pickle),
         images=images,
         scan=scan,
+        scan_data=scan_data,
         host=host,
         port=port,
         open_browser=not no_browser,

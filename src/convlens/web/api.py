@@ -91,7 +91,7 @@ def model_document(state: ServerState) -> dict[str, Any]:
         "samples": samples,
         "capabilities": {
             "methods": features.method_catalogue(),
-            "scan": features.scan_available(state.scan_dir),
+            "scan": state.scan is not None and state.scan.dataset is not None,
             "featurevis": features.featurevis_available(),
         },
         "limits": {
@@ -228,21 +228,32 @@ def build_router(state: ServerState) -> APIRouter:
         }
 
     @router.get("/units/{layer:path}/{channel}", summary="One unit: kernel, feature vis, patches")
-    def get_unit(layer: str, channel: int) -> dict[str, Any]:
+    def get_unit(
+        layer: str,
+        channel: int,
+        featurevis: Annotated[
+            bool, Query(description="render the feature visualization (slow the first time)")
+        ] = True,
+    ) -> dict[str, Any]:
         _check_layer(state, layer)
-        channels = model.graph[layer].output_shape[0]
+        lay = model.graph[layer]
+        channels = lay.output_shape[0]
         if not 0 <= channel < channels:
             raise ConvlensError(
                 f"channel {channel} is out of range for layer {layer!r} (0..{channels - 1})"
             )
-        fv = _cached_render(state, layer, channel)
-        patches = features.top_patches(state.scan_dir, model, layer, channel)
+        fv = _cached_render(state, layer, channel) if featurevis else None
+        with state.scan_lock:  # data sets read files and may cache; one reader at a time
+            patches = features.top_patches(
+                state.scan, model, layer, channel, n=state.config.top_patches
+            )
         return {
             "layer": layer,
             "channel": channel,
             "featurevis": png_data_url(fv) if fv is not None else None,
             "kernel": kernel_of(model, layer, channel),
-            "top_patches": [png_data_url(p) for p in patches] if patches is not None else None,
+            "top_patches": [png_data_url(p) for p in patches[0]] if patches else None,
+            "top_hits": patches[1] if patches else None,
         }
 
     @router.api_route("/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
@@ -253,12 +264,18 @@ def build_router(state: ServerState) -> APIRouter:
 
 
 def _cached_render(state: ServerState, layer: str, channel: int) -> Any:
+    """The unit's feature visualization, rendered once per server on a private model copy."""
     key = ("featurevis", layer, channel)
     with state.cache_lock:
         if key in state.cache:
             return state.cache[key]
-    with state.model_lock:
-        image = features.render_unit(state.model, layer, channel)
+    with state.fv_lock:
+        with state.cache_lock:  # another request may have rendered it while we waited
+            if key in state.cache:
+                return state.cache[key]
+        image = features.render_unit(
+            state.featurevis_model(), layer, channel, state.config.featurevis_steps
+        )
     with state.cache_lock:
         state.cache[key] = image
     return image

@@ -7,6 +7,8 @@ Each is imported lazily; when a part is missing from this build the API says so 
 from __future__ import annotations
 
 import inspect
+import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,8 @@ import torch
 from PIL import Image
 
 from convlens.errors import ConvlensError
+from convlens.io.figure import upscale
+from convlens.io.image import tensor_to_image
 from convlens.model.core import Model
 
 
@@ -46,22 +50,33 @@ def _json_value(v: Any) -> Any:
     return repr(v)
 
 
-def _type_name(annotation: Any) -> str:
+def _param_type(annotation: Any) -> dict[str, Any]:
+    """``{"type": name}`` plus ``"choices"`` for a ``Literal`` (aliases resolved)."""
     if annotation is inspect.Parameter.empty:
-        return "any"
-    return annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "any")
+        return {"type": "any"}
+    if typing.get_origin(annotation) is typing.Literal:
+        choices = list(typing.get_args(annotation))
+        kind = type(choices[0]).__name__ if choices else "str"
+        return {"type": kind, "choices": [_json_value(c) for c in choices]}
+    if isinstance(annotation, type):
+        return {"type": annotation.__name__}
+    return {"type": str(annotation).replace("typing.", "")}
 
 
 def method_params(cls: type) -> dict[str, dict[str, Any]]:
-    """``{name: {"default", "type"}}`` of a method's constructor (``model``/``layer`` left out,
-    ``layer`` is chosen separately)."""
-    sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    """``{name: {"default", "type"[, "choices"]}}`` of a method's constructor (``model`` and
+    ``layer`` left out: ``layer`` is the request's own field)."""
+    init = cls.__init__  # type: ignore[misc]
+    try:
+        hints = typing.get_type_hints(init)
+    except Exception:  # an annotation that does not resolve: fall back to its text
+        hints = {}
     out = {}
-    for name, p in sig.parameters.items():
+    for name, p in inspect.signature(init).parameters.items():
         if name in ("self", "model", "layer") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
             continue
         default = None if p.default is inspect.Parameter.empty else _json_value(p.default)
-        out[name] = {"default": default, "type": _type_name(p.annotation)}
+        out[name] = {"default": default, **_param_type(hints.get(name, p.annotation))}
     return out
 
 
@@ -106,18 +121,74 @@ def explain(
 
 
 def featurevis_available() -> bool:
-    return False
+    try:
+        import convlens.featurevis  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
-def render_unit(model: Model, layer: str, channel: int) -> Image.Image | None:
-    return None
+def render_unit(model: Model, layer: str, channel: int, steps: int) -> Image.Image | None:
+    """Activation maximization of one channel (Olah et al., Distill 2017), or ``None`` when
+    feature visualization is missing or the layer cannot be optimized (the input)."""
+    if not featurevis_available() or model.graph[layer].kind == "input":
+        return None
+    import convlens.featurevis as fv
+
+    try:
+        result = fv.render(model, fv.channel(layer, [channel]), steps=steps, progress=False)
+    except ConvlensError:
+        return None
+    return upscale(tensor_to_image(result.images[0]), 128)
 
 
-def scan_available(scan_dir: Path | None) -> bool:
-    return False
+@dataclass
+class ScanSource:
+    """A scan folder opened once at start-up, with the data set its patches are cut from."""
+
+    result: Any  # convlens.analysis.ScanResult
+    dataset: Any  # convlens.data.ImageDataset, or None when it cannot be opened here
+    problem: str | None = None
+
+
+def open_scan(scan_dir: Path, model: Model, dataset: str | None = None) -> ScanSource:
+    """Load ``scan_dir`` (made by a scan of this very model) and reopen its data set.
+
+    ``dataset`` overrides the data set recorded in the scan (a registered name or a folder):
+    a folder data set records only its folder's name, so it must be given again.
+    """
+    try:
+        from convlens.analysis import ScanResult, load_scan
+        from convlens.analysis.scan import model_fingerprint
+        from convlens.data import open_dataset
+    except ImportError as e:
+        raise ConvlensError(f"--scan needs the analysis package: {e}") from None
+    meta, state = load_scan(scan_dir)
+    recorded = meta.model.get("sha256")
+    if recorded and recorded != model_fingerprint(model):
+        raise ConvlensError(
+            f"the scan in {str(scan_dir)!r} was made with other weights ({meta.model.get('name')}"
+            f"), not with the served model {model.name!r}; scan this model first"
+        )
+    name = dataset or str(meta.dataset.get("name", ""))
+    split = str(meta.dataset.get("split") or "train")
+    try:
+        ds = open_dataset(name, split)
+    except ConvlensError as e:
+        return ScanSource(ScanResult(meta, state), None, f"cannot open data set {name!r}: {e}")
+    return ScanSource(ScanResult(meta, state), ds)
 
 
 def top_patches(
-    scan_dir: Path | None, model: Model, layer: str, channel: int
-) -> list[Image.Image] | None:
-    return None
+    scan: ScanSource | None, model: Model, layer: str, channel: int, n: int = 8
+) -> tuple[list[Image.Image], list[dict[str, Any]]] | None:
+    """The receptive-field crops of the unit's top ``n`` dataset hits, with their hits."""
+    if scan is None or scan.dataset is None or layer not in scan.result.state:
+        return None
+    from convlens.analysis.patches import unit_patches
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # whole-image "patches" of non-spatial layers
+        crops, hits = unit_patches(scan.result, scan.dataset, model, layer, channel, n=n)
+    images = [upscale(tensor_to_image(c), 64) for c in crops]
+    return images, [{"value": h.value, "image": h.image, "row": h.row, "col": h.col} for h in hits]

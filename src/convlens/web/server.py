@@ -75,13 +75,19 @@ def create_app(
     *,
     images_dir: str | Path | None = None,
     scan_dir: str | Path | None = None,
+    scan_data: str | None = None,
     config: ServerConfig | None = None,
     static_dir: Path = STATIC,
 ) -> FastAPI:
-    """The web explainer for ``model``: API under ``/api/v1``, front end at ``/``."""
+    """The web explainer for ``model``: API under ``/api/v1``, front end at ``/``.
+
+    ``images_dir`` adds its image files to the sample picker; ``scan_dir`` is a scan of this
+    model (``convlens.analysis``) whose top patches ``/units`` shows, cut from its data set
+    (``scan_data`` names the data set when the scan's record is not enough, e.g. a folder).
+    """
     images = _given_folder(images_dir, "--images")
     scan = _given_folder(scan_dir, "--scan")
-    state = ServerState(model, images_dir=images, scan_dir=scan, config=config)
+    state = ServerState(model, images_dir=images, scan_dir=scan, scan_data=scan_data, config=config)
     app = FastAPI(
         title="convlens",
         version=__version__,

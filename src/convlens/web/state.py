@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +11,10 @@ from typing import Any
 
 from convlens.io.image import DecodeLimits
 from convlens.model.core import Model
+from convlens.web.features import open_scan
 from convlens.web.store import ImageStore, sample_catalogue
+
+log = logging.getLogger("convlens.web")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,8 @@ class ServerConfig:
     store_capacity: int = 64
     trace_max_channels: int = 64
     trace_max_size: int = 128
+    featurevis_steps: int = 128
+    top_patches: int = 8
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -43,6 +50,7 @@ class ServerState:
         *,
         images_dir: Path | None = None,
         scan_dir: Path | None = None,
+        scan_data: str | None = None,
         config: ServerConfig | None = None,
     ) -> None:
         self.model = model.eval()
@@ -54,7 +62,23 @@ class ServerState:
             capacity=self.config.store_capacity,
             limits=self.config.decode_limits,
         )
-        self.scan_dir = scan_dir
+        self.scan = open_scan(scan_dir, model, scan_data) if scan_dir is not None else None
+        if self.scan is not None and self.scan.problem:
+            log.warning("--scan %s: %s; top patches are off", scan_dir, self.scan.problem)
         self.model_lock = threading.Lock()
         self.cache: dict[Any, Any] = {}  # small per-server caches (model document, renders)
         self.cache_lock = threading.Lock()
+        self._fv_model: Model | None = None
+        self.fv_lock = threading.Lock()
+        self.scan_lock = threading.Lock()
+
+    def featurevis_model(self) -> Model:
+        """A private copy of the model for feature visualization (call with ``fv_lock`` held).
+
+        A render takes seconds of hooked forward/backward passes; on its own copy it never
+        holds ``model_lock``, so traces and explanations go on meanwhile.
+        """
+        if self._fv_model is None:
+            with self.model_lock:
+                self._fv_model = copy.deepcopy(self.model)
+        return self._fv_model
