@@ -251,8 +251,8 @@ export function layoutOverview(cols, box) {
   const neuron = Math.max(minNeuron, Math.min(maxNeuron, Math.floor((avail - gap * (tallest - 1)) / tallest)));
   const colW = (c) => (c.role === 'output' ? 150 : c.role === 'vector' ? 14 : neuron);
   const natural = cols.reduce((a, c) => a + colW(c), 0);
-  const spacing = Math.max(minColumnGap, (width - natural - 40) / Math.max(1, cols.length - 1));
-  let x = 20;
+  const spacing = Math.max(minColumnGap, (width - natural - 2 * (box.left ?? 20)) / Math.max(1, cols.length - 1));
+  let x = box.left ?? 20;
   const columns = cols.map((c) => {
     const w = colW(c);
     const n = c.role === 'maps' ? c.count : 1;

@@ -72,12 +72,21 @@ function svgEl(tag, attrs) {
   return node;
 }
 
+/** Height of one column label: name and shape, plus two lines of details. */
+function labelHeight(details) {
+  return details ? 50 : 26;
+}
+
+function isTight(lay) {
+  return lay.columns.length > 1 && lay.columns[1].x - lay.columns[0].x < 110;
+}
+
 function drawLabels(svg, cols, lay, details) {
-  const tight = lay.columns.length > 1 && lay.columns[1].x - lay.columns[0].x < 110;
+  const tight = isTight(lay);
   lay.columns.forEach((pos, i) => {
     const { layer } = cols[i];
     const cx = pos.x + pos.width / 2;
-    const dy = tight && i % 2 ? 26 : 0;
+    const dy = tight && i % 2 ? labelHeight(details) : 0;
     const text = (cls, y, s) => {
       const t = svgEl('text', { x: cx, y: y + dy, 'text-anchor': 'middle', class: cls });
       t.textContent = s;
@@ -261,9 +270,11 @@ export function drawOverview(root, model, trace, onOpen) {
   const cols = buildColumns(model, trace);
   const details = store.get('showDetails');
   const height = Math.max(OVERVIEW_HEIGHT_MIN, Math.min(760, window.innerHeight - root.getBoundingClientRect().top - 16));
-  const lay = layoutOverview(cols.map((c) => ({ name: c.layer.name, role: c.role, count: c.count })), {
-    width: root.clientWidth, height, top: details ? 84 : 60, bottom: 56, minColumnGap: 46, maxNeuron: MAX_NEURON, minNeuron: MIN_NEURON,
-  });
+  const specs = cols.map((c) => ({ name: c.layer.name, role: c.role, count: c.count }));
+  const box = { width: root.clientWidth, height, left: 44, bottom: 56, minColumnGap: 46, maxNeuron: MAX_NEURON, minNeuron: MIN_NEURON };
+  // Labels take one row, or two staggered rows when the columns are close together.
+  let lay = layoutOverview(specs, { ...box, top: labelHeight(details) + 12 });
+  if (isTight(lay)) lay = layoutOverview(specs, { ...box, top: 2 * labelHeight(details) + 12 });
   const stage = el('div', { class: 'stage', style: { width: `${lay.width}px`, height: `${height}px` } });
   const svg = svgEl('svg', { width: lay.width, height });
   stage.append(svg);
