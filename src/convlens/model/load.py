@@ -7,6 +7,7 @@ The API, the CLI's ``--model`` and the web app all call :func:`load_model`.
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -114,6 +115,20 @@ def _has_suffix(*suffixes: str) -> Callable[[str], bool]:
     return lambda s: Path(s).suffix.lower() in suffixes and Path(s).is_file()
 
 
+def _is_program_archive(path: str) -> bool:
+    """TorchScript and torch.export archives (zips with code) are not state dicts."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in n or n.endswith("/archive_format") for n in z.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _is_weights_file(source: str) -> bool:
+    is_file = _has_suffix(".safetensors", ".pt", ".pth", ".bin")(source)
+    return is_file and not _is_program_archive(source)
+
+
 def _is_zoo_name(source: str) -> bool:
     return source.partition(":")[0] in ZOO
 
@@ -128,7 +143,7 @@ FORMATS.add("checkpoint", ModelFormat(
     is_checkpoint, _load_checkpoint,
     "a folder written by `convlens train` (model.json + weights.safetensors)"))  # fmt: skip
 FORMATS.add("state-dict", ModelFormat(
-    _has_suffix(".safetensors", ".pt", ".pth", ".bin"), _load_state_dict,
+    _is_weights_file, _load_state_dict,
     "weights only (.safetensors, or .pt/.pth read weights_only) with --arch"))  # fmt: skip
 
 

@@ -1,0 +1,92 @@
+"""Assemble converted operations into a torch network that ``torch.fx`` can trace.
+
+The ONNX and ``torch.export`` readers both turn a file's operator graph into a list of
+:class:`Op`: a named ``nn.Module`` (a conv, a pool, a linear layer, ...) or a plain function
+(addition, concatenation), each reading named values and writing one. :func:`assemble` makes
+a chain into an ``nn.Sequential`` (the friendliest shape for the layer graph) and anything
+else (residual additions, concatenations) into an ``fx.GraphModule`` that runs the
+operations in order, with the modules at their qualified names (``layer1.0.conv1``).
+
+>>> from torch import nn
+>>> net = assemble("x", [Op("fc", ["x"], "y", module=nn.Linear(2, 3))], "y")
+>>> type(net).__name__
+'Sequential'
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx
+from torch import nn
+
+
+@dataclass
+class Op:
+    """One operation: ``output = module(*inputs)`` or ``output = fn(*inputs, **kwargs)``."""
+
+    name: str
+    inputs: list[str]
+    output: str
+    module: nn.Module | None = None
+    fn: Callable[..., Any] | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def clean_name(raw: str, fallback: str) -> str:
+    """A module name from a node path: ``/layer1/layer1.0/conv1/Conv`` → ``layer1.0.conv1``.
+
+    >>> clean_name("/layer1/layer1.0/conv1/Conv", "conv")
+    'layer1.0.conv1'
+    """
+    parts = [p for p in re.split(r"[/:]", raw) if p]
+    if len(parts) > 1:
+        parts = parts[:-1]  # ONNX exporters end the path with the op type
+    name = ""
+    for part in parts:  # each segment is either a qualified name or relative to the last
+        name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+    name = re.sub(r"[^0-9A-Za-z_.]", "_", name).strip(".")
+    if not name or any(not seg for seg in name.split(".")):
+        return fallback
+    return name
+
+
+def unique(name: str, taken: set[str]) -> str:
+    """``name``, or ``name#2`` style suffixes (``name_2``) if already used."""
+    out, k = name, 2
+    while out in taken or any(t.startswith(out + ".") or out.startswith(t + ".") for t in taken):
+        out, k = f"{name}_{k}", k + 1
+    taken.add(out)
+    return out
+
+
+def _is_chain(source: str, ops: list[Op], output: str) -> bool:
+    prev = source
+    for op in ops:
+        if op.module is None or op.inputs != [prev] or "." in op.name:
+            return False
+        prev = op.output
+    return prev == output
+
+
+def assemble(source: str, ops: list[Op], output: str) -> nn.Module:
+    """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``."""
+    if _is_chain(source, ops, output):
+        return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
+    graph = torch.fx.Graph()
+    env: dict[str, torch.fx.Node] = {source: graph.placeholder("x")}
+    modules: dict[str, Any] = {}
+    for op in ops:
+        args = tuple(env[i] for i in op.inputs)
+        if op.module is not None:
+            modules[op.name] = op.module
+            env[op.output] = graph.call_module(op.name, args)
+        else:
+            assert op.fn is not None
+            env[op.output] = graph.call_function(op.fn, args, op.kwargs)
+    graph.output(env[output])
+    return torch.fx.GraphModule(modules, graph, class_name="ConvertedNet")

@@ -1,0 +1,126 @@
+"""PyTorch formats: torch.export programs, TorchScript and state dicts round-trip exactly."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from convlens.errors import ConvlensError
+from convlens.model import Model, build, load_model
+from convlens.model.load import detect_format
+
+ARCHS = ["tiny-vgg:input_size=32", "resnet18:width=8,num_classes=5"]
+
+
+class Opaque:
+    """Something only a full unpickle can rebuild."""
+
+
+def _spec(m: Model) -> dict[str, object]:
+    s = m.spec
+    return {
+        "channels": s.channels,
+        "height": s.height,
+        "width": s.width,
+        "mean": s.mean,
+        "std": s.std,
+    }
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def original(request: pytest.FixtureRequest) -> Model:
+    return build(request.param, seed=0).eval()
+
+
+def _check_same(a: Model, b: Model) -> None:
+    x = torch.rand(3, *a.spec.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x), atol=1e-5, rtol=0)
+    assert b.graph.output.output_shape == a.graph.output.output_shape
+
+
+def test_export_round_trip(original: Model, tmp_path: Path) -> None:
+    path = tmp_path / "net.pt2"
+    ep = torch.export.export(original.net, (torch.zeros(1, *original.spec.shape),))
+    torch.export.save(ep, path)
+    assert detect_format(str(path)) == "torch-export"
+    loaded = load_model(path, classes=original.classes)
+    # The spec comes from the program: the example input's shape (mean/std are not in it).
+    assert loaded.spec.shape == original.spec.shape
+    x = torch.rand(3, *original.spec.shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x), original.net(x), atol=1e-5, rtol=0)
+    names = {lay.name for lay in loaded.graph}
+    # The original module paths survive as layer names.
+    assert (
+        ("conv_1_1" in names)
+        if original.arch["name"] == "tiny-vgg"
+        else ("layer1.0.conv1" in names)
+    )  # type: ignore[index]
+    # Modules are ordinary torch modules again, so explanation methods can hook them.
+    assert any(isinstance(m, torch.nn.Conv2d) for m in loaded.net.modules())
+
+
+def test_torchscript_round_trip(tmp_path: Path) -> None:
+    original = build(ARCHS[1], seed=0).eval()  # a DAG: residual additions
+    path = tmp_path / "net.pt"
+    torch.jit.trace(original.net, torch.zeros(1, *original.spec.shape)).save(str(path))
+    assert detect_format(str(path)) == "torchscript"
+    with pytest.raises(ConvlensError, match="--input-size"):
+        load_model(path)
+    loaded = load_model(path, input_spec=_spec(original))
+    _check_same(original, loaded)
+
+
+def test_state_dict_round_trips(original: Model, tmp_path: Path) -> None:
+    state = {k: v.contiguous() for k, v in original.net.state_dict().items()}
+    arch = original.arch
+    assert arch is not None
+    spec = ",".join(f"{k}={v}" for k, v in arch["args"].items())
+    save_file(state, tmp_path / "w.safetensors")
+    torch.save(state, tmp_path / "w.pt")
+    for name in ("w.safetensors", "w.pt"):
+        loaded = load_model(tmp_path / name, arch=f"{arch['name']}:{spec}")
+        _check_same(original, loaded)
+
+
+def test_pickled_module_needs_trust(tmp_path: Path) -> None:
+    model = build(ARCHS[0], seed=0)
+    torch.save(model.net, tmp_path / "whole.pt")
+    with pytest.raises(ConvlensError, match="--trust-pickle"):
+        load_model(tmp_path / "whole.pt", arch=ARCHS[0])
+    loaded = load_model(tmp_path / "whole.pt", arch=ARCHS[0], trust_pickle=True)
+    _check_same(model.eval(), loaded)
+
+
+def test_pt2_with_pickled_member_needs_trust(tmp_path: Path) -> None:
+    model = build(ARCHS[0], seed=0).eval()
+    clean = tmp_path / "clean.pt2"
+    torch.export.save(torch.export.export(model.net, (torch.zeros(1, 3, 32, 32),)), clean)
+    evil = tmp_path / "evil.pt2"
+    buf = io.BytesIO()
+    torch.save(Opaque(), buf)
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(evil, "w") as dst:
+        for item in src.infolist():
+            data = src.read(item)
+            if "/sample_inputs/" in item.filename:
+                data = buf.getvalue()
+            dst.writestr(item, data)
+    with pytest.raises(ConvlensError, match="--trust-pickle"):
+        load_model(evil)
+
+
+def test_unsupported_op_is_named(tmp_path: Path) -> None:
+    class Odd(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.flatten(torch.cumsum(x, dim=2), 1)
+
+    path = tmp_path / "odd.pt2"
+    torch.export.save(torch.export.export(Odd(), (torch.zeros(1, 1, 4, 4),)), path)
+    with pytest.raises(ConvlensError, match=r"operation \d+ \(cumsum.*not supported"):
+        load_model(path)
