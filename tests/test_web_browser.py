@@ -274,6 +274,20 @@ def test_upload_updates_the_prediction(
     assert page.locator(".outrow.top .cls").inner_text() == expected
     assert "120×80" in page.locator("#original-cap").inner_text()
     _shot(page, "upload", full=True)
+    # drag and drop takes the same way: drop a 10×10 image made in the page
+    page.evaluate(
+        """async () => {
+        const c = Object.assign(document.createElement('canvas'), {width: 10, height: 10});
+        c.getContext('2d').fillRect(0, 0, 5, 10);
+        const blob = await new Promise((r) => c.toBlob(r, 'image/png'));
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], 'dropped.png', {type: 'image/png'}));
+        window.dispatchEvent(new DragEvent('drop', {dataTransfer: dt, bubbles: true}));
+        }"""
+    )
+    page.wait_for_function(
+        "() => document.getElementById('original-cap').textContent.includes('10×10')"
+    )
     assert not page.errors
 
 
