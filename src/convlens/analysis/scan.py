@@ -151,7 +151,10 @@ def _describe(model: Model, dataset: ImageDataset, layers: list[str], k: int, bs
             "shape": list(dataset.shape),
             "classes": list(dataset.classes),
         },
-        layers={name: {"channels": model.graph[name].channels} for name in layers},
+        layers={
+            name: {"channels": model.graph[name].channels, "kind": model.graph[name].kind}
+            for name in layers
+        },
         k=k,
         batch_size=bs,
     )

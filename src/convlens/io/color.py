@@ -88,3 +88,17 @@ def colorize(values: np.ndarray | torch.Tensor, scale: Scale) -> np.ndarray:
     out = lut(scale.cmap)[np.rint(idx * 255).astype(np.int64)]
     out[~np.isfinite(arr)] = (128, 128, 128)
     return out
+
+
+# Tableau's 10 categorical colours, then 10 lighter partners: classes stay distinguishable.
+CATEGORICAL = (
+    "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f",
+    "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac",
+    "#a0cbe8", "#ffbe7d", "#ff9d9a", "#86bcb6", "#8cd17d",
+    "#f1ce63", "#d4a6c8", "#fabfd2", "#d7b5a6", "#79706e",
+)  # fmt: skip
+
+
+def category_colors(n: int) -> list[tuple[int, int, int]]:
+    """``n`` RGB colours for classes; past 20 they repeat."""
+    return [_hex_to_rgb(CATEGORICAL[i % len(CATEGORICAL)]) for i in range(n)]

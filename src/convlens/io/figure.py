@@ -187,3 +187,85 @@ def png_bytes(image: Image.Image) -> bytes:
 def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike[str]) -> None:
     """Write a PNG atomically (temporary file, then rename)."""
     write_bytes_atomic(path, png_bytes(to_pil(image)))
+
+
+def bars(
+    values: Sequence[float],
+    colors: Sequence[tuple[int, int, int]],
+    title: str = "",
+    height: int = 120,
+    bar_width: int = 6,
+    vmax: float = 1.0,
+    min_width: int = 0,
+) -> Image.Image:
+    """A vertical bar chart on ``[0, vmax]`` with its axis, two ticks and a title."""
+    tick_w = max(text_size(_format_tick(t), 10)[0] for t in (0.0, vmax)) + 6
+    width = tick_w + len(values) * (bar_width + 1) + 4
+    out = Image.new("RGB", (max(width, 60, min_width), height + 10), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    base = height + 4
+    for i, (v, c) in enumerate(zip(values, colors, strict=True)):
+        x = tick_w + 2 + i * (bar_width + 1)
+        h = round(max(0.0, min(v / vmax if vmax else 0.0, 1.0)) * height)
+        draw.rectangle((x, base - max(h, 1), x + bar_width - 1, base), fill=c)
+    draw.line((tick_w, 4, tick_w, base), fill=MUTED)
+    draw.line((tick_w, base, width - 2, base), fill=MUTED)
+    for t, y in ((vmax, 4), (0.0, base)):
+        draw.text((tick_w - 4, y), _format_tick(t), fill=INK, font=font(10), anchor="rm")
+    return caption(out, title, size=12) if title else out
+
+
+def scatter(
+    points: np.ndarray,
+    colors: Sequence[tuple[int, int, int]],
+    size: int = 640,
+    radius: float = 2.5,
+    legend: Sequence[tuple[str, tuple[int, int, int]]] = (),
+    title: str = "",
+) -> Image.Image:
+    """Points ``(N, 2)`` scaled into a square canvas, each a filled dot, with a legend."""
+    pts = np.asarray(points, dtype=np.float64)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0)
+    margin = 8 + radius
+    xy = margin + (pts - lo) / span * (size - 2 * margin)
+    canvas = Image.new("RGB", (size, size), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for (x, y), c in zip(xy, colors, strict=True):
+        draw.ellipse((x - radius, size - y - radius, x + radius, size - y + radius), fill=c)
+    draw.rectangle((0, 0, size - 1, size - 1), outline=MUTED)
+    if legend:
+        rows = []
+        for name, c in legend:
+            swatch = Image.new("RGB", (12, 12), c)
+            label = Image.new("RGB", (text_size(name, 12)[0] + 4, 16), BACKGROUND)
+            ImageDraw.Draw(label).text((2, 8), name, fill=INK, font=font(12), anchor="lm")
+            rows.append(hstack([swatch, label], gap=4))
+        canvas = hstack([canvas, vstack(rows, gap=4)], gap=12, align="top")
+    return caption(canvas, title, size=14) if title else canvas
+
+
+def hbars(
+    labels: Sequence[str],
+    values: Sequence[float],
+    colors: Sequence[tuple[int, int, int]],
+    length: int = 240,
+    vmax: float = 1.0,
+    fmt: str = "{:.0%}",
+    title: str = "",
+) -> Image.Image:
+    """Horizontal bars, one labelled row each, the value written after the bar."""
+    label_w = max(text_size(lab, 12)[0] for lab in labels) + 8
+    row_h = 18
+    out = Image.new("RGB", (label_w + length + 60, row_h * len(labels) + 4), BACKGROUND)
+    draw = ImageDraw.Draw(out)
+    for i, (lab, v, c) in enumerate(zip(labels, values, colors, strict=True)):
+        y = 2 + i * row_h
+        draw.text((label_w - 6, y + row_h // 2), lab, fill=INK, font=font(12), anchor="rm")
+        w = round(max(0.0, min(v / vmax if vmax else 0.0, 1.0)) * length)
+        draw.rectangle((label_w, y + 3, label_w + max(w, 1), y + row_h - 3), fill=c)
+        draw.text(
+            (label_w + w + 6, y + row_h // 2), fmt.format(v), fill=INK, font=font(11), anchor="lm"
+        )
+    draw.line((label_w, 0, label_w, out.height - 1), fill=MUTED)
+    return caption(out, title, size=12) if title else out
