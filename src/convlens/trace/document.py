@@ -66,14 +66,17 @@ def layer_stats(t: torch.Tensor) -> dict[str, Any]:
     no channels, so its per-channel lists are empty.
     """
     t = t.detach().float()
-    stats: dict[str, Any] = {"min": _number(t.min()), "max": _number(t.max())}
-    if t.dim() >= 2:
-        per_channel = t.reshape(t.shape[0], -1)  # (C, H, W) -> (C, H*W)
-        stats["channel_min"] = [_number(v) for v in per_channel.min(dim=1).values]
-        stats["channel_max"] = [_number(v) for v in per_channel.max(dim=1).values]
-    else:
-        stats["channel_min"], stats["channel_max"] = [], []
-    return stats
+    if t.dim() < 2:
+        lo, hi = t.aminmax()
+        return {"min": _number(lo), "max": _number(hi), "channel_min": [], "channel_max": []}
+    # one pass per channel gives both ends; the layer's range is the range of those
+    ch_min, ch_max = t.reshape(t.shape[0], -1).aminmax(dim=1)  # (C, H, W) -> (C, H*W)
+    return {
+        "min": _number(ch_min.min()),
+        "max": _number(ch_max.max()),
+        "channel_min": [_number(v) for v in ch_min.tolist()],
+        "channel_max": [_number(v) for v in ch_max.tolist()],
+    }
 
 
 def cap_activation(
