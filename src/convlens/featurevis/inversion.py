@@ -82,7 +82,7 @@ def invert(
         for t, g in zip(p.parameters(), grads, strict=True):
             t.grad = g
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     with torch.no_grad():
         return Inversion(p().detach().clamp(0, 1), losses, layer)
 
