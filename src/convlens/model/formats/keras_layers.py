@@ -317,13 +317,10 @@ def _pool(layer: _Layer, st: _State, kind: str) -> None:
     mode = str(layer.get("padding", "valid")).lower()
     pad, ceil = (0, 0), False
     if mode == "same":
-        top, bottom = same_padding(h, k[0], s[0])
-        left, right = same_padding(w, k[1], s[1])
+        (top, bottom), (left, right) = same_padding(h, k[0], s[0]), same_padding(w, k[1], s[1])
         pad = (top, left)
-        # An odd total puts the extra pixel after: ceil_mode adds exactly that partial window.
-        ceil = bottom != top or right != left
-        if bottom - top not in (0, 1) or right - left not in (0, 1):
-            raise layer.fail("this same padding cannot be expressed in torch")
+        if (bottom, right) != (top, left):
+            pad, ceil = _asymmetric_pool_padding(layer, st, kind, s, (top, bottom, left, right))
     elif mode != "valid":
         raise layer.fail(f"padding {mode!r} is not supported; accepted: valid, same")
     module: nn.Module
@@ -332,6 +329,27 @@ def _pool(layer: _Layer, st: _State, kind: str) -> None:
     else:
         module = nn.AvgPool2d(k, s, pad, ceil_mode=ceil, count_include_pad=False)
     st.add(layer.name, module)
+
+
+def _asymmetric_pool_padding(
+    layer: _Layer, st: _State, kind: str, s: tuple[int, int], tblr: tuple[int, int, int, int]
+) -> tuple[tuple[int, int], bool]:
+    """TensorFlow's odd ``same`` padding for a pool, as torch padding plus ``ceil_mode``.
+
+    With stride > 1, ``ceil_mode`` adds exactly the extra partial window at the end, which
+    averages real pixels only, as TensorFlow does. With stride 1 a max pool gets an explicit
+    ``-inf`` pad (``<layer>_pad``); an average pool cannot be expressed.
+    """
+    top, bottom, left, right = tblr
+    if s[0] > 1 and s[1] > 1 and bottom - top in (0, 1) and right - left in (0, 1):
+        return (top, left), True
+    if kind == "max":
+        st.add(f"{layer.name}_pad", nn.ConstantPad2d((left, right, top, bottom), float("-inf")))
+        return (0, 0), False
+    raise layer.fail(
+        "average pooling with same padding, stride 1 and an even pool size cannot be expressed "
+        "in torch"
+    )
 
 
 def _global_pool(layer: _Layer, st: _State, kind: str) -> None:
@@ -453,6 +471,7 @@ def _normalization(layer: _Layer, st: _State) -> None:
         n = st.shape[0]
         mean = layer.weight("mean", 0, (n,)).numpy()
         var = layer.weight("variance", 1, (n,)).numpy()
+    layer.used = len(layer.weights)  # the sample count beside mean and variance is unused
     mean = np.asarray(mean, dtype=np.float64).reshape(-1)
     std = np.maximum(np.sqrt(np.asarray(var, dtype=np.float64).reshape(-1)), 1e-7)
     if bool(layer.get("invert", False)):
