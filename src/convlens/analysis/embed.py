@@ -73,6 +73,17 @@ def _pool(x: torch.Tensor, pool: str) -> torch.Tensor:
 
 
 @torch.inference_mode()
+def codes_of(
+    model: Model, images: torch.Tensor, layer: str | None = None, pool: str = "mean"
+) -> torch.Tensor:
+    """Codes ``(B, D)`` of a batch of images ``(B, C, H, W)`` in ``[0, 1]``."""
+    name = layer or code_layer(model)
+    with capture(model, [name]) as cap:
+        model(images)
+        return _pool(cap[name].float(), pool)
+
+
+@torch.inference_mode()
 def compute_codes(
     model: Model,
     dataset: ImageDataset,

@@ -277,13 +277,16 @@ def scan(
     resume: bool = False,
     save_every: float = 30.0,
     progress: bool | ProgressFn = True,
+    source: dict[str, Any] | None = None,
 ) -> ScanResult:
     """Scan ``dataset`` (in index order) through ``model``, keeping every channel's top ``k``
     activations of ``layers`` and its statistics.
 
     With ``out``, a finished scan of the same model, data and settings already there is
     returned without recomputing; an unfinished one continues only with ``resume=True``.
-    The state is saved every ``save_every`` seconds (0: after every batch).
+    The state is saved every ``save_every`` seconds (0: after every batch). ``source``
+    (``{"name": ..., "split": ..., "data_dir": ...}``) records how to reopen the data set, so a
+    web app or notebook can cut patches later; by default the data set's own name is kept.
     """
     if k < 1:
         raise ConvlensError(f"--top-k must be at least 1, got {k}")
@@ -292,6 +295,7 @@ def scan(
     names = check_layers(model, layers)
     check_dataset(model, dataset)
     meta = _describe(model, dataset, names, k, batch_size)
+    meta.dataset.update(source or {})
     state: ScanState = {}
     if out is not None and has_scan(out):
         old, old_state = load_scan(out)
