@@ -350,6 +350,36 @@ def test_dotted_layer_names_in_urls(small_resnet: Model) -> None:
         np.testing.assert_array_equal(decode_tensor(unit["kernel"]), w.detach().numpy())
 
 
+class TwiceNet(torch.nn.Module):
+    """One ReLU module called twice: its second call is the layer "relu#2"."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv(x))
+        return self.fc(self.relu(h - 0.1).mean(dim=(2, 3)))
+
+
+def test_hash_in_layer_names(images_dir: Path) -> None:
+    from convlens.io.spec import InputSpec
+
+    torch.manual_seed(0)
+    twice = Model(TwiceNet().eval(), InputSpec(3, 16, 16), name="twice")
+    assert "relu#2" in twice.graph
+    with TestClient(create_app(twice, images_dir=images_dir)) as c:
+        unit = c.get("/api/v1/units/relu%232/1?featurevis=false").json()  # '#' sent as %23
+        assert unit["layer"] == "relu#2" and unit["kernel"] is None
+        doc = c.get("/api/v1/trace", params={"image": "sample-0", "layers": "relu,relu#2"}).json()
+        first = decode_tensor(doc["activations"]["relu"])
+        np.testing.assert_allclose(
+            decode_tensor(doc["activations"]["relu#2"]), np.maximum(first - 0.1, 0), atol=1e-6
+        )
+
+
 def test_units(client: TestClient, model: Model) -> None:
     doc = client.get("/api/v1/units/conv_1_2/4?featurevis=false").json()
     assert doc["layer"] == "conv_1_2" and doc["channel"] == 4
