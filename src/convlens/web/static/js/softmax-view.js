@@ -1,7 +1,9 @@
 // Softmax: logits, their exponentials, the normalizing sum and the probabilities; hover a row
 // to pair its terms.
-import { fmt, softmaxString, softmaxTerms } from './draw-utils.js';
+import { channelOrder, fmt, softmaxString, softmaxTerms } from './draw-utils.js';
 import { el } from './render.js';
+
+const MAX_ROWS = 20;
 
 export const NAME = 'softmax';
 
@@ -15,15 +17,18 @@ export async function render(body, ctx) {
   const logits = model.outputs === 'probabilities' ? trace.probabilities.map((p) => Math.log(Math.max(p, 1e-30))) : trace.logits;
   const t = softmaxTerms(logits);
   const formula = el('div', { class: 'arith', id: 'softmax-formula' });
-  const rows = model.classes.map((name, k) => el('tr', { 'data-k': k, tabindex: 0 },
+  // Many classes (ImageNet): the 20 most probable and the one clicked; the sum is over all.
+  const shown = model.classes.length <= MAX_ROWS ? model.classes.map((_, k) => k)
+    : [...new Set([...channelOrder(t.probs, 1).slice(0, MAX_ROWS), ctx.channel ?? trace.predicted])];
+  const rows = shown.map((k) => [model.classes[k], k]).map(([name, k]) => el('tr', { 'data-k': k, tabindex: 0 },
     el('td', { style: { textAlign: 'left' } }, name), el('td', {}, fmt(logits[k])), el('td', {}, fmt(t.exps[k])),
     el('td', {}, fmt(t.probs[k], 4)),
     el('td', { style: { width: '160px', textAlign: 'left' } }, el('div', { style: { height: '8px', width: `${150 * t.probs[k]}px`, background: k === trace.predicted ? '#2563eb' : '#94a3b8', borderRadius: '4px' } }))));
   const pick = (k) => {
-    rows.forEach((r, i) => r.classList.toggle('hl', i === k));
+    rows.forEach((r) => r.classList.toggle('hl', Number(r.dataset.k) === k));
     formula.replaceChildren(el('span', { class: 'result', id: 'softmax-result', 'data-k': k, 'data-value': t.probs[k] }, softmaxString(k, logits)));
   };
-  rows.forEach((r, k) => { r.addEventListener('mouseenter', () => pick(k)); r.addEventListener('focus', () => pick(k)); });
+  rows.forEach((r) => { const k = Number(r.dataset.k); r.addEventListener('mouseenter', () => pick(k)); r.addEventListener('focus', () => pick(k)); });
   const table = el('table', { class: 'softmax-table' },
     el('tr', {}, el('th', { style: { textAlign: 'left' } }, 'class'), el('th', {}, 'logit z'),
       el('th', {}, t.shift ? `e^(z − ${fmt(t.shift)})` : 'e^z'), el('th', {}, 'p = e^z / Σ'), el('th', {}, '')),
