@@ -23,12 +23,12 @@ True
 from __future__ import annotations
 
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.io.color import Scale
-from convlens.io.figure import caption, colorbar, grid, heatmap, hstack, vstack
+from convlens.io.figure import caption, colorbar, grid, heatmap, hstack, upscale, vstack
 from convlens.model.core import Model
 
 
@@ -88,8 +88,8 @@ def filter_figure(
     more = f" (first {max_filters} of {w.shape[0]} filters)" if w.shape[0] > max_filters else ""
     mean_r = float(rough[torch.isfinite(rough)].mean()) if torch.isfinite(rough).any() else 0.0
     title = (
-        f"{model.name} · {layer}: {w.shape[0]} filters of {w.shape[1]}×{w.shape[2]}×{w.shape[3]}"
-        f"{more} · mean roughness {mean_r:.2f} (≈1 noise, ≈0 smooth)"
+        f"{model.name} · {layer}: {w.shape[0]} filters of {w.shape[1]}x{w.shape[2]}x{w.shape[3]}"
+        f"{more} · mean roughness {mean_r:.2f} (1: like noise, 0: smooth)"
     )
     if w.shape[1] in (1, 3) and model.graph[layer].inputs == ["input"]:
         return _image_kernels(shown, rough, title, cell_size or 72)
@@ -108,10 +108,12 @@ def _channel_kernels(
 ) -> Image.Image:
     """Rows are filters, columns input channels, on one diverging scale for the whole layer."""
     scale = Scale.fit(w, "rdbu")
-    cells = [heatmap(w[o, i], scale) for o in range(w.shape[0]) for i in range(w.shape[1])]
+    cells = [
+        _framed(heatmap(w[o, i], scale), cell) for o in range(w.shape[0]) for i in range(w.shape[1])
+    ]
     rows = []
     for o in range(w.shape[0]):
-        row = grid(cells[o * w.shape[1] : (o + 1) * w.shape[1]], w.shape[1], cell_size=cell, gap=2)
+        row = grid(cells[o * w.shape[1] : (o + 1) * w.shape[1]], w.shape[1], cell_size=cell, gap=3)
         rows.append(hstack([_row_label(o, float(rough[o])), row], gap=4))
     inputs = f"input channels 0..{w.shape[1] - 1}" + (
         f" of {n_inputs}" if n_inputs > w.shape[1] else ""
@@ -119,6 +121,14 @@ def _channel_kernels(
     body = vstack(rows, gap=2)
     legend = colorbar(scale, length=min(240, body.height - 20), label="weight")
     return caption(caption(hstack([body, legend], gap=10), inputs, size=11), title, size=13)
+
+
+def _framed(img: Image.Image, size: int) -> Image.Image:
+    """Enlarge a kernel crisply and outline it, so white (zero) weights do not merge with the
+    background."""
+    big = upscale(img, size).resize((size, size), Image.Resampling.NEAREST)
+    ImageDraw.Draw(big).rectangle((0, 0, size - 1, size - 1), outline=(190, 190, 190))
+    return big
 
 
 def _row_label(index: int, r: float) -> Image.Image:
