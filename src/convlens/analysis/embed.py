@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save
 
+from convlens.analysis.scan import read_batches, skipped_summary
 from convlens.data import ImageDataset
 from convlens.errors import ConvlensError, unknown_name
 from convlens.io.atomic import write_bytes_atomic, write_text_atomic
@@ -84,6 +86,34 @@ def codes_of(
 
 
 @torch.inference_mode()
+def read_codes(
+    model: Model,
+    dataset: ImageDataset,
+    indices: Sequence[int],
+    layer: str | None = None,
+    pool: str = "mean",
+    batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, Any]]]:
+    """Codes ``(N, D)``, labels and data-set indices of the readable images among ``indices``
+    (``layer``'s output pooled over space), and the unreadable ones that were skipped."""
+    if pool not in POOLS:
+        raise ConvlensError(f"unknown pooling {pool!r}; accepted: {', '.join(POOLS)}")
+    name = layer or code_layer(model)
+    codes, labels, kept = [], [], []
+    skipped: list[dict[str, Any]] = []
+    with capture(model, [name]) as cap:
+        for images, labs, idx, _ in read_batches(dataset, indices, batch_size, skipped):
+            if len(idx) == 0:
+                continue
+            model(images)
+            codes.append(_pool(cap[name].float(), pool))
+            labels.append(labs.long())
+            kept.append(idx)
+    if not codes:
+        raise ConvlensError(f"none of the {len(indices)} images could be read to compute codes")
+    return torch.cat(codes), torch.cat(labels), torch.cat(kept), skipped
+
+
 def compute_codes(
     model: Model,
     dataset: ImageDataset,
@@ -92,12 +122,11 @@ def compute_codes(
     pool: str = "mean",
     batch_size: int = 256,
 ) -> torch.Tensor:
-    """Codes ``(N, D)`` of the images ``indices``: ``layer``'s output, pooled over space."""
-    if pool not in POOLS:
-        raise ConvlensError(f"unknown pooling {pool!r}; accepted: {', '.join(POOLS)}")
+    """Codes ``(N, D)`` of the images ``indices``: ``layer``'s output, pooled over space
+    (an unreadable image is an error here; :func:`read_codes` skips them)."""
     name = layer or code_layer(model)
     parts = []
-    with capture(model, [name]) as cap:
+    with capture(model, [name]) as cap, torch.inference_mode():
         for start in range(0, len(indices), batch_size):
             images, _ = dataset.get(list(indices[start : start + batch_size]))
             model(images)
@@ -251,17 +280,18 @@ def code_map(
         raise unknown_name("embedding method", method, METHODS)
     if len(dataset) == 0:
         raise ConvlensError(f"data set {dataset.name!r} is empty: there is nothing to map")
-    idx = sample_indices(len(dataset), n, seed)
     name = layer or code_layer(model)
-    codes = compute_codes(model, dataset, idx, name, pool)
-    labels = torch.cat([dataset.get(idx[i : i + 1024])[1] for i in range(0, len(idx), 1024)])
+    sample = sample_indices(len(dataset), n, seed)
+    codes, labels, kept, skipped = read_codes(model, dataset, sample, name, pool)
+    if skipped:
+        warnings.warn(skipped_summary(skipped), stacklevel=2)
     points = torch.from_numpy(embed(codes, method, seed, n_jobs))
     meta = {
         "version": 1, "model": model.name, "dataset": dataset.name, "layer": name,
-        "pool": pool, "method": method, "n": len(idx), "seed": seed,
-        "classes": list(dataset.classes),
+        "pool": pool, "method": method, "n": len(kept), "seed": seed,
+        "classes": list(dataset.classes), "skipped": skipped,
     }  # fmt: skip
-    return CodeMap(torch.tensor(idx), labels.long(), codes, points, meta)
+    return CodeMap(kept, labels, codes, points, meta)
 
 
 def scatter_figure(cmap: CodeMap, size: int = 640) -> Image.Image:

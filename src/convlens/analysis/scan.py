@@ -185,29 +185,33 @@ def _item_name(dataset: ImageDataset, index: int) -> str:
 
 def read_batches(
     dataset: ImageDataset, order: Sequence[int], batch_size: int, skipped: list[dict[str, Any]]
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, int]]:
-    """``(images, indices, consumed)`` in order, where ``consumed`` counts the entries of
-    ``order`` read so far; an image that fails to load is skipped and recorded in ``skipped``
-    (a failing batch is re-read one image at a time, so one bad file costs only itself)."""
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """``(images, labels, indices, consumed)`` in order, where ``consumed`` counts the entries
+    of ``order`` read so far; an image that fails to load is skipped and recorded in
+    ``skipped`` (a failing batch is re-read one image at a time, so a bad file costs only
+    itself)."""
     for start in range(0, len(order), batch_size):
         chunk = list(order[start : start + batch_size])
         consumed = start + len(chunk)
         try:
-            images, _ = dataset.get(chunk)
-            yield images, torch.tensor(chunk, dtype=torch.long), consumed
+            images, labels = dataset.get(chunk)
+            yield images, labels, torch.tensor(chunk, dtype=torch.long), consumed
             continue
         except (ConvlensError, OSError):
             pass  # find the bad image(s) one at a time
         good: list[int] = []
-        parts: list[torch.Tensor] = []
+        parts: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i in chunk:
             try:
-                parts.append(dataset.get([i])[0])
+                parts.append(dataset.get([i]))
                 good.append(i)
             except (ConvlensError, OSError) as e:
                 skipped.append({"index": i, "name": _item_name(dataset, i), "reason": str(e)})
-        images = torch.cat(parts) if parts else torch.empty(0, *dataset.shape)
-        yield images, torch.tensor(good, dtype=torch.long), consumed
+        if parts:
+            images, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+        else:
+            images, labels = torch.empty(0, *dataset.shape), torch.empty(0, dtype=torch.long)
+        yield images, labels, torch.tensor(good, dtype=torch.long), consumed
 
 
 def merge_batch(
@@ -247,7 +251,7 @@ def scan_indices(
     skipped: list[dict[str, Any]] = []
     state: ScanState = {}
     with capture(model, names) as cap:
-        for images, idx, _ in read_batches(dataset, indices, batch_size, skipped):
+        for images, _, idx, _ in read_batches(dataset, indices, batch_size, skipped):
             merge_batch(model, cap, images, idx, k, state)
     return state, skipped
 
@@ -329,11 +333,11 @@ def scan(
     if out is not None:
         save_scan(out, meta, state)
     if meta.skipped:
-        warnings.warn(_skipped_summary(meta.skipped), stacklevel=2)
+        warnings.warn(skipped_summary(meta.skipped), stacklevel=2)
     return ScanResult(meta, state)
 
 
-def _skipped_summary(skipped: list[dict[str, Any]], show: int = 5) -> str:
+def skipped_summary(skipped: list[dict[str, Any]], show: int = 5) -> str:
     names = ", ".join(s["name"] for s in skipped[:show])
     more = f" and {len(skipped) - show} more" if len(skipped) > show else ""
     return f"skipped {len(skipped)} unreadable image(s): {names}{more}"
@@ -355,7 +359,7 @@ def _run(
     meta.skipped = [s for s in meta.skipped if s["index"] < first]  # re-read after a crash
     last_save = time.monotonic()
     with capture(model, names) as cap:
-        for images, idx, consumed in read_batches(
+        for images, _, idx, consumed in read_batches(
             dataset, range(first, total), meta.batch_size, meta.skipped
         ):
             merge_batch(model, cap, images, idx, meta.k, state)
@@ -368,6 +372,6 @@ def _run(
     if not state:
         raise ConvlensError(
             f"none of the {total} images of {dataset.name!r} could be read: "
-            + _skipped_summary(meta.skipped)
+            + skipped_summary(meta.skipped)
         )
     return state

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Annotated
 
@@ -16,14 +17,15 @@ from convlens.analysis.embed import (
     CodeMap,
     code_map,
     codes_of,
-    compute_codes,
     grid_side,
     image_grid_figure,
     nearest,
     neighbors_figure,
+    read_codes,
     sample_indices,
     scatter_figure,
 )
+from convlens.analysis.scan import skipped_summary
 from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
 from convlens.cli.scan import DataDirOpt, DatasetOpt, SplitOpt, open_data
 from convlens.errors import ConvlensError
@@ -68,10 +70,12 @@ def map_command(
     ensure_writable_dir(out)
     net = open_model(model, arch, fmt, trust_pickle)
     data, _ = open_data(net, dataset, split, data_dir)
-    with console.status(
-        f"computing codes and the {method} embedding of {min(n, len(data))} images"
-    ):
+    status = f"computing codes and the {method} embedding of {min(n, len(data))} images"
+    with console.status(status), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         cmap = code_map(net, data, n, method, layer, pool, seed, jobs)
+    for w in caught:
+        console.print(f"[yellow]warning[/yellow]: {w.message}")
     cmap.meta["dataset_source"] = {"name": dataset, "split": split, "data_dir": data_dir}
     cmap.save(out)
     save_png(scatter_figure(cmap), Path(out) / f"map-{method}-scatter.png")
@@ -118,8 +122,10 @@ def neighbors_command(
         if max(indices) >= len(data):
             raise ConvlensError(f"the map in {str(use_map)!r} was made on another data set")
     else:
-        indices = sample_indices(len(data), n)
-        codes = compute_codes(net, data, indices, layer, pool)
+        codes, _, kept, skipped = read_codes(net, data, sample_indices(len(data), n), layer, pool)
+        indices = kept.tolist()
+        if skipped:
+            Console(stderr=True).print(f"[yellow]warning[/yellow]: {skipped_summary(skipped)}")
     q = codes_of(net, query, layer, pool)[0]
     rows, dist = nearest(codes, q, k, metric)
     found = [indices[int(r)] for r in rows]
