@@ -10,10 +10,11 @@ import { el, hideTip, legend, paintMap, showTip } from './render.js';
 import * as store from './store.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
+/* global d3 */ // vendor/d3.min.js, loaded by index.html before the modules
 const WINDOW_KINDS = new Set(['conv', 'maxpool', 'avgpool']);
 
 /** Resolve a layer name through hidden layers (dropout) to the column that shows it. */
-function resolver(layers, shown) {
+export function resolver(layers, shown) {
   const byName = new Map(layers.map((l) => [l.name, l]));
   return function resolve(name) {
     let n = name;
@@ -111,43 +112,56 @@ function neuronCenter(pos, k, side) {
   return [side === 'out' ? pos.x + pos.width : pos.x, n.y + n.size / 2];
 }
 
-/** Edges into column i; returns Map "target channel index" → [paths, source keys]. */
-function drawEdgesInto(svg, cols, lay, i, index, resolve, colOf) {
+/**
+ * The edges into column i, as data: {layer, target (neuron slot), source ("layer|channel"), d,
+ * skip}. A skip connection (an input that is not the previous column) is one arc between the
+ * column tops; otherwise each shown neuron is joined to the shown neurons it reads.
+ */
+export function edgesInto(cols, lay, i, resolve, colOf) {
   const col = cols[i];
   const pos = lay.columns[i];
-  const links = new Map();
   const prevName = i > 0 ? cols[i - 1].layer.name : null;
+  const edges = [];
   for (const srcName of col.layer.inputs.map(resolve)) {
     const j = colOf.get(srcName);
     if (j === undefined) continue;
     const src = cols[j];
     const spos = lay.columns[j];
-    if (srcName !== prevName) { // a skip connection: one arc between the column tops
-      const [x0] = neuronCenter(spos, 0, 'out');
+    if (srcName !== prevName) {
       const top = Math.min(spos.neurons[0].y, pos.neurons[0].y);
-      svg.append(svgEl('path', { class: 'edge skip', d: edgePath(x0 - spos.width / 2, top, pos.x + pos.width / 2, top, true, 24) }));
+      const d = edgePath(spos.x + spos.width / 2, top, pos.x + pos.width / 2, top, true, 24);
+      edges.push({ layer: col.layer.name, target: null, source: null, d, skip: true });
       continue;
     }
-    col.channels.forEach((ch, t) => {
-      const targetCh = col.role === 'maps' ? ch : 0;
-      const wanted = col.role === 'maps' ? readsFrom(col.layer, targetCh, src.total || 1) : null;
+    const targets = col.role === 'output' ? col.channels.map((_, e) => e) : col.channels.map((_, t) => t);
+    targets.forEach((t) => {
+      const wanted = col.role === 'maps' ? readsFrom(col.layer, col.channels[t], src.total || 1) : null;
       src.channels.forEach((sch, s) => {
         if (wanted && !wanted.includes(sch)) return;
-        const ends = col.role === 'output' ? col.layer.output_shape[0] : 1;
-        for (let e = 0; e < (col.role === 'output' ? Math.min(ends, 10) : 1); e++) {
-          const [x0, y0] = neuronCenter(spos, s, 'out');
-          const [x1, y1] = neuronCenter(pos, col.role === 'output' ? e : t, 'in');
-          const path = svgEl('path', { class: 'edge', d: edgePath(x0, y0, x1, y1) });
-          svg.append(path);
-          const key = col.role === 'output' ? e : t;
-          if (!links.has(key)) links.set(key, { paths: [], sources: [] });
-          links.get(key).paths.push(path);
-          links.get(key).sources.push(`${src.layer.name}|${sch}`);
-        }
+        const [x0, y0] = neuronCenter(spos, s, 'out');
+        const [x1, y1] = neuronCenter(pos, t, 'in');
+        edges.push({ layer: col.layer.name, target: t, source: `${src.layer.name}|${sch}`, d: edgePath(x0, y0, x1, y1), skip: false });
       });
     });
   }
-  index.set(col.layer.name, links);
+  return edges;
+}
+
+/** Draw every edge with a D3 data join; returns layer → slot → {paths, sources} for hovering. */
+function drawEdges(svg, edges) {
+  const index = new Map();
+  d3.select(svg).selectAll('path.edge').data(edges).join('path')
+    .attr('class', (e) => (e.skip ? 'edge skip' : 'edge'))
+    .attr('d', (e) => e.d)
+    .each(function link(e) {
+      if (e.skip) return;
+      if (!index.has(e.layer)) index.set(e.layer, new Map());
+      const slots = index.get(e.layer);
+      if (!slots.has(e.target)) slots.set(e.target, { paths: [], sources: [] });
+      slots.get(e.target).paths.push(this);
+      slots.get(e.target).sources.push(e.source);
+    });
+  return index;
 }
 
 function neuronTip(layer, c, trace, scale) {
@@ -280,8 +294,7 @@ export function drawOverview(root, model, trace, onOpen) {
   stage.append(svg);
   const colOf = new Map(cols.map((c, i) => [c.layer.name, i]));
   const resolve = resolver(model.graph.layers, colOf);
-  const index = new Map();
-  cols.forEach((_, i) => drawEdgesInto(svg, cols, lay, i, index, resolve, colOf));
+  const index = drawEdges(svg, cols.flatMap((_, i) => edgesInto(cols, lay, i, resolve, colOf)));
   drawLabels(svg, cols, lay, details);
   const ctx = { model, trace, index, onOpen, redraw: () => drawOverview(root, model, trace, onOpen) };
   cols.forEach((col, i) => {
