@@ -163,3 +163,19 @@ def test_trace_of_a_branching_net_pools_large_maps(small_resnet: Model) -> None:
     with torch.no_grad():
         ref = small_resnet.net.conv1(small_resnet.normalize(x))[0, :4]
     np.testing.assert_allclose(conv1, F.adaptive_avg_pool2d(ref, 16).numpy(), atol=1e-5)
+
+
+def test_default_caps_fit_the_budget(small_resnet: Model) -> None:
+    from convlens.trace import CAP_LADDER, default_caps, trace_numbers
+
+    full = trace_numbers(small_resnet, None, None)
+    assert default_caps(small_resnet, budget=full) == CAP_LADDER[0]  # nothing to cut
+    budget = trace_numbers(small_resnet, 16, 24)
+    channels, size = default_caps(small_resnet, budget=budget)
+    rung = CAP_LADDER.index((channels, size))
+    assert 0 < rung <= CAP_LADDER.index((16, 24))
+    assert trace_numbers(small_resnet, channels, size) <= budget
+    assert trace_numbers(small_resnet, *CAP_LADDER[rung - 1]) > budget  # the richest that fits
+    doc = build_trace(small_resnet, torch.rand(1, 3, 64, 64), options=TraceOptions(channels, size))
+    sent = sum(decode_tensor(t).size for t in doc["activations"].values())
+    assert sent == trace_numbers(small_resnet, channels, size)

@@ -106,6 +106,40 @@ def cap_activation(
     return out, info
 
 
+# Caps tried in order, from the most detail to the least, until a trace fits the budget.
+CAP_LADDER: tuple[tuple[int, int], ...] = (
+    (64, 128), (64, 96), (64, 64), (48, 64), (32, 64), (32, 48), (32, 32),
+    (24, 32), (16, 32), (16, 24), (16, 16), (8, 16), (8, 8),
+)  # fmt: skip
+DEFAULT_BUDGET = 2_000_000  # numbers per trace: 8 MB of float32, about 10.7 MB as base64
+
+
+def _capped_size(shape: Sequence[int], max_channels: int | None, max_size: int | None) -> int:
+    if len(shape) != 3:
+        return math.prod(shape)
+    c, h, w = shape
+    if max_channels is not None:
+        c = min(c, max_channels)
+    if max_size is not None and max(h, w) > max_size:
+        scale = max_size / max(h, w)
+        h, w = max(1, round(h * scale)), max(1, round(w * scale))
+    return c * h * w
+
+
+def trace_numbers(model: Model, max_channels: int | None, max_size: int | None) -> int:
+    """How many numbers a trace of every layer sends under these caps (from the graph)."""
+    return sum(_capped_size(lay.output_shape, max_channels, max_size) for lay in model.graph)
+
+
+def default_caps(model: Model, budget: int = DEFAULT_BUDGET) -> tuple[int, int]:
+    """The most detailed ``(max_channels, max_size)`` of :data:`CAP_LADDER` whose trace of
+    every layer sends at most ``budget`` numbers (the last rung if none does)."""
+    for max_channels, max_size in CAP_LADDER:
+        if trace_numbers(model, max_channels, max_size) <= budget:
+            return max_channels, max_size
+    return CAP_LADDER[-1]
+
+
 def _chosen_layers(model: Model, layers: Sequence[str] | None) -> list[str]:
     names = model.graph.names()
     if layers is None:

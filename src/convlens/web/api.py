@@ -97,8 +97,8 @@ def model_document(state: ServerState) -> dict[str, Any]:
         "limits": {
             "max_upload_bytes": cfg.max_upload_bytes,
             "max_upload_pixels": cfg.max_upload_pixels,
-            "max_channels": cfg.trace_max_channels,
-            "max_size": cfg.trace_max_size,
+            "max_channels": state.trace_max_channels,
+            "max_size": state.trace_max_size,
         },
     }
 
@@ -180,8 +180,8 @@ def build_router(state: ServerState) -> APIRouter:
     ) -> Response:
         stored = state.store.get(image)
         options = TraceOptions(
-            max_channels=max_channels or state.config.trace_max_channels,
-            max_size=max_size or state.config.trace_max_size,
+            max_channels=max_channels or state.trace_max_channels,
+            max_size=max_size or state.trace_max_size,
             layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
         )
         with state.model_lock:
@@ -257,8 +257,10 @@ def build_router(state: ServerState) -> APIRouter:
         }
 
     @router.api_route("/{rest:path}", methods=["GET", "POST"], include_in_schema=False)
-    def unknown_route(rest: str) -> None:
-        raise NotFoundError(f"no API route /api/v1/{rest}; see /api/v1/openapi.json")
+    def unknown_route(rest: str, request: Request) -> None:
+        raise NotFoundError(
+            f"no API route {request.method} /api/v1/{rest}; see /api/v1/openapi.json"
+        )
 
     return router
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from convlens.io.image import DecodeLimits
 from convlens.model.core import Model
+from convlens.trace import DEFAULT_BUDGET, default_caps
 from convlens.web.features import open_scan
 from convlens.web.store import ImageStore, sample_catalogue
 
@@ -24,8 +25,9 @@ class ServerConfig:
     max_upload_bytes: int = 16 * 1024 * 1024
     max_upload_pixels: int = 40_000_000
     store_capacity: int = 64
-    trace_max_channels: int = 64
-    trace_max_size: int = 128
+    trace_max_channels: int | None = None  # None: chosen per model to fit trace_budget
+    trace_max_size: int | None = None
+    trace_budget: int = DEFAULT_BUDGET  # numbers per default trace (see trace.default_caps)
     featurevis_steps: int = 128
     top_patches: int = 8
 
@@ -62,6 +64,9 @@ class ServerState:
             capacity=self.config.store_capacity,
             limits=self.config.decode_limits,
         )
+        auto_channels, auto_size = default_caps(model, self.config.trace_budget)
+        self.trace_max_channels = self.config.trace_max_channels or auto_channels
+        self.trace_max_size = self.config.trace_max_size or auto_size
         self.scan = open_scan(scan_dir, model, scan_data) if scan_dir is not None else None
         if self.scan is not None and self.scan.problem:
             log.warning("--scan %s: %s; top patches are off", scan_dir, self.scan.problem)
