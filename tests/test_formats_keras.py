@@ -61,7 +61,7 @@ WEIGHTS: dict[str, list[tuple[str, np.ndarray]]] = {
         ("depthwise_kernel", f32(3, 3, 8, 2)),
         ("pointwise_kernel", f32(1, 1, 16, 7)),
         ("bias", f32(7)),
-    ],  # fmt: skip
+    ],
     "logits": [("kernel", f32(7, 5)), ("bias", f32(5))],
 }
 

@@ -6,6 +6,6 @@ dependencies (``h5py``, ``onnx``: the ``formats`` extra) are imported only when 
 that kind is loaded.
 """
 
-from convlens.model.formats import download, keras, tfjs, torch_formats
+from convlens.model.formats import download, keras, onnx_format, tfjs, torch_formats
 
-__all__ = ["download", "keras", "tfjs", "torch_formats"]
+__all__ = ["download", "keras", "onnx_format", "tfjs", "torch_formats"]

@@ -92,7 +92,7 @@ def read_h5(path: str) -> tuple[dict[str, Any], Weights]:
                     f"{path!r} holds Keras weights only, no model config; save the whole model "
                     "(model.save) as .keras or .h5"
                 )
-            weights_group = f["model_weights"] if "model_weights" in f else f
+            weights_group = f.get("model_weights", f)
             return json.loads(_text(config)), _legacy_weights(weights_group)
     except OSError as e:
         raise ConvlensError(f"cannot read {path!r} as a Keras HDF5 file: {e}") from None

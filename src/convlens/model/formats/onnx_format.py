@@ -1,0 +1,397 @@
+"""ONNX models (``.onnx``), converted to torch modules for the CNN operator set.
+
+Why not onnx2torch: it imports torchvision at import time, and torchvision builds are pinned
+to one torch release, so it breaks beside the torch that convlens runs on. A CNN needs few
+operators, and converting them here also gives ordinary, well-named modules
+(``nn.Conv2d`` named after the exporter's ``/layer1/layer1.0/conv1/Conv`` path, or after its
+weight ``conv1.weight``) that every convlens view can hook.
+
+Supported: Conv (with explicit, asymmetric or ``SAME_*`` padding), Relu, LeakyRelu,
+Sigmoid, Tanh, Clip (as ReLU6/Hardtanh), MaxPool, AveragePool, GlobalAveragePool,
+GlobalMaxPool, ReduceMean over H and W, BatchNormalization, Gemm, MatMul (+ Add of a
+constant bias), Flatten, Reshape to (batch, features), Add, Concat, Softmax, Dropout,
+Identity and Constant. The graph is read with the ``onnx`` package (protobuf only: loading
+cannot run code); ``onnx`` comes with the ``formats`` extra.
+
+>>> m = load_model("resnet.onnx", mean=..., std=...)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.io.spec import InputSpec
+from convlens.model.core import Model
+from convlens.model.formats.base import make_model
+from convlens.model.formats.opgraph import Op, assemble, clean_name, unique
+from convlens.model.load import FORMATS, LoadOptions, ModelFormat
+
+
+def _onnx() -> Any:
+    try:
+        import onnx
+    except ImportError:
+        raise ConvlensError(
+            "reading ONNX files needs onnx: pip install 'convlens[formats]'"
+        ) from None
+    return onnx
+
+
+def detect(source: str) -> bool:
+    p = Path(source)
+    return p.suffix.lower() == ".onnx" and p.is_file()
+
+
+class _Node:
+    """An ONNX node with its attributes decoded and its position for error messages."""
+
+    def __init__(self, proto: Any, index: int, onnx: Any) -> None:
+        self.proto = proto
+        self.op = str(proto.op_type)
+        self.inputs = [str(i) for i in proto.input]
+        self.outputs = [str(o) for o in proto.output]
+        self.index = index
+        self.attrs = {a.name: onnx.helper.get_attribute_value(a) for a in proto.attribute}
+        self.raw_name = str(proto.name)
+
+    def fail(self, why: str) -> ConvlensError:
+        return ConvlensError(f"ONNX node {self.index} ({self.raw_name or '?'}, {self.op}): {why}")
+
+    def ints(self, key: str, default: list[int]) -> list[int]:
+        return [int(v) for v in self.attrs.get(key, default)]
+
+
+class _Converter:
+    def __init__(self, model: Any, onnx: Any) -> None:
+        self.onnx = onnx
+        graph = model.graph
+        self.consts: dict[str, np.ndarray] = {
+            t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer
+        }
+        self.ops: list[Op] = []
+        self.alias: dict[str, str] = {}
+        self.taken: set[str] = set()
+        self.shapes: dict[str, tuple[int, ...]] = {}
+        inputs = [i for i in graph.input if i.name not in self.consts]
+        if len(inputs) != 1:
+            raise ConvlensError(
+                f"the ONNX model has {len(inputs)} inputs; convlens needs one image"
+            )
+        self.input = str(inputs[0].name)
+        dims = inputs[0].type.tensor_type.shape.dim
+        self.input_shape = tuple(int(d.dim_value) if d.dim_value > 0 else -1 for d in dims)
+        if len(graph.output) != 1:
+            raise ConvlensError(
+                f"the ONNX model has {len(graph.output)} outputs; convlens needs one"
+            )
+        self.output = str(graph.output[0].name)
+        self.graph = graph
+
+    # -------------------------------------------------------------- helpers
+
+    def value(self, name: str) -> str:
+        return self.alias.get(name, name)
+
+    def const(self, node: _Node, pos: int, required: bool = True) -> np.ndarray | None:
+        if pos >= len(node.inputs) or not node.inputs[pos]:
+            if required:
+                raise node.fail(f"input {pos} is missing")
+            return None
+        name = self.value(node.inputs[pos])
+        if name not in self.consts:
+            if required:
+                raise node.fail(f"input {pos} ({name}) must be a constant (a weight)")
+            return None
+        return self.consts[name]
+
+    def is_const(self, name: str) -> bool:
+        return self.value(name) in self.consts
+
+    def name_for(self, node: _Node) -> str:
+        weight = node.inputs[1] if len(node.inputs) > 1 else ""
+        base = ""
+        if weight.endswith(".weight") and not weight.startswith("onnx::"):
+            base = weight[: -len(".weight")]
+        if not base:
+            raw = node.raw_name.removeprefix("node_")  # the dynamo exporter's prefix
+            base = clean_name(raw, f"{node.op.lower()}_{node.index}")
+        return unique(base, self.taken)
+
+    def add(self, node: _Node, module: nn.Module, src: str | None = None) -> None:
+        name = self.name_for(node)
+        self.ops.append(
+            Op(name, [self.value(src or node.inputs[0])], node.outputs[0], module=module)
+        )
+
+    def fn(self, node: _Node, fn: Callable[..., Any], inputs: list[str], **kw: Any) -> None:
+        out = node.outputs[0]
+        self.ops.append(Op(out, [self.value(i) for i in inputs], out, fn=fn, kwargs=kw))
+
+    def run(self) -> tuple[nn.Module, tuple[int, ...]]:
+        for i, proto in enumerate(self.graph.node):
+            node = _Node(proto, i, self.onnx)
+            handler = _HANDLERS.get(node.op)
+            if handler is None:
+                raise node.fail(
+                    f"operator {node.op!r} is not supported; accepted: "
+                    + ", ".join(sorted(_HANDLERS))
+                )
+            handler(self, node)
+        return assemble(self.input, self.ops, self.value(self.output)), self.input_shape
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))  # owned, writable
+
+
+def _pads(node: _Node, conv: _Converter, k: list[int], s: list[int], d: list[int]) -> list[int]:
+    """``[top, left, bottom, right]`` from ``pads`` or ``auto_pad``."""
+    auto = node.attrs.get("auto_pad", b"NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else str(auto)
+    if auto in ("NOTSET", ""):
+        return node.ints("pads", [0, 0, 0, 0])
+    if auto == "VALID":
+        return [0, 0, 0, 0]
+    raise node.fail(f"auto_pad {auto} is not supported; re-export with explicit pads")
+
+
+def _conv(c: _Converter, n: _Node) -> None:
+    w = c.const(n, 1)
+    assert w is not None
+    if w.ndim != 4:
+        raise n.fail(f"only 2-D convolutions are supported (weight shape {w.shape})")
+    b = c.const(n, 2, required=False)
+    k = n.ints("kernel_shape", list(w.shape[2:]))
+    s, d = n.ints("strides", [1, 1]), n.ints("dilations", [1, 1])
+    groups = int(n.attrs.get("group", 1))
+    top, left, bottom, right = _pads(n, c, k, s, d)
+    src, name = n.inputs[0], c.name_for(n)
+    if (top, left) != (bottom, right):
+        pad_name = unique(name + "_pad", c.taken)
+        c.ops.append(
+            Op(
+                pad_name,
+                [c.value(src)],
+                src + "#pad",
+                module=nn.ZeroPad2d((left, right, top, bottom)),
+            )
+        )
+        src, top, left = src + "#pad", 0, 0
+    conv = nn.Conv2d(
+        w.shape[1] * groups, w.shape[0], (k[0], k[1]), (s[0], s[1]), (top, left), (d[0], d[1]),
+        groups, bias=b is not None,
+    )  # fmt: skip
+    conv.weight.data = _t(w)
+    if b is not None:
+        conv.bias.data = _t(b)  # type: ignore[union-attr]
+    c.ops.append(Op(name, [c.value(src)], n.outputs[0], module=conv))
+
+
+def _pool(c: _Converter, n: _Node) -> None:
+    k = n.ints("kernel_shape", [1, 1])
+    s = n.ints("strides", [1, 1])
+    top, left, bottom, right = _pads(n, c, k, s, [1, 1])
+    if (top, left) != (bottom, right):
+        raise n.fail("asymmetric pooling pads are not supported")
+    ceil = bool(n.attrs.get("ceil_mode", 0))
+    module: nn.Module
+    if n.op == "MaxPool":
+        d = n.ints("dilations", [1, 1])
+        module = nn.MaxPool2d((k[0], k[1]), (s[0], s[1]), (top, left), (d[0], d[1]), ceil_mode=ceil)
+    else:
+        include = bool(n.attrs.get("count_include_pad", 0))
+        module = nn.AvgPool2d((k[0], k[1]), (s[0], s[1]), (top, left), ceil, include)
+    c.add(n, module)
+
+
+def _batch_norm(c: _Converter, n: _Node) -> None:
+    scale, bias, mean, var = (c.const(n, i) for i in range(1, 5))
+    assert scale is not None and bias is not None and mean is not None and var is not None
+    bn = nn.BatchNorm2d(scale.shape[0], eps=float(n.attrs.get("epsilon", 1e-5)))
+    bn.weight.data, bn.bias.data = _t(scale), _t(bias)
+    bn.running_mean.data, bn.running_var.data = _t(mean), _t(var)  # type: ignore[union-attr]
+    c.add(n, bn)
+
+
+def _gemm(c: _Converter, n: _Node) -> None:
+    if int(n.attrs.get("transA", 0)):
+        raise n.fail("Gemm with transA=1 is not supported")
+    w = c.const(n, 1)
+    assert w is not None
+    w = w * float(n.attrs.get("alpha", 1.0))
+    w = w if int(n.attrs.get("transB", 0)) else w.T  # torch keeps (out, in)
+    b = c.const(n, 2, required=False)
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=b is not None)
+    lin.weight.data = _t(w)
+    if b is not None:
+        lin.bias.data = _t(np.broadcast_to(b * float(n.attrs.get("beta", 1.0)), (w.shape[0],)))
+    c.add(n, lin)
+
+
+def _matmul(c: _Converter, n: _Node) -> None:
+    w = c.const(n, 1)
+    assert w is not None
+    if w.ndim != 2:
+        raise n.fail(f"MatMul with a weight of shape {w.shape} is not supported")
+    lin = nn.Linear(w.shape[0], w.shape[1], bias=False)
+    lin.weight.data = _t(w.T)
+    c.add(n, lin)
+
+
+def _add(c: _Converter, n: _Node) -> None:
+    a, b = n.inputs[:2]
+    if c.is_const(a) or c.is_const(b):
+        const, other = (a, b) if c.is_const(a) else (b, a)
+        last = c.ops[-1] if c.ops else None
+        # MatMul + Add: the constant is the Linear layer's bias.
+        if (
+            last is not None
+            and isinstance(last.module, nn.Linear)
+            and last.module.bias is None
+            and last.output == c.value(other)
+        ):
+            bias = np.broadcast_to(c.consts[c.value(const)], (last.module.out_features,))
+            last.module.bias = nn.Parameter(_t(bias))
+            c.alias[n.outputs[0]] = last.output
+            return
+        raise n.fail("adding a constant is only supported as the bias after a MatMul")
+    c.fn(n, operator.add, [a, b])
+
+
+def _concat(c: _Converter, n: _Node) -> None:
+    c.fn(n, _cat, n.inputs, dim=int(n.attrs.get("axis", 1)))
+
+
+def _cat(*xs: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    return torch.cat(xs, dim=dim)
+
+
+def _flatten(c: _Converter, n: _Node) -> None:
+    if int(n.attrs.get("axis", 1)) != 1:
+        raise n.fail("Flatten is supported only from axis 1")
+    c.add(n, nn.Flatten())
+
+
+def _reshape(c: _Converter, n: _Node) -> None:
+    shape = c.const(n, 1)
+    assert shape is not None
+    if shape.ndim != 1 or len(shape) != 2:
+        raise n.fail(f"Reshape to {shape.tolist()} is not supported (only to (batch, features))")
+    c.add(n, nn.Flatten())
+
+
+def _reduce_mean(c: _Converter, n: _Node) -> None:
+    axes = c.const(n, 1, required=False)
+    axes_list = [int(v) for v in (axes if axes is not None else n.attrs.get("axes", []))]
+    if sorted(a % 4 for a in axes_list) != [2, 3]:
+        raise n.fail(f"ReduceMean over axes {axes_list} is not supported (only H and W)")
+    keep = bool(n.attrs.get("keepdims", 1))
+    out = n.outputs[0]
+    if keep:
+        c.add(n, nn.AdaptiveAvgPool2d(1))
+        return
+    name = c.name_for(n)
+    c.ops.append(Op(name, [c.value(n.inputs[0])], out + "#pooled", module=nn.AdaptiveAvgPool2d(1)))
+    c.ops.append(
+        Op(unique(name + "_flatten", c.taken), [out + "#pooled"], out, module=nn.Flatten())
+    )
+
+
+def _clip(c: _Converter, n: _Node) -> None:
+    lo_c, hi_c = c.const(n, 1, required=False), c.const(n, 2, required=False)
+    lo = float(lo_c) if lo_c is not None else float(n.attrs.get("min", -np.inf))
+    hi = float(hi_c) if hi_c is not None else float(n.attrs.get("max", np.inf))
+    if (lo, hi) == (0.0, 6.0):
+        c.add(n, nn.ReLU6())
+    elif lo == 0.0 and hi == np.inf:
+        c.add(n, nn.ReLU())
+    else:
+        c.add(n, nn.Hardtanh(lo, hi))
+
+
+def _softmax(c: _Converter, n: _Node) -> None:
+    axis = int(n.attrs.get("axis", -1))
+    if axis not in (-1, 1):
+        raise n.fail(f"Softmax over axis {axis} is not supported")
+    c.add(n, nn.Softmax(dim=1))
+
+
+def _identity(c: _Converter, n: _Node) -> None:
+    src = c.value(n.inputs[0])
+    if src in c.consts:
+        c.consts[n.outputs[0]] = c.consts[src]
+    else:
+        c.alias[n.outputs[0]] = src
+
+
+def _constant(c: _Converter, n: _Node) -> None:
+    value = n.attrs.get("value")
+    if value is None:
+        raise n.fail("only tensor-valued Constant nodes are supported")
+    c.consts[n.outputs[0]] = c.onnx.numpy_helper.to_array(value)
+
+
+def _module(make: Callable[[_Node], nn.Module]) -> Callable[[_Converter, _Node], None]:
+    return lambda c, n: c.add(n, make(n))
+
+
+_HANDLERS: dict[str, Callable[[_Converter, _Node], None]] = {
+    "Conv": _conv,
+    "Relu": _module(lambda n: nn.ReLU()),
+    "LeakyRelu": _module(lambda n: nn.LeakyReLU(float(n.attrs.get("alpha", 0.01)))),
+    "Sigmoid": _module(lambda n: nn.Sigmoid()),
+    "Tanh": _module(lambda n: nn.Tanh()),
+    "Clip": _clip,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "GlobalAveragePool": _module(lambda n: nn.AdaptiveAvgPool2d(1)),
+    "GlobalMaxPool": _module(lambda n: nn.AdaptiveMaxPool2d(1)),
+    "ReduceMean": _reduce_mean,
+    "BatchNormalization": _batch_norm,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _add,
+    "Concat": _concat,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Softmax": _softmax,
+    "Dropout": _identity,
+    "Identity": _identity,
+    "Constant": _constant,
+}
+
+
+def convert_onnx(model: Any) -> tuple[nn.Module, tuple[int, ...]]:
+    """Torch modules computing the ONNX ``model``, and its declared input shape."""
+    return _Converter(model, _onnx()).run()
+
+
+def load(source: str, opts: LoadOptions) -> Model:
+    onnx = _onnx()
+    try:
+        proto = onnx.load(source)
+    except Exception as e:
+        raise ConvlensError(f"cannot read {source!r} as an ONNX model: {e}") from None
+    net, shape = convert_onnx(proto)
+    if len(shape) != 4 or min(shape[1:]) < 1:
+        given = opts.input_spec
+        if not ({"size"} <= set(given) or {"height", "width"} <= set(given)):
+            raise ConvlensError(
+                f"the ONNX model's input shape is {shape}; give the image size with --input-size"
+            )
+        shape = (1, int(given.get("channels", shape[1] if len(shape) == 4 else 3)), 1, 1)
+    spec = InputSpec(shape[1], max(shape[2], 1), max(shape[3], 1))
+    return make_model(
+        net, spec, source, opts.classes, name=Path(source).stem, input_overrides=opts.input_spec
+    )
+
+
+FORMATS.add("onnx", ModelFormat(detect, load, "an ONNX model (.onnx) of CNN operators"))

@@ -1,0 +1,100 @@
+"""ONNX: exported zoo models load back with the same logits; hand-built graphs match numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from convlens.errors import ConvlensError
+from convlens.model import build, load_model
+from convlens.model.load import detect_format
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from convlens.model.formats.onnx_format import convert_onnx  # noqa: E402
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+@pytest.mark.parametrize("arch", ["tiny-vgg:input_size=32", "resnet18:width=8,num_classes=5"])
+def test_exported_zoo_model_round_trips(tmp_path: Path, arch: str) -> None:
+    original = build(arch, seed=0).eval()
+    path = tmp_path / "net.onnx"
+    x = torch.rand(3, *original.spec.shape, generator=torch.Generator().manual_seed(0))
+    torch.onnx.export(original.net, (x[:1],), str(path), dynamo=False, input_names=["input"])
+    assert detect_format(str(path)) == "onnx"
+    spec = {"mean": original.spec.mean, "std": original.spec.std}
+    loaded = load_model(path, input_spec=spec, classes=original.classes)
+    assert loaded.spec == original.spec
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), original(x), atol=1e-5, rtol=0)
+    names = {lay.name for lay in loaded.graph}
+    assert ("conv_1_1" in names) if arch.startswith("tiny") else ("layer1.0.conv1" in names)
+
+
+def _mlp_head_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """Conv (asymmetric pads) → LeakyRelu → GlobalAveragePool → Flatten → MatMul + Add → Softmax."""
+    rng = np.random.default_rng(0)
+    w = {
+        "k": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+        "m": rng.normal(size=(4, 3)).astype(np.float32),
+        "b": rng.normal(size=(3,)).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "k"], ["c"], name="/conv/Conv", pads=[0, 0, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("LeakyRelu", ["c"], ["r"], name="/act/LeakyRelu", alpha=0.1),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="/gap/GlobalAveragePool"),
+        helper.make_node("Flatten", ["g"], ["f"], name="/flat/Flatten"),
+        helper.make_node("MatMul", ["f", "m"], ["mm"], name="/fc/MatMul"),
+        helper.make_node("Add", ["mm", "b"], ["logits"], name="/fc/Add"),
+        helper.make_node("Softmax", ["logits"], ["p"], name="/softmax/Softmax", axis=1),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes,
+        "hand",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3])],
+        [numpy_helper.from_array(v, k) for k, v in w.items()],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), w
+
+
+def _np_reference(x: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)))  # pads end = 1: bottom and right
+    out = np.zeros((x.shape[0], 4, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            patch = xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3]
+            out[:, :, i, j] = np.einsum("ncij,fcij->nf", patch, w["k"])
+    out = np.where(out > 0, out, 0.1 * out).mean(axis=(2, 3))
+    z = out @ w["m"] + w["b"]
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def test_hand_built_graph_matches_numpy(tmp_path: Path) -> None:
+    proto, w = _mlp_head_model()
+    path = tmp_path / "hand.onnx"
+    onnx.save(proto, str(path))
+    assert detect_format(str(path)) == "onnx"
+    x = np.random.default_rng(1).random((3, 2, 8, 8)).astype(np.float32)
+    net, shape = convert_onnx(proto)
+    assert shape == (1, 2, 8, 8)
+    names = [n for n, _ in net.named_children()]
+    assert names[:3] == ["conv_pad", "conv", "act"] and "fc" in names
+    with torch.no_grad():
+        got = net.eval()(torch.from_numpy(x)).double().numpy()
+    np.testing.assert_allclose(got, _np_reference(x, w), atol=1e-5)
+
+
+def test_unsupported_operator_is_named(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    proto.graph.node[1].op_type = "Einsum"
+    path = tmp_path / "odd.onnx"
+    onnx.save(proto, str(path))
+    with pytest.raises(ConvlensError, match=r"ONNX node 1 \(/act/LeakyRelu, Einsum\).*'Einsum'"):
+        load_model(path)
