@@ -34,55 +34,116 @@ function absMax(arrays) {
   return m || 1;
 }
 
-/** The arithmetic for output cell (i, j), as text lines; the last line holds the value. */
-function arithmetic(res, i, j, serverValue) {
-  const shown = res.channels.slice(0, MAX_TERMS_CHANNELS);
+/** The arithmetic for output cell (i, j): the page's channels written out, the rest summed. */
+function arithmetic(res, i, j, page) {
+  const onPage = new Set(page);
+  const shown = res.channels.filter((ch) => onPage.has(ch.channel));
   const lines = shown.map((ch) => `channel ${ch.channel}: ${productString(ch.terms, ch.sum)}`);
-  const rest = res.channels.slice(MAX_TERMS_CHANNELS);
+  const rest = res.channels.filter((ch) => !onPage.has(ch.channel));
   if (rest.length) lines.push(`… ${rest.length} more channels: Σ = ${fmt(rest.reduce((a, c) => a + c.sum, 0))}`);
   const sums = res.channels.length <= 16 ? res.channels.map((c) => c.sum)
     : [res.channels.reduce((a, c) => a + c.sum, 0)];
-  return { lines, final: `out[${i}, ${j}] = ${sumString(sums, res.bias, res.value)}`, server: serverValue };
+  return { lines, final: `out[${i}, ${j}] = ${sumString(sums, res.bias, res.value)}` };
 }
 
-export async function render(body, ctx) {
+/** A dashed frame around a map showing the zero padding the window may slide over. */
+function paddingFrame(box, padding) {
+  const [ph, pw] = padding;
+  if (!ph && !pw) return;
+  const frame = el('div', { class: 'padframe', title: `zero padding ${ph}×${pw}` });
+  placeRect(frame, box.cell, -ph, -pw, box.H + 2 * ph, box.W + 2 * pw);
+  box.box.style.margin = `${ph * box.cell}px ${pw * box.cell}px`;
+  box.box.prepend(frame);
+}
+
+/** One input channel: its map with the window, its kernel, and its intermediate map. */
+function channelRow(data, c, cc, inter, scales, px) {
+  const { X, weight, o, hyper, Wo } = data;
+  const inBox = mapBox(X, c, scales.input, px);
+  paddingFrame(inBox, hyper.padding);
+  const win = el('div', { class: 'win' });
+  inBox.box.append(win);
+  const midBox = mapBox(inter, 0, scales.inter, Math.min(120, 12 * Wo));
+  const cell = el('div', { class: 'cell' });
+  midBox.box.append(cell);
+  const node = el('div', { class: 'chanrow' },
+    el('div', { class: 'viewcol' }, inBox.box, el('span', { class: 'label' }, `input ch ${c}`)),
+    el('div', { class: 'viewcol' }, kernelGrid(weight, o, cc, scales.kernel), el('span', { class: 'label' }, 'kernel')),
+    el('span', { class: 'op' }, '='),
+    el('div', { class: 'viewcol' }, midBox.box, el('span', { class: 'label' }, `intermediate ${c}`)));
+  return { inBox, win, midBox, cell, node };
+}
+
+/** The input channels of page `page`: [{cc (index in the kernel), c (input channel)}]. */
+function pageChannels(data, page) {
+  const { cinG, g } = data;
+  const from = page * MAX_INTERMEDIATE;
+  return Array.from({ length: Math.min(MAX_INTERMEDIATE, cinG - from) }, (_, k) => ({ cc: from + k, c: g * cinG + from + k }));
+}
+
+/** Build the rows of one page of input channels into `list`; returns the rows. */
+function drawPage(list, data, page, scales, onScrub) {
+  const { X, weight, o, hyper, Ho, Wo } = data;
+  const chans = pageChannels(data, page);
+  const inter = chans.map(({ cc, c }) => intermediateMap(X, weight, o, cc, c, hyper, Ho, Wo));
+  const m = absMax(inter.map((x) => x.data));
+  const pageScales = { ...scales, inter: makeScale(-m, m, { mode: 'neuron' }) };
+  const px = Math.min(120, 12 * X.shape[2]);
+  const rows = chans.map(({ cc, c }, k) => ({ c, ...channelRow(data, c, cc, inter[k], pageScales, px) }));
+  rows.forEach((r) => onScrub(r.midBox));
+  const named = (text, node) => el('div', {}, el('span', {}, text), node);
+  list.replaceChildren(...rows.map((r) => r.node), el('div', { class: 'legends' },
+    named('input', legend(scales.input, 110)), named('kernel', legend(scales.kernel, 90)),
+    named('intermediate', legend(pageScales.inter, 110))));
+  return rows;
+}
+
+function pager(data, onPage) {
+  const pages = Math.ceil(data.cinG / MAX_INTERMEDIATE);
+  if (pages <= 1) return null;
+  let page = 0;
+  const label = el('span', { class: 'muted' });
+  const go = (d) => {
+    page = Math.min(pages - 1, Math.max(0, page + d));
+    const from = page * MAX_INTERMEDIATE;
+    label.textContent = `input channels ${from}–${Math.min(data.cinG, from + MAX_INTERMEDIATE) - 1} of ${data.cinG} (the sum uses all)`;
+    onPage(page);
+  };
+  const node = el('div', { class: 'anim' },
+    el('button', { type: 'button', 'aria-label': 'previous input channels', onclick: () => go(-1) }, '‹'),
+    el('button', { type: 'button', 'aria-label': 'next input channels', class: 'next-channels', onclick: () => go(1) }, '›'), label);
+  return { node, start: () => go(0) };
+}
+
+async function loadData(ctx) {
   const { layer, channel: o } = ctx;
   const inName = layer.inputs[0];
   const acts = await ctx.fullActivations([inName, layer.name]);
-  const X = acts[inName];
-  const Y = acts[layer.name];
   const { weight, bias } = await getWeights(layer.name);
   const hyper = { dilation: [1, 1], groups: 1, ...layer.hyper };
-  const [, Ho, Wo] = Y.shape;
-  const [, cinG] = weight.shape;
+  const Y = acts[layer.name];
+  const cinG = weight.shape[1];
   const g = Math.floor(o / (weight.shape[0] / (hyper.groups || 1)));
-  const chans = Array.from({ length: Math.min(cinG, MAX_INTERMEDIATE) }, (_, cc) => ({ cc, c: g * cinG + cc }));
-  const inter = chans.map(({ cc, c }) => intermediateMap(X, weight, o, cc, c, hyper, Ho, Wo));
-  const interScale = makeScale(-absMax(inter.map((m) => m.data)), absMax(inter.map((m) => m.data)), { mode: 'neuron' });
-  const kScale = makeScale(-absMax([weight.data]), absMax([weight.data]), { mode: 'neuron' });
-  const xs = ctx.trace.stats[inName];
-  const inScale = makeScale(xs.min, xs.max, { mode: 'layer' });
-  const ys = ctx.trace.stats[layer.name];
-  const outScale = makeScale(ys.channel_min[o], ys.channel_max[o], { mode: 'neuron' });
-  const px = Math.min(120, 12 * X.shape[2]);
-  const rows = chans.map(({ cc, c }, k) => {
-    const inBox = mapBox(X, c, inScale, px);
-    const win = el('div', { class: 'win' });
-    inBox.box.append(win);
-    const midBox = mapBox(inter[k], 0, interScale, Math.min(120, 12 * Wo));
-    const cell = el('div', { class: 'cell' });
-    midBox.box.append(cell);
-    return { inBox, win, midBox, cell, node: el('div', { class: 'chanrow' },
-      el('div', { class: 'viewcol' }, inBox.box, el('span', { class: 'label' }, `input ch ${c}`)),
-      el('div', { class: 'viewcol' }, kernelGrid(weight, o, cc, kScale), el('span', { class: 'label' }, 'kernel')),
-      el('span', { class: 'op' }, '='),
-      el('div', { class: 'viewcol' }, midBox.box, el('span', { class: 'label' }, `intermediate ${c}`))) };
-  });
-  const outBox = mapBox(Y, o, outScale, Math.min(240, 12 * Wo));
+  return { inName, X: acts[inName], Y, weight, bias, hyper, o, cinG, g, Ho: Y.shape[1], Wo: Y.shape[2] };
+}
+
+export async function render(body, ctx) {
+  const data = await loadData(ctx);
+  const { X, Y, weight, bias, hyper, o, Ho, Wo, cinG } = data;
+  const xs = ctx.trace.stats[data.inName];
+  const ys = ctx.trace.stats[ctx.layer.name];
+  const k = absMax([weight.data]);
+  const scales = {
+    input: makeScale(xs.min, xs.max, { mode: 'layer' }),
+    kernel: makeScale(-k, k, { mode: 'neuron' }),
+    output: makeScale(ys.channel_min[o], ys.channel_max[o], { mode: 'neuron' }),
+  };
+  const outBox = mapBox(Y, o, scales.output, Math.min(240, 12 * Wo));
   const outCell = el('div', { class: 'cell' });
   outBox.box.append(outCell);
   const arith = el('div', { class: 'arith', id: 'conv-arith' });
   const resultBox = el('div', { class: 'arith' });
+  let rows = [];
   const show = (p) => {
     const i = Math.floor(p / Wo);
     const j = p % Wo;
@@ -94,34 +155,33 @@ export async function render(body, ctx) {
     });
     placeRect(outCell, outBox.cell, i, j, 1, 1);
     const res = convCell(X, weight, bias, o, i, j, hyper);
-    const a = arithmetic(res, i, j, Y.data[(o * Ho + i) * Wo + j]);
+    const a = arithmetic(res, i, j, rows.map((r) => r.c));
     resultBox.replaceChildren(
       el('span', { class: 'result', id: 'conv-result', 'data-row': i, 'data-col': j, 'data-value': res.value }, a.final),
-      el('span', { class: 'muted' }, `\n(the network computed ${fmt(a.server, 5)})`));
+      el('span', { class: 'muted' }, `\n(the network computed ${fmt(Y.data[(o * Ho + i) * Wo + j], 5)})`));
     arith.replaceChildren(a.lines.join('\n'));
   };
   const anim = animator(Ho * Wo, show, ANIMATION_MS);
-  const scrub = (box, H, W) => box.canvas.addEventListener('mousemove', (e) => {
-    const [i, j] = cellAt(e, box.canvas, H, W);
+  const scrub = (box) => box.canvas.addEventListener('mousemove', (e) => {
+    const [i, j] = cellAt(e, box.canvas, Ho, Wo);
     anim.set(i * Wo + j);
   });
-  scrub(outBox, Ho, Wo);
-  rows.forEach((r) => scrub(r.midBox, Ho, Wo));
-  const more = cinG > chans.length ? el('p', { class: 'muted' }, `showing ${chans.length} of ${cinG} input channels; the sum below uses all of them`) : null;
-  const named = (text, node) => el('div', {}, el('span', {}, text), node);
+  scrub(outBox);
+  const list = el('div');
+  const setPage = (page) => {
+    rows = drawPage(list, data, page, scales, scrub);
+    show(anim.position);
+  };
+  const pg = pager(data, setPage);
   body.replaceChildren(el('div', { class: 'conv-layout' },
-    el('div', { class: 'conv-channels' }, ...rows.map((r) => r.node), more,
-      el('div', { class: 'legends' }, named('input', legend(inScale, 110)), named('kernel', legend(kScale, 90)),
-        named('intermediate', legend(interScale, 110)))),
+    el('div', { class: 'conv-channels' }, pg?.node ?? null, list),
     el('div', { class: 'conv-side' },
-      el('span', { class: 'label muted' }, `Σ of the ${cinG} intermediate maps + bias ${fmt(res0(bias, o))} =`),
-      outBox.box, el('span', { class: 'label muted' }, `${layer.name} channel ${o} (hover to move the window)`),
-      named('', legend(outScale, 160)), anim.node, resultBox,
+      el('span', { class: 'label muted' }, `Σ of the ${cinG} intermediate maps + bias ${fmt(bias ? bias.data[o] : 0)} =`),
+      outBox.box, el('span', { class: 'label muted' }, `${ctx.layer.name} channel ${o} (hover to move the window)`),
+      legend(scales.output, 160), anim.node, resultBox,
       el('span', { class: 'label muted' }, 'window × kernel, channel by channel:'), arith)));
+  if (pg) pg.start();
+  else setPage(0);
   anim.set(0);
   return () => anim.stop();
-}
-
-function res0(bias, o) {
-  return bias ? bias.data[o] : 0;
 }

@@ -1,6 +1,6 @@
 // The overview: one column per layer, each neuron a heatmap of its feature map, edges between
 // the columns. Everything is placed from the layer graph by draw-utils.layoutOverview.
-import { MAX_CLASSES, MAX_NEURON, MIN_NEURON, OVERVIEW_HEIGHT_MIN, PAGE_SIZE } from './config.js';
+import { LAYER_COLORS, MAX_CLASSES, MAX_NEURON, MIN_NEURON, OVERVIEW_HEIGHT_MIN, PAGE_SIZE } from './config.js';
 import { GRAY, RGB_TINTS, makeScale, rangeFor, legendText } from './color.js';
 import {
   blockNames, channelOrder, columnRole, countText, edgePath, fmt, layoutOverview, pageOf,
@@ -12,6 +12,7 @@ import * as store from './store.js';
 const SVG = 'http://www.w3.org/2000/svg';
 /* global d3 */ // vendor/d3.min.js, loaded by index.html before the modules
 const WINDOW_KINDS = new Set(['conv', 'maxpool', 'avgpool']);
+const MAX_STRIP = 2048; // rows of a vector strip (a canvas cannot be arbitrarily tall)
 
 /** Resolve a layer name through hidden layers (dropout) to the column that shows it. */
 export function resolver(layers, shown) {
@@ -92,8 +93,9 @@ function drawLabels(svg, cols, lay, details) {
       const t = svgEl('text', { x: cx, y: y + dy, 'text-anchor': 'middle', class: cls });
       t.textContent = s;
       svg.append(t);
+      return t;
     };
-    text('name', 14, layer.name);
+    text('name', 14, layer.name).style.fill = LAYER_COLORS[layer.kind] || LAYER_COLORS.other;
     const params = layer.params ? ` · ${countText(layer.params)} params` : '';
     text('sub', 26, `${shapeText(layer.output_shape)}${params}`);
     if (details) {
@@ -212,6 +214,20 @@ function drawMaps(stage, ctx, col, pos) {
   });
 }
 
+/** A long vector as at most `n` rows, each the bin's value of largest magnitude. */
+export function binned(data, n) {
+  if (data.length <= n) return { shape: [data.length, 1], data };
+  const out = new Float32Array(n);
+  for (let b = 0; b < n; b++) {
+    const lo = Math.floor((b * data.length) / n);
+    const hi = Math.floor(((b + 1) * data.length) / n);
+    let v = data[lo];
+    for (let k = lo + 1; k < hi; k++) if (Math.abs(data[k]) > Math.abs(v)) v = data[k];
+    out[b] = v;
+  }
+  return { shape: [n, 1], data: out };
+}
+
 function drawStrip(stage, ctx, col, pos) {
   const { model, trace, index, onOpen } = ctx;
   const act = trace.activations[col.layer.name];
@@ -222,7 +238,7 @@ function drawStrip(stage, ctx, col, pos) {
   const canvas = paintMap(el('canvas', {
     class: 'strip', tabindex: 0, role: 'button', 'data-layer': col.layer.name, 'data-key': `${col.layer.name}|0`,
     'aria-label': `${col.layer.name}: vector of ${N}`,
-  }), { shape: [N, 1], data: act.data }, 0, scale);
+  }), binned(act.data, MAX_STRIP), 0, scale);
   Object.assign(canvas.style, { left: `${pos.x}px`, top: `${n.y}px`, width: `${pos.width}px`, height: `${n.size}px` });
   bind(canvas, hoverHandlers(stage, index, col.layer, 0, () => `<b>${col.layer.name}</b> · vector of ${N}<br>values ${fmt(trace.stats[col.layer.name]?.min ?? 0)} … ${fmt(trace.stats[col.layer.name]?.max ?? 0)}`));
   canvas.addEventListener('click', () => onOpen({ layer: col.layer.name, channel: 0 }));

@@ -85,3 +85,9 @@ test('many classes: the output column lists the most probable first', () => {
   assert.equal(cols[1].count, 10);
   assert.equal(cols[1].classOrder[0], 1);
 });
+
+test('binned keeps the largest magnitude of each bin', async () => {
+  const { binned } = await import('../js/overview.js');
+  assert.deepEqual([...binned(Float32Array.from([1, -5, 2, 3, 0, -1]), 3).data], [-5, 3, -1]);
+  assert.equal(binned(Float32Array.from([1, 2]), 3).shape[0], 2);
+});
