@@ -260,6 +260,8 @@ def test_upload_limits(model: Model) -> None:
         for raw in (False, True):
             r = upload(c, big, raw=raw)
             assert r.status_code == 413 and "limit" in r.json()["error"]
+        r = c.post("/api/v1/explain", json={"image_id": "x" * 100_000, "method": "saliency"})
+        assert r.status_code == 413 and "limit" in r.json()["error"]  # JSON bodies too
         r = upload(c, png(Image.new("L", (60, 60))))  # small file, too many pixels
         assert r.status_code == 413 and "pixels" in r.json()["error"]
         assert upload(c, png(Image.new("L", (50, 50)))).status_code == 200

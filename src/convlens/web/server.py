@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from convlens import __version__
 from convlens.errors import ConvlensError, NotFoundError
@@ -27,6 +28,7 @@ from convlens.model.core import Model
 from convlens.web.api import PREFIX, build_router
 from convlens.web.errors import ApiError
 from convlens.web.state import ServerConfig, ServerState
+from convlens.web.uploads import MULTIPART_OVERHEAD
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_HOST = "127.0.0.1"
@@ -70,6 +72,27 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
+class BodyLimit:
+    """Refuse (413) any request whose declared body is larger than ``limit`` bytes.
+
+    Uploads are also counted as they stream in (see ``uploads.read_body``); this catches the
+    JSON routes too, which FastAPI would otherwise read whole into memory.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            for key, value in scope.get("headers", []):
+                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
+                    message = f"request body is {int(value):,} bytes; the limit is {self.limit:,}"
+                    await _error(413, message)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
+
+
 def create_app(
     model: Model,
     *,
@@ -97,6 +120,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.convlens = state
+    app.add_middleware(BodyLimit, limit=state.config.max_upload_bytes + MULTIPART_OVERHEAD)
     _install_error_handlers(app)
     app.include_router(build_router(state))
     index = static_dir / "index.html"
