@@ -267,6 +267,27 @@ def test_upload_limits(model: Model) -> None:
         assert upload(c, png(Image.new("L", (50, 50)))).status_code == 200
 
 
+def test_uploads_never_touch_the_disk(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 2 MB multipart upload (Starlette's own parser would spool it to a temporary file)
+    goes through with every way of making a temporary file disabled."""
+    import tempfile
+
+    import starlette.formparsers
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("an upload tried to write a temporary file")
+
+    for name in ("SpooledTemporaryFile", "TemporaryFile", "NamedTemporaryFile", "mkstemp"):
+        monkeypatch.setattr(tempfile, name, refuse)
+    monkeypatch.setattr(starlette.formparsers, "SpooledTemporaryFile", refuse)
+    noise = np.random.default_rng(1).integers(0, 256, (700, 1000, 3), dtype=np.uint8)
+    data = png(Image.fromarray(noise))
+    assert len(data) > 2_000_000
+    r = upload(client, data)
+    assert r.status_code == 200, r.text
+    assert (r.json()["width"], r.json()["height"]) == (1000, 700)
+
+
 def test_multipart_without_the_file_field(client: TestClient) -> None:
     r = client.post("/api/v1/images", files={"image": ("x.png", png(Image.new("L", (4, 4))))})
     assert r.status_code == 400 and "'file'" in r.json()["error"]
