@@ -163,9 +163,9 @@ def build_router(state: ServerState) -> APIRouter:
         body = await read_body(
             request.stream(), limit, int(declared) if declared and declared.isdigit() else None
         )
-        data = multipart_file(body, content_type) if multipart else body
 
-        def work() -> dict[str, Any]:
+        def work() -> dict[str, Any]:  # parsing and decoding are CPU work: off the event loop
+            data = multipart_file(body, content_type) if multipart else body
             img = decode_upload(data, state.config.decode_limits)
             return upload_document(state.store.add_upload(img))
 
