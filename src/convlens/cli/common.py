@@ -1,18 +1,29 @@
-"""Options and helpers shared by several commands."""
+"""Options and helpers shared by several commands.
+
+A command that opens a model declares ``model``, ``arch``, ``fmt``, ``trust_pickle`` and,
+for files that do not say everything (ONNX, TorchScript, Keras without class names), the
+five :data:`ClassesOpt`, :data:`InputSizeOpt`, :data:`MeanOpt`, :data:`StdOpt`,
+:data:`ChannelsOpt`, and passes them all to :func:`open_model`.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
 import typer
 
+from convlens.errors import ConvlensError
 from convlens.model import Model, load_model
+from convlens.model.formats.base import read_classes
 
 ModelArg = Annotated[
     str,
     typer.Option(
         "--model", "-m",
-        help="'demo', a zoo name (tiny-vgg[:args]), a checkpoint folder or a model file.",
+        help="'demo', 'cnn-explainer', a zoo name (tiny-vgg[:args]), a checkpoint folder or a "
+        "model file (.pt2, TorchScript, .safetensors/.pt with --arch, .onnx, .keras, .h5, "
+        "TF.js model.json).",
     ),
 ]  # fmt: skip
 ArchOpt = Annotated[
@@ -26,6 +37,67 @@ TrustOpt = Annotated[
     bool,
     typer.Option("--trust-pickle", help="Allow unpickling (running code from) a model file."),
 ]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--classes", help="Class names: a JSON list or a text file with one name per line."
+    ),
+]
+InputSizeOpt = Annotated[
+    str | None, typer.Option("--input-size", help="Input image size: H, or H,W (e.g. 224).")
+]
+MeanOpt = Annotated[
+    str | None,
+    typer.Option("--mean", help="Input mean per channel in [0, 1] units, e.g. 0.485,0.456,0.406."),
+]
+StdOpt = Annotated[
+    str | None,
+    typer.Option("--std", help="Input std per channel in [0, 1] units, e.g. 0.229,0.224,0.225."),
+]
+ChannelsOpt = Annotated[
+    int | None, typer.Option("--channels", help="Input channels: 1 (gray) or 3 (RGB).")
+]
+
+
+def _floats(text: str, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+    except ValueError:
+        raise ConvlensError(
+            f"{flag} takes numbers separated by commas (e.g. 0.5,0.5,0.5), got {text!r}"
+        ) from None
+
+
+def parse_input_size(text: str) -> dict[str, int]:
+    """``"64"`` → height = width = 64; ``"64,48"`` or ``"64x48"`` → height 64, width 48.
+
+    >>> parse_input_size("64x48")
+    {'height': 64, 'width': 48}
+    """
+    parts = [p for p in re.split(r"[,x×\s]+", text.strip().lower()) if p]
+    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise ConvlensError(f"--input-size takes H or H,W (positive integers), got {text!r}")
+    h = int(parts[0])
+    return {"height": h, "width": int(parts[-1])}
+
+
+def input_overrides(
+    input_size: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    channels: int | None = None,
+) -> dict[str, Any]:
+    """The input-spec keys the user set on the command line."""
+    spec: dict[str, Any] = {}
+    if input_size:
+        spec |= parse_input_size(input_size)
+    if mean:
+        spec["mean"] = _floats(mean, "--mean")
+    if std:
+        spec["std"] = _floats(std, "--std")
+    if channels is not None:
+        spec["channels"] = channels
+    return spec
 
 
 def open_model(
@@ -33,10 +105,27 @@ def open_model(
     arch: str | None = None,
     fmt: str | None = None,
     trust_pickle: bool = False,
+    *,
+    classes: str | None = None,
+    input_size: str | None = None,
+    mean: str | None = None,
+    std: str | None = None,
+    channels: int | None = None,
     **extra: Any,
 ) -> Model:
-    """Load the model named on the command line (errors are ConvlensError, shown cleanly)."""
-    options: dict[str, Any] = {"trust_pickle": trust_pickle, **extra}
+    """Load the model named on the command line (errors are ConvlensError, shown cleanly).
+
+    Naming a downloadable model (``cnn-explainer``) on the command line is the request to
+    fetch it, so ``download`` is on unless a caller turns it off.
+    """
+    options: dict[str, Any] = {"trust_pickle": trust_pickle, "download": True, **extra}
     if arch:
         options["arch"] = arch
-    return load_model(source, format=fmt, **options)
+    spec = input_overrides(input_size, mean, std, channels)
+    return load_model(
+        source,
+        format=fmt,
+        classes=read_classes(classes) if classes else None,
+        input_spec=spec or None,
+        **options,
+    )

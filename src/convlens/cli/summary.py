@@ -8,7 +8,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import (
+    ArchOpt,
+    ChannelsOpt,
+    ClassesOpt,
+    FormatOpt,
+    InputSizeOpt,
+    MeanOpt,
+    StdOpt,
+    TrustOpt,
+    open_model,
+)
 from convlens.model import LayerGraph, Model
 
 
@@ -86,9 +96,19 @@ def summary(
     arch: ArchOpt = None,
     fmt: FormatOpt = None,
     trust_pickle: TrustOpt = False,
+    classes: ClassesOpt = None,
+    input_size: InputSizeOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+    channels: ChannelsOpt = None,
 ) -> None:
     """Print every layer with its output shape, parameters, MACs and receptive field."""
-    print_summary(open_model(model, arch, fmt, trust_pickle))
+    print_summary(
+        open_model(
+            model, arch, fmt, trust_pickle,
+            classes=classes, input_size=input_size, mean=mean, std=std, channels=channels,
+        )
+    )  # fmt: skip
 
 
 def register(app: typer.Typer) -> None:
