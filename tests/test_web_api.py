@@ -141,6 +141,15 @@ def test_front_end_and_openapi(client: TestClient) -> None:
         assert f"/api/v1{route}" in paths
     assert "/api/v1/weights/{layer}" in paths and "/api/v1/units/{layer}/{channel}" in paths
     assert "multipart/form-data" in paths["/api/v1/images"]["post"]["requestBody"]["content"]
+    trace_200 = paths["/api/v1/trace"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert trace_200["schema"]["$ref"].endswith("/Trace")
+
+
+def test_trace_matches_its_documented_schema(client: TestClient) -> None:
+    from convlens.web.schemas import Trace
+
+    doc = client.get("/api/v1/trace", params={"image": "sample-0"}).json()
+    assert Trace.model_validate(doc).model_dump(mode="json") == doc  # no field undocumented
 
 
 # ----------------------------------------------------------------------------- uploads

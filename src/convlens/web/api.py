@@ -28,7 +28,7 @@ from convlens.trace import (
     png_data_url,
     weights_document,
 )
-from convlens.web import features
+from convlens.web import features, schemas
 from convlens.web.errors import ApiError
 from convlens.web.state import ServerState
 from convlens.web.store import StoredImage
@@ -64,8 +64,10 @@ _UPLOAD_BODY = {
 }
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "bad parameter or corrupt image: {'error': message}"},
-    404: {"description": "unknown image, layer or sample: {'error': message}"},
+    400: {"model": schemas.Error, "description": "bad parameter or corrupt image"},
+    404: {"model": schemas.Error, "description": "unknown image, layer or sample"},
+    413: {"model": schemas.Error, "description": "request body too large"},
+    422: {"model": schemas.Error, "description": "malformed request"},
 }
 
 
@@ -129,7 +131,11 @@ def build_router(state: ServerState) -> APIRouter:
     router = APIRouter(prefix=PREFIX, responses=_ERRORS)
     model = state.model
 
-    @router.get("/model", summary="The model: classes, input spec, layer graph, samples")
+    @router.get(
+        "/model",
+        summary="The model: classes, input spec, layer graph, samples",
+        response_model=schemas.ModelDoc,
+    )
     def get_model() -> dict[str, Any]:
         with state.cache_lock:
             doc = state.cache.get("model")
@@ -150,9 +156,10 @@ def build_router(state: ServerState) -> APIRouter:
         "/images",
         summary="Upload an image (multipart field 'file', or the raw bytes)",
         openapi_extra=_UPLOAD_BODY,
+        response_model=schemas.Upload,
         responses={
-            413: {"description": "too many bytes or pixels"},
-            415: {"description": "not an image"},
+            413: {"model": schemas.Error, "description": "too many bytes or pixels"},
+            415: {"model": schemas.Error, "description": "not an image"},
         },
     )
     async def post_image(request: Request) -> dict[str, Any]:
@@ -171,7 +178,12 @@ def build_router(state: ServerState) -> APIRouter:
 
         return await run_in_threadpool(work)
 
-    @router.get("/trace", summary="Every layer's output, stats and prediction for an image")
+    @router.get(
+        "/trace",
+        summary="Every layer's output, stats and prediction for an image",
+        response_class=Response,
+        responses={200: {"model": schemas.Trace, "content": {"application/json": {}}}},
+    )
     def get_trace(
         image: Annotated[str, Query(description="image id: sample-N or from POST /images")],
         max_channels: Annotated[int | None, Query(ge=1, description="channels per layer")] = None,
@@ -188,7 +200,11 @@ def build_router(state: ServerState) -> APIRouter:
             doc = build_trace(model, stored.tensor, image_id=image, options=options)
         return json_response(doc)
 
-    @router.get("/weights/{layer:path}", summary="Weight and bias of a conv or linear layer")
+    @router.get(
+        "/weights/{layer:path}",
+        summary="Weight and bias of a conv or linear layer",
+        response_model=schemas.Weights,
+    )
     def get_weights(layer: str) -> dict[str, Any]:
         _check_layer(state, layer)
         return weights_document(model, layer)
@@ -196,7 +212,8 @@ def build_router(state: ServerState) -> APIRouter:
     @router.post(
         "/explain",
         summary="An explanation map for an image, a method and a target class",
-        responses={503: {"description": "explanation methods not available in this build"}},
+        response_model=schemas.Explanation,
+        responses={503: {"model": schemas.Error, "description": "no explanation methods"}},
     )
     def post_explain(req: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
         stored = state.store.get(req.image_id)  # an unknown image is a 404
@@ -227,7 +244,11 @@ def build_router(state: ServerState) -> APIRouter:
             "seconds": round(seconds, 4),
         }
 
-    @router.get("/units/{layer:path}/{channel}", summary="One unit: kernel, feature vis, patches")
+    @router.get(
+        "/units/{layer:path}/{channel}",
+        summary="One unit: kernel, feature visualization, top dataset patches",
+        response_model=schemas.Unit,
+    )
     def get_unit(
         layer: str,
         channel: int,
