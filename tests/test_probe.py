@@ -84,3 +84,17 @@ def test_functional_layer_cannot_be_hooked_but_is_recorded(functional_net: Model
     h = torch.relu(functional_net.net.conv1(functional_net.normalize(x)))
     assert torch.allclose(acts[relu.name], h, atol=1e-6)
     assert torch.allclose(out, functional_net(x), atol=1e-6)
+
+
+def test_record_all_keeps_the_output_before_an_inplace_relu() -> None:
+    # regression: record_all handed its stored copy on, so ReLU(inplace=True) rewrote the record
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(72, 3))
+    model = Model(net, InputSpec(1, 8, 8))
+    x = torch.rand(1, 1, 8, 8)
+    acts, out = record_all(model, x)
+    with torch.no_grad():
+        conv = net[0](x)
+        assert conv.min() < 0  # so the check below can fail
+        torch.testing.assert_close(acts["0"], conv)
+        torch.testing.assert_close(acts["1"], conv.relu())
+        torch.testing.assert_close(out, net(x))

@@ -117,8 +117,9 @@ class _NodeRecorder(torch.fx.Interpreter):
     def run_node(self, n: torch.fx.Node) -> Any:
         out = super().run_node(n)
         if n.name in self.wanted and isinstance(out, torch.Tensor):
-            out = out.clone()  # later in-place ops must not change the record
-            self.outputs[self.wanted[n.name]] = out
+            # Keep a copy and hand on the original: a later in-place op (ReLU(inplace=True))
+            # then changes the original, not the record.
+            self.outputs[self.wanted[n.name]] = out.clone()
         return out
 
 
