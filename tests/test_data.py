@@ -6,6 +6,8 @@ import gzip
 import hashlib
 import http.server
 import os
+import pickle
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.data import DATASETS, FolderImages, open_dataset
+from convlens.data import DATASETS, FolderImages, cifar10, open_dataset
 from convlens.data import fashion_mnist as fm
 from convlens.errors import ConvlensError
 
@@ -229,3 +231,76 @@ def test_folder_errors(tmp_path: Path) -> None:
 
 def test_registry_lists_datasets() -> None:
     assert {"fashion-mnist", "folder"} <= set(DATASETS.names())
+
+
+# ------------------------------------------------------------------ CIFAR-10
+
+
+def write_cifar(folder: Path, n: int = 6) -> np.ndarray:
+    """CIFAR-style batches: pickled dicts with bytes keys, rows of R, G, B planes."""
+    rng = np.random.default_rng(2)
+    rows = rng.integers(0, 256, size=(n, 3072), dtype=np.uint8)
+    d = folder / cifar10.FOLDER
+    d.mkdir(parents=True, exist_ok=True)
+    for name in cifar10.BATCHES["train"] + cifar10.BATCHES["test"]:
+        batch = {b"batch_label": b"x", b"labels": list(range(n)), b"data": rows,
+                 b"filenames": [b"f%d.png" % i for i in range(n)]}  # fmt: skip
+        (d / name).write_bytes(pickle.dumps(batch, protocol=2))
+    meta = {b"label_names": [c.encode() for c in cifar10.CLASSES]}
+    (d / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
+    return rows
+
+
+@pytest.fixture
+def fresh_cifar_cache(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    monkeypatch.setenv("CONVLENS_CACHE", str(tmp_path / "cache"))
+    cifar10._decode.cache_clear()
+    return tmp_path / "cache" / "datasets" / "cifar10"
+
+
+def test_cifar10_reads_batches(tmp_path: Path, fresh_cifar_cache: Path) -> None:
+    rows = write_cifar(tmp_path)
+    ds = open_dataset("cifar10", "train", data_dir=str(tmp_path))
+    assert len(ds) == 30 and ds.shape == (3, 32, 32) and ds.classes[0] == "airplane"
+    x, y = ds.get([7])
+    # Pixel (r, c) of channel k is byte k*1024 + r*32 + c of the row.
+    ref = rows[1].reshape(3, 32, 32) / 255.0
+    np.testing.assert_allclose(x[0].numpy(), ref, atol=1e-7)
+    assert y.tolist() == [1]
+    assert len(open_dataset("cifar10", "test", data_dir=str(tmp_path / cifar10.FOLDER))) == 6
+
+
+class _Evil:
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, ("touch pwned",))
+
+
+def test_cifar10_refuses_code_in_pickles(tmp_path: Path, fresh_cifar_cache: Path) -> None:
+    write_cifar(tmp_path)
+    bad = tmp_path / cifar10.FOLDER / "test_batch"
+    bad.write_bytes(pickle.dumps({b"data": _Evil(), b"labels": []}, protocol=2))
+    with pytest.raises(ConvlensError, match=r"refusing to load (posix|os)\.system"):
+        open_dataset("cifar10", "test", data_dir=str(tmp_path))
+    assert not Path("pwned").exists()
+    bad.write_bytes(bad.read_bytes()[:20])
+    with pytest.raises(ConvlensError, match="test_batch"):
+        open_dataset("cifar10", "test", data_dir=str(tmp_path))
+
+
+def test_cifar10_missing_and_download(
+    tmp_path: Path,
+    fresh_cifar_cache: Path,
+    http_dir: tuple[str, Path, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with pytest.raises(ConvlensError, match="--download"):
+        open_dataset("cifar10", "test", data_dir=str(tmp_path))
+    url, served, _ = http_dir
+    write_cifar(tmp_path / "src")
+    archive = served / cifar10.ARCHIVE
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / cifar10.FOLDER, arcname=cifar10.FOLDER)
+    monkeypatch.setattr(cifar10, "URL", url + cifar10.ARCHIVE)
+    monkeypatch.setattr(cifar10, "MD5", hashlib.md5(archive.read_bytes()).hexdigest())
+    ds = open_dataset("cifar10", "test", download=True)
+    assert len(ds) == 6 and (fresh_cifar_cache / cifar10.FOLDER / "test_batch").is_file()
