@@ -39,7 +39,7 @@ def _mlp_head_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     """Conv (asymmetric pads) → LeakyRelu → GlobalAveragePool → Flatten → MatMul + Add → Softmax."""
     rng = np.random.default_rng(0)
     w = {
-        "k": rng.normal(size=(4, 2, 3, 3)).astype(np.float32),
+        "k": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
         "m": rng.normal(size=(4, 3)).astype(np.float32),
         "b": rng.normal(size=(3,)).astype(np.float32),
     }
@@ -56,7 +56,7 @@ def _mlp_head_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     graph = helper.make_graph(
         nodes,
         "hand",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 8, 8])],
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
         [helper.make_tensor_value_info("p", TensorProto.FLOAT, [1, 3])],
         [numpy_helper.from_array(v, k) for k, v in w.items()],
     )
@@ -81,13 +81,15 @@ def test_hand_built_graph_matches_numpy(tmp_path: Path) -> None:
     path = tmp_path / "hand.onnx"
     onnx.save(proto, str(path))
     assert detect_format(str(path)) == "onnx"
-    x = np.random.default_rng(1).random((3, 2, 8, 8)).astype(np.float32)
+    x = np.random.default_rng(1).random((3, 3, 8, 8)).astype(np.float32)
     net, shape = convert_onnx(proto)
-    assert shape == (1, 2, 8, 8)
+    assert shape == (1, 3, 8, 8)
     names = [n for n, _ in net.named_children()]
     assert names[:3] == ["conv_pad", "conv", "act"] and "fc" in names
-    with torch.no_grad():
-        got = net.eval()(torch.from_numpy(x)).double().numpy()
+    assert "softmax" not in names  # the final softmax is split off: the net gives logits
+    model = load_model(path)
+    assert model.outputs == "logits"
+    got = model.probabilities(torch.from_numpy(x)).double().numpy()
     np.testing.assert_allclose(got, _np_reference(x, w), atol=1e-5)
 
 

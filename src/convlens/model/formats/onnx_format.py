@@ -31,7 +31,7 @@ from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.model.formats.base import make_model
-from convlens.model.formats.opgraph import Op, assemble, clean_name, unique
+from convlens.model.formats.opgraph import Op, assemble, clean_name, drop_final_softmax, unique
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
 
@@ -145,7 +145,8 @@ class _Converter:
                     + ", ".join(sorted(_HANDLERS))
                 )
             handler(self, node)
-        return assemble(self.input, self.ops, self.value(self.output)), self.input_shape
+        output, _ = drop_final_softmax(self.ops, self.value(self.output))
+        return assemble(self.input, self.ops, output), self.input_shape
 
 
 def _t(a: np.ndarray) -> torch.Tensor:

@@ -73,6 +73,18 @@ def _is_chain(source: str, ops: list[Op], output: str) -> bool:
     return prev == output
 
 
+def drop_final_softmax(ops: list[Op], output: str) -> tuple[str, bool]:
+    """Remove a softmax that produces the network's output; return the new output name.
+
+    Explanation methods want logits, and ``Model.probabilities`` applies the softmax, so a
+    file whose graph ends in a softmax gives the same probabilities either way.
+    """
+    if ops and isinstance(ops[-1].module, nn.Softmax) and ops[-1].output == output:
+        last = ops.pop()
+        return last.inputs[0], True
+    return output, False
+
+
 def assemble(source: str, ops: list[Op], output: str) -> nn.Module:
     """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``."""
     if _is_chain(source, ops, output):

@@ -35,7 +35,7 @@ from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.model.formats.base import make_model
-from convlens.model.formats.opgraph import Op, assemble, unique
+from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax, unique
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
 TRUST_HINT = (
@@ -230,6 +230,7 @@ class _Reader:
             raise ConvlensError(
                 f"the program takes {len(self.user_inputs)} inputs; convlens needs one image"
             )
+        output, _ = drop_final_softmax(self.ops, output)
         return assemble(self.value(self.user_inputs[0]), self.ops, output), shape
 
 
