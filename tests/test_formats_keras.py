@@ -268,3 +268,56 @@ def test_weights_only_h5_is_a_clear_error(tmp_path: Path) -> None:
         f.attrs["layer_names"] = [b"conv"]
     with pytest.raises(ConvlensError, match="weights only"):
         load_model(path)
+
+
+def _functional(layers: list[dict[str, Any]], keras3: bool) -> dict[str, Any]:
+    """A chain written as a Functional model, in Keras 2 or Keras 3 inbound-node syntax."""
+    first = {"name": "img", "batch_input_shape": [None, 16, 16, 3]}
+    out = [{"class_name": "InputLayer", "name": "img", "config": first, "inbound_nodes": []}]
+    prev = "img"
+    for lay in layers:
+        name = lay["config"]["name"]
+        if keras3:
+            hist = {"class_name": "__keras_tensor__", "config": {"keras_history": [prev, 0, 0]}}
+            inbound: list[Any] = [{"args": [hist], "kwargs": {}}]
+        else:
+            inbound = [[[prev, 0, 0, {}]]]
+        out.append({**lay, "name": name, "inbound_nodes": inbound})
+        prev = name
+    return {"class_name": "Functional", "config": {"name": "func", "layers": out,
+            "input_layers": [["img", 0, 0]], "output_layers": [[prev, 0, 0]]}}  # fmt: skip
+
+
+@pytest.mark.parametrize("keras3", [False, True])
+def test_chain_functional_model(tmp_path: Path, keras3: bool) -> None:
+    path = tmp_path / "func.h5"
+    write_h5(path, _functional(FLAT_LAYERS, keras3), FLAT_WEIGHTS)
+    model = load_model(path)
+    x = RNG.random((2, 16, 16, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x).permute(0, 3, 1, 2)).double().numpy()
+    np.testing.assert_allclose(got, np_flat_reference(x), atol=1e-5, rtol=0)
+    assert [n for n, _ in model.net.named_children()] == [
+        "conv",
+        "conv_tanh",
+        "avg",
+        "flatten",
+        "fc",
+    ]
+
+
+def test_branching_functional_model_is_refused(tmp_path: Path) -> None:
+    cfg = _functional(FLAT_LAYERS, keras3=False)
+    cfg["config"]["layers"][3]["inbound_nodes"] = [[["conv", 0, 0, {}], ["avg", 0, 0, {}]]]
+    path = tmp_path / "branch.h5"
+    write_h5(path, cfg, FLAT_WEIGHTS)
+    with pytest.raises(ConvlensError, match=r"layer 3 \('flatten', Flatten\).*chain-like"):
+        load_model(path)
+
+
+def test_format_flag_overrides_detection(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"  # a suffix that says nothing (or the wrong thing)
+    write_h5(path, config(FLAT_LAYERS, (16, 16, 3)), FLAT_WEIGHTS)
+    assert load_model(path, format="keras-h5").spec.shape == (3, 16, 16)
+    with pytest.raises(ConvlensError, match=r"unknown model format 'kers'.*keras"):
+        load_model(path, format="kers")
