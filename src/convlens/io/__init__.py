@@ -7,7 +7,17 @@ from convlens.io.atomic import (
     write_text_atomic,
 )
 from convlens.io.color import Scale, colorize, colormap_names
-from convlens.io.figure import caption, colorbar, grid, heatmap, hstack, overlay, save_png, vstack
+from convlens.io.figure import (
+    caption,
+    colorbar,
+    grid,
+    heatmap,
+    hstack,
+    overlay,
+    overlay_panel,
+    save_png,
+    vstack,
+)
 from convlens.io.image import (
     DecodeLimits,
     decode_image,
@@ -38,6 +48,7 @@ __all__ = [
     "load_image",
     "load_images",
     "overlay",
+    "overlay_panel",
     "save_png",
     "tensor_to_image",
     "vstack",

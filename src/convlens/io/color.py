@@ -55,6 +55,21 @@ class Scale:
             hi = lo + 1.0
         return cls(cmap, lo, hi)
 
+    @classmethod
+    def robust(
+        cls, values: np.ndarray | torch.Tensor, cmap: str = "viridis", percentile: float = 99.5
+    ) -> Scale:
+        """Like :meth:`fit`, but the top end at a percentile of ``|values|``, so that a few
+        extreme pixels (common in gradient maps) do not wash out the rest."""
+        arr = np.asarray(values.detach().cpu() if isinstance(values, torch.Tensor) else values)
+        finite = np.abs(arr[np.isfinite(arr)])
+        top = float(np.percentile(finite, percentile)) if finite.size else 1.0
+        top = top or float(finite.max(initial=0.0)) or 1.0
+        if cmap in DIVERGING:
+            return cls(cmap, -top, top)
+        lo = float(arr[np.isfinite(arr)].min(initial=0.0))
+        return cls(cmap, min(lo, 0.0) if lo >= -top else -top, top)
+
 
 def _hex_to_rgb(h: str) -> tuple[int, int, int]:
     return int(h[1:3], 16), int(h[3:5], 16), int(h[5:7], 16)

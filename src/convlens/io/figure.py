@@ -67,6 +67,22 @@ def overlay(
     return Image.blend(base, heat, alpha)
 
 
+def overlay_panel(
+    image: torch.Tensor | Image.Image,
+    values: torch.Tensor | np.ndarray,
+    scale: Scale,
+    title: str = "",
+    size: int = 160,
+    alpha: float = 0.55,
+) -> Image.Image:
+    """A titled overlay of ``values`` on ``image``, ``size`` pixels wide, with its colour bar
+    (small images are enlarged with nearest neighbour first, so pixels stay crisp)."""
+    base = upscale(to_pil(image).convert("RGB"), size)
+    base = base.resize((size, round(size * base.height / base.width)), Image.Resampling.BILINEAR)
+    bar = colorbar(scale, length=max(40, base.height - 12))
+    return caption(hstack([overlay(base, values, scale, alpha), bar], gap=4), title, size=12)
+
+
 def _format_tick(v: float) -> str:
     if v == 0:
         return "0"
