@@ -121,7 +121,14 @@ def train(
         ),
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and augmentation.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out with its saved settings "
+            "(only --epochs, the new total, may change).",
+        ),
+    ] = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in --out.")
     ] = False,

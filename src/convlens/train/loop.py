@@ -299,15 +299,42 @@ def train(
     extra_meta: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``, validating on ``val_data`` and checkpointing to
-    ``out`` after every epoch. Raises :class:`TrainingInterrupted` after saving on Ctrl-C."""
+    ``out`` after every epoch. Raises :class:`TrainingInterrupted` after saving on Ctrl-C.
+
+    With ``resume``, the run saved in ``out`` continues with its own settings; only
+    ``config.epochs`` (the new total) is taken from ``config``.
+    """
     config = config or TrainConfig()
-    folder = prepare_out(out, resume, overwrite)
     if model.arch is None:
         raise ConvlensError("only zoo-built models can be trained (their checkpoints need one)")
     if tuple(train_data.shape) != model.spec.shape:
         raise ConvlensError(
             f"the data's images are {train_data.shape} but the model takes {model.spec.shape}"
         )
+    created = not Path(out).exists()
+    folder = prepare_out(out, resume, overwrite)
+    try:
+        return _run(model, train_data, val_data, folder, config, resume, on_step, on_epoch,
+                    dict(extra_meta or {}))  # fmt: skip
+    except TrainingInterrupted:
+        raise
+    except BaseException:
+        if created and not any(folder.iterdir()):
+            folder.rmdir()  # leave no trace of a run that saved nothing
+        raise
+
+
+def _run(
+    model: Model,
+    train_data: ImageDataset,
+    val_data: ImageDataset | None,
+    folder: Path,
+    config: TrainConfig,
+    resume: bool,
+    on_step: Callable[[StepInfo], None] | None,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+    meta: dict[str, Any],
+) -> TrainResult:
     history: list[dict[str, Any]] = []
     pos = _Progress()
     if resume:
@@ -321,7 +348,6 @@ def train(
     opt = make_optimizer(model, config)
     if resume:
         opt.load_state_dict(state["optimizer"])
-    meta = dict(extra_meta or {})
 
     def save(interrupted: bool) -> None:
         save_state(folder, {
