@@ -133,6 +133,16 @@ def test_no_request_reads_outside_what_was_given(client: TestClient, path: str) 
     assert "error" in r.json()
 
 
+def test_a_bug_is_still_answered_in_json(model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("convlens.web.api.weights_document", broken)
+    with TestClient(create_app(model), raise_server_exceptions=False) as c:
+        r = c.get("/api/v1/weights/conv_1_1")
+    assert r.status_code == 500 and "RuntimeError: boom" in r.json()["error"]
+
+
 def test_front_end_and_openapi(client: TestClient) -> None:
     r = client.get("/")
     assert r.status_code == 200 and "<html" in r.text.lower()
@@ -589,25 +599,48 @@ def live_url(model: Model, images_dir: Path) -> Iterator[str]:
 
 
 def test_burst_of_50_concurrent_requests(live_url: str) -> None:
-    """Concurrent requests never see each other's results: each equals the lone answer."""
-    up = httpx.post(f"{live_url}/api/v1/images", files={"file": ("a", png(halves(30, 60)))})
+    """Concurrent requests never see each other's hooks or results: traces, unit lookups and
+    hooked explanations (different images, targets, layers) mixed in one burst over loopback
+    each equal the answer to the same request made alone."""
+    api = f"{live_url}/api/v1"
+    up = httpx.post(f"{api}/images", files={"file": ("a", png(halves(30, 60)))})
     images = ["sample-0", "sample-1", up.json()["image_id"]]
-    urls = [f"{live_url}/api/v1/trace?image={i}" for i in images]
-    urls += [f"{live_url}/api/v1/units/conv_1_1/{c}?featurevis=false" for c in (0, 5)]
-    alone = {u: httpx.get(u).json() for u in urls}
+    requests: list[tuple[str, str, dict[str, object] | None]] = [
+        ("GET", f"{api}/trace?image={i}", None) for i in images
+    ]
+    requests += [("GET", f"{api}/units/conv_1_1/{c}?featurevis=false", None) for c in (0, 5)]
+    requests += [
+        ("POST", f"{api}/explain", {"image_id": i, "method": m, "target": t, "layer": lay})
+        for i, m, t, lay in (
+            ("sample-0", "grad-cam", 1, "conv_2_2"),
+            ("sample-1", "grad-cam", 7, "conv_1_2"),
+            (images[2], "saliency", 4, None),
+        )
+    ]
 
-    async def burst() -> list[tuple[str, httpx.Response]]:
+    def comparable(r: httpx.Response) -> object:
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        doc.pop("seconds", None)  # an explanation's timing is the one thing that may differ
+        return doc
+
+    with httpx.Client(timeout=60) as client:
+        alone = [comparable(client.request(m, u, json=b)) for m, u, b in requests]
+
+    async def burst() -> list[tuple[int, httpx.Response]]:
         limits = httpx.Limits(max_connections=50)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as ac:
-            chosen = [urls[k % len(urls)] for k in range(50)]
-            answers = await asyncio.gather(*(ac.get(u) for u in chosen))
+        async with httpx.AsyncClient(timeout=120, limits=limits) as ac:
+            chosen = [k % len(requests) for k in range(50)]
+            calls = [
+                ac.request(requests[k][0], requests[k][1], json=requests[k][2]) for k in chosen
+            ]
+            answers = await asyncio.gather(*calls)
             return list(zip(chosen, answers, strict=True))
 
     results = asyncio.run(burst())
     assert len(results) == 50
-    for url, r in results:
-        assert r.status_code == 200
-        assert r.json() == alone[url]
+    for k, r in results:
+        assert comparable(r) == alone[k], requests[k]
 
 
 def test_loopback_detection() -> None:

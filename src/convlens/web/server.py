@@ -66,6 +66,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         )
         return _error(422, f"invalid request: {problems}")
 
+    async def bug(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s", request.url.path, exc_info=exc)
+        return _error(500, f"internal error (a bug in convlens): {type(exc).__name__}: {exc}")
+
+    app.add_exception_handler(Exception, bug)
     app.add_exception_handler(ApiError, api_error)
     app.add_exception_handler(ConvlensError, user_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
