@@ -58,6 +58,7 @@ async function loadImage(imageId) {
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();
+  document.body.dataset.readyMs = String(Math.round(performance.now())); // since navigation start
   document.body.dataset.ready = 'true';
 }
 

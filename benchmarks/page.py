@@ -1,0 +1,143 @@
+"""How fast the web explainer's page draws, in headless Chromium.
+
+For each model: the time from navigation to the drawn overview (``readyMs``, the page's own
+``performance.now()``), the overview's draw alone (``drawMs``: layout, heatmaps, edges), the
+time to open the convolution view on the first conv neuron, and, as the baseline, the server's
+``GET /api/v1/trace`` over loopback HTTP for the same image (what the page waits for before it
+can draw). The issue's target: the demo model's overview within one second of the page load.
+There is no peer to compare with (CNN Explainer's page is not installed here).
+
+    .venv/bin/python benchmarks/page.py [--repeats 5] [--vgg] [--json out.json]
+
+Medians over the repeats, each in a fresh page. The machine is shared (2 cores, other work
+running), so the numbers are noisy; compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import uvicorn
+from PIL import Image
+from playwright.sync_api import sync_playwright
+
+from convlens.model import Model, build, load_model
+from convlens.model.core import Sample
+from convlens.web.server import create_app
+
+CNN_EXPLAINER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
+CHROMIUM = "/usr/bin/chromium"
+
+
+def _with_sample(model: Model, tmp: Path) -> Model:
+    if not model.samples:
+        rng = np.random.default_rng(0)
+        c, h, w = model.spec.shape
+        arr = rng.integers(0, 255, (h, w, c) if c == 3 else (h, w), dtype=np.uint8)
+        path = tmp / f"{model.name}.png"
+        Image.fromarray(arr).save(path)
+        model.samples.append(Sample(path, label=None))
+    return model
+
+
+def models(tmp: Path, vgg: bool) -> dict[str, Model]:
+    out: dict[str, Model] = {}
+    try:
+        out["demo"] = load_model("demo")
+    except Exception:
+        out["tiny-vgg 1×28×28 (demo stand-in)"] = build("tiny-vgg:in_channels=1,input_size=28")
+    if (CNN_EXPLAINER / "model.json").is_file():
+        out["cnn-explainer"] = load_model(str(CNN_EXPLAINER))
+    out["resnet18 w8 64×64"] = build("resnet18:width=8,input_size=64,num_classes=7")
+    if vgg:
+        out["vgg16 224×224"] = build("vgg16")
+    return {k: _with_sample(m.eval(), tmp) for k, m in out.items()}
+
+
+class Server:
+    def __init__(self, model: Model) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        config = uvicorn.Config(create_app(model), port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def measure(browser: Any, srv: Server, repeats: int) -> dict[str, float]:
+    ready, draw, conv, trace = [], [], [], []
+    with httpx.Client() as client:
+        for _ in range(repeats):
+            t = time.perf_counter()
+            client.get(f"{srv.url}api/v1/trace", params={"image": "sample-0", "max_size": 64})
+            trace.append(1000 * (time.perf_counter() - t))
+    for _ in range(repeats):
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        page.goto(srv.url)
+        page.wait_for_selector("body[data-ready=true]", timeout=120_000)
+        ready.append(float(page.get_attribute("body", "data-ready-ms") or "nan"))
+        draw.append(float(page.get_attribute("#overview", "data-draw-ms") or "nan"))
+        neuron = page.locator("canvas.neuron:not([data-layer=input])").first
+        t = time.perf_counter()
+        neuron.click()
+        page.wait_for_selector("#detail .result", timeout=120_000)
+        conv.append(1000 * (time.perf_counter() - t))
+        page.close()
+    med = statistics.median
+    return {
+        "trace_http_ms": med(trace),
+        "ready_ms": med(ready),
+        "overview_draw_ms": med(draw),
+        "first_detail_view_ms": med(conv),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--vgg", action="store_true", help="also VGG-16 at 224×224 (slow)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        for name, model in models(Path(tmp), args.vgg).items():
+            srv = Server(model)
+            try:
+                results[name] = measure(browser, srv, args.repeats)
+            finally:
+                srv.stop()
+        browser.close()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    cols = ["trace_http_ms", "ready_ms", "overview_draw_ms", "first_detail_view_ms"]
+    print(f"\n{'model':34}" + "".join(f"{c:>22}" for c in cols))
+    for name, r in results.items():
+        print(f"{name:34}" + "".join(f"{r[c]:>22.0f}" for c in cols))
+    print("\n(medians; shared 2-core machine, noisy)")
+
+
+if __name__ == "__main__":
+    main()
