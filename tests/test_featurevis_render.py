@@ -270,3 +270,22 @@ def test_parse_channels() -> None:
     for bad in ("x", "5-2", ""):
         with pytest.raises(ConvlensError):
             fv.parse_channels(bad)
+
+
+def test_stopping_after_the_deepest_layer_changes_nothing(small_resnet: Model) -> None:
+    from convlens.featurevis.render import run_model, stop_after
+
+    objective = O.channel("layer2.0.conv1", [0, 1])
+    seen: list[str] = []
+    hook = small_resnet.net.fc.register_forward_hook(lambda *a: seen.append("fc"))
+    try:
+        with capture(small_resnet, ["layer2.0.conv1"]) as cap, stop_after(small_resnet, objective):
+            assert run_model(small_resnet, torch.rand(2, 3, 64, 64)) is None
+        assert seen == [] and cap["layer2.0.conv1"].shape[:2] == (2, 16)
+        with stop_after(small_resnet, O.class_logit(0) + objective) as active:
+            assert not active  # an objective on the output needs the whole pass
+    finally:
+        hook.remove()
+    a = fv.render(small_resnet, objective, steps=3, seed=1)
+    b = fv.render(small_resnet, objective + 0 * O.class_logit(0), steps=3, seed=1)
+    torch.testing.assert_close(a.images, b.images)

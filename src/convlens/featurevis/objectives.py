@@ -53,7 +53,8 @@ class Objective:
     """A differentiable score per image: ``fn(ctx) -> (B,)``.
 
     ``layers`` are the layers it reads, ``batch`` the batch size it implies (``None`` when any
-    size works), ``name`` a short description for captions.
+    size works), ``name`` a short description for captions, ``uses_output`` whether it reads
+    the model's output (otherwise the forward pass may stop after its deepest layer).
     """
 
     fn: Callable[[Context], torch.Tensor]
@@ -61,6 +62,7 @@ class Objective:
     layers: set[str] = field(default_factory=set)
     batch: int | None = None
     checks: list[Callable[[Model], None]] = field(default_factory=list)
+    uses_output: bool = False
 
     def __call__(self, ctx: Context) -> torch.Tensor:
         return self.fn(ctx)
@@ -83,7 +85,7 @@ class Objective:
             )
         return Objective(
             fn, name, self.layers | other.layers, self.batch or other.batch,
-            self.checks + other.checks,
+            self.checks + other.checks, self.uses_output or other.uses_output,
         )  # fmt: skip
 
     def __add__(self, other: Objective | float) -> Objective:
@@ -108,7 +110,10 @@ class Objective:
         return self * other
 
     def __neg__(self) -> Objective:
-        return Objective(lambda c: -self(c), f"-{self.name}", self.layers, self.batch, self.checks)
+        return Objective(
+            lambda c: -self(c), f"-{self.name}", self.layers, self.batch, self.checks,
+            self.uses_output,
+        )  # fmt: skip
 
 
 def as_objective(value: Objective | float) -> Objective:
@@ -217,7 +222,7 @@ def class_logit(classes: Channels) -> Objective:
 
     return Objective(
         lambda c: _pick(c.output, classes), f"logit {_label(classes)}", set(),
-        _batch_of(classes), [check],
+        _batch_of(classes), [check], uses_output=True,
     )  # fmt: skip
 
 
@@ -229,7 +234,7 @@ def class_prob(classes: Channels) -> Objective:
         probs = c.output if c.model.outputs == "probabilities" else c.output.softmax(dim=1)
         return _pick(probs, classes)
 
-    return Objective(fn, f"p {_label(classes)}", set(), logit.batch, logit.checks)
+    return Objective(fn, f"p {_label(classes)}", set(), logit.batch, logit.checks, uses_output=True)
 
 
 def direction(layer: str, vector: torch.Tensor | Sequence[float]) -> Objective:

@@ -102,6 +102,45 @@ def redirected_relus(model: Model) -> Iterator[int]:
             m.inplace = flag
 
 
+# ---------------------------------------------------------------- stopping early
+
+
+class _StopForwardError(Exception):
+    """Raised after the deepest layer an objective reads: the rest of the network is skipped."""
+
+
+@contextlib.contextmanager
+def stop_after(model: Model, objective: obj.Objective) -> Iterator[bool]:
+    """Cut every forward pass inside the block short after the objective's deepest layer.
+
+    Only when the objective does not read the output and each of its layers is a module's
+    first call (a later call cannot be told apart from the first in a plain hook). Must be
+    entered after ``capture`` so that the capture hook runs first. Yields whether it is active.
+    """
+    layers = [model.graph[name] for name in objective.layers]
+    if objective.uses_output or not layers or any(x.module is None or x.call != 1 for x in layers):
+        yield False
+        return
+    deepest = max(layers, key=lambda x: x.index)
+
+    def hook(_m: nn.Module, _a: Any, _o: Any) -> None:
+        raise _StopForwardError
+
+    handle = model.layer(deepest.name).register_forward_hook(hook)
+    try:
+        yield True
+    finally:
+        handle.remove()
+
+
+def run_model(model: Model, x: torch.Tensor) -> torch.Tensor | None:
+    """``model(x)``, or ``None`` when :func:`stop_after` cut it short."""
+    try:
+        return model(x)
+    except _StopForwardError:
+        return None
+
+
 # ---------------------------------------------------------------- the loop
 
 
@@ -220,12 +259,13 @@ def render(
         start = p().detach().clone()
     bar = _progress(steps, progress, objective.name)
     redirect = redirected_relus(model) if relu_override else contextlib.nullcontext()
-    with redirect, capture(model, sorted(loss_of.layers)) as cap:
+    with redirect, capture(model, sorted(loss_of.layers)) as cap, stop_after(model, loss_of):
         for step in range(steps):
             x = p()
             seen = chain(x, gen) if chain is not None else x
-            out = model(seen)
-            ctx = obj.Context(x, dict(cap.activations), out, model)
+            out = run_model(model, seen)
+            skipped = torch.empty(0)  # the objective does not read the output
+            ctx = obj.Context(x, dict(cap.activations), skipped if out is None else out, model)
             values = loss_of(ctx)
             history[step] = values.detach()
             # autograd.grad (not backward) so the model's parameters never receive .grad.
