@@ -172,6 +172,13 @@ def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
     ms = page.get_attribute("#overview", "data-draw-ms")
     print(f"{which}: overview drawn in {ms} ms (noisy shared machine)")
     _shot(page, f"overview-{which}", full=True)
+    # hovering a neuron highlights the neurons it reads and shows its value range
+    conv = next(lay.name for lay in server.model.graph.layers if lay.kind == "conv")
+    page.hover(f"canvas.neuron[data-layer='{conv}'] >> nth=0")
+    reads = server.model.graph[conv].input_shapes[0][0]
+    assert page.locator("canvas.neuron.reads").count() == min(reads, PAGE_SIZE)
+    assert "values" in page.locator("#tooltip").inner_text()
+    _shot(page, f"overview-{which}-hover")
     page.check("#show-details")
     page.select_option("#scale-mode", "global")
     _shot(page, f"overview-{which}-details-global")
@@ -288,6 +295,25 @@ def test_upload_updates_the_prediction(
     page.wait_for_function(
         "() => document.getElementById('original-cap').textContent.includes('10×10')"
     )
+    # paste: the same, from the clipboard event's image
+    page.evaluate(
+        """async () => {
+        const c = Object.assign(document.createElement('canvas'), {width: 12, height: 9});
+        const blob = await new Promise((r) => c.toBlob(r, 'image/png'));
+        const dt = new DataTransfer();
+        dt.items.add(new File([blob], 'pasted.png', {type: 'image/png'}));
+        window.dispatchEvent(new ClipboardEvent('paste', {clipboardData: dt}));
+        }"""
+    )
+    page.wait_for_function(
+        "() => document.getElementById('original-cap').textContent.includes('12×9')"
+    )
+    # a file that is not an image: the server's message, shown to the user
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#upload-error")
+    assert "Upload failed" in page.locator("#upload-error").inner_text()
     assert not page.errors
 
 
