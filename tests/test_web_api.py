@@ -437,7 +437,7 @@ def test_units(client: TestClient, model: Model) -> None:
 
 def test_unit_feature_visualization_is_rendered_once(model: Model) -> None:
     pytest.importorskip("convlens.featurevis")
-    with TestClient(create_app(model, config=ServerConfig(featurevis_steps=3))) as c:
+    with TestClient(create_app(model, config=ServerConfig(featurevis_steps=1))) as c:
         assert c.get("/api/v1/model").json()["capabilities"]["featurevis"] is True
         first = c.get("/api/v1/units/conv_2_1/1").json()["featurevis"]
         img = data_url_image(first)
@@ -723,3 +723,32 @@ def test_serving_beyond_loopback_warns(
     serve(create_app(model), "0.0.0.0", 9002)
     assert "warning" in capsys.readouterr().out
     assert runs == [("127.0.0.1", 9001), ("0.0.0.0", 9002)]
+
+
+@pytest.mark.slow
+def test_convlens_serve_end_to_end(images_dir: Path) -> None:
+    """The real command in its own process: it binds loopback and answers."""
+    import subprocess
+    import sys
+
+    port = _free_port()
+    args = [sys.executable, "-m", "convlens", "serve", "-m", "tiny-vgg:input_size=32"]
+    args += ["--images", str(images_dir), "--port", str(port), "--no-browser"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[0]
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/model", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "convlens serve did not start"
+                time.sleep(0.2)
+        assert r.status_code == 200 and len(r.json()["samples"]) == 2
+        trace = httpx.get(f"http://127.0.0.1:{port}/api/v1/trace?image=sample-1", timeout=30)
+        assert trace.json()["image_id"] == "sample-1"
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=20)[0]
+    assert f"http://127.0.0.1:{port}/" in out
