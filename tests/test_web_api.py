@@ -644,6 +644,10 @@ def test_burst_of_50_concurrent_requests(live_url: str) -> None:
 
 
 def test_loopback_detection() -> None:
+    from convlens.web.server import browser_url
+
+    assert browser_url("0.0.0.0", 80) == "http://127.0.0.1:80/"
+    assert browser_url("::1", 8765) == "http://[::1]:8765/"
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
 

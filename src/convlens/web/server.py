@@ -160,6 +160,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def browser_url(host: str, port: int) -> str:
+    """The URL to open for a server bound to ``host`` (a wildcard address means this machine)."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
 def serve(
     app: FastAPI,
     host: str = DEFAULT_HOST,
@@ -182,7 +188,7 @@ def serve(
             f"warning: binding {host}:{port} exposes the explainer beyond this machine "
             "(the default is 127.0.0.1)"
         )
-    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    url = browser_url(host, port)
     print(f"convlens explainer at {url}  (Ctrl+C to stop)", flush=True)
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
