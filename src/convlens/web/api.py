@@ -11,7 +11,6 @@ import json
 import time
 from typing import Annotated, Any
 
-import torch
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
@@ -35,6 +34,7 @@ from convlens.web.store import StoredImage
 from convlens.web.uploads import MULTIPART_OVERHEAD, decode_upload, multipart_file, read_body
 
 PREFIX = "/api/v1"
+RENDER_CACHE = 256  # feature visualizations kept per server
 
 
 class ExplainRequest(BaseModel):
@@ -118,13 +118,6 @@ def upload_document(stored: StoredImage) -> dict[str, Any]:
 def _check_layer(state: ServerState, layer: str) -> None:
     if layer not in state.model.graph:
         state.model.graph[layer]  # raises the NotFoundError listing the known layers
-
-
-def _target_index(state: ServerState, target: int | str | None, x: torch.Tensor) -> int:
-    if target is None:
-        with state.model_lock:
-            return int(state.model.probabilities(x)[0].argmax())
-    return state.model.class_index(target)
 
 
 def build_router(state: ServerState) -> APIRouter:
@@ -221,7 +214,8 @@ def build_router(state: ServerState) -> APIRouter:
         try:
             if req.layer is not None:
                 _check_layer(state, req.layer)
-            target = _target_index(state, req.target, stored.tensor)
+            # a named or numbered class is checked here; None lets the method use the prediction
+            target = None if req.target is None else model.class_index(req.target)
             with state.model_lock:
                 result = features.explain(
                     model, stored.tensor, req.method, target, req.layer, req.params
@@ -235,8 +229,8 @@ def build_router(state: ServerState) -> APIRouter:
         scale = Scale.fit(amap, "rdbu" if result.signed else "viridis")
         return {
             "method": req.method,
-            "target": target,
-            "target_name": model.classes[target],
+            "target": result.target,
+            "target_name": model.classes[result.target],
             "layer": result.layer,
             "map": encode_tensor(amap),
             "signed": result.signed,
@@ -301,6 +295,9 @@ def _cached_render(state: ServerState, layer: str, channel: int) -> Any:
         )
     with state.cache_lock:
         state.cache[key] = image
+        renders = [k for k in state.cache if isinstance(k, tuple) and k[0] == "featurevis"]
+        for stale in renders[: max(0, len(renders) - RENDER_CACHE)]:  # oldest first
+            del state.cache[stale]
     return image
 
 

@@ -105,18 +105,24 @@ def explain(
     model: Model,
     x: torch.Tensor,
     method: str,
-    target: int,
+    target: int | None,
     layer: str | None,
     params: dict[str, Any],
 ) -> Explanation:
-    """Run ``method`` on one image ``x`` ``(1, C, H, W)``; the map is ``(H, W)``."""
+    """Run ``method`` on one image ``x`` ``(1, C, H, W)``; the map is ``(H, W)``.
+
+    ``target`` ``None`` explains the predicted class; the class explained comes back in the
+    result."""
     methods = _methods()
     try:
         attr = methods.explain(model, x, method, target=target, layer=layer, **params)
     except TypeError as e:  # a parameter of the wrong type reached the method
         raise ConvlensError(f"bad parameters for {method!r}: {e}") from None
+    explained = attr.targets[0] if attr.targets else target
+    if explained is None:
+        raise ConvlensError(f"method {method!r} did not report which class it explained")
     return Explanation(
-        map=attr.heat()[0], signed=bool(attr.signed), layer=attr.layer, target=target
+        map=attr.heat()[0], signed=bool(attr.signed), layer=attr.layer, target=int(explained)
     )
 
 
