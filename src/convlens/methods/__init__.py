@@ -7,19 +7,25 @@
 from convlens.methods import cam, gradient, occlusion
 from convlens.methods.api import explain, make_method
 from convlens.methods.base import METHODS, Attribution, Method, register
+from convlens.methods.curves import Curves, deletion_insertion
+from convlens.methods.sanity import SanityResult, randomization_check
 from convlens.methods.targets import Target, TargetSpec, resolve_target
 
 __all__ = [
     "METHODS",
     "Attribution",
+    "Curves",
     "Method",
+    "SanityResult",
     "Target",
     "TargetSpec",
     "cam",
+    "deletion_insertion",
     "explain",
     "gradient",
     "make_method",
     "occlusion",
+    "randomization_check",
     "register",
     "resolve_target",
 ]
