@@ -349,3 +349,51 @@ def test_an_explanation_map_appears(explainer_server: _Server, browser: Any) -> 
     page.locator("#explain-panel").scroll_into_view_if_needed()
     _shot(page, "explain")
     assert not page.errors
+
+
+@pytest.fixture(scope="module")
+def resnet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+    model = build("resnet18:width=8,input_size=32,num_classes=5", seed=0).eval()
+    path = tmp_path_factory.mktemp("resnet") / "sample.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+    model.samples.append(Sample(path, label=None))
+    srv = _Server(model)
+    yield srv
+    srv.stop()
+
+
+def test_branching_model_strided_padded_conv(resnet_server: _Server, browser: Any) -> None:
+    """ResNet: skip arcs drawn; a stride-2, padding-1 conv's arithmetic at the padded corner."""
+    model = resnet_server.model
+    page = _open(browser, resnet_server)
+    # every input that is not the column just before is drawn as one arc: the identity
+    # shortcuts into each add, and the downsample convs reading their block's input
+    layers = model.graph.layers
+    skips = sum(
+        name != layers[i - 1].name for i in range(1, len(layers)) for name in layers[i].inputs
+    )
+    assert skips == 8 + 3
+    assert page.locator(".edge.skip").count() == skips
+    layer = model.graph["layer2.0.conv1"]
+    assert layer.hyper["stride"] == [2, 2] and layer.hyper["padding"] == [1, 1]
+    neuron = page.locator("canvas.neuron[data-layer='layer2.0.conv1']").first  # most active
+    channel = int(neuron.get_attribute("data-channel") or -1)
+    neuron.click()
+    page.wait_for_selector("#detail[data-view=conv] #conv-result")
+    acts = _activations(model, model.samples[0].path)["layer2.0.conv1"][channel : channel + 1]
+    for step in range(3):  # (0, 0) reads the padding on two sides, then along the top row
+        result = page.locator("#conv-result")
+        assert (result.get_attribute("data-row"), result.get_attribute("data-col")) == (
+            "0",
+            str(step),
+        )
+        assert _number(result.inner_text()) == pytest.approx(float(acts[0, 0, step]), abs=1.5e-3)
+        page.click("#detail button.step")
+    _shot(page, "view-conv-resnet")
+    page.keyboard.press("Escape")
+    page.locator("canvas.neuron[data-layer='add']").first.click()
+    page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
+    assert " + " in page.locator("#elementwise-formula").inner_text()
+    _shot(page, "view-add-resnet")
+    assert not page.errors

@@ -28,6 +28,11 @@ function kernelGrid(weight, o, cc, scale) {
   return grid;
 }
 
+/** Map sizes in px: large enough to see small maps, small enough to fit many rows. */
+function clamp(v, lo, hi) {
+  return Math.min(hi, Math.max(lo, v));
+}
+
 function absMax(arrays) {
   let m = 0;
   for (const a of arrays) for (const v of a) m = Math.max(m, Math.abs(v));
@@ -63,7 +68,7 @@ function channelRow(data, c, cc, inter, scales, px) {
   paddingFrame(inBox, hyper.padding);
   const win = el('div', { class: 'win' });
   inBox.box.append(win);
-  const midBox = mapBox(inter, 0, scales.inter, Math.min(120, 12 * Wo));
+  const midBox = mapBox(inter, 0, scales.inter, clamp(12 * Wo, 72, 120));
   const cell = el('div', { class: 'cell' });
   midBox.box.append(cell);
   const node = el('div', { class: 'chanrow' },
@@ -88,7 +93,7 @@ function drawPage(list, data, page, scales, onScrub) {
   const inter = chans.map(({ cc, c }) => intermediateMap(X, weight, o, cc, c, hyper, Ho, Wo));
   const m = absMax(inter.map((x) => x.data));
   const pageScales = { ...scales, inter: makeScale(-m, m, { mode: 'neuron' }) };
-  const px = Math.min(120, 12 * X.shape[2]);
+  const px = clamp(12 * X.shape[2], 96, 120);
   const rows = chans.map(({ cc, c }, k) => ({ c, ...channelRow(data, c, cc, inter[k], pageScales, px) }));
   rows.forEach((r) => onScrub(r.midBox));
   const named = (text, node) => el('div', {}, el('span', {}, text), node);
@@ -138,7 +143,7 @@ export async function render(body, ctx) {
     kernel: makeScale(-k, k, { mode: 'neuron' }),
     output: makeScale(ys.channel_min[o], ys.channel_max[o], { mode: 'neuron' }),
   };
-  const outBox = mapBox(Y, o, scales.output, Math.min(240, 12 * Wo));
+  const outBox = mapBox(Y, o, scales.output, clamp(12 * Wo, 160, 240));
   const outCell = el('div', { class: 'cell' });
   outBox.box.append(outCell);
   const arith = el('div', { class: 'arith', id: 'conv-arith' });
