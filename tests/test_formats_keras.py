@@ -321,3 +321,61 @@ def test_format_flag_overrides_detection(tmp_path: Path) -> None:
     assert load_model(path, format="keras-h5").spec.shape == (3, 16, 16)
     with pytest.raises(ConvlensError, match=r"unknown model format 'kers'.*keras"):
         load_model(path, format="kers")
+
+
+# A third model: leading Normalization, dilated depthwise conv, ReLU6, global max pooling,
+# Dense → BatchNormalization on a vector → Activation("sigmoid").
+MEAN, VAR = np.array([100.0, 120.0, 90.0]), np.array([900.0, 1600.0, 2500.0])
+MORE_LAYERS = [
+    layer("Normalization", "norm", axis=-1, mean=MEAN.tolist(), variance=VAR.tolist()),
+    layer("DepthwiseConv2D", "dw", kernel_size=[3, 3], strides=[1, 1], padding="same",
+          depth_multiplier=2, dilation_rate=[2, 2], activation="linear", use_bias=True),
+    layer("ReLU", "relu6", max_value=6.0),
+    layer("GlobalMaxPooling2D", "gmp"),
+    layer("Dense", "fc", units=4, activation="linear"),
+    layer("BatchNormalization", "bn", epsilon=1e-3),
+    layer("Activation", "act", activation="sigmoid"),
+]  # fmt: skip
+MORE_WEIGHTS = {
+    "dw": [("depthwise_kernel", f32(3, 3, 3, 2)), ("bias", f32(6))],
+    "fc": [("kernel", f32(6, 4)), ("bias", f32(4))],
+    "bn": [
+        ("gamma", f32(4) + 1),
+        ("beta", f32(4)),
+        ("moving_mean", f32(4)),
+        ("moving_variance", np.abs(f32(4)) + 0.5),
+    ],
+}
+
+
+def np_more_reference(x255: np.ndarray) -> np.ndarray:
+    w = {k: dict(v) for k, v in MORE_WEIGHTS.items()}
+    h = (x255.astype(np.float64) - MEAN) / np.sqrt(VAR)
+    k, d = w["dw"]["depthwise_kernel"], 2
+    span = (3 - 1) * d + 1  # a dilated 3×3 kernel covers 5×5
+    hp = np_pad_same(h, span, 1, 0.0)
+    n, hh, ww, c = h.shape
+    out = np.zeros((n, hh, ww, c, 2))
+    for i in range(3):
+        for j in range(3):
+            patch = hp[:, i * d : i * d + hh, j * d : j * d + ww, :]  # (n, hh, ww, c)
+            out += patch[..., None] * k[i, j]  # (c, mult)
+    h = np.clip(out.reshape(n, hh, ww, c * 2) + w["dw"]["bias"], 0, 6)
+    h = h.max(axis=(1, 2)) @ w["fc"]["kernel"] + w["fc"]["bias"]
+    bn = w["bn"]
+    h = (h - bn["moving_mean"]) / np.sqrt(bn["moving_variance"] + 1e-3) * bn["gamma"] + bn["beta"]
+    return 1 / (1 + np.exp(-h))
+
+
+def test_more_layers_match_numpy(tmp_path: Path) -> None:
+    path = tmp_path / "more.keras"
+    write_keras(path, config(MORE_LAYERS, (12, 12, 3)), MORE_WEIGHTS)
+    model = load_model(path, classes=["a", "b", "c", "d"])
+    # Normalization folded into the spec: net input = (255·x − mean) / sqrt(var).
+    np.testing.assert_allclose(model.spec.mean, MEAN / 255, rtol=1e-6)
+    np.testing.assert_allclose(model.spec.std, np.sqrt(VAR) / 255, rtol=1e-6)
+    x255 = RNG.integers(0, 256, (3, 12, 12, 3)).astype(np.float32)
+    with torch.no_grad():
+        got = model(torch.from_numpy(x255 / 255).permute(0, 3, 1, 2).float()).double().numpy()
+    np.testing.assert_allclose(got, np_more_reference(x255), atol=1e-5, rtol=0)
+    assert isinstance(model.layer("relu6"), torch.nn.ReLU6)
