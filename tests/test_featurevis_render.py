@@ -213,7 +213,7 @@ def test_renders_any_input_size_and_channel_count(spec: str, param: str) -> None
     m = build(spec, seed=0).eval()
     conv = [lay.name for lay in m.graph if lay.kind == "conv"][-1]
     r = fv.render(m, O.channel(conv, [0, 1]), steps=2, param=param, tv=0.01, l1=0.01, l2=0.01,
-                  blur=0.01)  # fmt: skip
+                  blur=0.01, transforms="strong")  # fmt: skip
     assert tuple(r.images.shape) == (2, *m.spec.shape)
     assert r.images.min() >= 0 and r.images.max() <= 1
 

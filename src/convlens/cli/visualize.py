@@ -24,7 +24,12 @@ def visualize(
     unit: Annotated[str, typer.Option(help="'channel' (mean over space) or 'neuron'.")] = "channel",
     param: Annotated[str, typer.Option(help="'fourier' or 'pixel'.")] = "fourier",
     decorrelate: Annotated[bool, typer.Option(help="Decorrelated colour (RGB models).")] = True,
-    transforms: Annotated[str, typer.Option(help="'standard' or 'none'.")] = "standard",
+    decay: Annotated[
+        float, typer.Option(help="Fourier spectrum decay: 1 as Lucid, higher is smoother.")
+    ] = 1.0,
+    transforms: Annotated[
+        str, typer.Option(help="'standard' (Lucid's), 'strong' or 'none'.")
+    ] = "standard",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
     tv: Annotated[float, typer.Option(help="Total-variation penalty weight.")] = 0.0,
     l2: Annotated[float, typer.Option(help="L2 penalty weight (toward gray).")] = 0.0,
@@ -44,13 +49,14 @@ def visualize(
     folder = ensure_writable_dir(out)
     result = render_channels(
         m, layer, chans, kind=unit, chunk=batch, steps=steps, param=param,
-        decorrelate=decorrelate, transforms=transforms, lr=lr, tv=tv, l2=l2,
+        decorrelate=decorrelate, decay=decay, transforms=transforms, lr=lr, tv=tv, l2=l2,
         relu_override=relu_override, seed=seed, progress=None,
     )  # fmt: skip
     stem = layer.replace("/", "_").replace("#", "_")
     for c, img in zip(chans, result.images, strict=True):
         save_png(img, folder / f"{stem}_{c}.png")
-    title = f"{m.name} · {layer} · {unit} objective, {steps} steps, {param} parameterization"
+    what = "class logit" if m.graph[layer] is m.graph.output else unit
+    title = f"{m.name} · {layer} · {what} objective, {steps} steps, {param} parameterization"
     save_png(result.figure(title=title), folder / f"{stem}_grid.png")
     final = result.history[-1]
     typer.echo(f"wrote {len(chans)} images and {stem}_grid.png to {folder}")

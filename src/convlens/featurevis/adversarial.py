@@ -87,12 +87,12 @@ class AdversarialResult:
             cells += [self.original[i], self.amplified()[i], self.adversarial[i]]
             labels += [
                 f"{classes[kb]} ({float(self.before[i, kb]):.2f})",
-                f"perturbation ×{float(gain[i]):.0f}",
+                f"perturbation x{float(gain[i]):.0f}",
                 f"{classes[ka]} ({float(self.after[i, ka]):.2f})",
             ]
         body = grid(cells, 3, labels, cell_size=cell_size)
         kind = "targeted" if self.target is not None else "untargeted"
-        return caption(body, f"{kind} attack, {self.norm} budget ε = {self.eps:.4g}", size=13)
+        return caption(body, f"{kind} attack, {self.norm} budget eps = {self.eps:.4g}", size=13)
 
 
 def amplify(delta: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch import nn
 from convlens.errors import ConvlensError
 from convlens.featurevis import objectives as obj
 from convlens.featurevis.param import ImageParam, image_param
-from convlens.featurevis.transforms import Compose, standard_transforms
+from convlens.featurevis.transforms import Compose, standard_transforms, strong_transforms
 from convlens.io.figure import grid
 from convlens.model.core import Model
 from convlens.probe import capture, preserved_modes
@@ -149,9 +149,13 @@ def _transforms(spec: Compose | str | None, size: int) -> Compose | None:
         return None
     if spec == "standard":
         return standard_transforms(size)
+    if spec == "strong":
+        return strong_transforms(size)
     if isinstance(spec, Compose):
         return spec
-    raise ConvlensError(f"unknown transforms {spec!r}; accepted: 'standard', 'none' or a Compose")
+    raise ConvlensError(
+        f"unknown transforms {spec!r}; accepted: 'standard', 'strong', 'none' or a Compose"
+    )
 
 
 def _regularized(
@@ -210,6 +214,7 @@ def render(
     lr: float = 0.05,
     param: str | ImageParam = "fourier",
     decorrelate: bool = True,
+    decay: float = 1.0,
     transforms: Compose | str | None = "standard",
     size: tuple[int, int] | None = None,
     tv: float = 0.0,
@@ -223,7 +228,8 @@ def render(
 ) -> RenderResult:
     """Maximize ``objective`` over images; returns the images and the objective's history.
 
-    ``param`` is ``"fourier"`` (default), ``"pixel"`` or a ready :class:`ImageParam`; ``size``
+    ``param`` is ``"fourier"`` (default; ``decay`` > 1 favours smoother images), ``"pixel"`` or
+    a ready :class:`ImageParam`; ``size``
     is ``(H, W)``, the model's input size unless given (only fully convolutional models take
     others). ``seed`` fixes the start and every random transform, so a render repeats exactly.
 
@@ -245,7 +251,7 @@ def render(
         param
         if isinstance(param, ImageParam)
         else image_param(
-            (n, model.spec.channels, h, w), param, decorrelate=decorrelate,
+            (n, model.spec.channels, h, w), param, decorrelate=decorrelate, decay_power=decay,
             seed=int(torch.randint(2**62, (1,), generator=gen)),
         )
     )  # fmt: skip
