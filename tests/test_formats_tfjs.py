@@ -154,3 +154,42 @@ def test_unsupported_layer_names_type_and_position(tmp_path: Path, cnn_explainer
     )
     with pytest.raises(ConvlensError, match=r"layer 4 \('max_pool_1', LSTM\).*'LSTM'"):
         load_model(tmp_path / "model.json")
+
+
+def test_quantized_and_sharded_weights(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    """uint8-quantized kernels split over two shards dequantize as q · scale + min."""
+    doc = json.loads((cnn_explainer_dir / "model.json").read_text())
+    wts = np_weights(cnn_explainer_dir)
+    entries, chunks = [], []
+    for w in doc["weightsManifest"][0]["weights"]:
+        arr = wts[w["name"]]
+        if w["name"].endswith("kernel"):
+            lo, hi = float(arr.min()), float(arr.max())
+            scale = (hi - lo) / 255
+            q = np.round((arr - lo) / scale).astype(np.uint8)
+            wts[w["name"]] = q.astype(np.float64) * scale + lo  # what the model should hold
+            quant = {"dtype": "uint8", "scale": scale, "min": lo}
+            entries.append({**w, "quantization": quant})
+            chunks.append(q.tobytes())
+        else:
+            entries.append(w)
+            chunks.append(arr.astype("<f4").tobytes())
+    data = b"".join(chunks)
+    (tmp_path / "a.bin").write_bytes(data[:1000])
+    (tmp_path / "b.bin").write_bytes(data[1000:])
+    doc["weightsManifest"] = [{"paths": ["a.bin", "b.bin"], "weights": entries}]
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    model = load_model(tmp_path / "model.json")
+    _, imgs = sample_pixels(cnn_explainer_dir)
+    want = np_tiny_vgg(imgs[:4], {k: np.asarray(v) for k, v in wts.items()})
+    got = model.probabilities(torch.from_numpy(imgs[:4]).permute(0, 3, 1, 2).contiguous())
+    np.testing.assert_allclose(got.double().numpy(), want, atol=1e-5, rtol=0)
+
+
+def test_shard_outside_the_folder_is_refused(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    doc = json.loads((cnn_explainer_dir / "model.json").read_text())
+    doc["weightsManifest"][0]["paths"] = ["../secret.bin"]
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(ConvlensError, match="outside the model folder"):
+        load_model(tmp_path / "m" / "model.json")
