@@ -111,7 +111,7 @@ def upload_document(stored: StoredImage) -> dict[str, Any]:
         "width": stored.width,
         "height": stored.height,
         "original": png_data_url(stored.original),
-        "processed": png_data_url(stored.processed),
+        "processed": stored.processed_url,
     }
 
 
@@ -190,7 +190,13 @@ def build_router(state: ServerState) -> APIRouter:
             layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
         )
         with state.model_lock:
-            doc = build_trace(model, stored.tensor, image_id=image, options=options)
+            doc = build_trace(
+                model,
+                stored.tensor,
+                image_id=image,
+                options=options,
+                processed_url=stored.processed_url,
+            )
         return json_response(doc)
 
     @router.get(

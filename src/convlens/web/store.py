@@ -27,7 +27,7 @@ from convlens.io.image import (
 )
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
-from convlens.trace.encode import display_copy
+from convlens.trace.encode import display_copy, png_data_url
 
 SAMPLE_PREFIX = "sample-"
 UPLOAD_PREFIX = "upload-"
@@ -55,6 +55,7 @@ class StoredImage:
     original: Image.Image  # display copy, EXIF-rotated, longer side <= DISPLAY_SIDE
     processed: Image.Image  # resized/cropped/converted to the model's input spec
     tensor: torch.Tensor  # (1, C, H, W) in [0, 1]
+    processed_url: str  # ``processed`` as a PNG data URL, encoded once
 
 
 def prepare(image_id: str, img: Image.Image, spec: InputSpec) -> StoredImage:
@@ -67,6 +68,7 @@ def prepare(image_id: str, img: Image.Image, spec: InputSpec) -> StoredImage:
         original=display_copy(img, DISPLAY_SIDE),
         processed=processed,
         tensor=image_to_tensor(processed).unsqueeze(0),  # (C, H, W) -> (1, C, H, W)
+        processed_url=png_data_url(processed),
     )
 
 
