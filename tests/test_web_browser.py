@@ -204,6 +204,10 @@ def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, brow
     # each channel's line is x×w products summing to its printed partial sum
     lines = page.locator("#conv-arith").inner_text().splitlines()
     assert len(lines) == 8 + 1  # 8 channels written out, the other 2 summed
+    # hovering the input map (relu_1_1, 62×62) moves the window there: the centre, ±1 cell
+    page.hover("#detail .conv-channels canvas.map >> nth=0")
+    for attr in ("data-row", "data-col"):
+        assert abs(int(result.get_attribute(attr) or -9) - 31) <= 1
     _shot(page, "view-conv")
     page.keyboard.press("Escape")
     assert page.locator("#detail").is_hidden()

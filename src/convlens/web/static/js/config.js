@@ -5,7 +5,6 @@ export const MAX_NEURON = 56; // px, largest neuron thumbnail
 export const MIN_NEURON = 16;
 export const OVERVIEW_HEIGHT_MIN = 520;
 export const ANIMATION_MS = 350; // one window step in the convolution animation
-export const MAX_TERMS_CHANNELS = 8; // input channels written out in full in the arithmetic
 export const MAX_INTERMEDIATE = 8; // intermediate maps drawn in the convolution view (per page)
 export const LAYER_COLORS = {
   input: '#6b7280', conv: '#2563eb', activation: '#d97706', maxpool: '#059669', avgpool: '#059669',

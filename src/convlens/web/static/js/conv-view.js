@@ -1,8 +1,10 @@
 // The convolution view: every input channel with its kernel, the intermediate maps, and their
 // sum plus the bias giving the output map; a window slides with the arithmetic written out.
-import { ANIMATION_MS, MAX_INTERMEDIATE, MAX_TERMS_CHANNELS } from './config.js';
+import { ANIMATION_MS, MAX_INTERMEDIATE } from './config.js';
 import { cssColor, colorOf, makeScale } from './color.js';
-import { convCell, fmt, intermediateMap, productString, sumString, windowOrigin } from './draw-utils.js';
+import {
+  convCell, fmt, intermediateMap, outputCellFor, productString, sumString, windowOrigin,
+} from './draw-utils.js';
 import { getWeights } from './api.js';
 import { animator, cellAt, el, hideTip, legend, mapBox, placeRect, showTip } from './render.js';
 
@@ -95,7 +97,7 @@ function drawPage(list, data, page, scales, onScrub) {
   const pageScales = { ...scales, inter: makeScale(-m, m, { mode: 'neuron' }) };
   const px = clamp(12 * X.shape[2], 96, 120);
   const rows = chans.map(({ cc, c }, k) => ({ c, ...channelRow(data, c, cc, inter[k], pageScales, px) }));
-  rows.forEach((r) => onScrub(r.midBox));
+  rows.forEach((r) => { onScrub(r.midBox); onScrub(r.inBox, true); });
   const named = (text, node) => el('div', {}, el('span', {}, text), node);
   list.replaceChildren(...rows.map((r) => r.node), el('div', { class: 'legends' },
     named('input', legend(scales.input, 110)), named('kernel', legend(scales.kernel, 90)),
@@ -167,8 +169,11 @@ export async function render(body, ctx) {
     arith.replaceChildren(a.lines.join('\n'));
   };
   const anim = animator(Ho * Wo, show, ANIMATION_MS);
-  const scrub = (box) => box.canvas.addEventListener('mousemove', (e) => {
-    const [i, j] = cellAt(e, box.canvas, Ho, Wo);
+  // Hovering an output or intermediate map picks that cell; hovering an input map picks the
+  // window that starts there.
+  const scrub = (box, isInput = false) => box.canvas.addEventListener('mousemove', (e) => {
+    const [i, j] = isInput ? outputCellFor(...cellAt(e, box.canvas, box.H, box.W), hyper, Ho, Wo)
+      : cellAt(e, box.canvas, Ho, Wo);
     anim.set(i * Wo + j);
   });
   scrub(outBox);

@@ -331,3 +331,11 @@ export function poolCells(layer, i, j) {
   }
   return windowCells(i, j, { dilation: [1, 1], ...layer.hyper });
 }
+
+/** The output cell whose window starts nearest to input cell (r, c): hovering the input scrubs. */
+export function outputCellFor(r, c, hyper, Ho, Wo) {
+  const p = hyper.padding || [0, 0];
+  const i = Math.floor((r + p[0]) / hyper.stride[0]);
+  const j = Math.floor((c + p[1]) / hyper.stride[1]);
+  return [Math.min(Ho - 1, Math.max(0, i)), Math.min(Wo - 1, Math.max(0, j))];
+}

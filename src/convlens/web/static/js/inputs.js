@@ -60,6 +60,7 @@ function dropAndPaste(onImage) {
 export function install(onImage) {
   const input = document.getElementById('file-input');
   input.addEventListener('change', () => { upload(input.files[0], onImage); input.value = ''; });
+  document.getElementById('upload-button').addEventListener('click', () => input.click());
   dropAndPaste(onImage);
   store.on('model', (model) => samplePicker(model, onImage));
   store.on('trace', (trace) => {

@@ -2,7 +2,7 @@
 // the output cell it produces, with the reduction written out.
 import { ANIMATION_MS } from './config.js';
 import { makeScale } from './color.js';
-import { poolCells, poolString } from './draw-utils.js';
+import { outputCellFor, poolCells, poolString } from './draw-utils.js';
 import { animator, cellAt, el, legend, mapBox, placeRect } from './render.js';
 
 export const NAME = 'pool';
@@ -54,6 +54,12 @@ export async function render(body, ctx) {
     const [i, j] = cellAt(e, outBox.canvas, Ho, Wo);
     anim.set(i * Wo + j);
   });
+  if (layer.hyper.kernel) { // hovering the input picks the window that starts there
+    inBox.canvas.addEventListener('mousemove', (e) => {
+      const [i, j] = outputCellFor(...cellAt(e, inBox.canvas, H, W), layer.hyper, Ho, Wo);
+      anim.set(i * Wo + j);
+    });
+  }
   body.replaceChildren(el('div', { class: 'viewrow' },
     el('div', { class: 'viewcol' }, inBox.box, el('span', { class: 'label' }, `input: ${inName} (${H}×${W})`)),
     el('span', { class: 'op' }, '→'),

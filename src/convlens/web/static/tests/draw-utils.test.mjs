@@ -167,3 +167,14 @@ test('poolCells: regular and adaptive windows', () => {
   const ad = { kind: 'adaptive_pool', input_shapes: [[1, 5, 5]], output_shape: [1, 3, 3], hyper: {} };
   assert.deepEqual(U.poolCells(ad, 0, 0), [[0, 0], [0, 1], [1, 0], [1, 1]]);
 });
+
+test('outputCellFor inverts windowOrigin and clamps at the edges', () => {
+  const h = { kernel: [3, 3], stride: [2, 2], padding: [1, 1] };
+  for (let i = 0; i < 4; i++) {
+    for (let j = 0; j < 4; j++) {
+      const [r, c] = U.windowOrigin(i, j, h.stride, h.padding);
+      assert.deepEqual(U.outputCellFor(r, c, h, 4, 4), [i, j]);
+    }
+  }
+  assert.deepEqual(U.outputCellFor(100, -5, h, 4, 4), [3, 0]);
+});
