@@ -99,8 +99,13 @@ async def burst(url: str, n: int) -> float:
 def get(conn: http.client.HTTPConnection, path: str) -> bytes:
     """One GET on a kept-alive connection. The stdlib client reads a 1 MB body in about a
     millisecond, where httpx's pure-Python parsing takes tens: this times the server."""
-    conn.request("GET", path)
-    response = conn.getresponse()
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+    except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        conn.close()  # the server dropped an idle keep-alive connection: reconnect once
+        conn.request("GET", path)
+        response = conn.getresponse()
     body = response.read()
     assert response.status == 200, body[:200]
     return body
