@@ -75,7 +75,10 @@ def write_all(model: Model, folder: Path) -> dict[str, tuple[Path, dict[str, Any
     torch.export.save(torch.export.export(model.net, example), folder / "net.pt2")
     out["pt2"] = (folder / "net.pt2", {"input_spec": spec})
     torch.jit.trace(model.net, example).save(str(folder / "net.ts"))
-    out["torchscript"] = (folder / "net.ts", {"input_spec": spec, "format": "torchscript"})
+    out["torchscript"] = (
+        folder / "net.ts",
+        {"input_spec": spec, "format": "torchscript", "trust_pickle": True},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model.net, example, str(folder / "net.onnx"), dynamo=False)

@@ -95,9 +95,11 @@ def test_torchscript_round_trip(original: Model, tmp_path: Path) -> None:
     path = tmp_path / "net.pt"
     torch.jit.trace(original.net, torch.zeros(1, *original.spec.shape)).save(str(path))
     assert detect_format(str(path)) == "torchscript"
+    with pytest.raises(ConvlensError, match="--trust-pickle"):
+        load_model(path, input_spec=_spec(original))
     with pytest.raises(ConvlensError, match="--input-size"):
-        load_model(path)
-    loaded = load_model(path, input_spec=_spec(original))
+        load_model(path, trust_pickle=True)
+    loaded = load_model(path, input_spec=_spec(original), trust_pickle=True)
     _check_same(original, loaded)
 
 

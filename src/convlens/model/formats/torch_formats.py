@@ -10,8 +10,10 @@ the weights, else from the node name. TorchScript archives are first turned into
 
 Safety: a ``.pt2`` archive may hold pickled tensors or objects, which ``torch.export.load``
 would unpickle; the archive is inspected first and refused unless ``trust_pickle=True``.
-A TorchScript archive's code is TorchScript (run by the TorchScript interpreter, not Python)
-and its data is read by TorchScript's restricted unpickler, which creates no Python objects.
+Without such members a ``.pt2`` is a JSON graph plus raw tensors: reading it runs nothing.
+A TorchScript archive is a program (TorchScript code plus pickled constants) that loading
+compiles and converting runs, and its loader has had code-execution bugs (CVE-2025-32434),
+so it too needs ``trust_pickle=True``.
 
 >>> m = load_model("net.pt2")  # doctest: +SKIP
 """
@@ -457,6 +459,12 @@ def load_exported(source: str, opts: LoadOptions) -> Model:
 
 
 def load_torchscript(source: str, opts: LoadOptions) -> Model:
+    if not opts.trust_pickle:
+        raise ConvlensError(
+            f"{source!r} is a TorchScript archive: TorchScript code and pickled data that run "
+            "when it is loaded. If you trust its author, pass --trust-pickle (trust_pickle=True); "
+            "or save the model with torch.export.save (.pt2), which loads without running code"
+        )
     net, shape = program_to_module(read_torchscript(source, _user_spec(opts, source)))
     return _finish(net, shape, source, opts)
 
@@ -470,6 +478,6 @@ FORMATS.add(
     ModelFormat(
         is_torchscript,
         load_torchscript,
-        "a TorchScript archive (.pt/.pth from torch.jit.save) with --input-size",
+        "a TorchScript archive (torch.jit.save) with --input-size and --trust-pickle",
     ),
 )
