@@ -129,6 +129,13 @@ def _open(browser: Any, server: _Server) -> Any:
     return page
 
 
+@pytest.fixture(scope="module")
+def explainer_page(explainer_server: _Server, browser: Any) -> Iterator[Any]:
+    page = _open(browser, explainer_server)
+    yield page
+    page.close()
+
+
 def _shot(page: Any, name: str, full: bool = False) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=full)
@@ -230,10 +237,10 @@ def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, brow
     ],
 )
 def test_detail_views_open_show_the_right_numbers_and_close(
-    explainer_server: _Server, browser: Any, selector: str, view: str, result: str | None
+    explainer_server: _Server, explainer_page: Any, selector: str, view: str, result: str | None
 ) -> None:
     model = explainer_server.model
-    page = _open(browser, explainer_server)
+    page = explainer_page  # one page for all four: each view must close cleanly for the next
     page.evaluate("window.scrollTo(0, 0)")
     page.click(selector)
     page.wait_for_selector(f"#detail[data-view={view}]")
