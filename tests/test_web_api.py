@@ -107,6 +107,24 @@ def test_model_document(client: TestClient, model: Model) -> None:
     assert doc["limits"]["max_upload_bytes"] == ServerConfig().max_upload_bytes
 
 
+def test_model_samples_come_first_with_their_labels(model: Model, images_dir: Path) -> None:
+    from convlens.model import Sample
+
+    labelled = Model(
+        model.net,
+        model.spec,
+        [f"c{i}" for i in range(10)],
+        samples=[Sample(images_dir / "b_gray.png", label=7)],
+    )
+    with TestClient(create_app(labelled, images_dir=images_dir)) as c:
+        samples = c.get("/api/v1/model").json()["samples"]
+        assert [(s["id"], s["name"], s["label"], s["label_name"]) for s in samples] == [
+            ("sample-0", "b_gray.png", 7, "c7"),
+            ("sample-1", "a_halves.png", None, None),
+            ("sample-2", "b_gray.png", None, None),
+        ]
+
+
 def test_sample_png_is_the_file(client: TestClient, images_dir: Path) -> None:
     r = client.get("/api/v1/samples/sample-0.png")
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
