@@ -39,9 +39,12 @@ function redraw() {
   if (!model || !trace) return;
   drawOverview(overviewRoot(), model, trace, openNeuron);
   const mode = store.get('scaleMode');
-  document.getElementById('legend-text').textContent = mode === 'neuron'
+  const text = mode === 'neuron'
     ? 'colours: per neuron (hover a neuron for its range)'
-    : `colours: ${legendText(makeScale(-1, 1, { mode }))} when signed, white = 0 · input in pixel units`;
+    : `colours: ${legendText(makeScale(-1, 1, { mode }))} when signed (white = 0)`;
+  const node = document.getElementById('legend-text');
+  node.textContent = text;
+  node.title = `${text}; the input column is in pixel units 0–1`;
 }
 
 function showPrediction(model, trace) {

@@ -272,9 +272,13 @@ function drawOutput(stage, ctx, col, pos) {
 function drawLegendAndPager(stage, ctx, col, pos) {
   const last = pos.neurons.at(-1);
   const y = last.y + last.size + 6;
-  if (col.role === 'maps' && store.get('scaleMode') !== 'neuron' && col.layer.kind !== 'input') {
+  const isInput = col.layer.kind === 'input';
+  if (col.role === 'maps' && (isInput || store.get('scaleMode') !== 'neuron')) {
     const w = Math.max(60, pos.width + 20);
-    const lg = legend(scaleFor(ctx.model, ctx.trace, col.layer.name, 0), w);
+    // The input is drawn in pixel units (0..1), grey or one tint per colour channel.
+    const scale = isInput ? { ...makeScale(0, 1, { stops: GRAY }), mode: 'input pixels' }
+      : scaleFor(ctx.model, ctx.trace, col.layer.name, 0);
+    const lg = legend(scale, w);
     Object.assign(lg.style, { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${y}px` });
     stage.append(lg);
   }
