@@ -154,6 +154,10 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> tupl
     return total // 2, total - total // 2
 
 
+# Keras 3 calls a depthwise layer's kernel "kernel"; Keras 2 "depthwise_kernel".
+_WEIGHT_ALIASES = {"depthwise_kernel": ("kernel",)}
+
+
 class _Layer:
     """One Keras layer being converted: its config, its weights and where it sits."""
 
@@ -176,7 +180,8 @@ class _Layer:
 
     def weight(self, short: str, position: int, shape: tuple[int, ...]) -> torch.Tensor:
         """The weight called ``short`` (or the ``position``-th), checked against ``shape``."""
-        found = [a for n, a in self.weights if n == short]
+        aliases = {short, *_WEIGHT_ALIASES.get(short, ())}
+        found = [a for n, a in self.weights if n in aliases]
         if not found:
             unnamed = all(n is None for n, _ in self.weights)
             if not unnamed or position >= len(self.weights):
