@@ -136,12 +136,9 @@ def sort_hits(
     return values.gather(1, order), images.gather(1, order), positions.gather(1, order)
 
 
-def map_batch(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
-    """The state of one batch: ``activations`` ``(B, C, H, W)`` (or ``(B, C)``) of the images
-    whose data-set indices are ``image_indices`` ``(B,)``.
-
-    One ``topk`` per channel over all ``B·H·W`` positions; no Python loop over images.
-    """
+def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
+    """Like :func:`map_batch` but with the hits left unsorted: the streaming scan sorts many
+    batches' candidates at once in :func:`merge_many` (fewer, larger operations per batch)."""
     if k < 1:
         raise ConvlensError(f"top-k needs k of at least 1, got {k}")
     x = _as_grid(activations.detach()).float()
@@ -161,14 +158,13 @@ def map_batch(activations: torch.Tensor, image_indices: torch.Tensor, k: int) ->
         values = torch.cat([values, pad.values], 1)
         images = torch.cat([images, pad.images], 1)
         positions = torch.cat([positions, pad.positions], 1)
-    values, images, positions = sort_hits(values, images, positions, k)
-    per_image_max = flat.view(C, B, H * W).amax(dim=2)  # (C, B)
+    per_image_max = flat.view(C, B, H * W).amax(dim=2)  # (C, B): small, cheap to reduce
     return LayerState(
         values=values,
         images=images,
         positions=positions,
         total=flat.sum(dim=1, dtype=torch.float64),
-        total_sq=flat.square().sum(dim=1, dtype=torch.float64),
+        total_sq=torch.linalg.vector_norm(flat, dim=1, dtype=torch.float64).square(),
         maximum=per_image_max.amax(dim=1),
         positive=(flat > 0).sum(dim=1),
         fired=(per_image_max > 0).sum(dim=1),
@@ -177,31 +173,47 @@ def map_batch(activations: torch.Tensor, image_indices: torch.Tensor, k: int) ->
     )
 
 
-def merge(a: LayerState, b: LayerState) -> LayerState:
-    """Combine the states of two disjoint sets of images (associative and commutative)."""
-    if a.values.shape != b.values.shape or a.grid != b.grid:
-        raise ConvlensError(
-            f"cannot merge scan states of different shapes: {tuple(a.values.shape)} on a "
-            f"{a.grid} grid and {tuple(b.values.shape)} on a {b.grid} grid"
-        )
+def map_batch(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
+    """The state of one batch: ``activations`` ``(B, C, H, W)`` (or ``(B, C)``) of the images
+    whose data-set indices are ``image_indices`` ``(B,)``.
+
+    One ``topk`` per channel over all ``B·H·W`` positions; no Python loop over images.
+    """
+    return merge_many([map_candidates(activations, image_indices, k)])
+
+
+def merge_many(states: list[LayerState]) -> LayerState:
+    """:func:`merge` of several states at once: one concatenation and one sort."""
+    first = states[0]
+    for other in states[1:]:
+        if other.values.shape != first.values.shape or other.grid != first.grid:
+            raise ConvlensError(
+                f"cannot merge scan states of different shapes: {tuple(first.values.shape)} on "
+                f"a {first.grid} grid and {tuple(other.values.shape)} on a {other.grid} grid"
+            )
     values, images, positions = sort_hits(
-        torch.cat([a.values, b.values], 1),
-        torch.cat([a.images, b.images], 1),
-        torch.cat([a.positions, b.positions], 1),
-        a.k,
+        torch.cat([s.values for s in states], 1),
+        torch.cat([s.images for s in states], 1),
+        torch.cat([s.positions for s in states], 1),
+        first.k,
     )
     return replace(
-        a,
+        first,
         values=values,
         images=images,
         positions=positions,
-        total=a.total + b.total,
-        total_sq=a.total_sq + b.total_sq,
-        maximum=torch.maximum(a.maximum, b.maximum),
-        positive=a.positive + b.positive,
-        fired=a.fired + b.fired,
-        n_images=a.n_images + b.n_images,
+        total=torch.stack([s.total for s in states]).sum(0),
+        total_sq=torch.stack([s.total_sq for s in states]).sum(0),
+        maximum=torch.stack([s.maximum for s in states]).amax(0),
+        positive=torch.stack([s.positive for s in states]).sum(0),
+        fired=torch.stack([s.fired for s in states]).sum(0),
+        n_images=sum(s.n_images for s in states),
     )
+
+
+def merge(a: LayerState, b: LayerState) -> LayerState:
+    """Combine the states of two disjoint sets of images (associative and commutative)."""
+    return merge_many([a, b])
 
 
 ScanState = dict[str, LayerState]  # layer name -> its state
