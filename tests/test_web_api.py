@@ -661,6 +661,47 @@ def test_burst_of_50_concurrent_requests(live_url: str) -> None:
         assert comparable(r) == alone[k], requests[k]
 
 
+def test_read_write_lock() -> None:
+    from convlens.web.state import ReadWriteLock
+
+    lock = ReadWriteLock()
+    both_in = threading.Barrier(2, timeout=10)
+    events: list[str] = []
+
+    def reader(name: str) -> None:
+        with lock.read():
+            both_in.wait()  # passes only if two readers are inside together
+            events.append(name)
+
+    readers = [threading.Thread(target=reader, args=(n,)) for n in ("r1", "r2")]
+    for t in readers:
+        t.start()
+    for t in readers:
+        t.join(timeout=10)
+    assert sorted(events) == ["r1", "r2"]
+
+    events.clear()
+    inside = threading.Event()
+
+    def writer() -> None:
+        with lock.write():
+            inside.set()
+            time.sleep(0.2)
+            events.append("writer done")
+
+    def late_reader() -> None:
+        inside.wait(timeout=10)
+        with lock.read():
+            events.append("reader in")
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=late_reader)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert events == ["writer done", "reader in"]  # a reader never overlaps the writer
+
+
 def test_loopback_detection() -> None:
     from convlens.web.server import browser_url
 

@@ -189,7 +189,10 @@ def build_router(state: ServerState) -> APIRouter:
             max_size=max_size or state.trace_max_size,
             layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
         )
-        with state.model_lock:
+        # a traced graph runs without hooks, so traces share the model; an untraceable model is
+        # recorded with hooks (probe.record_all's fallback) and needs it alone
+        shared = model.graph.traced is not None
+        with state.model_lock.read() if shared else state.model_lock.write():
             doc = build_trace(
                 model,
                 stored.tensor,
@@ -222,7 +225,7 @@ def build_router(state: ServerState) -> APIRouter:
                 _check_layer(state, req.layer)
             # a named or numbered class is checked here; None lets the method use the prediction
             target = None if req.target is None else model.class_index(req.target)
-            with state.model_lock:
+            with state.model_lock.write():  # hooks on the shared modules: alone
                 result = features.explain(
                     model, stored.tensor, req.method, target, req.layer, req.params
                 )

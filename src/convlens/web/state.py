@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +38,59 @@ class ServerConfig:
         return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_upload_pixels)
 
 
+class ReadWriteLock:
+    """Many readers at once, or one writer alone; a waiting writer goes before new readers.
+
+    >>> lock = ReadWriteLock()
+    >>> with lock.read(), lock.read():  # readers share
+    ...     pass
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()
+
+
 class ServerState:
     """The shared model and everything the routes read.
 
-    ``model_lock`` serializes every pass through the model. Tracing alone would be safe to run
-    concurrently (no hooks, inference mode), but the explanation methods and feature
-    visualization attach hooks to the shared modules, and those hooks would fire inside a
-    concurrent trace; one lock keeps every request's passes apart. JSON and PNG encoding happen
-    outside it.
+    ``model_lock`` keeps requests' passes through the shared model apart. A trace takes it for
+    reading: it runs the traced graph under inference mode with no hooks, so traces may run
+    together. An explanation takes it for writing: its methods hook the shared modules, and
+    those hooks would also fire inside a concurrent trace (the traced graph calls the same
+    module objects) and record that trace's activations as their own. JSON and PNG encoding
+    happen outside the lock.
     """
 
     def __init__(
@@ -70,7 +117,7 @@ class ServerState:
         self.scan = open_scan(scan_dir, model, scan_data) if scan_dir is not None else None
         if self.scan is not None and self.scan.problem:
             log.warning("--scan %s: %s; top patches are off", scan_dir, self.scan.problem)
-        self.model_lock = threading.Lock()
+        self.model_lock = ReadWriteLock()
         self.cache: dict[Any, Any] = {}  # small per-server caches (model document, renders)
         self.cache_lock = threading.Lock()
         self._fv_model: Model | None = None
@@ -81,9 +128,10 @@ class ServerState:
         """A private copy of the model for feature visualization (call with ``fv_lock`` held).
 
         A render takes seconds of hooked forward/backward passes; on its own copy it never
-        holds ``model_lock``, so traces and explanations go on meanwhile.
+        holds ``model_lock``, so traces and explanations go on meanwhile. The copy is taken
+        while no explanation's hooks are on the modules.
         """
         if self._fv_model is None:
-            with self.model_lock:
+            with self.model_lock.write():
                 self._fv_model = copy.deepcopy(self.model)
         return self._fv_model
