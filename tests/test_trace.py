@@ -179,3 +179,34 @@ def test_default_caps_fit_the_budget(small_resnet: Model) -> None:
     doc = build_trace(small_resnet, torch.rand(1, 3, 64, 64), options=TraceOptions(channels, size))
     sent = sum(decode_tensor(t).size for t in doc["activations"].values())
     assert sent == trace_numbers(small_resnet, channels, size)
+
+
+class Branchy(torch.nn.Module):
+    """Data-dependent control flow: torch.fx cannot trace it, so hooks record the layers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 3, 3)
+        self.relu = torch.nn.ReLU()
+        self.fc = torch.nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.conv(x))
+        if h.sum() > 0:
+            h = h * 2
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def test_trace_of_an_untraceable_model() -> None:
+    from convlens.io.spec import InputSpec
+
+    torch.manual_seed(0)
+    model = Model(Branchy().eval(), InputSpec(1, 8, 8), name="branchy")
+    assert model.graph.traced is None
+    x = torch.rand(1, 1, 8, 8)
+    doc = build_trace(model, x)
+    assert list(doc["activations"]) == ["input", "conv", "relu", "fc"]
+    with torch.no_grad():
+        relu = model.net.relu(model.net.conv(x))[0]
+    np.testing.assert_allclose(decode_tensor(doc["activations"]["relu"]), relu.numpy(), atol=1e-6)
+    np.testing.assert_allclose(doc["logits"], model(x)[0].detach().numpy(), atol=1e-6)
