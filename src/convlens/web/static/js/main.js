@@ -53,11 +53,13 @@ function showPrediction(model, trace) {
     el('b', { id: 'predicted-class' }, model.classes[k]), ` (${(100 * trace.probabilities[k]).toFixed(1)} %)`);
 }
 
-async function loadImage(imageId) {
+// Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast; the detail
+// views fetch the layers they show at full resolution (fullActivations).
+const overviewTrace = (imageId) => getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
+
+async function loadImage(imageId, pending = null) {
   store.set('imageId', imageId);
-  // Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast; the detail
-  // views fetch the layers they show at full resolution (fullActivations).
-  const trace = await getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
+  const trace = (pending && (await pending)) || (await overviewTrace(imageId));
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();
@@ -75,12 +77,15 @@ async function start() {
   document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
   let resizeTimer = null;
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 150); });
+  // The first sample's trace is asked for together with the model (one round trip less);
+  // if the model has no 'sample-0' the answer is simply not used.
+  const early = overviewTrace('sample-0').catch(() => null);
   try {
     const model = await getModel();
     store.set('model', model);
     document.getElementById('model-name').textContent = `${model.name} · ${model.input_spec.channels}×${model.input_spec.height}×${model.input_spec.width} · ${model.classes.length} classes`;
     document.title = `convlens · ${model.name}`;
-    if (model.samples.length) await loadImage(model.samples[0].id);
+    if (model.samples.length) await loadImage(model.samples[0].id, model.samples[0].id === 'sample-0' ? early : null);
     else document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
   } catch (err) {
     const status = document.getElementById('status');
