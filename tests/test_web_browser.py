@@ -188,6 +188,9 @@ def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
     _shot(page, f"overview-{which}-hover")
     page.check("#show-details")
     page.select_option("#scale-mode", "global")
+    # one range for every layer but the input (pixels), and it spans every layer's values
+    ends = page.eval_on_selector_all(".stage .legend .ends", "es => es.map(e => e.innerText)")
+    assert len(set(ends[1:])) == 1
     _shot(page, f"overview-{which}-details-global")
     assert not page.errors
 
@@ -407,4 +410,17 @@ def test_branching_model_strided_padded_conv(resnet_server: _Server, browser: An
     page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
     assert " + " in page.locator("#elementwise-formula").inner_text()
     _shot(page, "view-add-resnet")
+    page.keyboard.press("Escape")
+    # a 16-channel layer shows the 10 most active, then the other 6 on the next page
+    name = "layer2.0.conv1"
+    shown = page.eval_on_selector_all(
+        f"canvas.neuron[data-layer='{name}']", "cs => cs.map(c => +c.dataset.channel)"
+    )
+    page.click(f"button[aria-label='next channels of {name}']")
+    rest = page.eval_on_selector_all(
+        f"canvas.neuron[data-layer='{name}']", "cs => cs.map(c => +c.dataset.channel)"
+    )
+    assert sorted(shown + rest) == list(range(16))
+    peak = _activations(model, model.samples[0].path)[name].amax(dim=(1, 2))
+    assert peak[shown].min() >= peak[rest].max()
     assert not page.errors
