@@ -289,3 +289,11 @@ def test_stopping_after_the_deepest_layer_changes_nothing(small_resnet: Model) -
     a = fv.render(small_resnet, objective, steps=3, seed=1)
     b = fv.render(small_resnet, objective + 0 * O.class_logit(0), steps=3, seed=1)
     torch.testing.assert_close(a.images, b.images)
+
+
+def test_l1_and_l2_pull_toward_the_background(tiny_vgg: Model) -> None:
+    objective = O.channel("conv_1_1", 0)
+    kw = {"steps": 15, "param": "pixel", "transforms": None, "lr": 0.2, "l1": 50.0, "l2": 50.0}
+    dark = fv.render(tiny_vgg, objective, background=0.0, **kw).images  # type: ignore[arg-type]
+    light = fv.render(tiny_vgg, objective, background=1.0, **kw).images  # type: ignore[arg-type]
+    assert float(dark.mean()) < 0.3 < 0.7 < float(light.mean())

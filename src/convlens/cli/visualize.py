@@ -32,7 +32,11 @@ def visualize(
     ] = "standard",
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 0.05,
     tv: Annotated[float, typer.Option(help="Total-variation penalty weight.")] = 0.0,
-    l2: Annotated[float, typer.Option(help="L2 penalty weight (toward gray).")] = 0.0,
+    l1: Annotated[float, typer.Option(help="L1 penalty weight (toward --background).")] = 0.0,
+    l2: Annotated[float, typer.Option(help="L2 penalty weight (toward --background).")] = 0.0,
+    background: Annotated[
+        float, typer.Option(help="Level L1/L2 pull toward: 0.5 gray, 0 for black backgrounds.")
+    ] = 0.5,
     relu_override: Annotated[
         bool, typer.Option(help="Redirect ReLU gradients for units dead at the start.")
     ] = False,
@@ -49,8 +53,8 @@ def visualize(
     folder = ensure_writable_dir(out)
     result = render_channels(
         m, layer, chans, kind=unit, chunk=batch, steps=steps, param=param,
-        decorrelate=decorrelate, decay=decay, transforms=transforms, lr=lr, tv=tv, l2=l2,
-        relu_override=relu_override, seed=seed, progress=None,
+        decorrelate=decorrelate, decay=decay, transforms=transforms, lr=lr, tv=tv, l1=l1,
+        l2=l2, background=background, relu_override=relu_override, seed=seed, progress=None,
     )  # fmt: skip
     stem = layer.replace("/", "_").replace("#", "_")
     for c, img in zip(chans, result.images, strict=True):

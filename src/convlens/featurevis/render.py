@@ -159,13 +159,17 @@ def _transforms(spec: Compose | str | None, size: int) -> Compose | None:
 
 
 def _regularized(
-    objective: obj.Objective, tv: float, l1: float, l2: float, blur: float
+    objective: obj.Objective, tv: float, l1: float, l2: float, blur: float, background: float
 ) -> obj.Objective:
-    for weight, term in ((tv, obj.total_variation), (l1, obj.l1), (l2, obj.l2), (blur, obj.blur)):
+    terms = (
+        (tv, obj.total_variation()), (l1, obj.l1(background)), (l2, obj.l2(background)),
+        (blur, obj.blur()),
+    )  # fmt: skip
+    for weight, term in terms:
         if weight < 0:
             raise ConvlensError(f"regularizer weights must be >= 0; got {weight}")
         if weight:
-            objective = objective - weight * term()
+            objective = objective - weight * term
     return objective
 
 
@@ -221,6 +225,7 @@ def render(
     l1: float = 0.0,
     l2: float = 0.0,
     blur: float = 0.0,
+    background: float = 0.5,
     relu_override: bool = False,
     seed: int | None = 0,
     progress: bool | None = None,
@@ -231,7 +236,9 @@ def render(
     ``param`` is ``"fourier"`` (default; ``decay`` > 1 favours smoother images), ``"pixel"`` or
     a ready :class:`ImageParam`; ``size``
     is ``(H, W)``, the model's input size unless given (only fully convolutional models take
-    others). ``seed`` fixes the start and every random transform, so a render repeats exactly.
+    others). ``l1`` and ``l2`` pull pixels toward ``background`` (0.5 gray; 0 suits data sets
+    on black, such as Fashion-MNIST). ``seed`` fixes the start and every random transform, so
+    a render repeats exactly.
 
     >>> from convlens.model.zoo import build
     >>> m = build("tiny-vgg:input_size=32", seed=0).eval()
@@ -258,7 +265,7 @@ def render(
     if p.shape[0] != n:
         raise ConvlensError(f"the parameterization makes {p.shape[0]} images, the objective {n}")
     chain = _transforms(transforms, min(h, w))
-    loss_of = _regularized(objective, tv, l1, l2, blur)
+    loss_of = _regularized(objective, tv, l1, l2, blur, background)
     optimizer = torch.optim.Adam(p.parameters(), lr=lr)
     history = torch.empty(steps, n)
     with torch.no_grad():
