@@ -7,6 +7,15 @@
 torch.Size([2, 1, 28, 28])
 """
 
+from convlens.featurevis.adversarial import AdversarialResult, amplify, fgsm, pgd
+from convlens.featurevis.filters import conv_weights, filter_figure, roughness
+from convlens.featurevis.inversion import (
+    Inversion,
+    correlation,
+    inversion_figure,
+    invert,
+    invert_layers,
+)
 from convlens.featurevis.objectives import (
     Context,
     Objective,
@@ -31,34 +40,55 @@ from convlens.featurevis.render import (
     render,
     render_channels,
 )
-from convlens.featurevis.transforms import Compose, Jitter, Pad, Rotate, Scale, standard_transforms
+from convlens.featurevis.transforms import (
+    Compose,
+    Jitter,
+    Pad,
+    Rotate,
+    Scale,
+    standard_transforms,
+    strong_transforms,
+)
 
 __all__ = [
+    "AdversarialResult",
     "Compose",
     "Context",
     "ImageParam",
+    "Inversion",
     "Jitter",
     "Objective",
     "Pad",
     "RenderResult",
     "Rotate",
     "Scale",
+    "amplify",
     "blur",
     "channel",
     "class_logit",
     "class_prob",
+    "conv_weights",
+    "correlation",
     "direction",
     "diversity",
     "evaluate",
+    "fgsm",
+    "filter_figure",
     "image_param",
+    "inversion_figure",
+    "invert",
+    "invert_layers",
     "l1",
     "l2",
     "layer",
     "neuron",
     "parse_channels",
+    "pgd",
     "redirected_relus",
     "render",
     "render_channels",
+    "roughness",
     "standard_transforms",
+    "strong_transforms",
     "total_variation",
 ]
