@@ -356,6 +356,18 @@ def test_an_explanation_map_appears(explainer_server: _Server, browser: Any) -> 
         page.select_option("#explain-method", method)
         page.click("#explain-run")
         page.wait_for_selector(f".explain-card[data-method='{method}']", timeout=20_000)
+    # a chosen target class: the card names it; the newest card comes first
+    before = page.locator(".explain-card").count()
+    page.select_option("#explain-target", "1")
+    page.click("#explain-run")
+    page.wait_for_function(
+        "n => document.querySelectorAll('.explain-card').length === n + 1",
+        arg=before,
+        timeout=20_000,
+    )
+    assert (
+        f"→ {explainer_server.model.classes[1]}" in page.locator(".explain-card").first.inner_text()
+    )
     img = page.locator(".explain-card img").first
     src = img.get_attribute("src") or ""
     assert src.startswith("data:image/png;base64,")

@@ -45,49 +45,60 @@ function resultCard(res) {
     el('div', { class: 'muted' }, `${res.layer ? `layer ${res.layer} · ` : ''}${res.signed ? 'signed' : 'non-negative'}${res.seconds !== undefined ? ` · ${res.seconds.toFixed(2)} s` : ''}`));
 }
 
+/** Method, target and layer selects plus the method's parameters; `read()` gives the request. */
+function controls(model, methods) {
+  const method = el('select', { id: 'explain-method', 'aria-label': 'method' },
+    ...methods.map((m) => el('option', { value: m.name, title: m.paper || '' }, m.title || m.name)));
+  const target = el('select', { id: 'explain-target', 'aria-label': 'target class' }, el('option', { value: '' }, 'predicted class'),
+    ...model.classes.map((c, k) => el('option', { value: k }, c)));
+  const spatial = model.graph.layers.filter((l) => l.output_shape.length === 3 && l.kind !== 'input');
+  const layer = el('select', { id: 'explain-layer', 'aria-label': 'layer' }, el('option', { value: '' }, 'default layer'),
+    ...spatial.map((l) => el('option', { value: l.name }, l.name)));
+  const params = el('span', { class: 'row' });
+  const fill = () => {
+    const m = methods.find((x) => x.name === method.value);
+    layer.disabled = m?.needs_layer === false; // input-gradient methods have no layer to choose
+    const entries = Object.entries(m?.params || {}).filter(([k]) => !['layer', 'target'].includes(k));
+    params.replaceChildren(...entries.map(([k, spec]) => el('label', {}, `${k} `, paramInput(k, spec))));
+  };
+  method.addEventListener('change', fill);
+  fill();
+  const read = () => ({
+    method: method.value, target: target.value === '' ? null : Number(target.value),
+    layer: layer.disabled ? null : layer.value || null, params: readParams(params),
+  });
+  return { node: [el('div', { class: 'row' }, method, target, layer), params], read };
+}
+
+async function runOnce(read, cards, status) {
+  status.className = 'muted';
+  status.textContent = 'computing…';
+  try {
+    const res = await explain({ image_id: store.get('imageId'), ...read() });
+    cards.prepend(resultCard(res));
+    while (cards.children.length > MAX_CARDS) cards.lastChild.remove();
+    status.textContent = '';
+  } catch (err) {
+    status.className = 'error-text';
+    status.textContent = String(err.message || err);
+  }
+}
+
 export function install(root) {
-  const render = () => {
-    const model = store.get('model');
-    if (!model) return;
+  store.on('model', (model) => {
     const methods = model.capabilities?.methods || [];
     root.replaceChildren(el('h3', {}, 'Explanations'));
     if (!methods.length) {
       root.append(el('p', { class: 'muted' }, 'This server has no explanation methods installed.'));
       return;
     }
-    const method = el('select', { id: 'explain-method', 'aria-label': 'method' }, ...methods.map((m) => el('option', { value: m.name, title: m.paper || '' }, m.title || m.name)));
-    const target = el('select', { id: 'explain-target', 'aria-label': 'target class' }, el('option', { value: '' }, 'predicted class'),
-      ...model.classes.map((c, k) => el('option', { value: k }, c)));
-    const spatial = model.graph.layers.filter((l) => l.output_shape.length === 3 && l.kind !== 'input');
-    const layer = el('select', { id: 'explain-layer', 'aria-label': 'layer' }, el('option', { value: '' }, 'default layer'),
-      ...spatial.map((l) => el('option', { value: l.name }, l.name)));
-    const params = el('span', { class: 'row' });
-    const fill = () => {
-      const m = methods.find((x) => x.name === method.value);
-      const entries = Object.entries(m?.params || {}).filter(([k]) => !['layer', 'target'].includes(k));
-      params.replaceChildren(...entries.map(([k, spec]) => el('label', {}, `${k} `, paramInput(k, spec))));
-    };
-    method.addEventListener('change', fill);
+    const form = controls(model, methods);
     const cards = el('div', { class: 'cards', id: 'explain-cards' });
-    const status = el('span', { class: 'muted', id: 'explain-status' });
-    const run = async () => {
-      status.textContent = 'computing…';
-      try {
-        const res = await explain({ image_id: store.get('imageId'), method: method.value,
-          target: target.value === '' ? null : Number(target.value), layer: layer.value || null, params: readParams(params) });
-        cards.prepend(resultCard(res));
-        while (cards.children.length > MAX_CARDS) cards.lastChild.remove();
-        status.textContent = '';
-      } catch (err) {
-        status.textContent = String(err.message || err);
-        status.className = 'error-text';
-      }
-    };
-    fill();
-    root.append(el('div', { class: 'row' }, method, target, layer), params,
-      el('div', { class: 'row' }, el('button', { type: 'button', id: 'explain-run', onclick: run }, 'Explain'),
+    const status = el('span', { class: 'muted', id: 'explain-status', role: 'status' });
+    root.append(...form.node,
+      el('div', { class: 'row' },
+        el('button', { type: 'button', id: 'explain-run', onclick: () => runOnce(form.read, cards, status) }, 'Explain'),
         el('button', { type: 'button', onclick: () => cards.replaceChildren() }, 'Clear'), status),
       el('p', { class: 'muted' }, 'Each result is kept beside the earlier ones to compare methods.'), cards);
-  };
-  store.on('model', render);
+  });
 }
