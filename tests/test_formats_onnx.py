@@ -100,3 +100,14 @@ def test_unsupported_operator_is_named(tmp_path: Path) -> None:
     onnx.save(proto, str(path))
     with pytest.raises(ConvlensError, match=r"ONNX node 1 \(/act/LeakyRelu, Einsum\).*'Einsum'"):
         load_model(path)
+
+
+def test_class_names_from_metadata_then_sidecar_then_flag(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    helper.set_model_props(proto, {"classes": '["cat", "dog", "fox"]'})
+    path = tmp_path / "hand.onnx"
+    onnx.save(proto, str(path))
+    assert load_model(path).classes == ["cat", "dog", "fox"]
+    (tmp_path / "hand.convlens.json").write_text('{"classes": ["a", "b", "c"]}')
+    assert load_model(path).classes == ["a", "b", "c"]
+    assert load_model(path, classes=["x", "y", "z"]).classes == ["x", "y", "z"]

@@ -130,6 +130,9 @@ def test_classes_from_sidecar_and_flag(tmp_path: Path, cnn_explainer_dir: Path) 
     doc["modelTopology"]["model_config"]["config"]["name"] = "renamed"  # not the published file
     (tmp_path / "model.json").write_text(json.dumps(doc))
     assert load_model(tmp_path / "model.json").classes[0] == "class 0"
+    doc["userDefinedMetadata"] = {"classes": [f"m{i}" for i in range(10)]}
+    (tmp_path / "model.json").write_text(json.dumps(doc))
+    assert load_model(tmp_path / "model.json").classes[9] == "m9"
     side = [f"c{i}" for i in range(10)]
     (tmp_path / "model.convlens.json").write_text(json.dumps({"classes": side}))
     assert load_model(tmp_path / "model.json").classes == side

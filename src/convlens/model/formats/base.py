@@ -116,11 +116,12 @@ def make_model(
     name: str,
     outputs: OutputKind = "logits",
     input_overrides: dict[str, Any] | None = None,
+    file_classes: list[str] | None = None,
 ) -> Model:
     """A :class:`Model` for a converted file, with sidecar classes/spec and sample images.
 
     The user's flags (``classes``, ``input_overrides``) win over the sidecar, which wins over
-    what the file said (``spec``).
+    what the file said (``spec``, ``file_classes``).
     """
     side = read_sidecar(source)
     if side.get("input_spec"):
@@ -130,7 +131,7 @@ def make_model(
         if "size" in merged:
             merged["height"] = merged["width"] = merged.pop("size")
         spec = InputSpec.from_dict(merged)
-    names = classes or side.get("classes")
+    names = classes or side.get("classes") or file_classes
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     net.eval()
     return Model(
@@ -141,6 +142,26 @@ def make_model(
         outputs=outputs,
         samples=find_samples(folder, names),
     )
+
+
+def parse_class_list(value: Any) -> list[str] | None:
+    """Class names stored in a file's metadata: a list, a JSON list, or one name per line.
+
+    >>> parse_class_list('["cat", "dog"]'), parse_class_list("cat\\ndog")
+    (['cat', 'dog'], ['cat', 'dog'])
+    """
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError:
+                return None
+        else:
+            value = [line.strip() for line in text.splitlines() if line.strip()]
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    return None
 
 
 def input_size_override(opts_spec: dict[str, Any]) -> tuple[int, int] | None:

@@ -30,7 +30,7 @@ from torch import nn
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
-from convlens.model.formats.base import make_model
+from convlens.model.formats.base import make_model, parse_class_list
 from convlens.model.formats.opgraph import Op, assemble, clean_name, drop_final_softmax, unique
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
@@ -375,6 +375,15 @@ def convert_onnx(model: Any) -> tuple[nn.Module, tuple[int, ...]]:
     return _Converter(model, _onnx()).run()
 
 
+def _metadata_classes(proto: Any) -> list[str] | None:
+    """Class names in ``metadata_props``: ``classes``, ``class_names`` or ``labels``."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    for key in ("classes", "class_names", "labels"):
+        if key in props:
+            return parse_class_list(props[key])
+    return None
+
+
 def load(source: str, opts: LoadOptions) -> Model:
     onnx = _onnx()
     try:
@@ -391,7 +400,13 @@ def load(source: str, opts: LoadOptions) -> Model:
         shape = (1, int(given.get("channels", shape[1] if len(shape) == 4 else 3)), 1, 1)
     spec = InputSpec(shape[1], max(shape[2], 1), max(shape[3], 1))
     return make_model(
-        net, spec, source, opts.classes, name=Path(source).stem, input_overrides=opts.input_spec
+        net,
+        spec,
+        source,
+        opts.classes,
+        name=Path(source).stem,
+        input_overrides=opts.input_spec,
+        file_classes=_metadata_classes(proto),
     )
 
 

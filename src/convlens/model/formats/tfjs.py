@@ -25,7 +25,7 @@ import numpy as np
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
-from convlens.model.formats.base import input_size_override, make_model
+from convlens.model.formats.base import input_size_override, make_model, parse_class_list
 from convlens.model.formats.download import known_classes
 from convlens.model.formats.keras_layers import convert, weights_by_layer
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
@@ -114,6 +114,14 @@ def _take(buf: bytes, offset: int, entry: dict[str, Any]) -> tuple[np.ndarray, i
     return arr.reshape(shape), end
 
 
+def _metadata_classes(doc: dict[str, Any]) -> list[str] | None:
+    """Class names a converter put in ``userDefinedMetadata`` (``classes`` or ``labels``)."""
+    meta = doc.get("userDefinedMetadata")
+    if not isinstance(meta, dict):
+        return None
+    return parse_class_list(meta.get("classes", meta.get("labels")))
+
+
 def load(source: str, opts: LoadOptions) -> Model:
     path = model_file(source)
     doc = _read_json(path)
@@ -134,7 +142,8 @@ def load(source: str, opts: LoadOptions) -> Model:
         conv.net,
         spec,
         path,
-        opts.classes or known,
+        opts.classes,
+        file_classes=known or _metadata_classes(doc),
         name=name if name != "sequential" else path.parent.name or "tfjs-model",
         input_overrides=opts.input_spec,
     )
