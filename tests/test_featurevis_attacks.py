@@ -146,3 +146,16 @@ def test_pgd_flips_most_demo_samples_at_a_small_budget(demo: Model) -> None:
     assert float(r.perturbation.abs().max()) <= 8 / 255 + 1e-6
     fig = r.figure(demo.classes, cell_size=48)
     assert fig.height > 48 * len(keep)
+
+
+def test_fgsm_on_demo_lowers_the_true_class_within_budget(demo: Model) -> None:
+    if not demo.samples:
+        pytest.skip("the demo model has no sample images")
+    keep = [s for s in demo.samples if s.label is not None]
+    x = torch.cat([demo.load_image(s.path) for s in keep])
+    y = torch.tensor([s.label for s in keep])
+    r = fgsm(demo, x, 4 / 255, labels=y)
+    assert float(r.perturbation.abs().max()) <= 4 / 255 + 1e-6
+    idx = torch.arange(len(keep))
+    assert (r.after[idx, y] <= r.before[idx, y] + 1e-6).all()
+    assert float((r.after[idx, y] < r.before[idx, y]).float().mean()) >= 0.9
