@@ -162,7 +162,7 @@ def test_interrupted_scan_resumes_to_the_same_result(
                    progress=lambda d, t: seen.append(d))  # fmt: skip
     assert seen[0] == 20  # it started after the saved prefix
     assert_same_state(full, resumed)
-    assert_same_state(full, ScanResult(*load_scan(tmp_path)))
+    assert_same_state(full, ScanResult.load(tmp_path))
     assert resumed.meta.complete
 
 

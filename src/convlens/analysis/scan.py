@@ -54,6 +54,11 @@ class ScanResult:
     meta: ScanMeta
     state: ScanState
 
+    @classmethod
+    def load(cls, folder: str | os.PathLike[str]) -> ScanResult:
+        """A scan folder written by :func:`scan` (or ``convlens scan``), without recomputing."""
+        return cls(*load_scan(folder))
+
     @property
     def layers(self) -> list[str]:
         return list(self.state)
