@@ -266,6 +266,12 @@ def test_detail_views_open_show_the_right_numbers_and_close(
         assert float(page.locator(result).get_attribute("data-value")) == pytest.approx(
             float(probs[1]), rel=1e-4, abs=1e-6
         )
+        # the logit itself, written out from the flattened vector and the weights
+        dense = page.locator("#dense-formula .result")
+        assert float(dense.get_attribute("data-value") or "nan") == pytest.approx(
+            float(acts["output"][1]), rel=1e-4, abs=1e-4
+        )
+        assert _number(dense.inner_text()) == pytest.approx(float(acts["output"][1]), abs=1.5e-3)
     _shot(page, f"view-{view}")
     page.keyboard.press("Escape")
     assert page.locator("#detail").is_hidden()

@@ -339,3 +339,25 @@ export function outputCellFor(r, c, hyper, Ho, Wo) {
   const j = Math.floor((c + p[1]) / hyper.stride[1]);
   return [Math.min(Ho - 1, Math.max(0, i)), Math.min(Wo - 1, Math.max(0, j))];
 }
+
+/**
+ * A fully connected output written out: z_k = Σ_j w[k, j]·x[j] + b[k], with the `top` terms of
+ * largest magnitude listed and the others summed. Returns {terms, restSum, restCount, value}.
+ */
+export function denseTerms(weight, bias, x, k, top = 8) {
+  const n = x.length;
+  const all = Array.from({ length: n }, (_, j) => ({ j, x: x[j], w: weight.data[k * n + j] }));
+  all.forEach((t) => { t.p = t.x * t.w; });
+  const sorted = [...all].sort((a, b) => Math.abs(b.p) - Math.abs(a.p));
+  const terms = sorted.slice(0, top);
+  const restSum = sorted.slice(top).reduce((a, t) => a + t.p, 0);
+  const b = bias ? bias.data[k] : 0;
+  const value = all.reduce((a, t) => a + t.p, 0) + b;
+  return { terms, restSum, restCount: Math.max(0, n - top), bias: b, value };
+}
+
+export function denseString(k, d) {
+  const parts = d.terms.map((t) => `${fmt(t.x, 2)}×${fmt(t.w, 2)}`);
+  if (d.restCount) parts.push(`(${d.restCount} more: ${fmt(d.restSum)})`);
+  return `z${k} = ${parts.join(' + ')} + ${fmt(d.bias)} (bias) = ${fmt(d.value)}`;
+}

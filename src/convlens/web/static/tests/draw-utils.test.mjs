@@ -178,3 +178,15 @@ test('outputCellFor inverts windowOrigin and clamps at the edges', () => {
   }
   assert.deepEqual(U.outputCellFor(100, -5, h, 4, 4), [3, 0]);
 });
+
+test('denseTerms sums every product plus the bias and lists the largest first', () => {
+  const weight = { shape: [2, 3], data: Float32Array.from([1, 2, 3, -1, 0.5, 10]) };
+  const bias = { shape: [2], data: Float32Array.from([0.5, -1]) };
+  const d = U.denseTerms(weight, bias, [1, -2, 0.1], 1, 2); // products −1, −1, 1
+  assert.deepEqual(U.denseTerms(weight, null, [0, 0, 1], 0, 1).terms.map((t) => t.j), [2]);
+  assert.ok(Math.abs(d.value - (-1 - 1 + 1 - 1)) < 1e-6);
+  assert.deepEqual(d.terms.map((t) => t.j), [0, 1]); // a tie keeps the order
+  assert.equal(d.restCount, 1);
+  assert.ok(Math.abs(d.restSum - 1) < 1e-6);
+  assert.match(U.denseString(1, d), /^z1 = .* \(1 more: 1\.000\) \+ −1\.000 \(bias\) = −2\.000$/);
+});
