@@ -218,6 +218,7 @@ def test_run_folder_errors(tmp_path: Path) -> None:
         train(other, data, None, tmp_path / "run", TrainConfig(epochs=2), resume=True)
     with pytest.raises(ConvlensError, match="nothing to resume"):
         train(fresh(), data, None, tmp_path / "empty", TrainConfig(epochs=1), resume=True)
+    assert not (tmp_path / "empty").exists()  # nothing left behind
     (tmp_path / "run" / STATE_FILE).write_bytes(b"garbage")
     with pytest.raises(ConvlensError, match="corrupt"):
         train(fresh(), data, None, tmp_path / "run", TrainConfig(epochs=2), resume=True)
@@ -318,3 +319,76 @@ def test_epoch_order_is_a_seeded_permutation() -> None:
     assert torch.equal(a, b) and sorted(a.tolist()) == list(range(50))
     assert not torch.equal(a, epoch_order(50, 0, 4))
     assert math.isclose(float(a.float().mean()), 24.5)
+
+
+# ------------------------------------------------------------------ the demo model
+
+
+def write_fmnist_idx(folder: Path, n: int = 40) -> None:
+    """Tiny Fashion-MNIST IDX files (uncompressed): header, big-endian sizes, raw bytes."""
+    from convlens.data import fashion_mnist as fm
+
+    rng = np.random.default_rng(0)
+    arrays = (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), np.arange(n, dtype=np.uint8) % 10)
+    for split in ("train", "test"):
+        for name, arr in zip(fm.FILES[split], arrays, strict=True):
+            head = bytes([0, 0, 8, arr.ndim]) + b"".join(
+                int(d).to_bytes(4, "big") for d in arr.shape
+            )
+            (folder / name.removesuffix(".gz")).write_bytes(head + arr.tobytes())
+
+
+def test_export_demo_writes_a_loadable_checkpoint_with_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convlens.data import fashion_mnist as fm
+    from convlens.train import export_demo
+
+    monkeypatch.setattr(fm, "SYSTEM_DIR", tmp_path / "none")
+    fm._decode.cache_clear()
+    write_fmnist_idx(tmp_path)
+    data = fm.open_fashion_mnist("train", str(tmp_path))
+    model = build("tiny-vgg:in_channels=1,input_size=28", data.classes, seed=0)
+    train(model, data, None, tmp_path / "run", TrainConfig(epochs=1))
+    args = [str(tmp_path / "run"), "--dest", str(tmp_path / "demo"), "--data-dir", str(tmp_path)]
+    assert export_demo.main(args) == 2  # random weights: far below the accuracy bar
+    monkeypatch.setattr(export_demo, "MIN_ACCURACY", 0.0)
+    assert export_demo.main(args) == 0
+    demo = load_model(str(tmp_path / "demo"))
+    assert sorted(os.listdir(tmp_path / "demo")) == ["model.json", "samples", "weights.safetensors"]
+    assert [s.label for s in demo.samples] == [c for c in range(10) for _ in range(2)]
+    first = demo.samples[0]
+    assert first.path.name == "00_0_t-shirt-top-00000.png"
+    x, _ = data.get([0])  # test split = train split in these files
+    torch.testing.assert_close(demo.load_image(first.path), x)
+
+
+def test_bundled_demo_model() -> None:
+    demo = load_model("demo")
+    assert demo.spec.shape == (1, 28, 28) and demo.classes[9] == "Ankle boot"
+    assert len(demo.samples) == 20 and all(s.path.suffix == ".png" for s in demo.samples)
+    weights = Path(demo.samples[0].path).parents[1] / "weights.safetensors"
+    assert weights.stat().st_size < 2**20
+    from convlens.data import fashion_mnist as fm
+
+    if not (fm.SYSTEM_DIR / fm.FILES["test"][0]).is_file():
+        pytest.skip("Debian's dataset-fashion-mnist is not installed")
+    _, accuracy = evaluate(demo, fm.open_fashion_mnist("test"))
+    assert accuracy >= 0.88
+
+
+def test_cli_feature_extraction_from_a_checkpoint(tmp_path: Path) -> None:
+    write_folder(tmp_path / "four")
+    base = ["-m", "tiny-vgg:width=4,padding=1", "--epochs", "1", "--batch-size", "8"]
+    assert main(["train", "-d", str(tmp_path / "four"), "--out", str(tmp_path / "a"), *base]) == 0
+    for cls in CLASSES[2:]:  # a new task with two of the classes
+        for p in (tmp_path / "four" / cls).iterdir():
+            (tmp_path / "two" / cls).mkdir(parents=True, exist_ok=True)
+            p.rename(tmp_path / "two" / cls / p.name)
+    args = ["train", "-d", str(tmp_path / "two"), "-m", str(tmp_path / "a"), "--freeze",
+            "--epochs", "1", "--batch-size", "8", "--out", str(tmp_path / "b")]  # fmt: skip
+    assert main(args) == 0
+    before, after = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
+    assert after.classes == CLASSES[2:] and after.num_outputs == 2
+    torch.testing.assert_close(after.net.conv_2_2.weight, before.net.conv_2_2.weight)
+    assert main([*args[:-2], "--finetune", "--out", str(tmp_path / "c")]) == 2  # both modes
