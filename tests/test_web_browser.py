@@ -413,6 +413,8 @@ def test_branching_model_strided_padded_conv(resnet_server: _Server, browser: An
     channel = int(neuron.get_attribute("data-channel") or -1)
     neuron.click()
     page.wait_for_selector("#detail[data-view=conv] #conv-result")
+    scrolled = page.eval_on_selector("#overview", "e => e.scrollLeft")
+    assert scrolled > 0  # the overview is wider than the window here
     acts = _activations(model, model.samples[0].path)["layer2.0.conv1"][channel : channel + 1]
     for step in range(3):  # (0, 0) reads the padding on two sides, then along the top row
         result = page.locator("#conv-result")
@@ -424,6 +426,7 @@ def test_branching_model_strided_padded_conv(resnet_server: _Server, browser: An
         page.click("#detail button.step")
     _shot(page, "view-conv-resnet")
     page.keyboard.press("Escape")
+    assert page.eval_on_selector("#overview", "e => e.scrollLeft") == scrolled  # same place
     page.locator("canvas.neuron[data-layer='add']").first.click()
     page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
     assert " + " in page.locator("#elementwise-formula").inner_text()

@@ -64,9 +64,12 @@ export function showTip(event, html) {
   const t = tip();
   t.innerHTML = html;
   t.hidden = false;
-  const x = Math.min(window.innerWidth - t.offsetWidth - 8, event.clientX + 14);
+  // A keyboard focus has no pointer position: place the tip at the focused element.
+  const box = event.clientX === undefined ? event.target.getBoundingClientRect() : null;
+  const [px, py] = box ? [box.right, box.bottom] : [event.clientX, event.clientY];
+  const x = Math.min(window.innerWidth - t.offsetWidth - 8, px + 14);
   t.style.left = `${x}px`;
-  t.style.top = `${event.clientY + 14}px`;
+  t.style.top = `${Math.min(window.innerHeight - t.offsetHeight - 8, py + 14)}px`;
 }
 
 export function hideTip() {
