@@ -189,11 +189,11 @@ OBJECTIVES = {
 @pytest.mark.parametrize("name", list(OBJECTIVES))
 def test_every_objective_improves_during_a_render(tiny_vgg: Model, name: str) -> None:
     objective = OBJECTIVES[name]()
-    r = fv.render(tiny_vgg, objective, batch=3, steps=30, lr=0.1, seed=0)
+    r = fv.render(tiny_vgg, objective, batch=3, steps=15, lr=0.1, seed=0)
     before = fv.evaluate(tiny_vgg, objective, r.start)
     after = fv.evaluate(tiny_vgg, objective, r.images)
     assert (after > before).all(), (name, before, after)
-    assert r.history.shape == (30, 3)
+    assert r.history.shape == (15, 3)
 
 
 def test_a_seeded_render_repeats_exactly_and_seeds_differ(tiny_vgg_rgb: Model) -> None:
