@@ -52,11 +52,11 @@ def test_matches_a_loop_over_windows(tiny_vgg: Model) -> None:
 
 def test_chunk_size_and_channels_last_do_not_change_the_result(small_resnet: Model) -> None:
     x = torch.rand(2, 3, 64, 64)
-    kw = dict(target=[0, 1], window=32, stride=16)
+    kw = dict(target=[0, 1], window=32, stride=32)
     a = convlens.explain(small_resnet, x, "occlusion", chunk_size=1000, **kw)
     b = convlens.explain(small_resnet, x, "occlusion", chunk_size=5, channels_last=True, **kw)
     torch.testing.assert_close(a.values, b.values, **TOL)
-    assert a.extra["grid_logit"].shape == (2, 3, 3)
+    assert a.extra["grid_logit"].shape == (2, 2, 2)
 
 
 @pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (peers extra)")
@@ -94,3 +94,52 @@ def test_bad_windows(tiny_vgg: Model) -> None:
         convlens.explain(tiny_vgg, x, "occlusion", window=0)
     with pytest.raises(ConvlensError, match="fill needs 1 or 1 values"):
         convlens.explain(tiny_vgg, x, "occlusion", fill=[0.1, 0.2])
+
+
+def _strided_chain() -> Model:
+    from torch import nn
+
+    from convlens.io.spec import InputSpec
+
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 6, 5, stride=2, padding=2), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(6, 8, 3, dilation=2, padding=1),
+        nn.GELU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 3 * 3, 4),
+    )  # fmt: skip
+    net[1].running_mean.uniform_(-0.5, 0.5)
+    return Model(net.eval(), InputSpec(3, 30, 30), name="strided")
+
+
+@pytest.mark.parametrize("which", ["tiny", "padded", "strided"])
+def test_incremental_inference_equals_full_passes(which: str) -> None:
+    from convlens.model import build
+
+    model = {
+        "tiny": lambda: build("tiny-vgg:input_size=32", seed=0).eval(),
+        "padded": lambda: build("tiny-vgg:input_size=32,padding=1", seed=0).eval(),
+        "strided": _strided_chain,
+    }[which]()
+    size = model.spec.height
+    x = torch.rand(2, 3, size, size)
+    for window, stride in ((8, 5), (5, 6), (size, 1), (1, 9)):
+        kw = dict(window=window, stride=stride, target=[0, 2], chunk_size=40)
+        full = convlens.explain(model, x, "occlusion", **kw)
+        inc = convlens.explain(model, x, "occlusion", incremental=True, **kw)
+        assert inc.params["incremental"] and not inc.notes
+        for key in ("grid_logit", "grid_probability"):
+            torch.testing.assert_close(inc.extra[key], full.extra[key], **TOL)
+
+
+def test_incremental_falls_back_on_branching_models(functional_net: Model) -> None:
+    a = convlens.explain(functional_net, torch.rand(1, 3, 16, 16), "occlusion", incremental=True)
+    assert not a.params["incremental"] and "nn.Sequential chain" in a.notes[0]
+
+
+def test_cnn_explainer_incremental(cnn_explainer_dir: Path) -> None:
+    m = convlens.load_model(str(cnn_explainer_dir / "model.json"))
+    x = torch.cat([m.load_image(s.path) for s in m.samples[:2]])
+    kw = dict(window=8, stride=6)
+    full = convlens.explain(m, x, "occlusion", **kw)
+    inc = convlens.explain(m, x, "occlusion", incremental=True, **kw)
+    torch.testing.assert_close(inc.values, full.values, **TOL)

@@ -32,6 +32,7 @@ from convlens.errors import ConvlensError
 from convlens.model.core import Model
 
 from .base import Attribution, Method, chunks, parse_pair, register
+from .incremental import IncrementalRunner, chain_plan
 from .targets import Target, TargetSpec, resolve_target
 
 Fill = Literal["mean"] | float | Sequence[float]
@@ -68,6 +69,7 @@ class Occlusion(Method):
         measure: Measure = "probability",
         chunk_size: int = 256,
         channels_last: bool = False,
+        incremental: bool = False,
     ) -> None:
         super().__init__(model)
         H, W = model.spec.height, model.spec.width
@@ -81,10 +83,13 @@ class Occlusion(Method):
             raise ConvlensError(f"chunk_size must be at least 1; got {chunk_size}")
         self.fill, self.measure = fill, measure
         self.chunk_size, self.channels_last = chunk_size, channels_last
+        self.plan = chain_plan(model) if incremental else None
+        self.incremental = incremental
 
     def params(self) -> dict[str, Any]:
         return {"window": list(self.window), "stride": list(self.stride), "fill": self.fill,
-                "measure": self.measure, "chunk_size": self.chunk_size}  # fmt: skip
+                "measure": self.measure, "chunk_size": self.chunk_size,
+                "incremental": self.plan is not None}  # fmt: skip
 
     def fill_value(self, channels: int) -> torch.Tensor:
         """The fill as ``(C, 1, 1)`` pixel values (``"mean"``: the data mean, i.e. zero after
@@ -124,7 +129,10 @@ class Occlusion(Method):
             "grid_probability": (base_prob[:, None] - prob).view(-1, nh, nw),
         }
         values = self.spread(grids[f"grid_{self.measure}"], (H, W))
-        return self.result(values, base_logit, tgt, extra=grids)
+        notes = []
+        if self.incremental and self.plan is None:
+            notes.append("incremental inference needs an nn.Sequential chain; ran full passes")
+        return self.result(values, base_logit, tgt, extra=grids, notes=notes)
 
     def occluded_scores(
         self, x: torch.Tensor, tgt: Target, positions: list[tuple[int, int]]
@@ -135,15 +143,23 @@ class Occlusion(Method):
         kh, kw = self.window
         per_chunk = max(1, self.chunk_size // B)
         logits, probs = [], []
+        runner = IncrementalRunner(self.model, self.plan, x) if self.plan is not None else None
+        corners = torch.tensor(positions, dtype=torch.long).view(-1, 2)
         for w0, w1 in chunks(len(positions), per_chunk):
             n = w1 - w0
+            rows = torch.arange(B).repeat_interleave(n)  # example-major
+            if runner is not None:
+                where = corners[w0:w1].repeat(B, 1)
+                o = runner.run(rows, where[:, 0], where[:, 1], self.window, fill)
+                logits.append(tgt.score(o, rows).view(B, n))
+                probs.append(tgt.probability(o, rows).view(B, n))
+                continue
             batch = x.unsqueeze(1).repeat(1, n, 1, 1, 1)  # (B, n, C, H, W)
             for i, (t, left) in enumerate(positions[w0:w1]):
                 batch[:, i, :, t : t + kh, left : left + kw] = fill
             batch = batch.view(B * n, *x.shape[1:])
             if self.channels_last:
                 batch = batch.contiguous(memory_format=torch.channels_last)
-            rows = torch.arange(B).repeat_interleave(n)  # example-major
             o = self.model(batch)
             logits.append(tgt.score(o, rows).view(B, n))
             probs.append(tgt.probability(o, rows).view(B, n))
