@@ -88,6 +88,16 @@ export function install(root) {
       };
       step();
       timer = setInterval(step, ANIMATION_MS * 2);
+      // Hovering the output holds the window on that cell; leaving resumes the animation.
+      out.svg.addEventListener('mousemove', (e) => {
+        const r = out.svg.getBoundingClientRect();
+        const i = Math.min(res.size - 1, Math.floor((e.clientY - r.top - 1) / CELL));
+        const j = Math.min(res.size - 1, Math.floor((e.clientX - r.left - 1) / CELL));
+        clearInterval(timer);
+        t = Math.max(0, i) * res.size + Math.max(0, j);
+        step();
+      });
+      out.svg.addEventListener('mouseleave', () => { clearInterval(timer); timer = setInterval(step, ANIMATION_MS * 2); });
     } else if (res.floored) {
       // Show where the windows would fall, and the padded rows no window reaches.
       const total = n + 2 * p;
