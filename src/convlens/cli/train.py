@@ -71,6 +71,17 @@ def prepare_model(
     return with_classes(model, data.classes)
 
 
+def _open_validation(dataset: str, data_dir: str | None, download: bool) -> ImageDataset | None:
+    """The test split, or None (with a warning) when a small image folder has no test images."""
+    try:
+        return open_dataset(dataset, "test", data_dir, download)
+    except ConvlensError as e:
+        if "is empty" not in str(e):
+            raise
+    print("warning: the data set has no test images; training without validation", file=sys.stderr)
+    return None
+
+
 def _progress(console: Console) -> Progress:
     return Progress(
         TextColumn("epoch {task.fields[epoch]}"),
@@ -163,7 +174,7 @@ def train(
     if threads:
         torch.set_num_threads(threads)
     train_data = open_dataset(dataset, "train", data_dir, download)
-    val_data = open_dataset(dataset, "test", data_dir, download)
+    val_data = _open_validation(dataset, data_dir, download)
     m = prepare_model(model, train_data, seed, arch, trust_pickle)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
@@ -172,13 +183,15 @@ def train(
         mode="feature-extraction" if freeze else "finetune" if finetune else "full",
         body_lr_scale=body_lr_scale, channels_last=channels_last,
     )  # fmt: skip
-    train_data, val_data = for_model(train_data, m.spec.shape), for_model(val_data, m.spec.shape)
+    train_data = for_model(train_data, m.spec.shape)
+    val_data = None if val_data is None else for_model(val_data, m.spec.shape)
     if limit is not None:
         train_data = Subset(train_data, limit, seed)
     console = Console(stderr=True, soft_wrap=True)
     console.print(
         f"training {m.name} {m.arch['args'] if m.arch else ''} on {train_data.name}: "
-        f"{len(train_data):,} images, validating on {len(val_data):,}; writing {out}"
+        f"{len(train_data):,} images, validating on {len(val_data) if val_data else 'no'} "
+        f"test images; writing {out}"
     )
     meta = {"dataset": {"name": dataset if dataset in ("fashion-mnist", "cifar10") else "folder",
                         "train_images": len(train_data)},
