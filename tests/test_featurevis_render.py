@@ -297,3 +297,15 @@ def test_l1_and_l2_pull_toward_the_background(tiny_vgg: Model) -> None:
     dark = fv.render(tiny_vgg, objective, background=0.0, **kw).images  # type: ignore[arg-type]
     light = fv.render(tiny_vgg, objective, background=1.0, **kw).images  # type: ignore[arg-type]
     assert float(dark.mean()) < 0.3 < 0.7 < float(light.mean())
+
+
+def test_copies_with_diversity_differ_more(tiny_vgg: Model) -> None:
+    kw = {"steps": 15, "lr": 0.1, "copies": 3, "seed": 0}
+    plain = fv.render_channels(tiny_vgg, "conv_2_1", [4], **kw)  # type: ignore[arg-type]
+    diverse = fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=5.0, **kw)  # type: ignore[arg-type]
+    assert diverse.labels == ["conv_2_1:4 #0", "conv_2_1:4 #1", "conv_2_1:4 #2"]
+    term = O.diversity("conv_2_1")
+    spread = float(fv.evaluate(tiny_vgg, term, diverse.images).mean())
+    assert spread > float(fv.evaluate(tiny_vgg, term, plain.images).mean())
+    with pytest.raises(ConvlensError, match="diversity weight"):
+        fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=-1.0, steps=1)

@@ -41,6 +41,10 @@ def visualize(
         bool, typer.Option(help="Redirect ReLU gradients for units dead at the start.")
     ] = False,
     batch: Annotated[int, typer.Option(help="Channels rendered per batch.")] = 16,
+    copies: Annotated[int, typer.Option(help="Images per channel (see --diversity).")] = 1,
+    diversity: Annotated[
+        float, typer.Option(help="Weight pushing a channel's copies apart (Gram diversity).")
+    ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same images).")] = 0,
     arch: ArchOpt = None,
     fmt: FormatOpt = None,
@@ -52,21 +56,25 @@ def visualize(
     chans = parse_channels(channels, width)
     folder = ensure_writable_dir(out)
     result = render_channels(
-        m, layer, chans, kind=unit, chunk=batch, steps=steps, param=param,
+        m, layer, chans, kind=unit, chunk=batch, copies=copies, diversity=diversity,
+        steps=steps, param=param,
         decorrelate=decorrelate, decay=decay, transforms=transforms, lr=lr, tv=tv, l1=l1,
         l2=l2, background=background, relu_override=relu_override, seed=seed, progress=None,
     )  # fmt: skip
     stem = layer.replace("/", "_").replace("#", "_")
-    for c, img in zip(chans, result.images, strict=True):
-        save_png(img, folder / f"{stem}_{c}.png")
+    names = [f"{c}_{k}" if copies > 1 else str(c) for c in chans for k in range(copies)]
+    for name, img in zip(names, result.images, strict=True):
+        save_png(img, folder / f"{stem}_{name}.png")
     what = "class logit" if m.graph[layer] is m.graph.output else unit
     title = f"{m.name} · {layer} · {what} objective, {steps} steps, {param} parameterization"
-    save_png(result.figure(title=title), folder / f"{stem}_grid.png")
+    save_png(
+        result.figure(title=title, ncols=copies if copies > 1 else 5), folder / f"{stem}_grid.png"
+    )
     final = result.history[-1]
-    typer.echo(f"wrote {len(chans)} images and {stem}_grid.png to {folder}")
+    typer.echo(f"wrote {len(names)} images and {stem}_grid.png to {folder}")
     typer.echo(
-        "final objective: "
-        + " ".join(f"{c}:{float(v):.3g}" for c, v in zip(chans, final, strict=True))
+        "last step's objective (regularizers included): "
+        + " ".join(f"{c}:{float(v):.3g}" for c, v in zip(names, final, strict=True))
     )
 
 

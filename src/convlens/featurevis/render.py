@@ -328,31 +328,44 @@ def render_channels(
     *,
     kind: str = "channel",
     chunk: int = 16,
+    copies: int = 1,
     diversity: float = 0.0,
     **kwargs: Any,
 ) -> RenderResult:
     """Render each of ``channels`` of ``layer`` (``kind`` "channel" or "neuron"), ``chunk``
-    images per batch; a layer that is the model's output renders class logits."""
+    images per batch; a layer that is the model's output renders class logits.
+
+    With ``copies`` > 1 each channel gets that many images in one batch, pushed apart by
+    ``diversity`` times the :func:`~convlens.featurevis.objectives.diversity` term.
+    """
     if kind not in ("channel", "neuron"):
         raise ConvlensError(f"unknown unit kind {kind!r}; accepted: channel, neuron")
-    if chunk < 1:
-        raise ConvlensError(f"chunk must be at least 1; got {chunk}")
+    if chunk < 1 or copies < 1:
+        raise ConvlensError(f"chunk and copies must be at least 1; got {chunk} and {copies}")
+    if diversity < 0:
+        raise ConvlensError(f"the diversity weight must be >= 0; got {diversity}")
+    groups = (
+        [[c] * copies for c in channels]
+        if copies > 1
+        else [list(channels[i : i + chunk]) for i in range(0, len(channels), chunk)]
+    )
     parts: list[RenderResult] = []
-    for start in range(0, len(channels), chunk):
-        part = list(channels[start : start + chunk])
+    for part in groups:
         o = (obj.channel if kind == "channel" else obj.neuron)(layer, part)
         if diversity:
             o = o + diversity * obj.diversity(layer)
-        if len(part) == 1:
-            o.batch = 1
+        o.batch = len(part)
         parts.append(render(model, o, **kwargs))
     lay = model.graph[layer]
     names = model.classes if lay is model.graph.output else None
+    labels = [names[c] if names else f"{layer}:{c}" for c in channels]
+    if copies > 1:
+        labels = [f"{lab} #{k}" for lab in labels for k in range(copies)]
     return RenderResult(
         torch.cat([r.images for r in parts]),
         torch.cat([r.history for r in parts], dim=1),
         f"{layer} {kind}s",
-        [names[c] if names else f"{layer}:{c}" for c in channels],
+        labels,
         torch.cat([r.start for r in parts]),
     )
 
