@@ -63,6 +63,20 @@ function paddingFrame(box, padding) {
   box.box.prepend(frame);
 }
 
+/** The current window's numbers as a k×k grid, coloured like the input map. */
+function windowGrid(k1) {
+  const node = el('div', { class: 'kernel window-grid', style: { gridTemplateColumns: `repeat(${k1}, 16px)` } });
+  const set = (terms, scale) => {
+    node.replaceChildren(...terms.map((t) => {
+      const cell = el('div', { style: { background: cssColor(colorOf(scale, t.x)) } });
+      cell.addEventListener('mousemove', (e) => showTip(e, `x[${t.r}, ${t.q}] = ${fmt(t.x, 4)}`));
+      cell.addEventListener('mouseleave', hideTip);
+      return cell;
+    }));
+  };
+  return { node, set };
+}
+
 /** One input channel: its map with the window, its kernel, and its intermediate map. */
 function channelRow(data, c, cc, inter, scales, px) {
   const { X, weight, o, hyper, Wo } = data;
@@ -73,12 +87,15 @@ function channelRow(data, c, cc, inter, scales, px) {
   const midBox = mapBox(inter, 0, scales.inter, clamp(12 * Wo, 72, 120));
   const cell = el('div', { class: 'cell' });
   midBox.box.append(cell);
+  const grid = windowGrid(hyper.kernel[1]);
   const node = el('div', { class: 'chanrow' },
     el('div', { class: 'viewcol' }, inBox.box, el('span', { class: 'label' }, `input ch ${c}`)),
+    el('div', { class: 'viewcol' }, grid.node, el('span', { class: 'label' }, 'window')),
+    el('span', { class: 'op' }, '×'),
     el('div', { class: 'viewcol' }, kernelGrid(weight, o, cc, scales.kernel), el('span', { class: 'label' }, 'kernel')),
     el('span', { class: 'op' }, '='),
     el('div', { class: 'viewcol' }, midBox.box, el('span', { class: 'label' }, `intermediate ${c}`)));
-  return { inBox, win, midBox, cell, node };
+  return { inBox, win, midBox, cell, grid, node };
 }
 
 /** The input channels of page `page`: [{cc (index in the kernel), c (input channel)}]. */
@@ -162,6 +179,8 @@ export async function render(body, ctx) {
     });
     placeRect(outCell, outBox.cell, i, j, 1, 1);
     const res = convCell(X, weight, bias, o, i, j, hyper);
+    const byChannel = new Map(res.channels.map((ch) => [ch.channel, ch.terms]));
+    rows.forEach((r) => r.grid.set(byChannel.get(r.c), scales.input));
     const a = arithmetic(res, i, j, rows.map((r) => r.c));
     resultBox.replaceChildren(
       el('span', { class: 'result', id: 'conv-result', 'data-row': i, 'data-col': j, 'data-value': res.value }, a.final),
