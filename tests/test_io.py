@@ -174,6 +174,20 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["out.txt"]
 
 
+def test_atomic_write_gives_the_usual_permissions(tmp_path: Path) -> None:
+    mask = os.umask(0o022)
+    try:
+        import importlib
+
+        import convlens.io.atomic as atomic
+
+        importlib.reload(atomic)
+        atomic.write_text_atomic(tmp_path / "f.txt", "x")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

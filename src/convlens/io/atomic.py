@@ -16,6 +16,17 @@ from typing import IO, Any
 from convlens.errors import ConvlensError
 
 
+def _file_mode_from_umask() -> int:
+    # mkstemp creates files 0600; the files we write should get the user's usual permissions.
+    # Read the umask once, at import, because setting it is process-wide.
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode_from_umask()
+
+
 def ensure_writable_dir(path: str | os.PathLike[str]) -> Path:
     """Create ``path`` (and parents) if needed and check it is a writable folder."""
     p = Path(path)
@@ -41,6 +52,7 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     folder = ensure_writable_dir(target.parent if str(target.parent) else ".")
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, mode) as f:
             yield f
             f.flush()
