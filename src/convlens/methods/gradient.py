@@ -104,7 +104,7 @@ class GradientXInput(GradientMethod):
     """
 
     name = "gradient-x-input"
-    title = "Gradient × input"
+    title = "Gradient x input"
     paper = "Shrikumar et al. 2016, Not Just a Black Box"
     signed = True
 
