@@ -164,9 +164,11 @@ class _Layer:
     def __init__(self, cfg: dict[str, Any], index: int, weights: Weights) -> None:
         self.type = str(cfg.get("class_name", "?"))
         self.config: dict[str, Any] = cfg.get("config") or {}
-        self.name = str(self.config.get("name") or f"layer_{index}")
+        raw = str(self.config.get("name") or f"layer_{index}")
+        self.name = raw.replace(".", "_")  # torch module names cannot contain dots
+
         self.index = index
-        self.weights = weights.get(self.name, [])
+        self.weights = weights.get(raw, [])
         self.used = 0
 
     def where(self) -> str:
