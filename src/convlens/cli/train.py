@@ -213,7 +213,7 @@ def train(
                                   extra_meta=meta)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
-            print(f"interrupted: {e}", file=sys.stderr)
+            print(e, file=sys.stderr)
             raise SystemExit(130) from None
     last = result.history[-1] if result.history else {}
     console.print(
