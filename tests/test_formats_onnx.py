@@ -111,3 +111,30 @@ def test_class_names_from_metadata_then_sidecar_then_flag(tmp_path: Path) -> Non
     (tmp_path / "hand.convlens.json").write_text('{"classes": ["a", "b", "c"]}')
     assert load_model(path).classes == ["a", "b", "c"]
     assert load_model(path, classes=["x", "y", "z"]).classes == ["x", "y", "z"]
+
+
+class _ViewNet(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.fc = torch.nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        return self.fc(h.view(h.size(0), -1))
+
+
+@pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript-based ONNX export")
+def test_dynamic_batch_shape_arithmetic_is_folded(tmp_path: Path) -> None:
+    """``view(x.size(0), -1)`` with a dynamic batch exports as Shape→Gather→…→Reshape."""
+    net = _ViewNet().eval()
+    path = tmp_path / "view.onnx"
+    torch.onnx.export(
+        net, (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False,
+        input_names=["input"], dynamic_axes={"input": {0: "batch"}},
+    )  # fmt: skip
+    assert "Shape" in {n.op_type for n in onnx.load(str(path)).graph.node}
+    model = load_model(path)
+    x = torch.rand(5, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(x), atol=1e-5, rtol=0)

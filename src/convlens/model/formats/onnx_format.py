@@ -6,14 +6,17 @@ operators, and converting them here also gives ordinary, well-named modules
 (``nn.Conv2d`` named after the exporter's ``/layer1/layer1.0/conv1/Conv`` path, or after its
 weight ``conv1.weight``) that every convlens view can hook.
 
-Supported: Conv (with explicit, asymmetric or ``SAME_*`` padding), Relu, LeakyRelu,
+Supported: Conv (explicit pads, asymmetric ones through ``ZeroPad2d``), Relu, LeakyRelu,
 Sigmoid, Tanh, Clip (as ReLU6/Hardtanh), MaxPool, AveragePool, GlobalAveragePool,
 GlobalMaxPool, ReduceMean over H and W, BatchNormalization, Gemm, MatMul (+ Add of a
 constant bias), Flatten, Reshape to (batch, features), Add, Concat, Softmax, Dropout,
-Identity and Constant. The graph is read with the ``onnx`` package (protobuf only: loading
-cannot run code); ``onnx`` comes with the ``formats`` extra.
+Identity and Constant, plus the shape arithmetic that exporters emit for a dynamic batch
+(Shape, Gather, Unsqueeze, Squeeze, Cast and Concat on constants, folded at load time).
+The graph is read with the ``onnx`` package (protobuf only: loading cannot run code);
+``onnx`` comes with the ``formats`` extra.
 
->>> m = load_model("resnet.onnx", mean=..., std=...)  # doctest: +SKIP
+>>> m = load_model("resnet.onnx", input_spec={"mean": [0.485, 0.456, 0.406],
+...                                          "std": [0.229, 0.224, 0.225]})  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class _Converter:
             )
         self.output = str(graph.output[0].name)
         self.graph = graph
+        self.shapes = _inferred_shapes(model, onnx)
 
     # -------------------------------------------------------------- helpers
 
@@ -147,6 +151,20 @@ class _Converter:
             handler(self, node)
         output, _ = drop_final_softmax(self.ops, self.value(self.output))
         return assemble(self.input, self.ops, output), self.input_shape
+
+
+def _inferred_shapes(model: Any, onnx: Any) -> dict[str, tuple[int, ...]]:
+    """Every value's shape from ONNX shape inference; ``-1`` for a symbolic dim (the batch)."""
+    try:
+        graph = onnx.shape_inference.infer_shapes(model).graph
+    except Exception:  # inference is a help for Shape nodes, not a requirement
+        graph = model.graph
+    shapes: dict[str, tuple[int, ...]] = {}
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        t = info.type.tensor_type
+        if t.HasField("shape"):
+            shapes[info.name] = tuple(d.dim_value if d.dim_value > 0 else -1 for d in t.shape.dim)
+    return shapes
 
 
 def _t(a: np.ndarray) -> torch.Tensor:
@@ -268,7 +286,12 @@ def _add(c: _Converter, n: _Node) -> None:
 
 
 def _concat(c: _Converter, n: _Node) -> None:
-    c.fn(n, _cat, n.inputs, dim=int(n.attrs.get("axis", 1)))
+    axis = int(n.attrs.get("axis", 1))
+    if all(c.is_const(i) for i in n.inputs):  # shape arithmetic
+        parts = [c.consts[c.value(i)] for i in n.inputs]
+        c.consts[n.outputs[0]] = np.concatenate(parts, axis=axis)
+        return
+    c.fn(n, _cat, n.inputs, dim=axis)
 
 
 def _cat(*xs: torch.Tensor, dim: int = 1) -> torch.Tensor:
@@ -304,6 +327,46 @@ def _reduce_mean(c: _Converter, n: _Node) -> None:
     c.ops.append(
         Op(unique(name + "_flatten", c.taken), [out + "#pooled"], out, module=nn.Flatten())
     )
+
+
+# Exporters compute reshape targets from the input's shape (Shape → Gather → Unsqueeze →
+# Concat → Reshape) when the batch is dynamic. These run once here on known shapes, with -1
+# standing for the batch, and only the Reshape remains.
+
+
+def _shape(c: _Converter, n: _Node) -> None:
+    shape = c.shapes.get(c.value(n.inputs[0]))
+    if shape is None:
+        raise n.fail("the shape of its input is unknown (ONNX shape inference failed)")
+    start, end = int(n.attrs.get("start", 0)), n.attrs.get("end")
+    c.consts[n.outputs[0]] = np.array(shape[start : None if end is None else int(end)], np.int64)
+
+
+def _fold(fn: Callable[[_Converter, _Node, list[np.ndarray]], np.ndarray]) -> Callable[..., None]:
+    """A handler that computes an operator on constant inputs at load time."""
+
+    def handle(c: _Converter, n: _Node) -> None:
+        if not all(c.is_const(i) for i in n.inputs if i):
+            raise n.fail(f"{n.op} is supported only on constants (shape arithmetic)")
+        c.consts[n.outputs[0]] = fn(c, n, [c.consts[c.value(i)] for i in n.inputs if i])
+
+    return handle
+
+
+def _axes(n: _Node, args: list[np.ndarray]) -> list[int]:
+    return [int(a) for a in (args[1] if len(args) > 1 else n.attrs.get("axes", []))]
+
+
+def _unsqueeze(c: _Converter, n: _Node, args: list[np.ndarray]) -> np.ndarray:
+    out = args[0]
+    for axis in sorted(_axes(n, args)):
+        out = np.expand_dims(out, axis if axis >= 0 else axis + out.ndim + 1)
+    return out
+
+
+def _squeeze(c: _Converter, n: _Node, args: list[np.ndarray]) -> np.ndarray:
+    axes = _axes(n, args)
+    return np.squeeze(args[0], axis=tuple(axes)) if axes else np.squeeze(args[0])
 
 
 def _clip(c: _Converter, n: _Node) -> None:
@@ -367,6 +430,11 @@ _HANDLERS: dict[str, Callable[[_Converter, _Node], None]] = {
     "Dropout": _identity,
     "Identity": _identity,
     "Constant": _constant,
+    "Shape": _shape,
+    "Gather": _fold(lambda c, n, a: np.take(a[0], a[1], axis=int(n.attrs.get("axis", 0)))),
+    "Unsqueeze": _fold(_unsqueeze),
+    "Squeeze": _fold(_squeeze),
+    "Cast": _fold(lambda c, n, a: a[0]),
 }
 
 
