@@ -129,8 +129,8 @@ def run_one(case: str, n: int, batch_size: int, reps: int = 2) -> dict[str, Any]
     return out
 
 
-def child(case: str, n: int, batch_size: int) -> dict[str, Any]:
-    cmd = [sys.executable, __file__, "--one", case, str(n), str(batch_size)]
+def child(case: str, n: int, batch_size: int, threads: int) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--one", case, str(n), str(batch_size), str(threads)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -138,11 +138,20 @@ def child(case: str, n: int, batch_size: int) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--one", nargs=3, metavar=("CASE", "N", "BATCH"))
+    ap.add_argument("--one", nargs=4, metavar=("CASE", "N", "BATCH", "THREADS"))
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (0: torch's default). 1 by default: on a shared, oversubscribed "
+        "machine every parallel region waits for busy cores, which blurs the comparison",
+    )
     ap.add_argument("--cases", default="fmnist,fmnist-all,resnet")
     args = ap.parse_args()
     if args.one:
-        case, n, bs = args.one
+        case, n, bs, threads = args.one
+        if int(threads) > 0:
+            torch.set_num_threads(int(threads))
         print(json.dumps(run_one(case, int(n), int(bs))))
         return
     sizes = {"fmnist": (6000, 60000), "fmnist-all": (6000,), "resnet": (16, 160)}
@@ -152,7 +161,7 @@ def main() -> None:
     results = []
     for case in args.cases.split(","):
         for n in sizes[case]:
-            results.append(child(case, n, batch[case]))
+            results.append(child(case, n, batch[case], args.threads))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
     print(f"\n{'case':<11} {'images':>7} {'forward img/s':>14} {'scan img/s':>11} "
