@@ -163,20 +163,28 @@ def test_cnn_explainer_grad_cam(cnn_explainer_dir: Path) -> None:
         torch.testing.assert_close(b.layer_values, ref.detach(), **TOL)
 
 
-@pytest.mark.skipif(not HAS_GRADCAM, reason="pytorch-grad-cam needs torchvision, absent here")
-def test_pytorch_grad_cam_agrees(tiny_vgg_rgb: Model) -> None:  # pragma: no cover
-    from pytorch_grad_cam import GradCAM
+@pytest.mark.skipif(
+    not HAS_GRADCAM,
+    reason="pytorch-grad-cam needs torchvision, which does not import beside this torch; "
+    "run this file with .venv-peers/bin/python -m pytest to compare",
+)
+@pytest.mark.parametrize("name", ["grad-cam", "grad-cam++", "layer-cam"])
+def test_pytorch_grad_cam_agrees(tiny_vgg_rgb: Model, name: str) -> None:  # pragma: no cover
+    from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+    cls = {"grad-cam": GradCAM, "grad-cam++": GradCAMPlusPlus, "layer-cam": LayerCAM}[name]
     x = torch.rand(2, 3, 32, 32)
-    a = convlens.explain(tiny_vgg_rgb, x, "grad-cam", target=[1, 2], layer="conv_2_2")
-    with GradCAM(tiny_vgg_rgb, [tiny_vgg_rgb.net.conv_2_2]) as cam:
-        weights = cam.get_cam_weights(x, None, None, None, None)  # type: ignore[arg-type]
-        ref = cam(x, [ClassifierOutputTarget(1), ClassifierOutputTarget(2)])
-    mine = a.values[:, 0].numpy()
-    mine = (mine - mine.min((1, 2), keepdims=True)) / np.ptp(mine, (1, 2), keepdims=True)
-    np.testing.assert_allclose(mine, ref, atol=1e-5)
-    del weights
+    a = convlens.explain(tiny_vgg_rgb, x, name, target=[1, 2], layer="conv_2_2")
+    layer = tiny_vgg_rgb.net.conv_2_2
+    targets = [ClassifierOutputTarget(1), ClassifierOutputTarget(2)]
+    with cls(tiny_vgg_rgb, [layer]) as cam:
+        cam(x, targets)  # keeps the activations and gradients it used
+        acts = cam.activations_and_grads.activations[0].cpu().numpy()
+        grads = cam.activations_and_grads.gradients[0].cpu().numpy()
+        ref = np.maximum(cam.get_cam_image(x, layer, targets, acts, grads, False), 0)
+    assert a.layer_values is not None
+    np.testing.assert_allclose(a.layer_values[:, 0].numpy(), ref, atol=1e-5, rtol=1e-5)
 
 
 def test_bad_layers(tiny_vgg_rgb: Model) -> None:
