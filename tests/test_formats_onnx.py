@@ -138,3 +138,43 @@ def test_dynamic_batch_shape_arithmetic_is_folded(tmp_path: Path) -> None:
     x = torch.rand(5, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model(x), net(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER"])
+def test_nhwc_input_and_auto_pad(tmp_path: Path, auto_pad: str) -> None:
+    """A TensorFlow-style export: NHWC input transposed first, convolution with auto_pad."""
+    rng = np.random.default_rng(2)
+    k = rng.normal(size=(4, 3, 3, 3)).astype(np.float32)
+    fc = rng.normal(size=(3, 4)).astype(np.float32)  # Gemm with transB=1: (out, in)
+    nodes = [
+        helper.make_node("Transpose", ["x"], ["t"], perm=[0, 3, 1, 2]),
+        helper.make_node("Conv", ["t", "k"], ["c"], name="conv", strides=[2, 2], auto_pad=auto_pad),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("GlobalAveragePool", ["r"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fc"], ["y"], name="dense", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "nhwc",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8, 8, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(k, "k"), numpy_helper.from_array(fc, "fc")],
+    )  # fmt: skip
+    path = tmp_path / "nhwc.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    model = load_model(path)
+    assert model.spec.shape == (3, 8, 8)
+    x = np.random.default_rng(3).random((2, 3, 8, 8)).astype(np.float32)
+    # TensorFlow's rule: 8 → 4 with stride 2 pads one pixel, at the end (UPPER) or start (LOWER).
+    pad = (0, 1) if auto_pad == "SAME_UPPER" else (1, 0)
+    xp = np.pad(x, ((0, 0), (0, 0), pad, pad))
+    out = np.zeros((2, 4, 4, 4))
+    for i in range(4):
+        for j in range(4):
+            out[:, :, i, j] = np.einsum(
+                "ncij,fcij->nf", xp[:, :, 2 * i : 2 * i + 3, 2 * j : 2 * j + 3], k
+            )
+    want = np.maximum(out, 0).mean(axis=(2, 3)) @ fc.T
+    with torch.no_grad():
+        got = model(torch.from_numpy(x)).double().numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)

@@ -34,6 +34,7 @@ from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.model.formats.base import make_model, parse_class_list
+from convlens.model.formats.keras_layers import same_padding
 from convlens.model.formats.opgraph import Op, assemble, clean_name, drop_final_softmax, unique
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
@@ -172,14 +173,25 @@ def _t(a: np.ndarray) -> torch.Tensor:
 
 
 def _pads(node: _Node, conv: _Converter, k: list[int], s: list[int], d: list[int]) -> list[int]:
-    """``[top, left, bottom, right]`` from ``pads`` or ``auto_pad``."""
+    """``[top, left, bottom, right]`` from ``pads`` or ``auto_pad``.
+
+    ``SAME_UPPER`` is TensorFlow's ``same`` (odd pixel at the end), ``SAME_LOWER`` puts it at
+    the start; both need the input's size, from shape inference.
+    """
     auto = node.attrs.get("auto_pad", b"NOTSET")
     auto = auto.decode() if isinstance(auto, bytes) else str(auto)
     if auto in ("NOTSET", ""):
-        return node.ints("pads", [0, 0, 0, 0])
+        pads = node.ints("pads", [0, 0, 0, 0])
+        return [pads[0], pads[1], pads[2], pads[3]]
     if auto == "VALID":
         return [0, 0, 0, 0]
-    raise node.fail(f"auto_pad {auto} is not supported; re-export with explicit pads")
+    shape = conv.shapes.get(node.inputs[0])  # the raw name: an alias may skip a transpose
+    if auto not in ("SAME_UPPER", "SAME_LOWER") or shape is None or len(shape) != 4:
+        raise node.fail(f"auto_pad {auto} is not supported here; re-export with explicit pads")
+    (top, bottom), (left, right) = (same_padding(shape[2 + i], k[i], s[i], d[i]) for i in range(2))
+    if auto == "SAME_LOWER":
+        top, bottom, left, right = bottom, top, right, left
+    return [top, left, bottom, right]
 
 
 def _conv(c: _Converter, n: _Node) -> None:
@@ -298,6 +310,16 @@ def _cat(*xs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat(xs, dim=dim)
 
 
+def _transpose(c: _Converter, n: _Node) -> None:
+    """Only the NHWC → NCHW transpose that TensorFlow exporters put right after the input."""
+    perm = n.ints("perm", [])
+    if c.value(n.inputs[0]) != c.input or perm != [0, 3, 1, 2] or c.ops:
+        raise n.fail(f"Transpose {perm} is supported only as the first NHWC → NCHW step")
+    b, h, w, ch = c.input_shape
+    c.input_shape = (b, ch, h, w)
+    c.alias[n.outputs[0]] = c.input
+
+
 def _flatten(c: _Converter, n: _Node) -> None:
     if int(n.attrs.get("axis", 1)) != 1:
         raise n.fail("Flatten is supported only from axis 1")
@@ -335,7 +357,7 @@ def _reduce_mean(c: _Converter, n: _Node) -> None:
 
 
 def _shape(c: _Converter, n: _Node) -> None:
-    shape = c.shapes.get(c.value(n.inputs[0]))
+    shape = c.shapes.get(n.inputs[0])
     if shape is None:
         raise n.fail("the shape of its input is unknown (ONNX shape inference failed)")
     start, end = int(n.attrs.get("start", 0)), n.attrs.get("end")
@@ -431,6 +453,7 @@ _HANDLERS: dict[str, Callable[[_Converter, _Node], None]] = {
     "Identity": _identity,
     "Constant": _constant,
     "Shape": _shape,
+    "Transpose": _transpose,
     "Gather": _fold(lambda c, n, a: np.take(a[0], a[1], axis=int(n.attrs.get("axis", 0)))),
     "Unsqueeze": _fold(_unsqueeze),
     "Squeeze": _fold(_squeeze),
