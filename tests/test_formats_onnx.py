@@ -178,3 +178,33 @@ def test_nhwc_input_and_auto_pad(tmp_path: Path, auto_pad: str) -> None:
     with torch.no_grad():
         got = model(torch.from_numpy(x)).double().numpy()
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.mark.parametrize(("op", "strides"), [("MaxPool", 2), ("AveragePool", 2), ("MaxPool", 1)])
+def test_same_upper_pooling(tmp_path: Path, op: str, strides: int) -> None:
+    """SAME_UPPER pools pad one pixel at the end; averages count real pixels only."""
+    node = helper.make_node(op, ["x"], ["p"], name="pool", kernel_shape=[2, 2],
+                            strides=[strides, strides], auto_pad="SAME_UPPER")  # fmt: skip
+    flat = helper.make_node("Flatten", ["p"], ["y"], name="flatten")
+    graph = helper.make_graph(
+        [node, flat], "pool",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 7, 7])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, None])],
+    )  # fmt: skip
+    path = tmp_path / "pool.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    x = np.random.default_rng(4).normal(size=(2, 1, 7, 7)).astype(np.float32)
+    fill = -np.inf if op == "MaxPool" else np.nan
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=fill)
+    out_size = -(-7 // strides)
+    want = np.empty((2, 1, out_size, out_size))
+    for i in range(out_size):
+        for j in range(out_size):
+            win = xp[:, :, i * strides : i * strides + 2, j * strides : j * strides + 2]
+            want[:, :, i, j] = (
+                win.max(axis=(2, 3)) if op == "MaxPool" else np.nanmean(win, axis=(2, 3))
+            )
+    net, _ = convert_onnx(onnx.load(str(path)))
+    with torch.no_grad():
+        got = net.eval()(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, want.reshape(2, -1), atol=1e-6)

@@ -230,17 +230,29 @@ def _pool(c: _Converter, n: _Node) -> None:
     k = n.ints("kernel_shape", [1, 1])
     s = n.ints("strides", [1, 1])
     top, left, bottom, right = _pads(n, c, k, s, [1, 1])
-    if (top, left) != (bottom, right):
-        raise n.fail("asymmetric pooling pads are not supported")
     ceil = bool(n.attrs.get("ceil_mode", 0))
+    include = bool(n.attrs.get("count_include_pad", 0))
+    src = n.inputs[0]
+    if (top, left) != (bottom, right):
+        # One extra pixel at the end: with stride > 1, ceil_mode adds exactly that partial
+        # window (over real pixels only); a max pool can instead pad with -inf.
+        extra_end = bottom - top in (0, 1) and right - left in (0, 1)
+        if extra_end and min(s) > 1 and not ceil and not include:
+            ceil = True
+        elif n.op == "MaxPool":
+            pad_name = unique(clean_name(n.raw_name, "pool") + "_pad", c.taken)
+            pad = nn.ConstantPad2d((left, right, top, bottom), float("-inf"))
+            c.ops.append(Op(pad_name, [c.value(src)], src + "#pad", module=pad))
+            src, top, left = src + "#pad", 0, 0
+        else:
+            raise n.fail(f"average pooling with pads {[top, left, bottom, right]} is not supported")
     module: nn.Module
     if n.op == "MaxPool":
         d = n.ints("dilations", [1, 1])
         module = nn.MaxPool2d((k[0], k[1]), (s[0], s[1]), (top, left), (d[0], d[1]), ceil_mode=ceil)
     else:
-        include = bool(n.attrs.get("count_include_pad", 0))
         module = nn.AvgPool2d((k[0], k[1]), (s[0], s[1]), (top, left), ceil, include)
-    c.add(n, module)
+    c.add(n, module, src)
 
 
 def _batch_norm(c: _Converter, n: _Node) -> None:

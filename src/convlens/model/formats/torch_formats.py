@@ -127,6 +127,14 @@ def read_torchscript(path: str, spec: InputSpec | None) -> torch.export.Exported
 # ------------------------------------------------------------------ ATen graph → modules
 
 
+def _static(dim: Any) -> int:
+    """A dimension as an int, ``-1`` when it is symbolic (a dynamic batch)."""
+    try:
+        return int(dim)
+    except (TypeError, ValueError, RuntimeError):
+        return -1
+
+
 def _aten(target: Any) -> str:
     s = str(target)
     parts = s.split(".")
@@ -210,7 +218,7 @@ class _Reader:
             if node.op == "placeholder":
                 if node.name in self.user_inputs:
                     val = node.meta.get("val")
-                    shape = tuple(int(s) for s in val.shape) if val is not None else ()
+                    shape = tuple(_static(s) for s in val.shape) if val is not None else ()
                 continue
             if node.op == "output":
                 outs = node.args[0]
