@@ -139,13 +139,20 @@ def layer_overview(
         if hits[0].value <= 0:  # a dead unit's "top" patches are arbitrary ties: do not show
             strip = _row_label("never fires on this data set", strip.width, strip.height)
         note = f"unit {u}\nmax {float(stats['max'][u]):.3g}" + (
-            f"\nsilent on {silent:.0%}" if silent > 0 else ""
+            f"\nsilent on {_percent(silent)}" if silent > 0 else ""
         )
         rows.append(hstack([_row_label(note, 110, strip.height), strip], gap=4))
     if not rows:
         raise ConvlensError(f"layer {layer!r} has no hits: the scan saw no images")
     body = vstack(rows, gap=2)
     return caption(body, f"{layer}: top {n} receptive-field patches per unit", size=15)
+
+
+def _percent(frac: float) -> str:
+    """A fraction as a percentage that never rounds a non-zero value down to 0 %."""
+    if frac >= 0.01 or frac == 0:
+        return f"{frac:.0%}"
+    return f"{frac:.2%}" if frac >= 0.0001 else "<0.01%"
 
 
 def safe_name(layer: str) -> str:

@@ -145,6 +145,7 @@ def report_figure(report: UnitReport, width: int = 480) -> Image.Image:
                 bar_width=max(2, min(24, (width - 40) // max(len(rows), 1) - 1)),
                 height=90,
                 min_width=width,
+                labels=[str(u.unit) for u in rows],
             )
         )
     sparsity = hbars(

@@ -213,17 +213,23 @@ def bars(
     bar_width: int = 6,
     vmax: float = 1.0,
     min_width: int = 0,
+    labels: Sequence[str] | None = None,
 ) -> Image.Image:
-    """A vertical bar chart on ``[0, vmax]`` with its axis, two ticks and a title."""
+    """A vertical bar chart on ``[0, vmax]`` with its axis, two ticks, a title and optional
+    labels under the bars (drawn when the bars are wide enough to hold them)."""
     tick_w = max(text_size(_format_tick(t), 10)[0] for t in (0.0, vmax)) + 6
     width = tick_w + len(values) * (bar_width + 1) + 4
-    out = Image.new("RGB", (max(width, 60, min_width), height + 10), BACKGROUND)
+    show = labels is not None and bar_width >= 10
+    out = Image.new("RGB", (max(width, 60, min_width), height + (24 if show else 10)), BACKGROUND)
     draw = ImageDraw.Draw(out)
     base = height + 4
     for i, (v, c) in enumerate(zip(values, colors, strict=True)):
         x = tick_w + 2 + i * (bar_width + 1)
         h = round(max(0.0, min(v / vmax if vmax else 0.0, 1.0)) * height)
-        draw.rectangle((x, base - max(h, 1), x + bar_width - 1, base), fill=c)
+        draw.rectangle((x, base - max(h, 2), x + bar_width - 1, base), fill=c)
+        if show and labels is not None:
+            draw.text((x + bar_width / 2, base + 3), labels[i], fill=MUTED, font=font(10),
+                      anchor="ma")  # fmt: skip
     draw.line((tick_w, 4, tick_w, base), fill=MUTED)
     draw.line((tick_w, base, width - 2, base), fill=MUTED)
     for t, y in ((vmax, 4), (0.0, base)):
