@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import subprocess
 import sys
@@ -100,9 +101,40 @@ def measure(model: Any, data: Any, layers: list[str], mode: str, bs: int) -> dic
             for _, images, _ in data.batches(bs):
                 model(images)
     else:
-        scan(model, data, layers, k=16, batch_size=bs, progress=False)
+        with timed_scan_steps() as spent:
+            scan(model, data, layers, k=16, batch_size=bs, progress=False)
     seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "delta_peak_mb": (rss_kb("VmHWM") - before) / 1024}
+    out = {"seconds": seconds, "delta_peak_mb": (rss_kb("VmHWM") - before) / 1024}
+    if mode == "scan":  # the share of the scan's own work: robust to the machine's load drifting
+        out["map_merge_share"] = spent[0] / seconds
+    return out
+
+
+@contextlib.contextmanager
+def timed_scan_steps() -> Any:
+    """Time spent in the scan's map and merge steps (wrapping them where the scan calls them)."""
+    scan_module = importlib.import_module("convlens.analysis.scan")  # not the function
+
+    spent = [0.0]
+    originals = {name: getattr(scan_module, name) for name in ("map_candidates", "merge_many")}
+
+    def wrap(fn: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t
+
+        return timed
+
+    for name, fn in originals.items():
+        setattr(scan_module, name, wrap(fn))
+    try:
+        yield spent
+    finally:
+        for name, fn in originals.items():
+            setattr(scan_module, name, fn)
 
 
 def run_one(case: str, n: int, batch_size: int, reps: int = 2) -> dict[str, Any]:
@@ -116,6 +148,7 @@ def run_one(case: str, n: int, batch_size: int, reps: int = 2) -> dict[str, Any]
             runs[mode].append(measure(model, data, layers, mode, batch_size))
     out: dict[str, Any] = {"case": case, "n": n, "layers": layers, "batch_size": batch_size,
                            "threads": torch.get_num_threads()}  # fmt: skip
+    out["map_merge_share"] = round(min(r["map_merge_share"] for r in runs["scan"]), 3)
     for mode, rs in runs.items():
         best = min(r["seconds"] for r in rs)
         out[mode] = {
@@ -164,12 +197,20 @@ def main() -> None:
             results.append(child(case, n, batch[case], args.threads))
             print(json.dumps(results[-1]), file=sys.stderr, flush=True)
     print(json.dumps(results, indent=1))
-    print(f"\n{'case':<11} {'images':>7} {'forward img/s':>14} {'scan img/s':>11} "
-          f"{'scan/fwd':>9} {'fwd Δpeak MB':>13} {'scan Δpeak MB':>14}")  # fmt: skip
+    head = ("case", "images", "forward img/s", "scan img/s", "scan/fwd", "map+merge",
+            "fwd Δpeak MB", "scan Δpeak MB")  # fmt: skip
+    widths = (-11, 7, 14, 11, 9, 10, 13, 14)
+    print(
+        "\n"
+        + " ".join(
+            f"{h:<{-w}}" if w < 0 else f"{h:>{w}}" for h, w in zip(head, widths, strict=True)
+        )
+    )
     for r in results:
         f, s = r["forward"], r["scan"]
         print(f"{r['case']:<11} {r['n']:>7} {f['images_per_s']:>14.0f} {s['images_per_s']:>11.0f} "
-              f"{r['scan_over_forward']:>9.0%} {f['delta_peak_mb']:>13.1f} "
+              f"{r['scan_over_forward']:>9.0%} {r['map_merge_share']:>10.1%} "
+              f"{f['delta_peak_mb']:>13.1f} "
               f"{s['delta_peak_mb']:>14.1f}")  # fmt: skip
     print(
         "(best of two alternating runs each, in one process per row; the machine is shared, "
