@@ -124,7 +124,8 @@ def test_incremental_inference_equals_full_passes(which: str) -> None:
     x = torch.rand(2, 3, size, size)
     for window, stride in ((8, 5), (5, 6), (size, 1), (1, 9)):
         kw = dict(window=window, stride=stride, target=[0, 2], chunk_size=40)
-        full = convlens.explain(model, x, "occlusion", **kw)
+        full = convlens.explain(model, x, "occlusion", incremental=False, **kw)
+        assert not full.params["incremental"]
         inc = convlens.explain(model, x, "occlusion", incremental=True, **kw)
         assert inc.params["incremental"] and not inc.notes
         for key in ("grid_logit", "grid_probability"):
@@ -140,6 +141,7 @@ def test_cnn_explainer_incremental(cnn_explainer_dir: Path) -> None:
     m = convlens.load_model(str(cnn_explainer_dir / "model.json"))
     x = torch.cat([m.load_image(s.path) for s in m.samples[:2]])
     kw = dict(window=8, stride=6)
-    full = convlens.explain(m, x, "occlusion", **kw)
-    inc = convlens.explain(m, x, "occlusion", incremental=True, **kw)
+    full = convlens.explain(m, x, "occlusion", incremental=False, **kw)
+    inc = convlens.explain(m, x, "occlusion", **kw)  # incremental by default on chains
+    assert inc.params["incremental"]
     torch.testing.assert_close(inc.values, full.values, **TOL)

@@ -101,76 +101,105 @@ def chain_plan(model: Model) -> ChainPlan | None:
     return ChainPlan(prefix, nn.Sequential(*children[len(prefix) :]))
 
 
-class _Patch:
-    """Per-row changed regions of one layer: values ``(n, C, Rh, Rw)`` at ``top``/``left``
-    ``(n,)``, and the truly affected extents ``[a0, a1)`` per axis (``(n,)`` each)."""
-
-    def __init__(
-        self,
-        values: torch.Tensor,
-        origin: tuple[torch.Tensor, torch.Tensor],
-        affected: tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    ) -> None:
-        self.values = values
-        self.origin = origin
-        self.affected = affected
+Box = tuple[int, int, int, int]  # top, left, bottom, right (exclusive)
 
 
-def _gather(
-    src: torch.Tensor,
-    rows: torch.Tensor,
-    top: torch.Tensor,
-    left: torch.Tensor,
-    size: tuple[int, int],
-) -> torch.Tensor:
-    """``src[rows[i], :, top[i]:top[i]+h, left[i]:left[i]+w]`` for every ``i`` at once."""
-    yi = top[:, None] + torch.arange(size[0])  # (n, h)
-    xj = left[:, None] + torch.arange(size[1])  # (n, w)
-    out = src[rows[:, None, None], :, yi[:, :, None], xj[:, None, :]]  # (n, h, w, C)
-    return out.permute(0, 3, 1, 2)
-
-
-def _paste(region: torch.Tensor, top: torch.Tensor, left: torch.Tensor, patch: _Patch,
-           shift: tuple[int, int]) -> torch.Tensor:  # fmt: skip
-    """Write the part of ``patch`` (its origin moved by ``shift``) that falls in ``region``
-    (whose top-left is ``top``/``left``)."""
-    n, _, h, w = region.shape
-    ph, pw = patch.values.shape[-2:]
-    pi = top[:, None] + torch.arange(h) - (patch.origin[0][:, None] + shift[0])  # (n, h)
-    pj = left[:, None] + torch.arange(w) - (patch.origin[1][:, None] + shift[1])  # (n, w)
-    mask = ((pi >= 0) & (pi < ph))[:, :, None] & ((pj >= 0) & (pj < pw))[:, None, :]
-    idx = torch.arange(n)[:, None, None]
-    vals = patch.values[idx, :, pi.clamp(0, ph - 1)[:, :, None], pj.clamp(0, pw - 1)[:, None, :]]
-    return torch.where(mask[:, None], vals.permute(0, 3, 1, 2), region)
-
-
-def _through_window(
-    module: nn.Module, win: Window, base: torch.Tensor, rows: torch.Tensor, patch: _Patch
-) -> _Patch:
-    """Recompute the region of ``module``'s output that ``patch`` changes."""
-    H_in, W_in = base.shape[-2:]
-    out_size = [
-        (n + 2 * win.padding[ax] - win.effective(ax)) // win.stride[ax] + 1
-        for ax, n in enumerate((H_in, W_in))
-    ]
-    starts, sizes, affected = [], [], []
-    for ax in (0, 1):
-        a0, a1 = patch.affected[ax]
+def _cone(win: Window, box: Box, out_hw: tuple[int, int]) -> Box:
+    """The output rows/columns that input ``box`` changes, clipped to the output map."""
+    out = []
+    for ax, (a0, a1) in enumerate(((box[0], box[2]), (box[1], box[3]))):
         k, s, p = win.effective(ax), win.stride[ax], win.padding[ax]
-        first = torch.clamp(torch.div(a0 + p - k, s, rounding_mode="floor") + 1, min=0)
-        last = torch.clamp(-torch.div(-(a1 + p), s, rounding_mode="floor"), max=out_size[ax])
-        size = int((last - first).max())
-        starts.append(torch.clamp(first, max=out_size[ax] - size))
-        sizes.append(size)
-        affected.append((first, last))
-    pad = (win.padding[1], win.padding[1], win.padding[0], win.padding[0])
-    padded = F.pad(base, pad, value=win.pad_value) if any(pad) else base
-    in_size = tuple((sizes[ax] - 1) * win.stride[ax] + win.effective(ax) for ax in (0, 1))
-    top, left = starts[0] * win.stride[0], starts[1] * win.stride[1]  # padded coordinates
-    region = _gather(padded, rows, top, left, (in_size[0], in_size[1]))
-    region = _paste(region, top, left, patch, (win.padding[0], win.padding[1]))
-    return _Patch(_apply_unpadded(module, region), (starts[0], starts[1]),
-                  (affected[0], affected[1]))  # fmt: skip
+        out.append((max(0, (a0 + p - k) // s + 1), min(out_hw[ax], -(-(a1 + p) // s))))
+    return (out[0][0], out[1][0], out[0][1], out[1][1])
+
+
+class IncrementalRunner:
+    """Caches the unoccluded activations of a batch and evaluates occluded copies.
+
+    Rows are window-major: row ``i B + b`` is window ``i`` on example ``b``, so every window
+    is a plain slice of the cached activations (no gathers with index tensors).
+    """
+
+    def __init__(self, model: Model, plan: ChainPlan, x: torch.Tensor) -> None:
+        self.model, self.plan = model, plan
+        h = model.normalize(x)
+        self.bases = [h]
+        self.padded: list[torch.Tensor] = []
+        for module, win in plan.prefix:
+            if win is not None:  # the op's input with its padding, made once
+                p = (win.padding[1], win.padding[1], win.padding[0], win.padding[0])
+                self.padded.append(F.pad(h, p, value=win.pad_value) if any(p) else h)
+            else:
+                self.padded.append(h)
+            h = module(h)
+            self.bases.append(h)
+
+    def run(
+        self, corners: list[tuple[int, int]], window: tuple[int, int], fill: torch.Tensor
+    ) -> torch.Tensor:
+        """Outputs ``(len(corners) B, K)`` with a ``window`` at each ``(top, left)`` of
+        ``corners`` set to ``fill`` ``(C, 1, 1)`` (pixel units)."""
+        B, C = self.bases[0].shape[:2]
+        n = len(corners)
+        value = ((fill - self.model.mean[0]) / self.model.std[0]).to(self.bases[0])
+        patch = value.view(1, C, 1, 1).expand(n * B, C, *window)
+        origins = list(corners)  # where each window's carried patch starts
+        boxes: list[Box] = [(t, c, t + window[0], c + window[1]) for t, c in corners]
+        for (module, win), padded, base in zip(
+            self.plan.prefix, self.padded, self.bases[:-1], strict=True
+        ):
+            if win is None:
+                patch = module(patch)
+                continue
+            patch, origins, boxes = self._window_op(
+                module, win, padded, base, patch, origins, boxes
+            )
+        full = self.bases[-1].repeat(n, 1, 1, 1)  # (n B, C, H, W), window-major
+        h, w = patch.shape[-2:]
+        for i, (top, left) in enumerate(origins):
+            full[i * B : (i + 1) * B, :, top : top + h, left : left + w] = patch[
+                i * B : (i + 1) * B
+            ]
+        return self.plan.head(full)
+
+    def _window_op(
+        self,
+        module: nn.Module,
+        win: Window,
+        padded: torch.Tensor,
+        base: torch.Tensor,
+        patch: torch.Tensor,
+        origins: list[tuple[int, int]],
+        boxes: list[Box],
+    ) -> tuple[torch.Tensor, list[tuple[int, int]], list[Box]]:
+        """Recompute, for every window, the region of ``module``'s output its patch changes."""
+        B = base.shape[0]
+        H, W = base.shape[-2:]
+        out_hw = tuple(
+            (n + 2 * win.padding[ax] - win.effective(ax)) // win.stride[ax] + 1
+            for ax, n in enumerate((H, W))
+        )
+        cones = [_cone(win, box, (out_hw[0], out_hw[1])) for box in boxes]
+        oh = max(c[2] - c[0] for c in cones)  # one region size for the whole chunk
+        ow = max(c[3] - c[1] for c in cones)
+        ih = (oh - 1) * win.stride[0] + win.effective(0)
+        iw = (ow - 1) * win.stride[1] + win.effective(1)
+        ph, pw = patch.shape[-2:]
+        regions, starts = [], []
+        for i, (cone, (py, px)) in enumerate(zip(cones, origins, strict=True)):
+            sy, sx = min(cone[0], out_hw[0] - oh), min(cone[1], out_hw[1] - ow)
+            ty, tx = sy * win.stride[0], sx * win.stride[1]  # in padded input coordinates
+            region = padded[:, :, ty : ty + ih, tx : tx + iw].clone()
+            py, px = py + win.padding[0], px + win.padding[1]
+            y0, y1 = max(ty, py), min(ty + ih, py + ph)
+            x0, x1 = max(tx, px), min(tx + iw, px + pw)
+            if y1 > y0 and x1 > x0:
+                region[:, :, y0 - ty : y1 - ty, x0 - tx : x1 - tx] = patch[
+                    i * B : (i + 1) * B, :, y0 - py : y1 - py, x0 - px : x1 - px
+                ]
+            regions.append(region)
+            starts.append((sy, sx))
+        return _apply_unpadded(module, torch.cat(regions)), starts, cones
 
 
 def _apply_unpadded(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -183,47 +212,3 @@ def _apply_unpadded(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
                             module.dilation)  # fmt: skip
     assert isinstance(module, nn.AvgPool2d)
     return F.avg_pool2d(x, module.kernel_size, module.stride or module.kernel_size, 0)
-
-
-class IncrementalRunner:
-    """Caches the unoccluded activations of a batch and evaluates occluded copies."""
-
-    def __init__(self, model: Model, plan: ChainPlan, x: torch.Tensor) -> None:
-        self.model, self.plan = model, plan
-        h = model.normalize(x)
-        self.bases = [h]
-        for module, _ in plan.prefix:
-            h = module(h)
-            self.bases.append(h)
-
-    def run(
-        self,
-        rows: torch.Tensor,
-        tops: torch.Tensor,
-        lefts: torch.Tensor,
-        window: tuple[int, int],
-        fill: torch.Tensor,
-    ) -> torch.Tensor:
-        """Outputs for examples ``rows`` with a ``window`` at ``tops``/``lefts`` set to
-        ``fill`` ``(C, 1, 1)`` (pixel units)."""
-        n, C = rows.shape[0], self.bases[0].shape[1]
-        values = ((fill - self.model.mean[0]) / self.model.std[0]).to(self.bases[0])
-        patch = _Patch(
-            values.view(1, C, 1, 1).expand(n, C, *window).contiguous(),
-            (tops, lefts),
-            ((tops, tops + window[0]), (lefts, lefts + window[1])),
-        )
-        for (module, win), base in zip(self.plan.prefix, self.bases[:-1], strict=True):
-            if win is None:
-                patch = _Patch(module(patch.values), patch.origin, patch.affected)
-            else:
-                patch = _through_window(module, win, base, rows, patch)
-        last = self.bases[-1]
-        full = last[rows]  # (n, C, H, W) copy of the unoccluded activations
-        h, w = patch.values.shape[-2:]
-        yi = patch.origin[0][:, None] + torch.arange(h)
-        xj = patch.origin[1][:, None] + torch.arange(w)
-        full[torch.arange(n)[:, None, None], :, yi[:, :, None], xj[:, None, :]] = (
-            patch.values.permute(0, 2, 3, 1)
-        )
-        return self.plan.head(full)

@@ -13,6 +13,10 @@ All windows of all examples are evaluated in large batched forward passes (``chu
 images each) under ``torch.inference_mode()``; ``channels_last=True`` runs them in the
 NHWC memory layout, which is faster on some CPUs (see ``benchmarks/explain.py``).
 
+On ``nn.Sequential`` chains, ``incremental`` (default ``None``: whenever possible) recomputes
+only each patch's receptive-field cone (:mod:`convlens.methods.incremental`); the result
+equals the full passes to float rounding.
+
 >>> from convlens.model.zoo import build
 >>> m = build("tiny-vgg:input_size=32")
 >>> a = Occlusion(m, window=8, stride=4)(torch.rand(2, 3, 32, 32))
@@ -69,7 +73,7 @@ class Occlusion(Method):
         measure: Measure = "probability",
         chunk_size: int = 256,
         channels_last: bool = False,
-        incremental: bool = False,
+        incremental: bool | None = None,
     ) -> None:
         super().__init__(model)
         H, W = model.spec.height, model.spec.width
@@ -83,7 +87,7 @@ class Occlusion(Method):
             raise ConvlensError(f"chunk_size must be at least 1; got {chunk_size}")
         self.fill, self.measure = fill, measure
         self.chunk_size, self.channels_last = chunk_size, channels_last
-        self.plan = chain_plan(model) if incremental else None
+        self.plan = chain_plan(model) if incremental is not False else None
         self.incremental = incremental
 
     def params(self) -> dict[str, Any]:
@@ -130,7 +134,7 @@ class Occlusion(Method):
         }
         values = self.spread(grids[f"grid_{self.measure}"], (H, W))
         notes = []
-        if self.incremental and self.plan is None:
+        if self.incremental is True and self.plan is None:
             notes.append("incremental inference needs an nn.Sequential chain; ran full passes")
         return self.result(values, base_logit, tgt, extra=grids, notes=notes)
 
@@ -144,15 +148,14 @@ class Occlusion(Method):
         per_chunk = max(1, self.chunk_size // B)
         logits, probs = [], []
         runner = IncrementalRunner(self.model, self.plan, x) if self.plan is not None else None
-        corners = torch.tensor(positions, dtype=torch.long).view(-1, 2)
         for w0, w1 in chunks(len(positions), per_chunk):
             n = w1 - w0
             rows = torch.arange(B).repeat_interleave(n)  # example-major
-            if runner is not None:
-                where = corners[w0:w1].repeat(B, 1)
-                o = runner.run(rows, where[:, 0], where[:, 1], self.window, fill)
-                logits.append(tgt.score(o, rows).view(B, n))
-                probs.append(tgt.probability(o, rows).view(B, n))
+            if runner is not None:  # window-major rows: i B + b
+                o = runner.run(positions[w0:w1], self.window, fill)
+                wm = torch.arange(B).repeat(n)
+                logits.append(tgt.score(o, wm).view(n, B).T)
+                probs.append(tgt.probability(o, wm).view(n, B).T)
                 continue
             batch = x.unsqueeze(1).repeat(1, n, 1, 1, 1)  # (B, n, C, H, W)
             for i, (t, left) in enumerate(positions[w0:w1]):
