@@ -187,7 +187,7 @@ def main() -> None:
             torch.set_num_threads(int(threads))
         print(json.dumps(run_one(case, int(n), int(bs))))
         return
-    sizes = {"fmnist": (6000, 60000), "fmnist-all": (6000,), "resnet": (16, 160)}
+    sizes = {"fmnist": (6000, 60000), "fmnist-all": (6000,), "resnet": (32, 320)}
     if args.quick:
         sizes = {"fmnist": (600, 6000), "fmnist-all": (600,), "resnet": (4, 40)}
     batch = {"fmnist": 256, "fmnist-all": 256, "resnet": 32}

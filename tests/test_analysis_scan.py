@@ -75,7 +75,8 @@ def assert_same_state(a: ScanResult | dict, b: ScanResult | dict) -> None:
     for name in sa:
         for key in ("values", "images", "positions", "maximum", "positive", "fired"):
             assert torch.equal(getattr(sa[name], key), getattr(sb[name], key)), (name, key)
-        torch.testing.assert_close(sa[name].total, sb[name].total, rtol=1e-12, atol=1e-9)
+        # sums are float32 within a batch: a different cut changes their last bits
+        torch.testing.assert_close(sa[name].total, sb[name].total, rtol=1e-5, atol=1e-6)
         assert sa[name].n_images == sb[name].n_images
 
 
