@@ -1,0 +1,426 @@
+"""Time and peak memory of every attribution method, next to the limits and the peers.
+
+Two models: CNN Explainer's Tiny VGG (64×64, batch 32; the zoo's tiny-vgg with random weights
+if the fixture is absent) and ResNet-18 (224×224, batch 8, random weights). For each:
+
+- the limits: one forward pass (inference mode) and one forward + backward to the input;
+- every convlens method (``convlens.explain``);
+- Captum's implementation of the same method (in this venv) with its default and its best
+  batching settings;
+- pytorch-grad-cam's (it needs torchvision, so it runs in ``.venv-peers`` in a subprocess,
+  which also measures its own forward + backward limit there: compare ratios, not seconds,
+  across the two venvs);
+- with ``--sweep``: occlusion throughput over chunk sizes and memory layouts.
+
+Peak memory is the rise of the process's resident set (``VmHWM`` after resetting it through
+``/proc/self/clear_refs``); the script re-executes itself with glibc's mmap threshold lowered
+so that freed tensors go back to the system and every measurement starts from the same RSS.
+Timings are medians over ``--repeat`` runs after one warm-up run. Other work on the machine
+makes them noisy.
+
+    .venv/bin/python benchmarks/explain.py                 # everything, JSON + table
+    .venv/bin/python benchmarks/explain.py --models tiny --sweep
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURE = ROOT.parent / "shared" / "fixtures" / "cnn-explainer" / "model.json"
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+
+def reexec_with_malloc_env() -> None:
+    if os.environ.get("MALLOC_MMAP_THRESHOLD_") is None:
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0")
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+# --------------------------------------------------------------------------- measuring
+
+
+def _status_kib(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def _reset_peak() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def measure(fn: Callable[[], Any], repeat: int, label: str = "") -> dict[str, float]:
+    """Median seconds over ``repeat`` runs after a warm-up that also gives the peak memory."""
+    gc.collect()
+    rss0 = _status_kib("VmRSS")
+    _reset_peak()
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    peak = max(0, _status_kib("VmHWM") - rss0) / 1024
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    res = {
+        "seconds": statistics.median(times) if times else first,
+        "min_seconds": min(times) if times else first,
+        "peak_mib": round(peak, 1),
+    }
+    if label:
+        print(
+            f"  {label}: {res['seconds']:.4f} s, {res['peak_mib']} MiB", file=sys.stderr, flush=True
+        )
+    return res
+
+
+# --------------------------------------------------------------------------- models
+
+
+def load(name: str) -> tuple[Any, torch.Tensor, str]:
+    import convlens
+    from convlens.model import build
+
+    gen = torch.Generator().manual_seed(0)
+    if name == "tiny":
+        if FIXTURE.is_file():
+            model = convlens.load_model(str(FIXTURE))
+            imgs = torch.cat([model.load_image(s.path) for s in model.samples])
+            x = torch.cat([imgs, imgs])[:32]
+            return model, x, "CNN Explainer Tiny VGG, 64×64, batch 32"
+        model = build("tiny-vgg", seed=0).eval()
+        return model, torch.rand(32, 3, 64, 64, generator=gen), "tiny-vgg (random), 64×64, b32"
+    model = build("resnet18", seed=0).eval()
+    return model, torch.rand(8, 3, 224, 224, generator=gen), "ResNet-18 (random), 224×224, b8"
+
+
+# method -> per-model parameters (kept small enough for a 2-core machine)
+PARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "tiny": {
+        "smoothgrad": {"n_samples": 25},
+        "integrated-gradients": {"n_steps": 50},
+        "occlusion": {"window": 8, "stride": 4},
+    },
+    "resnet": {
+        "smoothgrad": {"n_samples": 4},
+        "integrated-gradients": {"n_steps": 8},
+        "occlusion": {"window": 56, "stride": 56},
+    },
+}
+SCORECAM_BATCH = {"tiny": 32, "resnet": 1}  # Score-CAM on ResNet: 512 passes per image
+
+
+def limits(model: Any, x: torch.Tensor, repeat: int) -> dict[str, Any]:
+    target = model(x).argmax(1)
+
+    def forward() -> None:
+        with torch.inference_mode():
+            model(x)
+
+    def forward_backward() -> None:
+        xr = x.clone().requires_grad_(True)
+        out = model(xr)
+        torch.autograd.grad(out.gather(1, target[:, None]).sum(), xr)
+
+    def forward_64() -> None:  # per-image cost of large inference batches (Score-CAM's unit)
+        with torch.inference_mode():
+            model(x[:1].expand(64, -1, -1, -1).contiguous())
+
+    res = {
+        "forward": measure(forward, repeat, "forward"),
+        "forward+backward": measure(forward_backward, repeat, "forward+backward"),
+    }
+    res["forward per image (batch 64)"] = measure(forward_64, max(1, repeat // 2), "forward b64")
+    res["forward per image (batch 64)"]["seconds"] /= 64
+    return res
+
+
+def ours(
+    model: Any, x: torch.Tensor, key: str, repeat: int, only: list[str], with_scorecam: bool
+) -> dict[str, Any]:
+    import convlens
+    from convlens.methods import METHODS
+
+    out: dict[str, Any] = {}
+    for name in METHODS.names():
+        if only and name not in only:
+            continue
+        xs = x[: SCORECAM_BATCH[key]] if name == "score-cam" else x
+        params = PARAMS[key].get(name, {})
+        if name == "cam" and key == "tiny":
+            continue  # Tiny VGG has no global-average-pooled head
+        if name == "score-cam" and key == "resnet" and not with_scorecam:
+            continue
+        r = measure(
+            lambda n=name, xs=xs, p=params: convlens.explain(model, xs, n, **p), repeat, name
+        )
+        out[name] = r | {"params": params, "batch": xs.shape[0]}
+    if "occlusion" in out:
+        p = PARAMS[key]["occlusion"] | {"incremental": False}
+        out["occlusion (full passes)"] = measure(
+            lambda: convlens.explain(model, x, "occlusion", **p), repeat, "occlusion full"
+        ) | {"params": p, "batch": x.shape[0]}
+    return out
+
+
+def captum_runs(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str, Any]:
+    try:
+        from captum.attr import (
+            Deconvolution,
+            GuidedBackprop,
+            GuidedGradCam,
+            InputXGradient,
+            IntegratedGradients,
+            LayerGradCam,
+            NoiseTunnel,
+            Occlusion,
+            Saliency,
+        )
+    except ImportError:
+        return {"skipped": "captum is not installed"}
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    target = model(x).argmax(1).tolist()
+    layer = model.net.get_submodule(model.graph.last_spatial().module)
+    xr = x.clone().requires_grad_(True)
+    p = PARAMS[key]
+    B = x.shape[0]
+    n_sg, n_ig = p["smoothgrad"]["n_samples"], p["integrated-gradients"]["n_steps"]
+    occ = p["occlusion"]
+    window, stride = (3, occ["window"], occ["window"]), (3, occ["stride"], occ["stride"])
+    runs: dict[str, Callable[[], Any]] = {
+        "saliency": lambda: Saliency(model).attribute(xr, target=target),
+        "gradient-x-input": lambda: InputXGradient(model).attribute(xr, target=target),
+        "guided-backprop": lambda: GuidedBackprop(model).attribute(xr, target=target),
+        "deconvnet": lambda: Deconvolution(model).attribute(xr, target=target),
+        "smoothgrad": lambda: NoiseTunnel(Saliency(model)).attribute(
+            xr,
+            nt_type="smoothgrad",
+            nt_samples=n_sg,
+            nt_samples_batch_size=max(1, 64 // B),
+            stdevs=0.15,
+            target=target,
+            abs=False,
+        ),
+        "integrated-gradients": lambda: IntegratedGradients(model).attribute(
+            xr, target=target, n_steps=n_ig, internal_batch_size=64
+        ),
+        "grad-cam": lambda: LayerGradCam(model, layer).attribute(xr, target=target),
+        "guided-grad-cam": lambda: GuidedGradCam(model, layer).attribute(xr, target=target),
+    }
+    out: dict[str, Any] = {}
+    for name, fn in runs.items():
+        out[name] = measure(fn, repeat, "captum " + name)
+    fill = model.mean.view(1, -1, 1, 1).expand_as(x).contiguous()
+    best: dict[str, Any] | None = None
+    for ppe in (1, *((16, 64) if key == "tiny" else (4, 16))):
+        r = measure(
+            lambda ppe=ppe: Occlusion(model).attribute(
+                x,
+                sliding_window_shapes=window,
+                strides=stride,
+                baselines=fill,
+                target=target,
+                perturbations_per_eval=ppe,
+            ),
+            1 if ppe == 1 else repeat,
+            f"captum occlusion ppe={ppe}",
+        )
+        out[f"occlusion ppe={ppe}"] = r
+        if ppe == 1:
+            out["occlusion"] = r | {"setting": "default perturbations_per_eval=1"}
+        elif best is None or r["seconds"] < best["seconds"]:
+            best = r | {"setting": f"perturbations_per_eval={ppe}"}
+    out["occlusion best"] = best
+    return out
+
+
+def sweep(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str, Any]:
+    """Occlusion throughput (occluded images per second) by chunk size and memory layout."""
+    import convlens
+
+    p = PARAMS[key]["occlusion"]
+    out: dict[str, Any] = {}
+    for chunk in (64, 256, 1024) if key == "tiny" else (16, 64):
+        for cl in (False, True):
+            a = convlens.explain(model, x[:1], "occlusion", **p)
+            n_img = a.extra["grid_logit"][0].numel() * x.shape[0]
+            r = measure(
+                lambda c=chunk, cl=cl: convlens.explain(
+                    model, x, "occlusion", chunk_size=c, channels_last=cl, incremental=False, **p
+                ),
+                repeat,
+                f"sweep chunk={chunk} channels_last={cl}",
+            )
+            r["images_per_second"] = round(n_img / r["seconds"], 1)
+            out[f"chunk={chunk} channels_last={cl}"] = r
+    return out
+
+
+# --------------------------------------------------------------------------- pytorch-grad-cam
+
+PEER_SCRIPT = r"""
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+sys.path.insert(0, sys.argv[1])
+import torch
+from explain import load, limits, measure, SCORECAM_BATCH
+from pytorch_grad_cam import GradCAM, GradCAMPlusPlus, LayerCAM, ScoreCAM
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+key, repeat = sys.argv[2], int(sys.argv[3])
+model, x, _ = load(key)
+layer = model.net.get_submodule(model.graph.last_spatial().module)
+res = {"torch": torch.__version__, "limits": limits(model, x, repeat)}
+def run(cls, xs, **kw):
+    targets = [ClassifierOutputTarget(int(t)) for t in model(xs).argmax(1)]
+    def go():
+        with cls(model, [layer]) as cam:
+            for k, v in kw.items():
+                setattr(cam, k, v)
+            cam(xs, targets)
+    return go
+for name, cls in (("grad-cam", GradCAM), ("grad-cam++", GradCAMPlusPlus), ("layer-cam", LayerCAM)):
+    res[name] = measure(run(cls, x), repeat)
+if key == "tiny" or sys.argv[4] == "1":
+    xs = x[: SCORECAM_BATCH[key]]
+    res["score-cam"] = measure(run(ScoreCAM, xs, batch_size=64), 1) | {"setting": "batch_size=64"}
+print(json.dumps(res))
+"""
+
+
+def gradcam_runs(key: str, repeat: int, with_scorecam: bool) -> dict[str, Any]:
+    if not PEERS_PYTHON.is_file():
+        return {"skipped": f"{PEERS_PYTHON} not found (pytorch-grad-cam needs torchvision)"}
+    env = dict(os.environ, TQDM_DISABLE="1")
+    proc = subprocess.run(
+        [str(PEERS_PYTHON), "-c", PEER_SCRIPT, str(Path(__file__).parent), key, str(repeat),
+         str(int(with_scorecam))],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        return {"skipped": f"pytorch-grad-cam run failed: {proc.stderr.strip()[-400:]}"}
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# --------------------------------------------------------------------------- report
+
+
+def goals(res: dict[str, Any], key: str) -> dict[str, Any]:
+    """The issue's goals as ratios (< 1 or > 1 as stated)."""
+    lim = res["limits"]
+    fb, per_image = (
+        lim["forward+backward"]["seconds"],
+        lim["forward per image (batch 64)"]["seconds"],
+    )
+    ours_ = res["ours"]
+    g: dict[str, Any] = {}
+    for name in ("saliency", "gradient-x-input", "guided-backprop", "deconvnet", "grad-cam",
+                 "grad-cam++", "layer-cam", "smoothgrad", "integrated-gradients"):  # fmt: skip
+        if name in ours_:
+            evals = PARAMS[key].get(name, {})
+            n = evals.get("n_samples", evals.get("n_steps", 1))
+            g[f"{name} / ({n} × forward+backward) [goal ≤ 1.5]"] = round(
+                ours_[name]["seconds"] / (n * fb), 2
+            )
+    if "score-cam" in ours_:
+        model_layers = res["scorecam_passes"]
+        g["score-cam / its forward passes [goal ≤ 2]"] = round(
+            ours_["score-cam"]["seconds"] / (model_layers * per_image), 2
+        )
+    cap = res.get("captum", {})
+    if "occlusion" in ours_ and "occlusion" in cap:
+        g["captum default occlusion / ours [goal ≥ 3]"] = round(
+            cap["occlusion"]["seconds"] / ours_["occlusion"]["seconds"], 2
+        )
+        g["captum best occlusion / ours [goal ≥ 1]"] = round(
+            cap["occlusion best"]["seconds"] / ours_["occlusion"]["seconds"], 2
+        )
+    return g
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = []
+    for _key, res in results.items():
+        lines.append(
+            f"\n== {res['title']} (torch {torch.__version__}, {torch.get_num_threads()} threads)"
+        )
+        lines.append(f"{'':34s}{'seconds':>10s}{'peak MiB':>10s}   peer")
+        for name, r in res["limits"].items():
+            lines.append(f"limit: {name:27s}{r['seconds']:10.4f}{r['peak_mib']:10.1f}")
+        cap, gc_ = res.get("captum", {}), res.get("gradcam", {})
+        for name, r in res["ours"].items():
+            peers = []
+            for label, src, k in (("captum", cap, name), ("captum best", cap, name + " best"),
+                                  ("grad-cam", gc_, name)):  # fmt: skip
+                if isinstance(src.get(k), dict) and "seconds" in src[k]:
+                    peers.append(f"{label} {src[k]['seconds']:.4f}s/{src[k]['peak_mib']:.0f}MiB")
+            lines.append(
+                f"{name:34s}{r['seconds']:10.4f}{r['peak_mib']:10.1f}   " + "; ".join(peers)
+            )
+        if isinstance(gc_.get("limits"), dict):
+            fb = gc_["limits"]["forward+backward"]["seconds"]
+            lines.append(
+                f"(pytorch-grad-cam venv: torch {gc_['torch']}, forward+backward {fb:.4f}s)"
+            )
+        for name, r in res.get("sweep", {}).items():
+            lines.append(f"occlusion {name:24s}{r['seconds']:10.4f}{r['peak_mib']:10.1f}   "
+                         f"{r['images_per_second']} img/s")  # fmt: skip
+        for name, v in res["goals"].items():
+            lines.append(f"goal: {name}: {v}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    reexec_with_malloc_env()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="tiny,resnet")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--methods", default="", help="comma-separated subset of ours")
+    ap.add_argument("--no-peers", action="store_true")
+    ap.add_argument("--sweep", action="store_true", help="occlusion chunk size × channels_last")
+    ap.add_argument("--scorecam-resnet", action="store_true", help="Score-CAM on ResNet (slow)")
+    ap.add_argument("--out", type=Path, help="also write the JSON here")
+    args = ap.parse_args()
+    only = [m for m in args.methods.split(",") if m]
+    results: dict[str, Any] = {}
+    for key in args.models.split(","):
+        model, x, title = load(key)
+        res: dict[str, Any] = {"title": title, "limits": limits(model, x, args.repeat)}
+        print(f"{title}", file=sys.stderr, flush=True)
+        res["ours"] = ours(model, x, key, args.repeat, only, args.scorecam_resnet)
+        layer = model.graph.last_spatial()
+        res["scorecam_passes"] = layer.output_shape[0] * SCORECAM_BATCH[key]
+        if not args.no_peers:
+            res["captum"] = captum_runs(model, x, key, args.repeat)
+            res["gradcam"] = gradcam_runs(key, args.repeat, args.scorecam_resnet)
+        if args.sweep:
+            res["sweep"] = sweep(model, x, key, args.repeat)
+        res["goals"] = goals(res, key)
+        results[key] = res
+        print(table({key: res}), file=sys.stderr, flush=True)
+    text = json.dumps(results, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
