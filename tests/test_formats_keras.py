@@ -379,3 +379,19 @@ def test_more_layers_match_numpy(tmp_path: Path) -> None:
         got = model(torch.from_numpy(x255 / 255).permute(0, 3, 1, 2).float()).double().numpy()
     np.testing.assert_allclose(got, np_more_reference(x255), atol=1e-5, rtol=0)
     assert isinstance(model.layer("relu6"), torch.nn.ReLU6)
+
+
+@pytest.mark.parametrize("padding", [1, [1, 2], [[0, 1], [2, 0]]])
+def test_zero_padding(tmp_path: Path, padding: Any) -> None:
+    layers = [layer("ZeroPadding2D", "pad", padding=padding), layer("Flatten", "flatten")]
+    path = tmp_path / "pad.h5"
+    write_h5(path, config(layers, (3, 4, 1)), {})
+    x = RNG.normal(size=(2, 3, 4, 1)).astype(np.float32)
+    rows, cols = (
+        [p, p] if isinstance(p, int) else p
+        for p in ([padding] * 2 if isinstance(padding, int) else padding)
+    )
+    want = np.pad(x, ((0, 0), tuple(rows), tuple(cols), (0, 0))).reshape(2, -1)
+    with torch.no_grad():
+        got = load_model(path).net(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    np.testing.assert_allclose(got, want)  # one channel: (h, w, c) and (c, h, w) orders agree

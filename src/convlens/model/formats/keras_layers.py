@@ -487,6 +487,16 @@ def _normalization(layer: _Layer, st: _State) -> None:
         _affine(layer, st, 1.0 / std, -mean / std)
 
 
+def _zero_padding(layer: _Layer, st: _State) -> None:
+    """``padding``: an int, ``(rows, cols)`` or ``((top, bottom), (left, right))``."""
+    _check_channels_last(layer)
+    pad = layer.get("padding", 1)
+    if isinstance(pad, int):
+        pad = [[pad, pad], [pad, pad]]
+    rows, cols = ([p, p] if isinstance(p, int) else list(p) for p in pad)
+    st.add(layer.name, nn.ZeroPad2d((int(cols[0]), int(cols[1]), int(rows[0]), int(rows[1]))))
+
+
 def _skip(layer: _Layer, st: _State) -> None:
     """Layers with no effect at inference (InputLayer, noise)."""
 
@@ -507,6 +517,7 @@ CONVERTERS: dict[str, Callable[[_Layer, _State], None]] = {
     "GlobalMaxPooling2D": lambda la, st: _global_pool(la, st, "max"),
     "GlobalMaxPool2D": lambda la, st: _global_pool(la, st, "max"),
     "Flatten": _flatten,
+    "ZeroPadding2D": _zero_padding,
     "Activation": _activation,
     "ReLU": _relu,
     "LeakyReLU": _leaky_relu,
