@@ -109,6 +109,25 @@ def test_topk_ties_prefer_lower_image_and_position() -> None:
     assert s.images[1].tolist() == [5, 3, 3]
 
 
+def test_batch_topk_with_and_without_the_image_prefilter() -> None:
+    """Channels whose (k+1)-th image maximum is below the k-th search only k images; channels
+    with a tie there search all; both must equal a numpy lexsort of everything."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 4, 5, 5, generator=g).round(decimals=1)  # many equal values
+    x[:, 1] = x[:, 1].clamp(max=0.5)  # a tie at the threshold: every image reaches 0.5
+    x[:, 2] = 0.0  # all equal
+    idx = torch.arange(100, 140)
+    s = map_batch(x, idx, k=6)
+    a = x.numpy()
+    img, pos = np.repeat(idx.numpy(), 25), np.tile(np.arange(25), 40)
+    for c in range(4):
+        v = a[:, c].reshape(-1)
+        order = np.lexsort((pos, img, -v))[:6]
+        assert s.values[c].tolist() == v[order].tolist()
+        assert s.images[c].tolist() == img[order].tolist()
+        assert s.positions[c].tolist() == pos[order].tolist()
+
+
 def test_merge_of_halves_equals_whole(tiny_vgg: Model, images: TensorImages) -> None:
     whole = scan(tiny_vgg, images, LAYERS, k=4, batch_size=8, progress=False)
     a, _ = scan_indices(tiny_vgg, images, LAYERS, range(16), k=4, batch_size=8)

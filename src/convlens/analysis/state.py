@@ -149,6 +149,44 @@ def _count_positive(flat: torch.Tensor) -> torch.Tensor:
     return flat.clamp(min=0).sign_().sum(dim=1).round_().long()
 
 
+def _top_hits(
+    xv: torch.Tensor, per_image_max: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per channel, the exact top ``k`` of ``xv`` ``(B, C, HW)`` as (values, batch row,
+    position), ties broken by (row, position).
+
+    Only the ``k`` images with the largest maxima can hold a channel's top ``k`` values (the
+    k-th largest value is at least the k-th largest image maximum), so when the (k+1)-th image
+    maximum is strictly smaller the search runs over those ``k`` images alone; channels with
+    a tie there (a dead unit's zeros) search the whole batch.
+    """
+    B, C, HW = xv.shape
+    kk = min(k, B * HW)
+    values = torch.empty(C, kk)
+    rows = torch.empty(C, kk, dtype=torch.long)
+    positions = torch.empty(C, kk, dtype=torch.long)
+    narrow = torch.zeros(C, dtype=torch.bool)
+    if k < B:
+        best, order = per_image_max.t().topk(k + 1, dim=1)  # (C, k+1)
+        narrow = best[:, k] < best[:, k - 1]
+    if bool(narrow.any()):
+        ch = narrow.nonzero()[:, 0]
+        sel = order[ch, :k].sort(dim=1).values  # (Cn, k) rows in batch order: ties stay exact
+        cand = xv[sel, ch[:, None], :].reshape(len(ch), k * HW)  # (Cn, k·HW)
+        local = _exact_topk(cand, kk)
+        values[ch] = cand.gather(1, local)
+        rows[ch] = sel.gather(1, local // HW)
+        positions[ch] = local % HW
+    if not bool(narrow.all()):
+        ch = (~narrow).nonzero()[:, 0]
+        full = xv[:, ch, :].transpose(0, 1).reshape(len(ch), B * HW)  # (Cw, B·HW)
+        local = _exact_topk(full, kk)
+        values[ch] = full.gather(1, local)
+        rows[ch] = local // HW
+        positions[ch] = local % HW
+    return values, rows, positions
+
+
 def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
     """Like :func:`map_batch` but with the hits left unsorted: the streaming scan sorts many
     batches' candidates at once in :func:`merge_many` (fewer, larger operations per batch)."""
@@ -160,27 +198,24 @@ def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: in
         image_indices, order = image_indices.sort()
         x = x[order]
     B, C, H, W = x.shape
-    flat = x.transpose(0, 1).reshape(C, B * H * W)  # (C, B·H·W), image-major then position
-    kk = min(k, B * H * W)
-    idx = _exact_topk(flat, kk)
-    values = flat.gather(1, idx)
-    images = image_indices[idx // (H * W)]
-    positions = idx % (H * W)
-    if kk < k:  # fewer positions in this batch than slots: pad with empty slots
-        pad = LayerState.empty(C, k - kk, (H, W))
+    xv = x.reshape(B, C, H * W)  # every reduction below runs along the contiguous last axis
+    per_image_max = xv.amax(dim=2)  # (B, C)
+    values, rows, positions = _top_hits(xv, per_image_max, k)
+    images = image_indices[rows]
+    if values.shape[1] < k:  # fewer positions in this batch than slots: pad with empty slots
+        pad = LayerState.empty(C, k - values.shape[1], (H, W))
         values = torch.cat([values, pad.values], 1)
         images = torch.cat([images, pad.images], 1)
         positions = torch.cat([positions, pad.positions], 1)
-    per_image_max = flat.view(C, B, H * W).amax(dim=2)  # (C, B): small, cheap to reduce
     return LayerState(
         values=values,
         images=images,
         positions=positions,
-        total=flat.sum(dim=1).double(),  # float32 within a batch (fast), float64 across
-        total_sq=torch.linalg.vector_norm(flat, dim=1).double().square(),
-        maximum=per_image_max.amax(dim=1),
-        positive=_count_positive(flat),
-        fired=(per_image_max > 0).sum(dim=1),
+        total=xv.sum(dim=2).sum(dim=0).double(),  # float32 within a batch (fast), float64 across
+        total_sq=torch.linalg.vector_norm(xv, dim=2).square().sum(dim=0).double(),
+        maximum=per_image_max.amax(dim=0),
+        positive=_count_positive(xv.reshape(B * C, H * W)).view(B, C).sum(dim=0),
+        fired=(per_image_max > 0).sum(dim=0),
         n_images=B,
         grid=(H, W),
     )
