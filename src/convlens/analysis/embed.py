@@ -151,12 +151,16 @@ def _need(module: str, what: str) -> Any:
 
 
 def pca(codes: np.ndarray, dims: int = 2) -> np.ndarray:
-    """Project on the top ``dims`` principal axes; signs fixed so each axis's largest-magnitude
-    loading is positive (the result does not depend on the SVD's sign choice)."""
+    """Project on the top ``dims`` principal axes: eigenvectors of the scatter matrix
+    ``Xc^T Xc`` (or the SVD of ``Xc`` when it has fewer rows than columns), signs fixed so each
+    axis's largest-magnitude loading is positive (the result does not depend on the solver)."""
     x = np.asarray(codes, dtype=np.float64)
     x = x - x.mean(axis=0)
-    _, _, vt = np.linalg.svd(x, full_matrices=False)
-    v = vt[:dims].T  # (D, dims)
+    if x.shape[0] > x.shape[1]:  # tall: the D×D scatter matrix is small, its eigh is cheap
+        w, vecs = np.linalg.eigh(x.T @ x)
+        v = vecs[:, np.argsort(w)[::-1][:dims]]  # (D, dims)
+    else:
+        v = np.linalg.svd(x, full_matrices=False)[2][:dims].T
     signs = np.sign(v[np.abs(v).argmax(axis=0), range(v.shape[1])])
     v = v * np.where(signs == 0, 1.0, signs)
     out = x @ v
