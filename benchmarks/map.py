@@ -75,7 +75,7 @@ def step(name: str, n: int, jobs: int) -> dict[str, Any]:
         from convlens.analysis.embed import embed
 
         embed(x, name, seed=0, n_jobs=jobs)
-        label = {"tsne": f"openTSNE (convlens map), {jobs} thread(s)", "pca": "PCA (numpy SVD)",
+        label = {"tsne": f"openTSNE (convlens map), {jobs} thread(s)", "pca": "PCA (numpy, scatter-matrix eigh)",
                  "umap": "UMAP (umap-learn, incl. numba compilation)"}[name]  # fmt: skip
     seconds = time.perf_counter() - t0
     return {
