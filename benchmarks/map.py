@@ -75,8 +75,11 @@ def step(name: str, n: int, jobs: int) -> dict[str, Any]:
         from convlens.analysis.embed import embed
 
         embed(x, name, seed=0, n_jobs=jobs)
-        label = {"tsne": f"openTSNE (convlens map), {jobs} thread(s)", "pca": "PCA (numpy, scatter-matrix eigh)",
-                 "umap": "UMAP (umap-learn, incl. numba compilation)"}[name]  # fmt: skip
+        label = {
+            "tsne": f"openTSNE (convlens map), {jobs} thread(s)",
+            "pca": "PCA (numpy, scatter-matrix eigh)",
+            "umap": "UMAP (umap-learn, incl. numba compilation)",
+        }[name]
     seconds = time.perf_counter() - t0
     return {
         "step": name, "what": label, "n": len(x), "dims": int(x.shape[1]), "jobs": jobs,
