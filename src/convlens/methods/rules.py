@@ -133,12 +133,16 @@ def backward_rule(model: Model, rule: Rule) -> Iterator[Counter[str]]:
     Yields a counter of what was changed: module names (``relu_1_1``) or functional calls
     (``relu (functional)``), with the number of calls.
     """
-    stack: list[str] = []
+    stack: list[str] = []  # the activation module being run, so calls can be named
+
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
+        stack.pop()
+
     names = {m: n for n, m in model.net.named_modules() if isinstance(m, _MODULES)}
     handles = []
     for module, name in names.items():
         handles.append(module.register_forward_pre_hook(lambda m, a, n=name: stack.append(n)))
-        handles.append(module.register_forward_hook(lambda m, a, o: stack.pop() and None))
+        handles.append(module.register_forward_hook(leave))
     mode = _RuleMode(rule, lambda: stack[-1] if stack else None)
     try:
         with mode:
