@@ -1,15 +1,20 @@
 """Options and helpers shared by several commands.
 
-A command that opens a model declares ``model``, ``arch``, ``fmt``, ``trust_pickle`` and,
-for files that do not say everything (ONNX, TorchScript, Keras without class names), the
-five :data:`ClassesOpt`, :data:`InputSizeOpt`, :data:`MeanOpt`, :data:`StdOpt`,
-:data:`ChannelsOpt`, and passes them all to :func:`open_model`.
+A command that opens a model takes its source (``--model`` or an argument) and is decorated
+with :func:`with_model_flags`, which adds the eight flags every command shares (``--arch``,
+``--format``, ``--trust-pickle`` and, for files that do not say everything, ``--classes``,
+``--input-size``, ``--mean``, ``--std``, ``--channels``) and hands them to the command as one
+:class:`ModelFlags`; ``flags.open(source)`` then calls :func:`open_model`.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
-from typing import Annotated, Any
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -129,3 +134,59 @@ def open_model(
         input_spec=spec or None,
         **options,
     )
+
+
+@dataclass(frozen=True)
+class ModelFlags:
+    """The model-loading flags of one command line."""
+
+    arch: str | None = None
+    fmt: str | None = None
+    trust_pickle: bool = False
+    classes: str | None = None
+    input_size: str | None = None
+    mean: str | None = None
+    std: str | None = None
+    channels: int | None = None
+
+    def open(self, source: str) -> Model:
+        return open_model(
+            source, self.arch, self.fmt, self.trust_pickle, classes=self.classes,
+            input_size=self.input_size, mean=self.mean, std=self.std, channels=self.channels,
+        )  # fmt: skip
+
+
+_FLAG_OPTIONS: dict[str, Any] = {
+    "arch": ArchOpt, "fmt": FormatOpt, "trust_pickle": TrustOpt, "classes": ClassesOpt,
+    "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt,
+}  # fmt: skip
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def with_model_flags(command: F) -> F:
+    """Give ``command`` (which takes ``flags: ModelFlags``) the shared model-loading options.
+
+    Typer reads the signature, so the wrapper's signature is the command's minus ``flags``
+    plus one keyword option per :class:`ModelFlags` field.
+    """
+    base = inspect.signature(command, eval_str=True)
+    names = [f.name for f in fields(ModelFlags)]
+    defaults = ModelFlags()
+    extra = [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, n),
+                          annotation=_FLAG_OPTIONS[n])
+        for n in names
+    ]  # fmt: skip
+    kept = [p for p in base.parameters.values() if p.name != "flags"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        flags = ModelFlags(**{n: kwargs.pop(n, getattr(defaults, n)) for n in names})
+        return command(*args, flags=flags, **kwargs)
+
+    wrapper.__signature__ = base.replace(parameters=kept + extra)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in kept + extra} | {
+        "return": base.return_annotation
+    }
+    return wrapper  # type: ignore[return-value]

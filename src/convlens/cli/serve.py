@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.model import Model
 
@@ -69,6 +69,7 @@ def run_server(
     serve(app, host, port, open_browser=open_browser)
 
 
+@with_model_flags
 def serve_command(
     model: Annotated[
         str,
@@ -100,13 +101,12 @@ def serve_command(
     max_upload_mb: Annotated[
         float | None, typer.Option("--max-upload-mb", help="Largest upload accepted (MiB).")
     ] = None,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Open the web explainer: every layer of MODEL on your images, explanations, units."""
     run_server(
-        open_model(model, arch, fmt, trust_pickle),
+        flags.open(model),
         images=images,
         scan=scan,
         scan_data=scan_data,

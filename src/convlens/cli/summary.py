@@ -8,17 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from convlens.cli.common import (
-    ArchOpt,
-    ChannelsOpt,
-    ClassesOpt,
-    FormatOpt,
-    InputSizeOpt,
-    MeanOpt,
-    StdOpt,
-    TrustOpt,
-    open_model,
-)
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.model import LayerGraph, Model
 
 
@@ -91,24 +81,13 @@ def print_summary(model: Model, console: Console | None = None) -> None:
             console.print(f"[yellow]warning[/yellow]: {lay.name}: {lay.tiling}")
 
 
+@with_model_flags
 def summary(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or a file.")],
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
-    classes: ClassesOpt = None,
-    input_size: InputSizeOpt = None,
-    mean: MeanOpt = None,
-    std: StdOpt = None,
-    channels: ChannelsOpt = None,
+    flags: ModelFlags,
 ) -> None:
     """Print every layer with its output shape, parameters, MACs and receptive field."""
-    print_summary(
-        open_model(
-            model, arch, fmt, trust_pickle,
-            classes=classes, input_size=input_size, mean=mean, std=std, channels=channels,
-        )
-    )  # fmt: skip
+    print_summary(flags.open(model))
 
 
 def register(app: typer.Typer) -> None:
