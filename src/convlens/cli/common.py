@@ -59,9 +59,12 @@ StdOpt = Annotated[
     str | None,
     typer.Option("--std", help="Input std per channel in [0, 1] units, e.g. 0.229,0.224,0.225."),
 ]
+_CHANNELS_HELP = "Input channels: 1 (gray) or 3 (RGB)."
 ChannelsOpt = Annotated[
-    int | None, typer.Option("--channels", help="Input channels: 1 (gray) or 3 (RGB).")
+    int | None, typer.Option("--channels", "--input-channels", help=_CHANNELS_HELP)
 ]
+# For commands whose own --channels means something else (visualize: which units to render).
+InputChannelsOpt = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]
 
 
 def _floats(text: str, flag: str) -> list[float]:
@@ -171,19 +174,25 @@ def with_model_flags(command: F) -> F:
     plus one keyword option per :class:`ModelFlags` field.
     """
     base = inspect.signature(command, eval_str=True)
-    names = [f.name for f in fields(ModelFlags)]
-    defaults = ModelFlags()
-    extra = [
-        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, n),
-                          annotation=_FLAG_OPTIONS[n])
-        for n in names
-    ]  # fmt: skip
     kept = [p for p in base.parameters.values() if p.name != "flags"]
+    own = {p.name for p in kept}
+    defaults = ModelFlags()
+    # flag field -> the wrapper's parameter name; a command's own parameter of the same name
+    # wins, and the flag moves to its alternative (only --channels has one).
+    params = {
+        f.name: f.name if f.name not in own else f"input_{f.name}" for f in fields(ModelFlags)
+    }
+    options = _FLAG_OPTIONS | {"input_channels": InputChannelsOpt}
+    extra = [
+        inspect.Parameter(p, inspect.Parameter.KEYWORD_ONLY, default=getattr(defaults, n),
+                          annotation=options[p])
+        for n, p in params.items()
+    ]  # fmt: skip
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        flags = ModelFlags(**{n: kwargs.pop(n, getattr(defaults, n)) for n in names})
-        return command(*args, flags=flags, **kwargs)
+        values = {n: kwargs.pop(p, getattr(defaults, n)) for n, p in params.items()}
+        return command(*args, flags=ModelFlags(**values), **kwargs)
 
     wrapper.__signature__ = base.replace(parameters=kept + extra)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in kept + extra} | {

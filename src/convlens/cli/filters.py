@@ -7,23 +7,23 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.featurevis.filters import conv_weights, filter_figure, roughness
 from convlens.io.figure import save_png
 
 
+@with_model_flags
 def filters(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or model file.")],
     layer: Annotated[str, typer.Option("--layer", "-l", help="A conv layer (model.graph name).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
     max_filters: Annotated[int, typer.Option(help="Show at most this many filters.")] = 64,
     max_inputs: Annotated[int, typer.Option(help="Deeper layers: input channels shown.")] = 16,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Draw LAYER's kernels (first layer as images, deeper ones per input channel)."""
-    m = open_model(model, arch, fmt, trust_pickle)
+    m = flags.open(model)
     fig = filter_figure(m, layer, max_filters=max_filters, max_inputs=max_inputs)
     save_png(fig, out)
     r = roughness(conv_weights(m, layer))

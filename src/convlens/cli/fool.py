@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.common import ArchOpt, FormatOpt, ModelArg, TrustOpt, open_model
+from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.featurevis.adversarial import fgsm, pgd
 from convlens.io.figure import save_png
 
 
+@with_model_flags
 def fool(
     image: Annotated[Path, typer.Argument(help="Image file to perturb.")],
     model: ModelArg = "demo",
@@ -27,12 +28,11 @@ def fool(
     norm: Annotated[str, typer.Option(help="PGD budget: 'linf' or 'l2'.")] = "linf",
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Figure PNG to write.")] = None,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Perturb IMAGE within a budget so that the model changes its mind."""
-    m = open_model(model, arch, fmt, trust_pickle)
+    m = flags.open(model)
     x = m.load_image(image)
     if method == "fgsm":
         if norm != "linf":

@@ -7,11 +7,12 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.common import ArchOpt, FormatOpt, ModelArg, TrustOpt, open_model
+from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.featurevis.inversion import correlation, inversion_figure, invert_layers
 from convlens.io.figure import save_png
 
 
+@with_model_flags
 def invert(
     image: Annotated[Path, typer.Argument(help="Image file to reconstruct.")],
     layers: Annotated[str, typer.Option("--layers", "-l", help="Comma-separated layer names.")],
@@ -20,12 +21,11 @@ def invert(
     steps: Annotated[int, typer.Option(help="Optimization steps per layer.")] = 300,
     tv: Annotated[float, typer.Option(help="Total-variation prior weight.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Reconstruct IMAGE from each layer's representation (Mahendran & Vedaldi 2015)."""
-    m = open_model(model, arch, fmt, trust_pickle)
+    m = flags.open(model)
     x = m.load_image(image)
     names = [s.strip() for s in layers.split(",") if s.strip()]
     results = invert_layers(m, x, names, steps=steps, tv=tv, seed=seed)

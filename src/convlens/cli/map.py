@@ -26,7 +26,7 @@ from convlens.analysis.embed import (
     scatter_figure,
 )
 from convlens.analysis.scan import skipped_summary
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.cli.scan import DataDirOpt, DatasetOpt, SplitOpt, open_data
 from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir
@@ -41,6 +41,7 @@ PoolOpt = Annotated[
 ]
 
 
+@with_model_flags
 def map_command(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or a file.")],
     dataset: DatasetOpt,
@@ -56,9 +57,8 @@ def map_command(
     jobs: Annotated[int, typer.Option("--jobs", help="Threads for t-SNE (-1: all).")] = 1,
     split: SplitOpt = "train",
     data_dir: DataDirOpt = None,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Embed N images' codes with PCA, t-SNE or UMAP; write a scatter coloured by class and an
     image grid (one image per cell, by optimal assignment)."""
@@ -68,7 +68,7 @@ def map_command(
         raise ConvlensError(f"--grid must be at least 1, got {grid}")
     console = Console(stderr=True)
     ensure_writable_dir(out)
-    net = open_model(model, arch, fmt, trust_pickle)
+    net = flags.open(model)
     data, _ = open_data(net, dataset, split, data_dir)
     status = f"computing codes and the {method} embedding of {min(n, len(data))} images"
     with console.status(status), warnings.catch_warnings(record=True) as caught:
@@ -88,6 +88,7 @@ def map_command(
     )
 
 
+@with_model_flags
 def neighbors_command(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or a file.")],
     image: Annotated[Path, typer.Argument(help="The query image file.")],
@@ -105,14 +106,13 @@ def neighbors_command(
     pool: PoolOpt = "mean",
     split: SplitOpt = "train",
     data_dir: DataDirOpt = None,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Find the data-set images whose codes are nearest to a query image's."""
     if k < 1:
         raise ConvlensError(f"--k must be at least 1, got {k}")
-    net = open_model(model, arch, fmt, trust_pickle)
+    net = flags.open(model)
     data, _ = open_data(net, dataset, split, data_dir)
     query = net.load_image(str(image))
     if use_map is not None:

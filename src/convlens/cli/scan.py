@@ -27,7 +27,7 @@ from rich.table import Table
 from convlens.analysis import ScanResult, load_scan, scan
 from convlens.analysis.patches import write_patch_figures
 from convlens.analysis.report import UnitReport, report_figure, unit_report
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.data import FolderImages, ImageDataset, open_dataset
 from convlens.errors import ConvlensError
 from convlens.io.atomic import write_text_atomic
@@ -117,6 +117,7 @@ def _print_warnings(console: Console, caught: list[warnings.WarningMessage]) -> 
             console.print(f"[yellow]warning[/yellow]: {text}")
 
 
+@with_model_flags
 def scan_command(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or a file.")],
     dataset: DatasetOpt,
@@ -137,14 +138,13 @@ def scan_command(
     patches: Annotated[
         bool, typer.Option("--patches/--no-patches", help="Write the top-patch figures.")
     ] = True,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Stream a data set through a model, keeping each unit's top activations and statistics;
     write the scan (resumable), top-patch figures and a unit report into --out."""
     console = Console(stderr=True)
-    net = open_model(model, arch, fmt, trust_pickle)
+    net = flags.open(model)
     names = [s.strip() for s in layers.split(",") if s.strip()] if layers else default_layers(net)
     data, source = open_data(net, dataset, split, data_dir)
     with warnings.catch_warnings(record=True) as caught:

@@ -7,12 +7,13 @@ from typing import Annotated
 
 import typer
 
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.featurevis.render import parse_channels, render_channels
 from convlens.io.atomic import ensure_writable_dir
 from convlens.io.figure import save_png
 
 
+@with_model_flags
 def visualize(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or model file.")],
     layer: Annotated[str, typer.Option("--layer", "-l", help="Layer name (model.graph).")],
@@ -46,12 +47,11 @@ def visualize(
         float, typer.Option(help="Weight pushing a channel's copies apart (Gram diversity).")
     ] = 0.0,
     seed: Annotated[int, typer.Option(help="Random seed (same seed, same images).")] = 0,
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Render what each channel of LAYER responds to most; writes DIR/<layer>_<c>.png and a grid."""
-    m = open_model(model, arch, fmt, trust_pickle)
+    m = flags.open(model)
     width = m.graph[layer].channels
     chans = parse_channels(channels, width)
     folder = ensure_writable_dir(out)
