@@ -10,8 +10,9 @@ them back to pixels: each pixel gets the mean ``Δ`` of the windows covering it 
 convention), 0 where no window reaches.
 
 All windows of all examples are evaluated in large batched forward passes (``chunk_size``
-images each) under ``torch.inference_mode()``; ``channels_last=True`` runs them in the
-NHWC memory layout, which is faster on some CPUs (see ``benchmarks/explain.py``).
+images each, by default about 3 Mpixels) under ``torch.inference_mode()``, in the NHWC
+(``channels_last``) memory layout, which ran 1.3-2x faster on the 2-core CPU this was
+measured on (``benchmarks/explain.py --sweep``).
 
 On ``nn.Sequential`` chains, ``incremental`` (default ``None``: whenever possible) recomputes
 only each patch's receptive-field cone (:mod:`convlens.methods.incremental`); the result
@@ -71,8 +72,8 @@ class Occlusion(Method):
         stride: int | tuple[int, int] | None = None,
         fill: Fill = "mean",
         measure: Measure = "probability",
-        chunk_size: int = 256,
-        channels_last: bool = False,
+        chunk_size: int | None = None,
+        channels_last: bool = True,
         incremental: bool | None = None,
     ) -> None:
         super().__init__(model)
@@ -83,6 +84,8 @@ class Occlusion(Method):
         )
         if measure not in ("probability", "logit"):
             raise ConvlensError(f"measure must be probability or logit; got {measure!r}")
+        if chunk_size is None:  # about 3 Mpixels per pass: 256 images at 64², 62 at 224²
+            chunk_size = max(16, min(256, 3 * 2**20 // (H * W)))
         if chunk_size < 1:
             raise ConvlensError(f"chunk_size must be at least 1; got {chunk_size}")
         self.fill, self.measure = fill, measure
