@@ -17,19 +17,16 @@ with a mirror or a local file server.
 
 from __future__ import annotations
 
-import hashlib
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from convlens.errors import ConvlensError
-from convlens.io.atomic import atomic_write, ensure_writable_dir
+from convlens.io.download import cache_root, file_digest
+from convlens.io.download import fetch as io_fetch
 from convlens.model.core import Model
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
-CHUNK = 1 << 16
 MAX_BYTES = 64 << 20  # no file of a named model is near this; stop a runaway response
 
 CNN_EXPLAINER_CLASSES = [
@@ -82,56 +79,21 @@ CNN_EXPLAINER_FILES: tuple[RemoteFile, ...] = (
 )
 
 
-def cache_root() -> Path:
-    root = os.environ.get("CONVLENS_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "convlens"
-    )
-    return Path(root)
-
-
 def model_cache(name: str) -> Path:
     return cache_root() / "models" / name
-
-
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def known_classes(model_json: Path) -> list[str] | None:
     """Class names of a published model recognised by its ``model.json`` checksum."""
     try:
-        return CNN_EXPLAINER_CLASSES if sha256_file(model_json) == MODEL_JSON_SHA256 else None
+        return CNN_EXPLAINER_CLASSES if file_digest(model_json) == MODEL_JSON_SHA256 else None
     except OSError:
         return None
 
 
 def fetch(url: str, target: Path, sha256: str, timeout: float = 30.0) -> Path:
     """``url`` saved at ``target`` once its SHA-256 matched; a matching file is kept as is."""
-    if target.is_file() and sha256_file(target) == sha256:
-        return target
-    ensure_writable_dir(target.parent)
-    digest, size = hashlib.sha256(), 0
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, atomic_write(target) as out:
-            for chunk in iter(lambda: resp.read(CHUNK), b""):
-                size += len(chunk)
-                if size > MAX_BYTES:
-                    raise ConvlensError(f"{url} is larger than {MAX_BYTES} bytes; not kept")
-                digest.update(chunk)
-                out.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise ConvlensError(
-                    f"download of {url} has SHA-256 {digest.hexdigest()}, expected {sha256}: "
-                    "the file is damaged or not the published one; nothing was kept"
-                )
-    except (urllib.error.URLError, OSError, TimeoutError, ValueError) as e:
-        reason = getattr(e, "reason", None) or e
-        raise ConvlensError(f"cannot download {url}: {reason}") from None
-    return target
+    return io_fetch(url, target, sha256, max_bytes=MAX_BYTES, timeout=timeout)
 
 
 def ensure_cnn_explainer(download: bool, base_url: str | None = None) -> Path:
