@@ -13,7 +13,7 @@ import torch
 import typer
 from rich.table import Table
 
-from convlens.cli.common import ArchOpt, FormatOpt, TrustOpt, open_model
+from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.cli.summary import wide_console
 from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir
@@ -71,6 +71,7 @@ def prediction_caption(model: Model, probs: torch.Tensor, target: int | None) ->
     return text
 
 
+@with_model_flags
 def explain(
     images: Annotated[list[Path], typer.Argument(help="Image files to explain.")],
     model: Annotated[
@@ -95,12 +96,11 @@ def explain(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the PNGs.")] = Path(
         "explanations"
     ),
-    arch: ArchOpt = None,
-    fmt: FormatOpt = None,
-    trust_pickle: TrustOpt = False,
+    *,
+    flags: ModelFlags,
 ) -> None:
     """Explain the model's prediction for each image with one or more attribution methods."""
-    m = open_model(model, arch, fmt, trust_pickle)
+    m = flags.open(model)
     names = [s.strip() for s in method.split(",") if s.strip()]
     if not names:
         raise ConvlensError(f"no method given; choose from: {', '.join(METHODS.names())}")
