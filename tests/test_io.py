@@ -164,6 +164,16 @@ def test_figures_have_the_expected_sizes(tmp_path: Path) -> None:
     assert Image.open(tmp_path / "g.png").size == g.size
 
 
+def test_gray_figures_are_stored_as_gray(tmp_path: Path) -> None:
+    gray = Image.fromarray(np.repeat(np.arange(64, dtype=np.uint8).reshape(8, 8, 1), 3, axis=2))
+    save_png(gray, tmp_path / "g.png")
+    back = Image.open(tmp_path / "g.png")
+    assert back.mode == "L" and np.array_equal(np.asarray(back), np.asarray(gray)[..., 0])
+    colour = Image.new("RGB", (4, 4), (255, 0, 0))
+    save_png(colour, tmp_path / "c.png")
+    assert Image.open(tmp_path / "c.png").mode == "RGB"
+
+
 def test_atomic_write_leaves_nothing_on_failure(tmp_path: Path) -> None:
     target = tmp_path / "out.txt"
     target.write_text("old")
