@@ -309,3 +309,15 @@ def test_copies_with_diversity_differ_more(tiny_vgg: Model) -> None:
     assert spread > float(fv.evaluate(tiny_vgg, term, plain.images).mean())
     with pytest.raises(ConvlensError, match="diversity weight"):
         fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=-1.0, steps=1)
+
+
+def test_render_result_displays_as_png_in_notebooks(tiny_vgg: Model) -> None:
+    import io as _io
+
+    from PIL import Image
+
+    from convlens.featurevis import objectives, render
+
+    result = render(tiny_vgg, objectives.channel("conv_1_1", [0, 1]), steps=2, seed=0)
+    png = result._repr_png_()
+    assert Image.open(_io.BytesIO(png)).size == result.figure(result.objective).size

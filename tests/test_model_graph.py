@@ -148,3 +148,10 @@ def test_model_normalizes_inside_forward() -> None:
     assert torch.allclose(model(x), model.net((x - 0.5) / 0.25))
     with pytest.raises(ConvlensError, match=r"\(B, 3, H, W\)"):
         model(torch.rand(2, 1, 8, 8))
+
+
+def test_notebook_html_lists_every_layer() -> None:
+    model = build("tiny-vgg:input_size=9,blocks=1")
+    page = model._repr_html_()
+    assert page.count("<tr>") == len(model.graph) + 1  # header + one row per layer
+    assert "does not tile" in page and "1,600 parameters" in page

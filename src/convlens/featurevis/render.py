@@ -32,7 +32,7 @@ from convlens.errors import ConvlensError
 from convlens.featurevis import objectives as obj
 from convlens.featurevis.param import ImageParam, image_param
 from convlens.featurevis.transforms import Compose, standard_transforms, strong_transforms
-from convlens.io.figure import grid
+from convlens.io.figure import grid, png_bytes
 from convlens.model.core import Model
 from convlens.probe import capture, preserved_modes
 
@@ -51,6 +51,10 @@ class RenderResult:
     def figure(self, title: str = "", ncols: int = 5, cell_size: int = 112) -> Image.Image:
         """A labelled grid of the images."""
         return grid(list(self.images), ncols, self.labels, title=title, cell_size=cell_size)
+
+    def _repr_png_(self) -> bytes:
+        """Notebooks show a render as its labelled grid."""
+        return png_bytes(self.figure(self.objective))
 
 
 # ---------------------------------------------------------------- ReLU gradient override

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -151,6 +152,35 @@ class Model(nn.Module):
             "classes": self.classes,
             "outputs": self.outputs,
         }
+
+    def _repr_html_(self) -> str:
+        """The layer table, for notebooks (Jupyter calls this to display a Model)."""
+        graph = self.graph
+        head = ("layer", "type", "output", "params", "MACs", "receptive field")
+        rows = []
+        for lay in graph:
+            rf = (
+                ""
+                if lay.rf is None
+                else "global"
+                if lay.rf.is_global
+                else "×".join(map(str, lay.rf.size))
+            )
+            cells = (lay.name + (" ⚠ does not tile" if lay.tiling else ""), lay.op,
+                     "×".join(map(str, lay.output_shape)), f"{lay.params:,}" if lay.params else "",
+                     f"{lay.macs:,}" if lay.macs else "", rf)  # fmt: skip
+            rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        title = html.escape(
+            f"{self.name}: input {'×'.join(map(str, self.spec.shape))}, {len(self.classes)} "
+            f"classes, {graph.total_params:,} parameters, {graph.total_macs:,} MACs per image"
+        )
+        return (
+            f"<table><caption>{title}</caption><thead><tr>"
+            + "".join(f"<th>{h}</th>" for h in head)
+            + "</tr></thead><tbody>"
+            + "".join(rows)
+            + "</tbody></table>"
+        )
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input={self.spec.shape}, classes={len(self.classes)}"
