@@ -194,10 +194,10 @@ def grid(
     return caption(out, title, size=14) if title else out
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    """PNG-encode ``image``; an RGB picture whose pixels are all gray is stored as 8-bit gray,
-    a third of the size (grids of Fashion-MNIST images)."""
-    if image.mode == "RGB":
+def png_bytes(image: Image.Image, *, compact_gray: bool = False) -> bytes:
+    """PNG-encode ``image`` in its own mode; with ``compact_gray``, an RGB picture whose pixels
+    are all gray is stored as 8-bit gray, a third of the size (grids of Fashion-MNIST images)."""
+    if compact_gray and image.mode == "RGB":
         arr = np.asarray(image)
         if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 1] == arr[..., 2]).all():
             image = image.convert("L")
@@ -207,8 +207,9 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def save_png(image: Image.Image | torch.Tensor, path: str | os.PathLike[str]) -> None:
-    """Write a PNG atomically (temporary file, then rename)."""
-    write_bytes_atomic(path, png_bytes(to_pil(image)))
+    """Write a figure as a PNG atomically (temporary file, then rename); an all-gray figure is
+    stored as 8-bit gray."""
+    write_bytes_atomic(path, png_bytes(to_pil(image), compact_gray=True))
 
 
 def bars(
