@@ -2,7 +2,7 @@
 // input; keep earlier results side by side to compare methods.
 import { explain } from './api.js';
 import { makeScale } from './color.js';
-import { el, paintMap } from './render.js';
+import { el, legend, paintMap } from './render.js';
 import * as store from './store.js';
 
 const MAX_CARDS = 6;
@@ -40,7 +40,7 @@ function resultCard(res) {
   const scale = makeScale(res.signed ? Math.min(lo, -1e-12) : lo, hi, { mode: 'neuron' });
   const map = paintMap(el('canvas', { class: 'pixelated', style: { width: '150px', height: `${150 * H / W}px` } }), res.map, 0, scale);
   return el('div', { class: 'card explain-card', 'data-method': res.method },
-    el('img', { src: res.overlay, alt: `${res.method} overlay` }), map,
+    el('img', { src: res.overlay, alt: `${res.method} overlay` }), map, legend(scale, 150),
     el('div', {}, el('b', {}, res.method), ` → ${res.target_name}`),
     el('div', { class: 'muted' }, `${res.layer ? `layer ${res.layer} · ` : ''}${res.signed ? 'signed' : 'non-negative'}${res.seconds !== undefined ? ` · ${res.seconds.toFixed(2)} s` : ''}`));
 }
