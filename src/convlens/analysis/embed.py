@@ -124,16 +124,13 @@ def compute_codes(
 ) -> torch.Tensor:
     """Codes ``(N, D)`` of the images ``indices``: ``layer``'s output, pooled over space
     (an unreadable image is an error here; :func:`read_codes` skips them)."""
-    name = layer or code_layer(model)
-    parts = []
-    with capture(model, [name]) as cap, torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            images, _ = dataset.get(list(indices[start : start + batch_size]))
-            model(images)
-            parts.append(_pool(cap[name].float(), pool))
-    if not parts:
+    if len(indices) == 0:
         raise ConvlensError("no images to compute codes for")
-    return torch.cat(parts)
+    codes, _, _, skipped = read_codes(model, dataset, indices, layer, pool, batch_size)
+    if skipped:
+        names = ", ".join(str(s["name"]) for s in skipped[:3])
+        raise ConvlensError(f"{len(skipped)} image(s) could not be read: {names}")
+    return codes
 
 
 # --------------------------------------------------------------------------- embeddings
