@@ -27,7 +27,7 @@ def test_summary_flags_a_window_that_does_not_tile(capsys: pytest.CaptureFixture
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["summary", "tiny-vg"], "tiny-vgg"),
+        (["summary", "tiny-vg"], "Did you mean 'tiny-vgg'"),
         (["summary", "no/such/file.pt"], "does not exist"),
         (["summary", "tiny-vgg:width=ten"], "must be a"),
     ],

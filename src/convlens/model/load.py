@@ -6,6 +6,7 @@ The API, the CLI's ``--model`` and the web app all call :func:`load_model`.
 
 from __future__ import annotations
 
+import difflib
 import os
 import zipfile
 from collections.abc import Callable
@@ -151,13 +152,21 @@ def formats_help() -> str:
     return "; ".join(f"{name}: {fmt.description}" for name, fmt in FORMATS.items())
 
 
+# Names that are not zoo architectures but load by name (formats register them too).
+NAMED_MODELS = ("demo", "cnn-explainer")
+
+
 def detect_format(source: str) -> str:
     for name, fmt in FORMATS.items():
         if fmt.detect(source):
             return name
     if not Path(source).exists() and ("/" in source or "." in Path(source).name):
         raise ConvlensError(f"model file {source!r} does not exist")
-    raise ConvlensError(f"cannot tell what kind of model {source!r} is. Accepted: {formats_help()}")
+    close = difflib.get_close_matches(source.partition(":")[0], [*ZOO.names(), *NAMED_MODELS])
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ConvlensError(
+        f"cannot tell what kind of model {source!r} is.{hint} Accepted: {formats_help()}"
+    )
 
 
 def _apply_overrides(model: Model, opts: LoadOptions) -> Model:
