@@ -125,18 +125,35 @@ def decode_image(
     return img
 
 
+_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
 def fit_to_spec(img: Image.Image, spec: InputSpec) -> Image.Image:
-    """Resize (and crop) ``img`` to the spec's size and convert it to its channels."""
+    """Resize (and crop) ``img`` to the spec's size and convert it to its channels.
+
+    With ``spec.resize_size`` the shorter side goes to that size first and the centre is cut
+    out, torchvision's ``Resize`` + ``CenterCrop`` (Pillow's filters antialias when shrinking,
+    as torchvision's do on Pillow images).
+    """
     img = img.convert(spec.color_mode)
     target = (spec.width, spec.height)
+    resample = _FILTERS[spec.interpolation]
     if img.size == target:
         return img
     if spec.resize == "stretch":
-        return img.resize(target, Image.Resampling.BICUBIC)
+        return img.resize(target, resample)
     w, h = img.size
+    if spec.resize_size is not None:
+        # torchvision: the shorter side gets exactly resize_size, the longer int(size × ratio),
+        # and the crop's corner is the rounded half of the margin
+        size = spec.resize_size
+        new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        img = img.resize((new_w, new_h), resample)
+        left, top = round((new_w - spec.width) / 2), round((new_h - spec.height) / 2)
+        return img.crop((left, top, left + spec.width, top + spec.height))
     scale = max(spec.width / w, spec.height / h)
     new_w, new_h = max(spec.width, round(w * scale)), max(spec.height, round(h * scale))
-    img = img.resize((new_w, new_h), Image.Resampling.BICUBIC)
+    img = img.resize((new_w, new_h), resample)
     left, top = (new_w - spec.width) // 2, (new_h - spec.height) // 2
     return img.crop((left, top, left + spec.width, top + spec.height))
 

@@ -7,13 +7,15 @@ visualizations and adversarial budgets are all in plain pixel units.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from convlens.errors import ConvlensError
 
 ResizePolicy = Literal["shorter-side-crop", "stretch"]
 RESIZE_POLICIES: tuple[str, ...] = ("shorter-side-crop", "stretch")
+Interpolation = Literal["bicubic", "bilinear"]
+INTERPOLATIONS: tuple[str, ...] = ("bicubic", "bilinear")
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,10 @@ class InputSpec:
 
     ``resize`` says how an arbitrary image becomes ``height × width``: ``shorter-side-crop``
     scales it until it covers the target and crops the centre (aspect ratio kept),
-    ``stretch`` resizes to the target directly.
+    ``stretch`` resizes to the target directly. ``resize_size`` (with ``shorter-side-crop``)
+    first scales the shorter side to that many pixels and then crops the centre, as
+    torchvision's ``Resize(256)`` + ``CenterCrop(224)`` evaluation transform does;
+    ``interpolation`` is the (antialiased) resampling filter.
 
     >>> InputSpec(channels=1, height=28, width=28).color_mode
     'L'
@@ -34,6 +39,8 @@ class InputSpec:
     mean: tuple[float, ...] = field(default=(0.0,))
     std: tuple[float, ...] = field(default=(1.0,))
     resize: ResizePolicy = "shorter-side-crop"
+    resize_size: int | None = None
+    interpolation: Interpolation = "bicubic"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -55,6 +62,16 @@ class InputSpec:
             raise ConvlensError(
                 f"unknown resize policy {self.resize!r}; accepted: {', '.join(RESIZE_POLICIES)}"
             )
+        if self.resize_size is not None and self.resize_size < max(self.height, self.width):
+            raise ConvlensError(
+                f"resize_size {self.resize_size} is smaller than the {self.height}×{self.width} "
+                "crop; accepted: at least the larger side, or none"
+            )
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConvlensError(
+                f"unknown interpolation {self.interpolation!r}; accepted: "
+                + ", ".join(INTERPOLATIONS)
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -72,7 +89,7 @@ class InputSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> InputSpec:
-        known = {"channels", "height", "width", "mean", "std", "resize"}
+        known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ConvlensError(
@@ -86,6 +103,8 @@ class InputSpec:
                 mean=tuple(d.get("mean", (0.0,))),
                 std=tuple(d.get("std", (1.0,))),
                 resize=d.get("resize", "shorter-side-crop"),
+                resize_size=None if d.get("resize_size") is None else int(d["resize_size"]),
+                interpolation=d.get("interpolation", "bicubic"),
             )
         except KeyError as e:
             raise ConvlensError(f"input spec is missing {e.args[0]!r}") from None
