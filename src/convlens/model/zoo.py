@@ -3,8 +3,12 @@
 ``tiny-vgg`` is exactly the network of CNN Explainer (Wang et al., VIS 2020): blocks of
 conv3×3-ReLU-conv3×3-ReLU-maxpool2 with valid padding and 10 filters, then flatten and one
 linear layer, with the same layer names. ``alexnet`` follows the single-stream layer sizes of
-Krizhevsky et al. (2012) on 227×227; ``vgg16`` and ``resnet18`` use torchvision's module names,
-so torchvision's state dicts load into them unchanged.
+Krizhevsky et al. (2012) on 227×227; ``alexnet:variant=owt`` is the network torchvision ships
+and publishes weights for (Krizhevsky's "one weird trick" revision, 2014: 64-192-384-256-256
+filters, no local response normalization). ``vgg16``, ``resnet18``, ``resnet50``,
+``mobilenet_v2`` and ``mobilenet_v3_small`` use torchvision's module names, shapes and
+batch-norm settings, so torchvision's published state dicts load into them unchanged (see
+:mod:`convlens.model.pretrained`).
 
 A name may carry arguments: ``tiny-vgg:in_channels=1,input_size=28``.
 """
@@ -144,28 +148,288 @@ class BasicBlock(nn.Module):
         return self.relu2(out + identity)
 
 
-class ResNet18(nn.Module):
-    """ResNet-18 (He et al., 2016), torchvision's module names; ``width`` scales every stage."""
+class Bottleneck(nn.Module):
+    """ResNet's 1×1-3×3-1×1 residual block with 4× expansion (He et al., 2016), as torchvision
+    builds it: the stride sits on the 3×3 conv ("ResNet v1.5"), which its weights assume."""
 
-    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> None:
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        cout = planes * self.expansion
+        self.conv1 = nn.Conv2d(cin, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample: nn.Module | None = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return self.relu3(out + identity)
+
+
+class ResNet(nn.Module):
+    """ResNet (He et al., 2016) with torchvision's module names: a 7×7 stem, four stages of
+    ``depths`` residual blocks (the first of stages 2-4 halves the grid), global average pool
+    and one linear layer. ``width`` is the stem's channel count; each stage doubles it."""
+
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        depths: tuple[int, int, int, int],
+        num_classes: int = 1000,
+        in_channels: int = 3,
+        width: int = 64,
+    ) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        w1, w2, w3, w4 = width, width * 2, width * 4, width * 8
-        self.layer1 = nn.Sequential(BasicBlock(w1, w1), BasicBlock(w1, w1))
-        self.layer2 = nn.Sequential(BasicBlock(w1, w2, 2), BasicBlock(w2, w2))
-        self.layer3 = nn.Sequential(BasicBlock(w2, w3, 2), BasicBlock(w3, w3))
-        self.layer4 = nn.Sequential(BasicBlock(w3, w4, 2), BasicBlock(w4, w4))
+        expansion = getattr(block, "expansion", 1)
+        channels = width
+        stages: list[nn.Sequential] = []
+        for i, depth in enumerate(depths):
+            planes, stride = width * 2**i, 1 if i == 0 else 2
+            blocks = []
+            for j in range(depth):
+                blocks.append(block(channels, planes, stride if j == 0 else 1))
+                channels = planes * expansion
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(w4, num_classes)
+        self.fc = nn.Linear(channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
         return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class ResNet18(ResNet):
+    """ResNet-18: two basic blocks per stage, 11,689,512 parameters at 1,000 classes."""
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width)
+
+
+class ResNet50(ResNet):
+    """ResNet-50: 3-4-6-3 bottleneck blocks, 25,557,032 parameters at 1,000 classes."""
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, width: int = 64) -> None:
+        super().__init__(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, width)
+
+
+class AlexNetOWT(nn.Module):
+    """AlexNet as torchvision ships it: the single-GPU revision of Krizhevsky's "One weird trick
+    for parallelizing convolutional neural networks" (2014), 64-192-384-256-256 filters, no
+    local response normalization, an adaptive 6×6 average pool before the classifier;
+    61,100,840 parameters at 1,000 classes."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+            nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(3, 2),
+        )  # fmt: skip
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+            nn.Dropout(dropout), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
+            nn.Linear(4096, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """``value`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``), never
+    more than 10 % below it: MobileNet's channel rounding, which fixes its layer widths."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+class ConvNormAct(nn.Sequential):
+    """Conv (no bias, "same" padding) → batch norm → activation, named ``0``, ``1``, ``2`` like
+    torchvision's ``Conv2dNormActivation``; ``activation=None`` leaves the third out."""
+
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation: type[nn.Module] | None = nn.ReLU6,
+        bn_eps: float = 1e-5,
+        bn_momentum: float = 0.1,
+    ) -> None:
+        layers: list[nn.Module] = [
+            nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout, eps=bn_eps, momentum=bn_momentum),
+        ]
+        if activation is not None:
+            layers.append(activation(inplace=True))
+        super().__init__(*layers)
+
+
+class InvertedResidualV2(nn.Module):
+    """MobileNetV2's block (Sandler et al., 2018): 1×1 expansion by ``expand`` (ReLU6), 3×3
+    depthwise (ReLU6), linear 1×1 projection; the input is added back when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res_connect = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers.append(ConvNormAct(cin, hidden, kernel=1))
+        layers += [
+            ConvNormAct(hidden, hidden, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv(x) if self.use_res_connect else self.conv(x)
+
+
+# (expansion t, channels c, repeats n, first stride s), Table 2 of Sandler et al. (2018)
+_MOBILENET_V2_CFG = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                     (6, 160, 3, 2), (6, 320, 1, 1))  # fmt: skip
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 at width 1.0, torchvision's layout (``features.N.conv...``, ``classifier.1``):
+    3,504,872 parameters at 1,000 classes."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        channels = 32
+        layers: list[nn.Module] = [ConvNormAct(3, channels, stride=2)]
+        for t, c, n, s in _MOBILENET_V2_CFG:
+            for i in range(n):
+                layers.append(InvertedResidualV2(channels, c, s if i == 0 else 1, t))
+                channels = c
+        layers.append(ConvNormAct(channels, 1280, kernel=1))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(1280, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class SqueezeExcitation(nn.Module):
+    """Squeeze-and-excitation (Hu et al., 2018) as MobileNetV3 uses it: global average,
+    1×1 conv down to ``make_divisible(c / 4)``, ReLU, 1×1 conv back, hard sigmoid, and the
+    input scaled channel by channel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        squeeze = make_divisible(channels // 4)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.activation = nn.ReLU()
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.scale_activation = nn.Hardsigmoid()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = self.fc2(self.activation(self.fc1(self.avgpool(x))))
+        return self.scale_activation(scale) * x
+
+
+def _v3_conv(
+    cin: int,
+    cout: int,
+    kernel: int = 1,
+    stride: int = 1,
+    groups: int = 1,
+    activation: type[nn.Module] | None = nn.Hardswish,
+) -> ConvNormAct:
+    """MobileNetV3's conv unit: its batch norm has eps 0.001 and momentum 0.01 (the published
+    weights were trained so, and eps enters every prediction)."""
+    return ConvNormAct(cin, cout, kernel, stride, groups, activation, bn_eps=1e-3, bn_momentum=0.01)
+
+
+class InvertedResidualV3(nn.Module):
+    """MobileNetV3's bottleneck (Howard et al., 2019): optional 1×1 expansion, depthwise
+    ``kernel``×``kernel`` conv, optional squeeze-excitation, linear 1×1 projection; ``hs``
+    picks hard swish over ReLU."""
+
+    def __init__(
+        self, cin: int, kernel: int, hidden: int, cout: int, se: bool, hs: bool, stride: int
+    ) -> None:
+        super().__init__()
+        act: type[nn.Module] = nn.Hardswish if hs else nn.ReLU
+        self.use_res_connect = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if hidden != cin:
+            layers.append(_v3_conv(cin, hidden, activation=act))
+        layers.append(_v3_conv(hidden, hidden, kernel, stride, groups=hidden, activation=act))
+        if se:
+            layers.append(SqueezeExcitation(hidden))
+        layers.append(_v3_conv(hidden, cout, activation=None))
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.block(x)
+        return out + x if self.use_res_connect else out
+
+
+# (in, kernel, expanded, out, squeeze-excite, hard swish, stride): Table 2 of Howard et al.
+_MOBILENET_V3_SMALL_CFG = (
+    (16, 3, 16, 16, True, False, 2), (16, 3, 72, 24, False, False, 2),
+    (24, 3, 88, 24, False, False, 1), (24, 5, 96, 40, True, True, 2),
+    (40, 5, 240, 40, True, True, 1), (40, 5, 240, 40, True, True, 1),
+    (40, 5, 120, 48, True, True, 1), (48, 5, 144, 48, True, True, 1),
+    (48, 5, 288, 96, True, True, 2), (96, 5, 576, 96, True, True, 1),
+    (96, 5, 576, 96, True, True, 1),
+)  # fmt: skip
+
+
+class MobileNetV3Small(nn.Module):
+    """MobileNetV3-Small at width 1.0, torchvision's layout (``features.N.block...``,
+    ``classifier.0``/``classifier.3``): 2,542,856 parameters at 1,000 classes."""
+
+    def __init__(self, num_classes: int = 1000, dropout: float = 0.2) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_v3_conv(3, 16, kernel=3, stride=2)]
+        layers += [InvertedResidualV3(*cfg) for cfg in _MOBILENET_V3_SMALL_CFG]
+        layers.append(_v3_conv(96, 576))
+        self.features = nn.Sequential(*layers)
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Sequential(
+            nn.Linear(576, 1024), nn.Hardswish(inplace=True), nn.Dropout(dropout),
+            nn.Linear(1024, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
 
 
 def _imagenet_spec(size: int) -> InputSpec:
@@ -182,9 +446,25 @@ ZOO.add("tiny-vgg", ZooEntry(
     {"in_channels": 3, "input_size": 64, "num_classes": 10, "width": 10, "blocks": 2,
      "padding": 0},
 ))  # fmt: skip
+ALEXNET_VARIANTS = ("2012", "owt")
+
+
+def _make_alexnet(variant: str = "2012", **args: Any) -> tuple[nn.Module, InputSpec]:
+    """``variant=2012``: the paper's one-stream net on 227×227 (the lecture's arithmetic);
+    ``variant=owt``: torchvision's revision on 224×224, the one with published weights."""
+    if variant == "2012":
+        return alexnet(**args), _imagenet_spec(227)
+    if variant == "owt":
+        return AlexNetOWT(**args), _imagenet_spec(224)
+    raise ConvlensError(
+        f"unknown alexnet variant {variant!r}; accepted: {', '.join(ALEXNET_VARIANTS)}"
+    )
+
+
 ZOO.add("alexnet", ZooEntry(
-    lambda **a: (alexnet(**a), _imagenet_spec(227)),
-    "AlexNet (2012), single stream, 227×227", {"num_classes": 1000, "dropout": 0.5},
+    _make_alexnet,
+    "AlexNet (2012), single stream, 227×227; variant=owt: torchvision's 224×224 revision",
+    {"num_classes": 1000, "dropout": 0.5, "variant": "2012"},
 ))  # fmt: skip
 ZOO.add("vgg16", ZooEntry(
     lambda **a: (VGG16(**a), _imagenet_spec(224)), "VGG-16, 224×224",
@@ -192,17 +472,37 @@ ZOO.add("vgg16", ZooEntry(
 ))  # fmt: skip
 
 
-def _make_resnet18(**args: Any) -> tuple[nn.Module, InputSpec]:
-    size = int(args.pop("input_size", 224))
-    channels = int(args.get("in_channels", 3))
-    spec = _imagenet_spec(size) if channels == 3 else InputSpec(channels, size, size)
-    return ResNet18(**args), spec
+def _resnet_maker(cls: type[ResNet]) -> Callable[..., tuple[nn.Module, InputSpec]]:
+    def make(**args: Any) -> tuple[nn.Module, InputSpec]:
+        size = int(args.pop("input_size", 224))
+        channels = int(args.get("in_channels", 3))
+        spec = _imagenet_spec(size) if channels == 3 else InputSpec(channels, size, size)
+        return cls(**args), spec
+
+    return make
 
 
-ZOO.add("resnet18", ZooEntry(
-    _make_resnet18, "ResNet-18, 224×224",
-    {"num_classes": 1000, "in_channels": 3, "width": 64, "input_size": 224},
-))  # fmt: skip
+_RESNET_ARGS = {"num_classes": 1000, "in_channels": 3, "width": 64, "input_size": 224}
+ZOO.add("resnet18", ZooEntry(_resnet_maker(ResNet18), "ResNet-18, 224×224", _RESNET_ARGS))
+ZOO.add("resnet50", ZooEntry(
+    _resnet_maker(ResNet50), "ResNet-50 (bottleneck blocks), 224×224", _RESNET_ARGS))  # fmt: skip
+
+
+def _mobilenet_maker(cls: type[nn.Module]) -> Callable[..., tuple[nn.Module, InputSpec]]:
+    def make(**args: Any) -> tuple[nn.Module, InputSpec]:
+        size = int(args.pop("input_size", 224))
+        return cls(**args), _imagenet_spec(size)
+
+    return make
+
+
+_MOBILENET_ARGS = {"num_classes": 1000, "dropout": 0.2, "input_size": 224}
+ZOO.add("mobilenet_v2", ZooEntry(
+    _mobilenet_maker(MobileNetV2), "MobileNetV2 (inverted residuals), 224×224",
+    _MOBILENET_ARGS))  # fmt: skip
+ZOO.add("mobilenet_v3_small", ZooEntry(
+    _mobilenet_maker(MobileNetV3Small),
+    "MobileNetV3-Small (squeeze-excitation, hard swish), 224×224", _MOBILENET_ARGS))  # fmt: skip
 
 
 def _coerce(value: str, default: Any) -> Any:
