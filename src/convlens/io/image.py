@@ -9,6 +9,7 @@ an animation, and turns any mode (CMYK, 16-bit, palette, alpha, gray) into 8-bit
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from dataclasses import dataclass
@@ -145,9 +146,12 @@ def fit_to_spec(img: Image.Image, spec: InputSpec) -> Image.Image:
     w, h = img.size
     if spec.resize_size is not None:
         # torchvision: the shorter side gets exactly resize_size, the longer int(size × ratio),
-        # and the crop's corner is the rounded half of the margin
-        size = spec.resize_size
+        # and the crop's corner is the rounded half of the margin; a size too small to cover
+        # the target (after an --input-size override) grows until it does
+        cover = math.ceil(min(w, h) * max(spec.width / w, spec.height / h))
+        size = max(spec.resize_size, cover)
         new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+        new_w, new_h = max(new_w, spec.width), max(new_h, spec.height)
         img = img.resize((new_w, new_h), resample)
         left, top = round((new_w - spec.width) / 2), round((new_h - spec.height) / 2)
         return img.crop((left, top, left + spec.width, top + spec.height))

@@ -25,8 +25,9 @@ class InputSpec:
     ``resize`` says how an arbitrary image becomes ``height × width``: ``shorter-side-crop``
     scales it until it covers the target and crops the centre (aspect ratio kept),
     ``stretch`` resizes to the target directly. ``resize_size`` (with ``shorter-side-crop``)
-    first scales the shorter side to that many pixels and then crops the centre, as
-    torchvision's ``Resize(256)`` + ``CenterCrop(224)`` evaluation transform does;
+    first scales the shorter side to that many pixels (or more, when that would not cover the
+    target) and then crops the centre, as torchvision's ``Resize(256)`` + ``CenterCrop(224)``
+    evaluation transform does;
     ``interpolation`` is the (antialiased) resampling filter.
 
     >>> InputSpec(channels=1, height=28, width=28).color_mode
@@ -62,11 +63,8 @@ class InputSpec:
             raise ConvlensError(
                 f"unknown resize policy {self.resize!r}; accepted: {', '.join(RESIZE_POLICIES)}"
             )
-        if self.resize_size is not None and self.resize_size < max(self.height, self.width):
-            raise ConvlensError(
-                f"resize_size {self.resize_size} is smaller than the {self.height}×{self.width} "
-                "crop; accepted: at least the larger side, or none"
-            )
+        if self.resize_size is not None and self.resize_size < 1:
+            raise ConvlensError(f"resize_size must be positive or none, got {self.resize_size}")
         if self.interpolation not in INTERPOLATIONS:
             raise ConvlensError(
                 f"unknown interpolation {self.interpolation!r}; accepted: "
