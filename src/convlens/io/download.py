@@ -17,6 +17,7 @@ from convlens.errors import ConvlensError
 from convlens.io.atomic import atomic_write, ensure_writable_dir
 
 CHUNK = 1 << 20
+MIN_PREFIX = 8  # hex digits of a checksum prefix: 32 bits, as torch.hub's file names carry
 _NAMES = {"md5": "MD5", "sha256": "SHA-256"}
 
 
@@ -45,14 +46,25 @@ def fetch(
     algorithm: str = "sha256",
     max_bytes: int | None = None,
     timeout: float = 30.0,
+    prefix: bool = False,
 ) -> Path:
     """``url`` saved at ``target`` once its digest equals ``expected``; a matching file already
-    at ``target`` is kept as is.
+    at ``target`` is kept as is. With ``prefix=True`` the digest must start with ``expected``
+    (at least 8 hex digits): publishers such as the PyTorch project put the first digits of
+    each file's SHA-256 in its name, and that is all they publish of it.
 
     Raises :class:`ConvlensError` when the server cannot be reached, the response is larger
     than ``max_bytes`` or the digest differs; nothing is left at ``target`` in those cases.
     """
-    if target.is_file() and file_digest(target, algorithm) == expected:
+    if prefix and len(expected) < MIN_PREFIX:
+        raise ConvlensError(
+            f"a checksum prefix needs at least {MIN_PREFIX} hex digits, got {expected!r}"
+        )
+
+    def matches(digest: str) -> bool:
+        return digest.startswith(expected) if prefix else digest == expected
+
+    if target.is_file() and matches(file_digest(target, algorithm)):
         return target
     ensure_writable_dir(target.parent)
     digest, size = hashlib.new(algorithm, usedforsecurity=False), 0
@@ -64,11 +76,12 @@ def fetch(
                     raise ConvlensError(f"{url} is larger than {max_bytes} bytes; not kept")
                 digest.update(chunk)
                 out.write(chunk)
-            if digest.hexdigest() != expected:
+            if not matches(digest.hexdigest()):
                 name = _NAMES.get(algorithm, algorithm)
+                wanted = f"one starting with {expected}" if prefix else expected
                 raise ConvlensError(
                     f"download of {url} has {name} checksum {digest.hexdigest()}, expected "
-                    f"{expected}: the file is damaged or not the published one; nothing was kept"
+                    f"{wanted}: the file is damaged or not the published one; nothing was kept"
                 )
     except ConvlensError:
         raise
