@@ -40,6 +40,7 @@ class LoadOptions:
     input_spec: dict[str, Any] = field(default_factory=dict)  # overrides: channels, mean, ...
     trust_pickle: bool = False
     download: bool = False
+    weights: str | None = None  # zoo names only: "imagenet" or a weights file
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,10 @@ def _load_demo(source: str, opts: LoadOptions) -> Model:
 
 
 def _load_zoo(source: str, opts: LoadOptions) -> Model:
+    if opts.weights:
+        from convlens.model.pretrained import load_pretrained
+
+        return load_pretrained(source, opts.weights, opts.classes)
     return build(source, opts.classes)
 
 
@@ -221,5 +226,10 @@ def load_model(
         raise ConvlensError(f"unknown option for load_model: {e}") from None
     src = os.fspath(source)
     name = format or detect_format(src)
+    if opts.weights and name != "zoo":
+        raise ConvlensError(
+            f"weights= (--weights) applies to zoo architectures ({', '.join(ZOO.names())}); "
+            f"{src!r} is a {name} model"
+        )
     model = FORMATS.get(name).load(src, opts)
     return _apply_overrides(model, replace(opts, classes=classes))
