@@ -213,7 +213,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 
 def _published_arch(name: str, args: dict[str, Any]) -> str:
     """The zoo spec to build for published weights: the published one plus the free args."""
-    pub_name, pub_args = parse_arch(PUBLISHED[name].arch)
+    pub_name, pub_args = parse_arch(published_for(name).arch)
     for key, value in args.items():
         if key not in _FREE_ARGS and pub_args.get(key, ZOO.get(name).defaults[key]) != value:
             raise ConvlensError(
