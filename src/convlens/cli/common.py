@@ -1,10 +1,11 @@
 """Options and helpers shared by several commands.
 
 A command that opens a model takes its source (``--model`` or an argument) and is decorated
-with :func:`with_model_flags`, which adds the eight flags every command shares (``--arch``,
-``--format``, ``--trust-pickle`` and, for files that do not say everything, ``--classes``,
-``--input-size``, ``--mean``, ``--std``, ``--channels``) and hands them to the command as one
-:class:`ModelFlags`; ``flags.open(source)`` then calls :func:`open_model`.
+with :func:`with_model_flags`, which adds the nine flags every command shares (``--arch``,
+``--format``, ``--trust-pickle``, ``--weights`` for zoo names and, for files that do not say
+everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``, ``--channels``) and
+hands them to the command as one :class:`ModelFlags`; ``flags.open(source)`` then calls
+:func:`open_model`.
 """
 
 from __future__ import annotations
@@ -62,6 +63,14 @@ StdOpt = Annotated[
 _CHANNELS_HELP = "Input channels: 1 (gray) or 3 (RGB)."
 ChannelsOpt = Annotated[
     int | None, typer.Option("--channels", "--input-channels", help=_CHANNELS_HELP)
+]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights",
+        help="For a zoo name: 'imagenet' (the published torchvision weights, downloaded once "
+        "and checksum-checked) or a weights file such as resnet18-f37072fd.pth.",
+    ),
 ]
 # For commands whose own --channels means something else (visualize: which units to render).
 InputChannelsOpt = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]
@@ -151,17 +160,20 @@ class ModelFlags:
     mean: str | None = None
     std: str | None = None
     channels: int | None = None
+    weights: str | None = None
 
     def open(self, source: str) -> Model:
         return open_model(
             source, self.arch, self.fmt, self.trust_pickle, classes=self.classes,
             input_size=self.input_size, mean=self.mean, std=self.std, channels=self.channels,
+            weights=self.weights,
         )  # fmt: skip
 
 
 _FLAG_OPTIONS: dict[str, Any] = {
     "arch": ArchOpt, "fmt": FormatOpt, "trust_pickle": TrustOpt, "classes": ClassesOpt,
     "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt,
+    "weights": WeightsOpt,
 }  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
