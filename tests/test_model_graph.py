@@ -64,6 +64,45 @@ def test_vgg16_and_resnet18_match_published_counts() -> None:
     assert graph.last_spatial().rf.size == (435, 435)
 
 
+def test_torchvision_alexnet_variant_by_hand() -> None:
+    """torchvision's AlexNet ("one weird trick", 2014): 64-192-384-256-256 filters, no LRN."""
+    graph = build("alexnet:variant=owt").graph
+    convs = [3 * 64 * 121 + 64, 64 * 192 * 25 + 192, 192 * 384 * 9 + 384, 384 * 256 * 9 + 256,
+             256 * 256 * 9 + 256]  # fmt: skip
+    fcs = [9216 * 4096 + 4096, 4096 * 4096 + 4096, 4096 * 1000 + 1000]
+    assert [lay.params for lay in graph if lay.kind in ("conv", "linear")] == convs + fcs
+    assert graph.total_params == sum(convs + fcs) == 61_100_840
+    # 11×11 stride 4 padding 2 on 224: (224 + 4 - 11) / 4 + 1 = 55.25, so it does not tile
+    assert graph["features.0"].output_shape == (64, 55, 55) and graph["features.0"].tiling
+    assert graph["features.12"].output_shape == (256, 6, 6)
+    assert not any(lay.kind == "norm" for lay in graph)
+    assert build("alexnet").graph.total_params == 62_378_344  # the default stays the 2012 net
+    with pytest.raises(ConvlensError, match="unknown alexnet variant 'x'; accepted: 2012, owt"):
+        build("alexnet:variant=x")
+
+
+def test_resnet50_and_mobilenets_match_published_counts() -> None:
+    graph = build("resnet50").graph
+    assert graph.total_params == 25_557_032
+    assert graph["layer4.2.relu3"].output_shape == (2048, 7, 7)
+    assert sum(lay.kind == "add" for lay in graph) == 3 + 4 + 6 + 3  # one per bottleneck
+    # stride 2 sits on the 3×3 conv of a stage's first block (torchvision's "v1.5")
+    assert graph["layer2.0.conv1"].output_shape == (128, 56, 56)
+    assert graph["layer2.0.conv2"].output_shape == (128, 28, 28)
+    v2 = build("mobilenet_v2").graph
+    assert v2.total_params == 3_504_872
+    assert v2["features.18.2"].output_shape == (1280, 7, 7)
+    # residuals where stride is 1 and width unchanged: 0+1+2+3+2+2+0 of Table 2's repeats
+    assert sum(lay.kind == "add" for lay in v2) == 10
+    v3 = build("mobilenet_v3_small").graph
+    assert v3.total_params == 2_542_856
+    assert v3["features.12.2"].output_shape == (576, 7, 7)
+    assert sum(lay.kind == "add" for lay in v3) == 6
+    # squeeze-excitation: the 1×1 pooled map goes 16 -> 8 -> 16 channels
+    assert v3["features.1.block.1.fc1"].output_shape == (8, 1, 1)
+    assert v3["features.1.block.1.fc2"].params == 8 * 16 + 16
+
+
 def test_three_stacked_3x3_convs_see_7x7() -> None:
     net = nn.Sequential(*[nn.Conv2d(1, 1, 3) for _ in range(3)], nn.Flatten())
     model = Model(net, InputSpec(1, 16, 16))
