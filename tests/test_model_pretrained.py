@@ -18,6 +18,7 @@ import math
 import os
 import socket
 import threading
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -393,6 +394,22 @@ def test_pickled_code_is_never_run(tmp_path: Path) -> None:
     torch.save({"fc.weight": torch.zeros(2, 2, dtype=torch.int64)}, ints)
     with pytest.raises(ConvlensError, match=r"non-float weights at fc\.weight"):
         load_model("resnet18", weights=ints)
+
+
+def test_archive_that_unpacks_over_the_budget_is_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVLENS_MAX_MODEL_MB", "1")
+    big, bomb = tmp_path / "big.pth", tmp_path / "bomb.pth"
+    with zipfile.ZipFile(big, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big/data.pkl", bytes(range(256)) * 8192)  # 2 MiB in a few KiB
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("bomb/data.pkl", b"\0" * (2 << 20))  # 1023-fold
+    assert big.stat().st_size < 1 << 20 and bomb.stat().st_size < 1 << 20
+    with pytest.raises(ConvlensError, match="unpacks to 2097152 bytes, over the model budget"):
+        load_model("resnet18", weights=big)
+    with pytest.raises(ConvlensError, match="refused as a zip bomb"):
+        load_model("resnet18", weights=bomb)
 
 
 def test_fetch_prefix_needs_eight_digits(tmp_path: Path) -> None:

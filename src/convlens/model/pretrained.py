@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import zipfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,7 +41,7 @@ from convlens.io.download import MIN_PREFIX, cache_root, fetch, file_digest
 from convlens.io.spec import InputSpec
 from convlens.model.checkpoint import load_state_dict_into, read_safetensors
 from convlens.model.core import Model
-from convlens.model.formats.safety import model_budget_bytes, regular_file
+from convlens.model.formats.safety import check_zip, model_budget_bytes, regular_file
 from convlens.model.zoo import IMAGENET_MEAN, IMAGENET_STD, ZOO, build, parse_arch
 
 PUBLISHER_URL = "https://download.pytorch.org/models"
@@ -187,6 +188,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         )
     if path.suffix.lower() == ".safetensors":
         return read_safetensors(str(path))
+    if zipfile.is_zipfile(path):  # torch's own format: judge the members before torch reads
+        check_zip(path, budget).close()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
