@@ -325,9 +325,11 @@ def scan(
     web app or notebook can cut patches later; by default the data set's own name is kept.
     """
     if not 1 <= k <= MAX_TOP_K:
-        raise ConvlensError(f"--top-k must be an integer in 1..{MAX_TOP_K}, got {k}")
+        raise ConvlensError(f"--top-k must be at least 1 and at most {MAX_TOP_K}, got {k}")
     if not 1 <= batch_size <= MAX_BATCH:
-        raise ConvlensError(f"batch size must be an integer in 1..{MAX_BATCH}, got {batch_size}")
+        raise ConvlensError(
+            f"batch size must be at least 1 and at most {MAX_BATCH}, got {batch_size}"
+        )
     names = check_layers(model, layers)
     check_dataset(model, dataset)
     meta = _describe(model, dataset, names, k, batch_size)
