@@ -55,7 +55,7 @@ def test_flag_parsing() -> None:
     }
     with pytest.raises(ConvlensError, match="H or H,W"):
         parse_input_size("big")
-    with pytest.raises(ConvlensError, match="--mean takes numbers"):
+    with pytest.raises(ConvlensError, match="--mean takes 1 or 3 finite numbers"):
         input_overrides(mean="a,b")
 
 

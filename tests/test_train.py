@@ -196,11 +196,14 @@ def test_ctrl_c_saves_and_resumes_mid_epoch(tmp_path: Path) -> None:
         if info.epoch == 1 and info.step == 2:
             os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends
 
+    # The handler in place before training (SIG_IGN when pytest runs in the background, where
+    # the shell starts it with SIGINT ignored) must be the one restored, not the default.
+    before = signal.getsignal(signal.SIGINT)
     with pytest.raises(TrainingInterrupted, match="--resume"):
         train(fresh(), data, None, tmp_path / "b", config, on_step=interrupt)
     state = torch.load(tmp_path / "b" / STATE_FILE, weights_only=True)
     assert state["progress"]["step"] == 2 and state["progress"]["epoch"] == 0
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is before  # handler restored
     train(fresh(), data, None, tmp_path / "b", config, resume=True)
     for k, v in _weights(tmp_path / "a").items():
         assert torch.equal(v, _weights(tmp_path / "b")[k]), k

@@ -126,6 +126,7 @@ def layer_overview(
 ) -> Image.Image:
     """A row per unit with its top ``n`` patches: the layer at a glance."""
     _warn_not_spatial(model, layer)
+    n = min(n, result.meta.k)  # a scan keeps k hits per unit: the title must not promise more
     lay = result.layer(layer)
     chosen = list(range(lay.channels)) if units is None else list(units)
     stats = result.stats(layer)

@@ -35,6 +35,10 @@ from convlens.model import Model
 from convlens.probe import Capture, capture
 
 ProgressFn = Callable[[int, int], None]  # (images done, total)
+# Each unit keeps k hits (value, image, row, col): 10,000 per unit is far past any figure and
+# still small for a layer of thousands of channels; 10⁹ would ask for terabytes.
+MAX_TOP_K = 10_000
+MAX_BATCH = 4096  # images per forward pass
 
 
 @dataclass(frozen=True)
@@ -320,10 +324,12 @@ def scan(
     (``{"name": ..., "split": ..., "data_dir": ...}``) records how to reopen the data set, so a
     web app or notebook can cut patches later; by default the data set's own name is kept.
     """
-    if k < 1:
-        raise ConvlensError(f"--top-k must be at least 1, got {k}")
-    if batch_size < 1:
-        raise ConvlensError(f"batch size must be at least 1, got {batch_size}")
+    if not 1 <= k <= MAX_TOP_K:
+        raise ConvlensError(f"--top-k must be at least 1 and at most {MAX_TOP_K}, got {k}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise ConvlensError(
+            f"batch size must be at least 1 and at most {MAX_BATCH}, got {batch_size}"
+        )
     names = check_layers(model, layers)
     check_dataset(model, dataset)
     meta = _describe(model, dataset, names, k, batch_size)

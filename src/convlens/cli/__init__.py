@@ -8,6 +8,7 @@ status 2, never a traceback.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import pkgutil
 import sys
@@ -15,7 +16,7 @@ import sys
 from convlens.cli.app import app
 from convlens.errors import ConvlensError
 
-_SKIP = {"app", "common"}
+_SKIP = {"app", "checks", "common"}
 
 
 def _register_all() -> None:
@@ -31,12 +32,29 @@ def _register_all() -> None:
 _register_all()
 
 
+def os_error_line(e: OSError) -> str:
+    """A system error as one line: what failed, on which file, and what was kept."""
+    where = f" {e.filename!s}" if e.filename else ""
+    what = e.strerror or str(e) or type(e).__name__
+    line = f"error: {what}{where}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        line += " (nothing was half-written; earlier outputs are unchanged)"
+    return line
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 interrupted, 2 bad input)."""
+    """Run the CLI; returns the exit status (0 ok, 2 bad input or a system error such as a
+    full disk, 130 interrupted)."""
     try:
         app(args=argv, standalone_mode=False)
     except ConvlensError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(os_error_line(e), file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; try smaller inputs or batches", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

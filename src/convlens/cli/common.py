@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -20,6 +21,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 
 from convlens.errors import ConvlensError
+from convlens.io.spec import MAX_SIDE, MEAN_RANGE, STD_RANGE
 from convlens.model import Model, load_model
 from convlens.model.formats.base import read_classes
 
@@ -76,13 +78,18 @@ WeightsOpt = Annotated[
 InputChannelsOpt = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]
 
 
-def _floats(text: str, flag: str) -> list[float]:
+def _floats(text: str, flag: str, lo: float, hi: float) -> list[float]:
+    """Comma-separated finite numbers in ``[lo, hi]`` (NaN and inf would poison every output)."""
     try:
-        return [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
+        values = [float(v) for v in re.split(r"[,\s]+", text.strip()) if v]
     except ValueError:
+        values = []
+    if not values or not all(math.isfinite(v) and lo <= v <= hi for v in values):
         raise ConvlensError(
-            f"{flag} takes numbers separated by commas (e.g. 0.5,0.5,0.5), got {text!r}"
-        ) from None
+            f"{flag} takes 1 or 3 finite numbers in [{lo:g}, {hi:g}] separated by commas "
+            f"(e.g. 0.5,0.5,0.5), got {text!r}"
+        )
+    return values
 
 
 def parse_input_size(text: str) -> dict[str, int]:
@@ -92,8 +99,13 @@ def parse_input_size(text: str) -> dict[str, int]:
     {'height': 64, 'width': 48}
     """
     parts = [p for p in re.split(r"[,x×\s]+", text.strip().lower()) if p]
-    if not 1 <= len(parts) <= 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
-        raise ConvlensError(f"--input-size takes H or H,W (positive integers), got {text!r}")
+    # isascii: "²".isdigit() is true but int("²") fails.
+    if not 1 <= len(parts) <= 2 or not all(
+        p.isascii() and p.isdigit() and 1 <= int(p) <= MAX_SIDE for p in parts
+    ):
+        raise ConvlensError(
+            f"--input-size takes H or H,W, whole numbers of pixels in 1..{MAX_SIDE}, got {text!r}"
+        )
     h = int(parts[0])
     return {"height": h, "width": int(parts[-1])}
 
@@ -106,13 +118,15 @@ def input_overrides(
 ) -> dict[str, Any]:
     """The input-spec keys the user set on the command line."""
     spec: dict[str, Any] = {}
-    if input_size:
+    if input_size is not None:
         spec |= parse_input_size(input_size)
-    if mean:
-        spec["mean"] = _floats(mean, "--mean")
-    if std:
-        spec["std"] = _floats(std, "--std")
+    if mean is not None:
+        spec["mean"] = _floats(mean, "--mean", *MEAN_RANGE)
+    if std is not None:
+        spec["std"] = _floats(std, "--std", *STD_RANGE)
     if channels is not None:
+        if channels not in (1, 3):
+            raise ConvlensError(f"--channels must be 1 (gray) or 3 (RGB), got {channels}")
         spec["channels"] = channels
     return spec
 

@@ -15,6 +15,7 @@ from convlens.cli.serve import (
     HostOpt,
     NoBrowserOpt,
     PortOpt,
+    check_server_args,
     run_server,
     web_available,
 )
@@ -48,6 +49,8 @@ def demo(
     ] = False,
 ) -> None:
     """Show the bundled demo model: its layers, its predictions, and the web explainer."""
+    if not no_server and web_available():
+        check_server_args(host, port)
     m = open_model(model)
     console = wide_console()
     print_summary(m, console)

@@ -13,10 +13,11 @@ import torch
 import typer
 from rich.table import Table
 
+from convlens.cli.checks import check_method_param
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.cli.summary import wide_console
 from convlens.errors import ConvlensError
-from convlens.io.atomic import ensure_writable_dir
+from convlens.io.atomic import output_set
 from convlens.io.figure import save_png
 from convlens.io.image import load_images
 from convlens.methods import METHODS, Attribution, make_method
@@ -53,7 +54,7 @@ def method_params(methods: list[str], params: list[str]) -> dict[str, dict[str, 
         if not targets:
             raise ConvlensError(f"no chosen method ({', '.join(methods)}) takes parameter {name!r}")
         for m in targets:
-            out[m][name] = parse_value(value)
+            out[m][name] = check_method_param(m, METHODS.get(m), name, parse_value(value))
     return out
 
 
@@ -107,7 +108,6 @@ def explain(
     per_method = method_params(names, param or [])
     target_idx = m.class_index(target) if target is not None else None
     x = load_images([str(p) for p in images], m.spec)
-    ensure_writable_dir(out)
     attrs: list[Attribution] = []
     for name in names:
         takes_layer = METHODS.get(name).needs_layer
@@ -117,18 +117,21 @@ def explain(
     table = Table(title=f"explanations in {out}", title_justify="left")
     for col in ("image", "predicted", "probability", "written"):
         table.add_column(col)
-    for i, path in enumerate(images):
-        stem = path.stem
-        for a in attrs:
-            save_png(panel(a, i, x[i]), out / f"{stem}.{a.method}.png")
-        header = f"{path.name}  |  model: {m.name}"
-        figure = side_by_side(x[i], attrs, i, header, prediction_caption(m, probs[i], target_idx))
-        save_png(figure, out / f"{stem}.explain.png")
-        k = int(probs[i].argmax())
-        table.add_row(
-            path.name, m.classes[k], f"{float(probs[i, k]):.3f}", f"{stem}.explain.png + "
-            f"{len(attrs)} method PNGs",
-        )  # fmt: skip
+    # All figures are staged and moved into --out together: a full disk half-way leaves the
+    # previous figures as they were.
+    with output_set(out) as stage:
+        for i, path in enumerate(images):
+            stem = path.stem
+            for a in attrs:
+                save_png(panel(a, i, x[i]), stage / f"{stem}.{a.method}.png")
+            header = f"{path.name}  |  model: {m.name}"
+            caption = prediction_caption(m, probs[i], target_idx)
+            save_png(side_by_side(x[i], attrs, i, header, caption), stage / f"{stem}.explain.png")
+            k = int(probs[i].argmax())
+            table.add_row(
+                path.name, m.classes[k], f"{float(probs[i, k]):.3f}", f"{stem}.explain.png + "
+                f"{len(attrs)} method PNGs",
+            )  # fmt: skip
     console = wide_console()
     console.print(table)
     for a in attrs:

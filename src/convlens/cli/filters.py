@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from convlens.cli.checks import in_range, png_target
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.featurevis.filters import conv_weights, filter_figure, roughness
 from convlens.io.figure import save_png
@@ -16,13 +17,16 @@ from convlens.io.figure import save_png
 def filters(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or model file.")],
     layer: Annotated[str, typer.Option("--layer", "-l", help="A conv layer (model.graph name).")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file to write.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file (or folder) to write.")],
     max_filters: Annotated[int, typer.Option(help="Show at most this many filters.")] = 64,
     max_inputs: Annotated[int, typer.Option(help="Deeper layers: input channels shown.")] = 16,
     *,
     flags: ModelFlags,
 ) -> None:
     """Draw LAYER's kernels (first layer as images, deeper ones per input channel)."""
+    in_range("--max-filters", max_filters, 1, 4096)
+    in_range("--max-inputs", max_inputs, 1, 4096)
+    out = png_target(out, f"filters-{layer.replace('/', '_')}.png")
     m = flags.open(model)
     fig = filter_figure(m, layer, max_filters=max_filters, max_inputs=max_inputs)
     save_png(fig, out)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from convlens.cli.checks import in_range, png_target
 from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.featurevis.adversarial import fgsm, pgd
@@ -27,11 +28,21 @@ def fool(
     method: Annotated[str, typer.Option(help="'pgd' or 'fgsm'.")] = "pgd",
     norm: Annotated[str, typer.Option(help="PGD budget: 'linf' or 'l2'.")] = "linf",
     steps: Annotated[int, typer.Option(help="PGD steps.")] = 20,
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Figure PNG to write.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Figure PNG (or folder) to write.")
+    ] = None,
     *,
     flags: ModelFlags,
 ) -> None:
     """Perturb IMAGE within a budget so that the model changes its mind."""
+    if method not in ("pgd", "fgsm"):
+        raise ConvlensError(f"unknown --method {method!r}; accepted: pgd, fgsm")
+    if norm not in ("linf", "l2"):
+        raise ConvlensError(f"unknown --norm {norm!r}; accepted: linf, l2")
+    # An L∞ budget is a per-pixel change (pixels in [0, 1]); an L2 one a whole-image length.
+    in_range("--eps", eps, 0, 1 if norm == "linf" else 1000, lo_open=True)
+    in_range("--steps", steps, 1, 10_000)
+    target_png = None if out is None else png_target(out, f"fool-{image.stem}.png")
     m = flags.open(model)
     x = m.load_image(image)
     if method == "fgsm":
@@ -50,9 +61,9 @@ def fool(
         f"L2 {float(r.perturbation.flatten().norm()):.4g}; "
         + ("fooled" if bool(r.success[0]) else "not fooled")
     )
-    if out is not None:
-        save_png(r.figure(m.classes), out)
-        typer.echo(f"wrote {out}")
+    if target_png is not None:
+        save_png(r.figure(m.classes), target_png)
+        typer.echo(f"wrote {target_png}")
 
 
 def register(app: typer.Typer) -> None:

@@ -26,10 +26,11 @@ from convlens.analysis.embed import (
     scatter_figure,
 )
 from convlens.analysis.scan import skipped_summary
+from convlens.cli import checks
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.cli.scan import DataDirOpt, DatasetOpt, SplitOpt, open_data
 from convlens.errors import ConvlensError
-from convlens.io.atomic import ensure_writable_dir
+from convlens.io.atomic import output_set
 from convlens.io.figure import save_png
 
 LayerOpt = Annotated[
@@ -64,10 +65,13 @@ def map_command(
     image grid (one image per cell, by optimal assignment)."""
     if method not in METHODS:
         raise ConvlensError(f"unknown --method {method!r}; accepted: {', '.join(METHODS)}")
-    if grid is not None and grid < 1:
-        raise ConvlensError(f"--grid must be at least 1, got {grid}")
+    checks.in_range("--n", n, 1, 1_000_000)
+    if grid is not None:
+        checks.in_range("--grid", grid, 1, 200)  # 200² cells is already a 100-megapixel figure
+    if jobs != -1:
+        checks.in_range("--jobs", jobs, 1, 1024)
+    checks.seed(seed)
     console = Console(stderr=True)
-    ensure_writable_dir(out)
     net = flags.open(model)
     data, _ = open_data(net, dataset, split, data_dir)
     status = f"computing codes and the {method} embedding of {min(n, len(data))} images"
@@ -77,10 +81,11 @@ def map_command(
     for w in caught:
         console.print(f"[yellow]warning[/yellow]: {w.message}")
     cmap.meta["dataset_source"] = {"name": dataset, "split": split, "data_dir": data_dir}
-    cmap.save(out)
-    save_png(scatter_figure(cmap), Path(out) / f"map-{method}-scatter.png")
     side = grid or grid_side(len(cmap.indices))
-    save_png(image_grid_figure(cmap, data, side), Path(out) / f"map-{method}-grid.png")
+    with output_set(out) as stage:  # the map and its figures appear together or not at all
+        cmap.save(stage)
+        save_png(scatter_figure(cmap), stage / f"map-{method}-scatter.png")
+        save_png(image_grid_figure(cmap, data, side), stage / f"map-{method}-grid.png")
     console.print(
         f"mapped {len(cmap.indices):,} codes of layer {cmap.meta['layer']!r} with {method}; "
         f"wrote {out}/map-{method}-scatter.png, map-{method}-grid.png ({side}×{side}), "
@@ -93,7 +98,9 @@ def neighbors_command(
     model: Annotated[str, typer.Argument(help="'demo', a zoo name, a checkpoint or a file.")],
     image: Annotated[Path, typer.Argument(help="The query image file.")],
     dataset: DatasetOpt,
-    out: Annotated[str | None, typer.Option("--out", "-o", help="PNG of the neighbours.")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="PNG (or folder) of the neighbours.")
+    ] = None,
     k: Annotated[int, typer.Option("--k", help="Neighbours to show.")] = 8,
     n: Annotated[
         int, typer.Option("--n", help="Data-set images to search (a seeded sample).")
@@ -110,8 +117,11 @@ def neighbors_command(
     flags: ModelFlags,
 ) -> None:
     """Find the data-set images whose codes are nearest to a query image's."""
-    if k < 1:
-        raise ConvlensError(f"--k must be at least 1, got {k}")
+    checks.in_range("--k", k, 1, 1000)
+    checks.in_range("--n", n, 1, 10_000_000)
+    if metric not in ("cosine", "euclidean"):
+        raise ConvlensError(f"unknown --metric {metric!r}; accepted: cosine, euclidean")
+    target_png = None if out is None else checks.png_target(out, f"neighbors-{image.stem}.png")
     net = flags.open(model)
     data, _ = open_data(net, dataset, split, data_dir)
     query = net.load_image(str(image))
@@ -136,9 +146,9 @@ def neighbors_command(
     for rank, (i, lab, d) in enumerate(zip(found, labels.tolist(), dist.tolist(), strict=True)):
         table.add_row(str(rank + 1), str(i), data.classes[lab], f"{d:.4f}")
     Console().print(table)
-    if out:
-        save_png(neighbors_figure(query[0], data, found, dist.tolist(), data.classes), out)
-        Console(stderr=True).print(f"wrote {out}")
+    if target_png is not None:
+        save_png(neighbors_figure(query[0], data, found, dist.tolist(), data.classes), target_png)
+        Console(stderr=True).print(f"wrote {target_png}")
 
 
 def register(app: typer.Typer) -> None:

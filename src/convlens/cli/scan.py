@@ -27,10 +27,12 @@ from rich.table import Table
 from convlens.analysis import ScanResult, load_scan, scan
 from convlens.analysis.patches import write_patch_figures
 from convlens.analysis.report import UnitReport, report_figure, unit_report
+from convlens.analysis.scan import MAX_BATCH, MAX_TOP_K
+from convlens.cli import checks
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.data import FolderImages, ImageDataset, open_dataset
 from convlens.errors import ConvlensError
-from convlens.io.atomic import write_text_atomic
+from convlens.io.atomic import output_set, write_text_atomic
 from convlens.io.figure import save_png
 from convlens.model import Model
 
@@ -143,6 +145,8 @@ def scan_command(
 ) -> None:
     """Stream a data set through a model, keeping each unit's top activations and statistics;
     write the scan (resumable), top-patch figures and a unit report into --out."""
+    checks.in_range("--top-k", top_k, 1, MAX_TOP_K)
+    checks.in_range("--batch-size", batch_size, 1, MAX_BATCH)
     console = Console(stderr=True)
     net = flags.open(model)
     names = [s.strip() for s in layers.split(",") if s.strip()] if layers else default_layers(net)
@@ -153,9 +157,12 @@ def scan_command(
             result = scan(net, data, names, k=top_k, batch_size=batch_size, out=out,
                           resume=resume, progress=update, source=source)  # fmt: skip
         report = unit_report(result)
-        write_report(report, out)
+        # The scan state is saved atomically as it goes (resumable); the figures made from it
+        # are staged and moved in together, so a full disk keeps the previous set whole.
+        with output_set(out) as stage:
+            write_report(report, stage)
+            written = write_patch_figures(result, data, net, stage) if patches else []
         if patches:
-            written = write_patch_figures(result, data, net, out)
             console.print(f"wrote {len(written)} patch figures under {Path(out) / 'patches'}")
     _print_warnings(console, caught)
     print_report(report, Console(), top=15)
@@ -203,9 +210,9 @@ def report_command(
     top: Annotated[int, typer.Option(help="Flagged units to list.")] = 30,
 ) -> None:
     """Rank dead, nearly-dead and saturated units and each layer's sparsity from a scan."""
-    for name, v in (("--rare", rare), ("--always", always)):
-        if not 0.0 <= v <= 1.0:
-            raise ConvlensError(f"{name} is a fraction between 0 and 1, got {v}")
+    checks.in_range("--rare", rare, 0.0, 1.0)
+    checks.in_range("--always", always, 0.0, 1.0)
+    checks.in_range("--top", top, 0, 1_000_000)
     meta, state = load_scan(scan_dir)
     if not meta.complete:
         Console(stderr=True).print(
@@ -213,7 +220,8 @@ def report_command(
             f"{meta.dataset.get('size', '?')} images); resume it with `convlens scan ... --resume`"
         )
     report = unit_report(ScanResult(meta, state), rare=rare, always=always)
-    write_report(report, out or scan_dir)
+    with output_set(out or scan_dir) as stage:
+        write_report(report, stage)
     print_report(report, Console(), top=top)
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from convlens.cli.checks import in_range
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.model import Model
@@ -36,6 +39,47 @@ def web_available() -> bool:
     return True
 
 
+MAX_UPLOAD_MB = 4096.0
+
+
+def check_server_args(host: str, port: int, max_upload_mb: float | None = None) -> None:
+    """Refuse a bad port or upload limit, and a port that cannot be bound, before any work."""
+    in_range("--port", port, 1, 65535)
+    if max_upload_mb is not None:
+        in_range("--max-upload-mb", max_upload_mb, 0, MAX_UPLOAD_MB, lo_open=True)
+    check_port_free(host, port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` the way uvicorn will, then let it go: a busy port, an unknown host or
+    a privileged port is one clear line before the server prints that it is running.
+
+    (Another program may still take the port in the moment between this check and uvicorn's
+    own bind; that rare race ends with uvicorn's message.)
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except socket.gaierror as e:
+        raise ConvlensError(
+            f"--host {host!r} is not an address of this machine: {e.strerror}"
+        ) from None
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise ConvlensError(
+                f"port {port} on {host} is already in use; stop the other server or choose "
+                "another with --port"
+            ) from None
+        if e.errno == errno.EACCES:
+            raise ConvlensError(
+                f"no permission to listen on port {port}; ports below 1024 need privileges, "
+                "choose one in 1024..65535"
+            ) from None
+        raise ConvlensError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
 def run_server(
     model: Model,
     *,
@@ -52,13 +96,10 @@ def run_server(
         raise ConvlensError(f"the web explainer needs the web extra: {WEB_EXTRA_HINT}")
     from convlens.web import ServerConfig, create_app, serve
 
+    check_server_args(host, port, max_upload_mb)
     config_args: dict[str, Any] = {}
     if max_upload_mb is not None:
-        if max_upload_mb <= 0:
-            raise ConvlensError(f"--max-upload-mb must be positive, got {max_upload_mb}")
         config_args["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
-    if not 0 < port < 65536:
-        raise ConvlensError(f"--port must be 1..65535, got {port}")
     app = create_app(
         model,
         images_dir=images,
@@ -105,6 +146,7 @@ def serve_command(
     flags: ModelFlags,
 ) -> None:
     """Open the web explainer: every layer of MODEL on your images, explanations, units."""
+    check_server_args(host, port, max_upload_mb)  # before the (slow) model load
     run_server(
         flags.open(model),
         images=images,

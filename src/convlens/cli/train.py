@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from convlens.cli import checks
 from convlens.cli.common import ArchOpt, TrustOpt, open_model
 from convlens.data import ImageDataset, open_dataset
 from convlens.errors import ConvlensError
@@ -47,6 +48,24 @@ def check_out_target(out: str) -> None:
         existing = existing.parent
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         raise ConvlensError(f"--out {out!r} cannot be written (no write permission on {existing})")
+
+
+def check_train_numbers(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float,
+    weight_decay: float,
+    body_lr_scale: float,
+    seed: int,
+) -> None:
+    checks.in_range("--epochs", epochs, 1, 100_000)
+    checks.in_range("--batch-size", batch_size, 1, 65_536)
+    checks.in_range("--lr", lr, 0, 10, lo_open=True)
+    checks.in_range("--momentum", momentum, 0, 1)
+    checks.in_range("--weight-decay", weight_decay, 0, 1)
+    checks.in_range("--body-lr-scale", body_lr_scale, 0, 10)
+    checks.seed(seed)
 
 
 def _zoo_model(source: str, data: ImageDataset, seed: int) -> Model:
@@ -170,6 +189,11 @@ def train(
     """
     if freeze and finetune:
         raise ConvlensError("choose one of --freeze (feature extraction) and --finetune")
+    check_train_numbers(epochs, batch_size, lr, momentum, weight_decay, body_lr_scale, seed)
+    if limit is not None:
+        checks.in_range("--limit", limit, 1, 10**9)
+    if threads is not None:
+        checks.in_range("--threads", threads, 1, 1024)
     check_out_target(out)
     if threads:
         torch.set_num_threads(threads)
@@ -224,7 +248,7 @@ def train(
 
 def augment_preview(
     dataset: DatasetOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="PNG file to write.")],
+    out: Annotated[str, typer.Option("--out", "-o", help="PNG file (or folder) to write.")],
     count: Annotated[int, typer.Option(help="How many images (rows).")] = 8,
     variants: Annotated[int, typer.Option(help="Augmented versions per image.")] = 6,
     split: Annotated[str, typer.Option(help="Which split to sample.")] = "train",
@@ -240,11 +264,15 @@ def augment_preview(
     download: DownloadOpt = False,
 ) -> None:
     """Write a grid: each row one image, first the original, then augmented versions."""
-    if count < 1 or variants < 1:
-        raise ConvlensError("--count and --variants must be at least 1")
-    if not out.lower().endswith(".png"):
-        raise ConvlensError(f"--out must name a .png file, got {out!r}")
-    check_out_target(str(Path(out).parent) if str(Path(out).parent) else ".")
+    checks.in_range("--count", count, 1, 256)
+    checks.in_range("--variants", variants, 1, 64)
+    if crop_padding is not None:
+        checks.in_range("--crop-padding", crop_padding, 0, 1024)
+    if jitter is not None:
+        checks.in_range("--jitter", jitter, 0, 1)
+    checks.seed(seed)
+    target = checks.png_target(out, f"augment-{Path(dataset).name or 'data'}.png")
+    check_out_target(str(target.parent) if str(target.parent) else ".")
     data = open_dataset(dataset, split, data_dir, download)
     base = default_augment(data.shape)
     strength = base.brightness if jitter is None else jitter
@@ -265,8 +293,8 @@ def augment_preview(
         for v in range(variants + 1)
     ]
     title = f"{data.name} ({split}): {_describe(aug)}"
-    save_png(grid(cells, variants + 1, labels, title=title, cell_size=72), out)
-    Console(stderr=True).print(f"wrote {out}")
+    save_png(grid(cells, variants + 1, labels, title=title, cell_size=72), target)
+    Console(stderr=True).print(f"wrote {target}")
 
 
 def _describe(aug: Augment) -> str:

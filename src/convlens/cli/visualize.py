@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
+from convlens.cli import checks
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.featurevis.render import parse_channels, render_channels
-from convlens.io.atomic import ensure_writable_dir
+from convlens.io.atomic import output_set
 from convlens.io.figure import save_png
 
 
@@ -51,10 +52,11 @@ def visualize(
     flags: ModelFlags,
 ) -> None:
     """Render what each channel of LAYER responds to most; writes DIR/<layer>_<c>.png and a grid."""
+    check_visualize_numbers(steps, decay, lr, tv, l1, l2, background, batch, copies, diversity)
+    checks.seed(seed)
     m = flags.open(model)
     width = m.graph[layer].channels
     chans = parse_channels(channels, width)
-    folder = ensure_writable_dir(out)
     result = render_channels(
         m, layer, chans, kind=unit, chunk=batch, copies=copies, diversity=diversity,
         steps=steps, param=param,
@@ -63,19 +65,41 @@ def visualize(
     )  # fmt: skip
     stem = layer.replace("/", "_").replace("#", "_")
     names = [f"{c}_{k}" if copies > 1 else str(c) for c in chans for k in range(copies)]
-    for name, img in zip(names, result.images, strict=True):
-        save_png(img, folder / f"{stem}_{name}.png")
     what = "class logit" if m.graph[layer] is m.graph.output else unit
     title = f"{m.name} · {layer} · {what} objective, {steps} steps, {param} parameterization"
-    save_png(
-        result.figure(title=title, ncols=copies if copies > 1 else 5), folder / f"{stem}_grid.png"
-    )
+    with output_set(out) as stage:  # the images and their grid land together
+        for name, img in zip(names, result.images, strict=True):
+            save_png(img, stage / f"{stem}_{name}.png")
+        grid = result.figure(title=title, ncols=copies if copies > 1 else 5)
+        save_png(grid, stage / f"{stem}_grid.png")
     final = result.history[-1]
-    typer.echo(f"wrote {len(names)} images and {stem}_grid.png to {folder}")
+    typer.echo(f"wrote {len(names)} images and {stem}_grid.png to {out}")
     typer.echo(
         "last step's objective (regularizers included): "
         + " ".join(f"{c}:{float(v):.3g}" for c, v in zip(names, final, strict=True))
     )
+
+
+def check_visualize_numbers(
+    steps: int,
+    decay: float,
+    lr: float,
+    tv: float,
+    l1: float,
+    l2: float,
+    background: float,
+    batch: int,
+    copies: int,
+    diversity: float,
+) -> None:
+    checks.in_range("--steps", steps, 1, 100_000)
+    checks.in_range("--decay", decay, 0, 10)
+    checks.in_range("--lr", lr, 0, 10, lo_open=True)
+    for flag, value in (("--tv", tv), ("--l1", l1), ("--l2", l2), ("--diversity", diversity)):
+        checks.in_range(flag, value, 0, 1e6)
+    checks.in_range("--background", background, 0, 1)
+    checks.in_range("--batch", batch, 1, 1024)
+    checks.in_range("--copies", copies, 1, 64)
 
 
 def register(app: typer.Typer) -> None:

@@ -135,7 +135,8 @@ class Model(nn.Module):
 
     def class_index(self, target: int | str) -> int:
         """A class given by index or by name."""
-        if isinstance(target, str) and not target.lstrip("-").isdigit():
+        # isascii: "²".isdigit() is true, yet int("²") fails; such a string is a (bad) name.
+        if isinstance(target, str) and not (target.isascii() and target.lstrip("-").isdigit()):
             if target not in self.classes:
                 raise unknown_name("class", target, self.classes)
             return self.classes.index(target)
