@@ -1,10 +1,13 @@
 """Published ImageNet weights: layout and outputs against torchvision, download, checksum, cache.
 
-The references are torchvision 0.29.1's own modules (the wheel unpacked beside the tests, its
-compiled ops stubbed out; torchvision is not a dependency): the state-dict layouts below are
-the SHA-256 of ``"".join(f"{name}:{tuple(shape)}\\n" for name, shape in state_dict.items())``
-of ``torchvision.models.<name>()``, and the logits are what torchvision's networks give for
-:func:`synthetic_state` weights on :func:`probe_input`. Downloads go to a local HTTP server.
+The references are torchvision 0.29.1's own modules (torchvision is not a dependency): the
+state-dict layouts below are the SHA-256 of ``"".join(f"{name}:{tuple(shape)}\\n" for name,
+shape in state_dict.items())`` of ``torchvision.models.<name>()``, and the logits are what
+torchvision's networks give for :func:`synthetic_state` weights on :func:`probe_input`. With
+torchvision at hand (importable, or a wheel unpacked at ``$CONVLENS_TORCHVISION_PATH``, e.g.
+``pip download torchvision==0.29.1 --no-deps`` and unzip) the last tests also compare against
+it directly, and ``python tests/test_model_pretrained.py`` prints the tables again.
+Downloads go to a local HTTP server.
 """
 
 from __future__ import annotations
@@ -184,6 +187,78 @@ def test_publisher_preprocessing_by_hand() -> None:
     big = InputSpec.from_dict(spec.to_dict() | {"height": 300, "width": 300})
     assert fit_to_spec(img, big).size == (300, 300)
     assert InputSpec.from_dict(spec.to_dict()) == spec
+
+
+def _torchvision_models() -> object | None:
+    """``torchvision.models`` if it can be had: installed, or unpacked at
+    ``$CONVLENS_TORCHVISION_PATH``. Its compiled operators (detection ops) are not needed for
+    the classification networks; when they do not load beside this torch, the module that
+    registers them is stubbed so that the pure-Python model code still imports."""
+    import sys
+    import types
+
+    extra = os.environ.get("CONVLENS_TORCHVISION_PATH")
+    if extra and extra not in sys.path:
+        sys.path.append(extra)
+    for attempt in range(2):
+        try:
+            import torchvision.models
+
+            return torchvision.models
+        except ImportError:
+            return None
+        except RuntimeError:  # "operator torchvision::nms does not exist": compiled ops
+            if attempt:
+                return None
+            for mod in [m for m in sys.modules if m.startswith("torchvision")]:
+                del sys.modules[mod]
+            stub = types.ModuleType("torchvision._meta_registrations")
+            sys.modules["torchvision._meta_registrations"] = stub
+    return None
+
+
+@pytest.fixture(scope="module")
+def torchvision_models() -> object:
+    models = _torchvision_models()
+    if models is None:
+        pytest.skip("torchvision not importable; set CONVLENS_TORCHVISION_PATH to compare")
+    return models
+
+
+@pytest.mark.slow  # VGG-16's 138 M weights, twice: about 20 s
+@pytest.mark.parametrize("name", list(TORCHVISION_LAYOUT))
+def test_against_torchvision_itself(name: str, torchvision_models: object) -> None:
+    """Same names, shapes and logits as torchvision's network, for the same weights."""
+    theirs = getattr(torchvision_models, name)().eval()
+    ours = _bare_net(pt.PUBLISHED[name].arch).eval()
+    assert _layout(ours) == _layout(theirs)
+    state = synthetic_state({k: tuple(v.shape) for k, v in theirs.state_dict().items()})
+    theirs.load_state_dict(state)
+    ours.load_state_dict(state)
+    x = probe_input() if name != "vgg16" else probe_input()[:, :, :32, :32]
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def _print_references() -> None:  # pragma: no cover - regenerates the tables above
+    models = _torchvision_models()
+    assert models is not None, "torchvision not importable; set CONVLENS_TORCHVISION_PATH"
+    for name in TORCHVISION_LAYOUT:
+        net = getattr(models, name)().eval()
+        print(name, _layout(net))
+        if name in TORCHVISION_LOGITS:
+            net.load_state_dict(
+                synthetic_state({k: tuple(v.shape) for k, v in net.state_dict().items()})
+            )
+            with torch.no_grad():
+                y = net(probe_input())[0]
+            first = [float(f"{v:.6g}") for v in y[:6].tolist()]
+            peak = float(f"{y.abs().max().item():.6g}")
+            print(f"    {first}, {torch.topk(y, 3).indices.tolist()}, {peak}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    _print_references()
 
 
 # --------------------------------------------------------------------------- downloads
