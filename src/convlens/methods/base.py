@@ -113,7 +113,7 @@ class Bound:
             if not value.is_floating_point() or value.numel() == 0:
                 return False
             v = value.detach()
-            return bool(torch.isfinite(v).all()) and self.low <= v.min() and v.max() <= self.high
+            return bool(torch.isfinite(v).all() and self.low <= v.min() and v.max() <= self.high)
         if isinstance(value, list | tuple):
             return 0 < len(value) <= self.items and all(self.number_ok(v) for v in value)
         return self.number_ok(value)
