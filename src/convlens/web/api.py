@@ -19,7 +19,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
-from convlens.errors import ConvlensError, NotFoundError
+from convlens.errors import ConvlensError, NotFoundError, unknown_name
 from convlens.io.color import Scale
 from convlens.io.figure import overlay, png_bytes
 from convlens.model.core import Model
@@ -143,6 +143,10 @@ def _check_layer(state: ServerState, layer: str) -> None:
 
 def class_index(model: Model, target: int | str) -> int:
     """A class by index or name; 400 naming the range for anything else (``"²"``, 2**70)."""
+    numeral = isinstance(target, str) and target.isascii() and target.lstrip("-").isdigit()
+    if isinstance(target, str) and target not in model.classes and not numeral:
+        # "²", "٣": digits to str.isdigit (and int("٣") is 3), but not class indices
+        raise unknown_name("class", target, model.classes)
     try:
         return model.class_index(target)
     except ConvlensError:  # its own message (out of range, unknown name with suggestions)
@@ -212,16 +216,17 @@ def build_router(state: ServerState) -> APIRouter:
         content_type = request.headers.get("content-type", "")
         limit = state.config.max_upload_bytes + MULTIPART_OVERHEAD
         declared = request.headers.get("content-length")
-        body = await read_body(
-            request.stream(), limit, int(declared) if declared and declared.isdigit() else None
-        )
+        with state.upload_slots():  # a bounded number of bodies in memory at once
+            body = await read_body(
+                request.stream(), limit, int(declared) if declared and declared.isdigit() else None
+            )
 
-        def work() -> dict[str, Any]:  # parsing and decoding: on the bounded decode pool
-            data = multipart_file(body, content_type)
-            img = decode_upload(data, state.config.decode_limits)
-            return upload_document(state.store.add_upload(img))
+            def work() -> dict[str, Any]:  # parsing and decoding: on the bounded decode pool
+                data = multipart_file(body, content_type)
+                img = decode_upload(data, state.config.decode_limits)
+                return upload_document(state.store.add_upload(img))
 
-        return await state.decode_pool.run(work)
+            return await state.decode_pool.run(work)
 
     @router.get(
         "/trace",

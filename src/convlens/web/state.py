@@ -47,9 +47,10 @@ class ServerConfig:
     trace_workers: int = 2  # traces computed at once
     explain_workers: int = 1  # explanations and feature visualizations computed at once
     queue: int = 64  # requests of each kind waiting for a worker before 503
+    upload_queue: int = 8  # uploads buffered beyond the decoders (each up to max_upload_bytes)
     header_timeout: float = 10.0  # seconds a connection may take to send its request head
     keep_alive: int = 5  # seconds an idle keep-alive connection is kept
-    max_connections: int = 128  # uvicorn's limit_concurrency: 503 beyond
+    max_connections: int = 1024  # uvicorn's limit_concurrency (open connections): 503 beyond
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -72,8 +73,9 @@ class WorkPool:
 
     def __init__(self, kind: str, workers: int, queue: int) -> None:
         self.kind = kind
-        self.limit = workers + queue
-        self._pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix=f"convlens-{kind}")
+        self.workers = max(1, workers)
+        self.limit = self.workers + queue
+        self._pool: ThreadPoolExecutor | None = None  # made at first use, again after shutdown
         self._pending = 0
         self._lock = threading.Lock()
 
@@ -94,8 +96,13 @@ class WorkPool:
                     f"waiting (at most {self.limit}); try again shortly",
                 )
             self._pending += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.workers, thread_name_prefix=f"convlens-{self.kind}"
+                )
+            pool = self._pool
         try:
-            future = self._pool.submit(fn)
+            future = pool.submit(fn)
         except BaseException:
             self._release(None)
             raise
@@ -104,7 +111,36 @@ class WorkPool:
         return await asyncio.wrap_future(future)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        """Stop the threads (the app's lifespan ended); a later request starts new ones."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Admission:
+    """At most ``limit`` requests of a kind inside at once; the next is answered 503."""
+
+    def __init__(self, kind: str, limit: int) -> None:
+        self.kind, self.limit = kind, limit
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside >= self.limit:
+                raise ApiError(
+                    503,
+                    f"the server is busy: {self._inside} {self.kind}s are in progress (at most "
+                    f"{self.limit}); try again shortly",
+                )
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
 
 
 class TimeBudgetExceededError(Exception):
@@ -232,6 +268,7 @@ class ServerState:
         self.decode_pool = WorkPool("upload", cfg.decode_workers, cfg.queue)
         self.trace_pool = WorkPool("trace", cfg.trace_workers, cfg.queue)
         self.explain_pool = WorkPool("explanation", cfg.explain_workers, cfg.queue)
+        self.upload_slots = Admission("upload", cfg.decode_workers + cfg.upload_queue)
 
     def work_model(self) -> Model:
         """A private copy of the model for explanations and feature visualization (call with
