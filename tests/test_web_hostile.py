@@ -284,6 +284,25 @@ def test_odd_targets_are_400(client: TestClient, sample_id: str, target: object)
     assert "class" in r.json()["error"]
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"target": False},  # found by schemathesis: pydantic's lax mode made it class 0
+        {"target": True},
+        {"target": 1.5},
+        {"image_id": 7},
+        {"params": []},
+        {"colour": "red"},  # unknown fields are refused, not ignored
+    ],
+)
+def test_explain_body_types_are_strict(
+    client: TestClient, sample_id: str, body: dict[str, Any]
+) -> None:
+    r = client.post(f"{API}/explain", json={"image_id": sample_id, "method": "saliency", **body})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"].startswith("invalid request")
+
+
 def test_bounds_are_published_in_model_and_openapi(client: TestClient) -> None:
     methods = {m["name"]: m for m in client.get(f"{API}/model").json()["capabilities"]["methods"]}
     n_steps = methods["integrated-gradients"]["params"]["n_steps"]

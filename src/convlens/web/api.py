@@ -17,7 +17,7 @@ import torch
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from convlens.errors import ConvlensError, NotFoundError, unknown_name
 from convlens.io.color import Scale
@@ -45,6 +45,9 @@ MAX_CAP = 4096  # largest max_channels / max_size a trace may name
 
 class ExplainRequest(BaseModel):
     """Body of ``POST /api/v1/explain``."""
+
+    # strict: ``"target": false`` is not class 0 (found by schemathesis); unknown keys refused
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     image_id: str = Field(
         max_length=200, description="a sample id (sample-N) or an id from POST /images"

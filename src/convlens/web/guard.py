@@ -34,7 +34,7 @@ WILDCARDS = frozenset({"0.0.0.0", "::", ""})
 TOKEN_HEADER = b"x-convlens-token"
 TOKEN_COOKIE = "convlens_token"
 TOKEN_QUERY = "token"
-BODY_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+BODY_METHODS = frozenset({"POST"})  # the only method of the API's routes that takes a body
 
 
 def is_loopback(host: str) -> bool:
@@ -168,13 +168,13 @@ class Guard:
         if head:  # answered as GET; the body is dropped on the way out
             scope = dict(scope, method="GET")
             send = _without_body(send)
+        rule = self.rules.for_path(scope["path"])
         if scope["method"] in BODY_METHODS:
-            rule = self.rules.for_path(scope["path"])
             problem = self.body_problem(scope, rule)
             if problem is not None:
                 await _answer(send, *problem)
                 return
-            receive = _counted(receive, rule.limit)
+        receive = _counted(receive, rule.limit)  # any method: whatever reads a body is bounded
         started = False
 
         async def tracked(message: Message) -> None:
