@@ -114,10 +114,21 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     if img.mode == "I":
         high = img.getextrema()[1]
         return _blockwise_to_l(img, 1 / 257.0 if float(high) > 255 else 1.0)  # type: ignore[arg-type]
-    if img.mode == "F":
-        high = img.getextrema()[1]
-        return _blockwise_to_l(img, 255.0 if float(high) <= 1.0 else 1.0)  # type: ignore[arg-type]
+    if img.mode == "F":  # values in [0, 1] are scaled to 255; NaN is ignored (then read as 0)
+        return _blockwise_to_l(img, 255.0 if _block_max(img) <= 1.0 else 1.0)
     return img
+
+
+def _block_max(img: Image.Image) -> float:
+    """The largest value of a one-band image, NaN ignored, read a block of rows at a time."""
+    w, h = img.size
+    rows = max(1, _BLOCK_PIXELS // w)
+    high = -np.inf
+    for top in range(0, h, rows):
+        block = np.asarray(img.crop((0, top, w, min(h, top + rows))), dtype=np.float32)
+        if np.isfinite(block).any():
+            high = max(high, float(np.nanmax(np.where(np.isinf(block), np.nan, block))))
+    return high
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
