@@ -90,9 +90,13 @@ class Bound:
     items: int = 0
 
     def describe(self) -> str:
-        kind = "an integer" if self.integer else "a finite number"
-        low, high = (int(self.low), int(self.high)) if self.integer else (self.low, self.high)
-        text = f"{kind} in {low:g}..{high:g}" if not self.integer else f"{kind} in {low}..{high}"
+        """The accepted values in words: ``a positive integer (1..1000)``."""
+        if self.integer:
+            low, high = int(self.low), int(self.high)
+            kind = "a positive integer" if low == 1 else "an integer"
+            text = f"{kind} (1..{high})" if low == 1 else f"{kind} in {low}..{high}"
+        else:
+            text = f"a finite number in {self.low:g}..{self.high:g}"
         if self.items:
             text += f" (or a list of up to {self.items})"
         if self.choices:
