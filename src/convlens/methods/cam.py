@@ -31,6 +31,7 @@ from convlens.model.graph import Layer
 
 from .base import (
     Attribution,
+    Bound,
     Family,
     Method,
     Resolution,
@@ -246,6 +247,7 @@ class ScoreCAM(CamMethod):
     paper = "Wang et al. 2020, Score-CAM"
     family = "perturbation"
     uses_gradients = False
+    bounds: ClassVar[dict[str, Bound]] = {"chunk_size": Bound(1, 1024, integer=True)}
 
     def __init__(
         self,

@@ -28,7 +28,7 @@ equals the full passes to float rounding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from convlens.errors import ConvlensError
 from convlens.model.core import Model
 
-from .base import Attribution, Method, chunks, parse_pair, register
+from .base import Attribution, Bound, Method, chunks, parse_pair, register
 from .incremental import IncrementalRunner, chain_plan
 from .targets import Target, TargetSpec, resolve_target
 
@@ -64,6 +64,12 @@ class Occlusion(Method):
     family = "perturbation"
     uses_gradients = False
     signed = True
+    bounds: ClassVar[dict[str, Bound]] = {
+        "window": Bound(1, 4096, integer=True, items=2),
+        "stride": Bound(1, 4096, integer=True, items=2),
+        "fill": Bound(-1000, 1000, choices=("mean",), items=64),  # pixel units, or per channel
+        "chunk_size": Bound(1, 4096, integer=True),
+    }
 
     def __init__(
         self,
