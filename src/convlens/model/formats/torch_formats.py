@@ -8,9 +8,10 @@ assembled by :mod:`convlens.model.formats.opgraph`. Layer names come from the pr
 the weights, else from the node name. TorchScript archives are first turned into an
 ``ExportedProgram`` by PyTorch's own TorchScript converter.
 
-Safety: a ``.pt2`` archive may hold pickled tensors or objects, which ``torch.export.load``
-would unpickle; the archive is inspected first and refused unless ``trust_pickle=True``.
-Without such members a ``.pt2`` is a JSON graph plus raw tensors: reading it runs nothing.
+Safety: a ``.pt2`` archive is read by :mod:`convlens.model.formats.pt2_archive`, an
+allow-list reader that never unpickles or evaluates anything; an archive it refuses for holding
+pickled payloads, custom objects or code goes to ``torch.export.load`` only with
+``trust_pickle=True``. Both kinds are recognised by content, whatever the file's suffix.
 A TorchScript archive is a program (TorchScript code plus pickled constants) that loading
 compiles and converting runs, and its loader has had code-execution bugs (CVE-2025-32434),
 so it too needs ``trust_pickle=True``.
@@ -20,12 +21,8 @@ so it too needs ``trust_pickle=True``.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
 import operator
 import warnings
-import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,65 +35,30 @@ from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.model.formats.base import make_model
 from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax, unique
+from convlens.model.formats.pt2_archive import PickleRequiredError, archive_kind, quiet, read_pt2
+from convlens.model.formats.safety import check_zip
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
-
-TRUST_HINT = (
-    "It holds pickled Python objects, which can run code when read; if you trust its author, "
-    "pass --trust-pickle (trust_pickle=True)"
-)
-
-
-def _zip_names(path: str) -> list[str]:
-    try:
-        with zipfile.ZipFile(path) as z:
-            return z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return []
 
 
 def is_exported_program(source: str) -> bool:
-    names = _zip_names(source) if Path(source).is_file() else []
-    return any(n.endswith("/archive_format") or n == "archive_format" for n in names) and any(
-        "/models/" in n or n.startswith("models/") for n in names
-    )
+    return archive_kind(source) == "pt2"
 
 
 def is_torchscript(source: str) -> bool:
-    names = _zip_names(source) if Path(source).is_file() else []
-    return any(n.endswith("constants.pkl") for n in names) and any("/code/" in n for n in names)
-
-
-def _pt2_pickles(path: str) -> list[str]:
-    """Members of a ``.pt2`` archive that ``torch.export.load`` would unpickle."""
-    found: list[str] = []
-    with zipfile.ZipFile(path) as z:
-        for name in z.namelist():
-            base = name.rsplit("/", 1)[-1]
-            if "/constants/" in name and base.startswith(("custom_obj", "opaque_obj")):
-                found.append(name)
-            elif "/constants/" in name and base.endswith(".pt"):
-                found.append(name)  # the legacy constants file is a pickle
-            elif name.endswith(".json") and "config" in base:
-                with contextlib.suppress(ValueError):
-                    if '"use_pickle": true' in json.dumps(json.loads(z.read(name))):
-                        found.append(name)
-            elif "/sample_inputs/" in name:
-                try:  # torch falls back to a full unpickle when this fails
-                    torch.load(io.BytesIO(z.read(name)), weights_only=True)
-                except Exception:
-                    found.append(name)
-    return found
+    return archive_kind(source) == "torchscript"
 
 
 def read_exported(path: str, trust_pickle: bool) -> torch.export.ExportedProgram:
-    if not trust_pickle:
-        bad = _pt2_pickles(path)
-        if bad:
-            raise ConvlensError(
-                f"{path!r} cannot be read safely ({', '.join(bad[:3])}). {TRUST_HINT}"
-            )
+    """The program in a ``.pt2``: by convlens's allow-list reader, or torch's when trusted."""
     try:
-        return torch.export.load(path)
+        return read_pt2(path)
+    except PickleRequiredError:
+        if not trust_pickle:
+            raise
+    check_zip(path).close()  # sizes are checked even for a trusted archive
+    try:
+        with quiet():
+            return torch.export.load(path)
     except Exception as e:
         raise ConvlensError(f"cannot read {path!r} as a torch.export program: {e}") from None
 
