@@ -104,6 +104,24 @@ def binary(
     return torch.div(a, b, rounding_mode=rounding_mode)
 
 
+def unary(x: torch.Tensor, op: str = "neg") -> torch.Tensor:
+    """One of ``reciprocal, neg, abs, exp, sqrt, rsqrt`` by name."""
+    fn: Callable[[torch.Tensor], torch.Tensor] = getattr(torch, op)
+    return fn(x)
+
+
+def slice_dim(
+    x: torch.Tensor, dim: int = 1, start: int = 0, end: int = 2**63 - 1, step: int = 1
+) -> torch.Tensor:
+    index = [slice(None)] * x.dim()
+    index[dim] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+def select(x: torch.Tensor, dim: int = 1, index: int = 0) -> torch.Tensor:
+    return x.select(dim, index)
+
+
 def concat(*xs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat(xs, dim=dim)
 
@@ -299,9 +317,11 @@ class Reader:
             if node.target is operator.getitem:
                 self._getitem(node)
                 continue
-            if self._fold(node):
-                continue
             name = aten_name(node.target)
+            if name.endswith("_") and not name.startswith("_"):
+                self._check_in_place(node)
+            elif self._fold(node):
+                continue
             handler = HANDLERS.get(name)
             if handler is None or node.op != "call_function":
                 raise self.refuse(
@@ -318,6 +338,27 @@ class Reader:
         output, _ = drop_final_softmax(self.ops, output)
         return assemble(self.user_inputs[0], self.ops, output), shape
 
+    def _check_in_place(self, node: torch.fx.Node) -> None:
+        """Refuse an in-place op whose input (or a view of it) is read after the change.
+
+        Converted, ``relu_`` makes a new value; any later reader of the old one would see the
+        unchanged tensor where PyTorch saw the changed one.
+        """
+        order = {n: i for i, n in enumerate(self.ep.graph.nodes)}
+        here = order[node]
+        chain: list[torch.fx.Node] = []
+        src = node.args[0] if node.args else None
+        while isinstance(src, torch.fx.Node) and src not in chain:
+            chain.append(src)
+            is_view = src.target is operator.getitem or aten_name(src.target) in _VIEWS
+            src = src.args[0] if is_view and src.args else None
+        for base in chain:
+            for user in base.users:
+                if user is not node and order.get(user, -1) > here and user not in chain:
+                    raise self.refuse(
+                        f"{user.name} reads {base.name} after this operation changed it in place"
+                    )
+
     def _fold(self, node: torch.fx.Node) -> bool:
         """Compute an operation whose tensor inputs are all stored constants, once, now.
 
@@ -331,7 +372,9 @@ class Reader:
         nodes = [
             x for x in _flat([*node.args, *node.kwargs.values()]) if isinstance(x, torch.fx.Node)
         ]
-        if not nodes or not all(self.is_const(x) for x in nodes):
+        if not all(self.is_const(x) for x in nodes):
+            return False
+        if not nodes and aten_name(node.target) not in _FACTORIES:
             return False
         val = node.meta.get("val")
         if not isinstance(val, torch.Tensor) or any(_static(d) < 0 for d in val.shape):
@@ -347,10 +390,13 @@ class Reader:
                 return type(x)(real(v) for v in x)
             return x
 
-        with torch.no_grad():
-            out = node.target(
-                *real(list(node.args)), **{k: real(v) for k, v in node.kwargs.items()}
-            )
+        try:
+            with torch.no_grad():
+                out = node.target(
+                    *real(list(node.args)), **{k: real(v) for k, v in node.kwargs.items()}
+                )
+        except (RuntimeError, TypeError, ValueError):
+            return False  # not computable here (another device, say): the handler decides
         if not isinstance(out, torch.Tensor):
             return False
         self.tensors[node.name] = out.detach().clone()
@@ -360,6 +406,8 @@ class Reader:
         src, index = node.args[0], node.args[1]
         name = src.name if isinstance(src, torch.fx.Node) else ""
         if name in self.first_only:
+            if index != 0 and not node.users:
+                return  # an unused saved statistic or index
             if index != 0:
                 raise self.refuse(f"it uses output {index} of {name}; convlens builds output 0")
             self.alias[node.name] = self.alias.get(name, name)
@@ -369,6 +417,10 @@ class Reader:
             raise self.refuse(f"it indexes {name or src!r}, which is not a tuple convlens builds")
 
 
+_VIEWS = {"view", "_unsafe_view", "reshape", "transpose", "permute", "slice", "select",
+          "squeeze", "unsqueeze", "alias", "detach", "expand", "contiguous", "flatten",
+          "chunk", "split", "split_with_sizes", "unsafe_split", "as_strided"}  # fmt: skip
+_FACTORIES = {"ones", "zeros", "full", "arange", "scalar_tensor", "eye", "linspace"}
 _RANDOM = ("rand", "bernoulli", "dropout", "normal", "uniform", "multinomial", "empty")
 
 
@@ -472,10 +524,11 @@ def _layer_norm(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
 def _prelu(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     w = r.tensor(a["weight"])
     assert w is not None
-    act = nn.PReLU(w.numel())
-    act.weight.data = w.reshape(-1)
-    if w.numel() > 1 and w.dim() > 1:
+    per_channel = w.dim() == 1 or (w.dim() >= 2 and w.shape[1] == w.numel())
+    if w.numel() > 1 and not per_channel:
         raise r.refuse(f"a PReLU weight of shape {tuple(w.shape)}; accepted: one value per channel")
+    act = nn.PReLU(w.numel())
+    act.weight.data = w.reshape(-1).clone()
     r.module(n, act, a["self"], weight=a["weight"])
 
 
@@ -609,6 +662,7 @@ def _softmax(kind: type[nn.Softmax | nn.LogSoftmax]) -> Handler:
 
 
 _act(lambda a: nn.ReLU(), "relu", "relu_")
+_act(lambda a: nn.ReLU6(), "relu6", "relu6_")
 _act(_hardtanh, "hardtanh", "hardtanh_")
 _act(lambda a: nn.Hardswish(), "hardswish", "hardswish_")
 _act(lambda a: nn.Hardsigmoid(), "hardsigmoid", "hardsigmoid_")
@@ -642,7 +696,7 @@ def _clamp(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
 def _dropout(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     if a.get("train"):
         raise r.refuse("dropout in training mode; export the model after model.eval()")
-    r.module(n, nn.Dropout(float(a["p"])), a["input"])
+    r.module(n, nn.Dropout(float(a["p"])), a["input"] if "input" in a else a["self"])
 
 
 # ------------------------------------------------------------------ arithmetic
@@ -769,6 +823,33 @@ def _squeeze(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     r.fn(n, squeeze, [a["self"]], dim=norm)
 
 
+@handles("slice")
+def _slice(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
+    src = _shape(a["self"]) or ()
+    dim, start, end, step = int(a["dim"]), a.get("start"), a.get("end"), int(a.get("step") or 1)
+    if any(isinstance(v, torch.fx.Node) for v in (start, end)):
+        raise r.refuse("a slice with computed bounds")
+    start_, end_ = int(start or 0), (2**63 - 1 if end is None else int(end))
+    if src and dim % len(src) == 0:  # x[:, ...] slices the batch fully: the same tensor
+        if start_ == 0 and step == 1 and end_ >= 2**62:
+            r.same(n, a["self"])
+            return
+        raise r.refuse("a slice of the batch dimension")
+    r.fn(n, slice_dim, [a["self"]], dim=dim % len(src), start=start_, end=end_, step=step)
+
+
+@handles("select")
+def _select(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
+    ndim = len(_shape(a["self"]) or ())
+    dim = r.batch_dim(a["dim"], ndim, "selects")
+    r.fn(n, select, [a["self"]], dim=dim, index=int(a["index"]))
+
+
+@handles("reciprocal", "neg", "abs", "exp", "sqrt", "rsqrt")
+def _unary(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
+    r.fn(n, unary, [a["self"]], op=aten_name(n.target))
+
+
 @handles("cat", "concat", "concatenate")
 def _cat(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     parts = list(a["tensors"])
@@ -823,7 +904,7 @@ def _pad(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
         r.fn(n, pad, [a["self"]], pad=amounts, mode=mode, value=value)
 
 
-@handles("clone", "detach", "alias", "contiguous", "lift_fresh_copy", "lift_fresh")
+@handles("clone", "detach", "detach_", "alias", "contiguous", "lift_fresh_copy", "lift_fresh")
 def _identity(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     """Copies and memory layouts: the same values."""
     r.same(n, n.args[0])
@@ -835,5 +916,6 @@ def _no_value(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
 
 
 def program_to_module(ep: torch.export.ExportedProgram) -> tuple[nn.Module, tuple[int, ...]]:
-    """Ordinary modules computing ``ep``, and its example input shape ``(B, C, H, W)``."""
-    return Reader(ep).run()
+    """Ordinary modules computing ``ep`` (in eval mode), and its example input shape."""
+    net, shape = Reader(ep).run()
+    return net.eval(), shape

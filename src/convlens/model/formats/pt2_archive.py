@@ -36,6 +36,7 @@ False
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import re
 import warnings
@@ -447,13 +448,21 @@ def _check_program(doc: Any, path: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def quiet() -> Iterator[None]:
-    """Silence PyTorch's warnings and logging while it deserializes or converts a program."""
+    """Silence PyTorch's warnings, logging and prints while it reads or converts a program.
+
+    The TorchScript converter prints whole graphs when it fails; the user gets one line.
+    """
+    sink = io.StringIO()
     loggers = [logging.getLogger(n) for n in ("torch", "torch._export", "torch.export")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.CRITICAL + 1)
     try:
-        with warnings.catch_warnings():
+        with (
+            warnings.catch_warnings(),
+            contextlib.redirect_stdout(sink),
+            contextlib.redirect_stderr(sink),
+        ):
             warnings.simplefilter("ignore")
             yield
     finally:

@@ -21,7 +21,6 @@ so it too needs ``trust_pickle=True``.
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import torch
@@ -57,14 +56,22 @@ def read_exported(path: str, trust_pickle: bool) -> torch.export.ExportedProgram
         with quiet():
             return torch.export.load(path)
     except Exception as e:
-        raise ConvlensError(f"cannot read {path!r} as a torch.export program: {e}") from None
+        raise ConvlensError(
+            f"cannot read {path!r} as a torch.export program: {_one_line(e)}"
+        ) from None
 
 
 def read_torchscript(path: str, spec: InputSpec | None) -> torch.export.ExportedProgram:
     try:
-        script = torch.jit.load(path, map_location="cpu")
+        check_zip(path).close()
+        with quiet():
+            script = torch.jit.load(path, map_location="cpu")
+    except ConvlensError:
+        raise
     except Exception as e:
-        raise ConvlensError(f"cannot read {path!r} as a TorchScript archive: {e}") from None
+        raise ConvlensError(
+            f"cannot read {path!r} as a TorchScript archive: {_one_line(e)}"
+        ) from None
     if spec is None:
         raise ConvlensError(
             f"{path!r} is a TorchScript archive, which does not record its input size; give it "
@@ -72,15 +79,25 @@ def read_torchscript(path: str, spec: InputSpec | None) -> torch.export.Exported
         )
     from torch._export.converter import TS2EPConverter  # private API; a slow import
 
+    example = (torch.zeros(1, *spec.shape),)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the converter warns once per TorchScript node
-            return TS2EPConverter(script.eval(), (torch.zeros(1, *spec.shape),)).convert()
+        with quiet():
+            ep = TS2EPConverter(script.eval(), example).convert()
     except Exception as e:
         raise ConvlensError(
             f"cannot convert the TorchScript archive {path!r} (export it with torch.export "
-            f"instead): {e}"
+            f"instead): {_one_line(e)}"
         ) from None
+    try:  # the converter leaves sizes symbolic; one more export at the given size fixes them
+        with quiet():
+            return torch.export.export(ep.module(), example)
+    except Exception:
+        return ep
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 # ------------------------------------------------------------------ formats
