@@ -580,3 +580,105 @@ def test_every_converter_is_exercised(op_programs: Any) -> None:
     }
     missing = sorted(set(HANDLERS) - seen - elsewhere)
     assert not missing, f"converters no test case exercises: {missing}"
+
+
+# ------------------------------------------------------------------ whole architectures
+
+
+@pytest.fixture(scope="module")
+def arch_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """``get(name, kind)``: the original module and its file (``pt2`` or ``script``/``trace``)."""
+    from torch_archs import make
+
+    folder = tmp_path_factory.mktemp("archs")
+    cache: dict[tuple[str, str], tuple[torch.nn.Module, Path]] = {}
+
+    def get(name: str, kind: str) -> tuple[torch.nn.Module, Path]:
+        if (name, kind) not in cache:
+            net = make(name)
+            example = torch.zeros(1, 3, 32, 32)
+            if kind == "pt2":
+                path = folder / f"{name}.pt2"
+                torch.export.save(torch.export.export(net, (example,)), path)
+            else:
+                path = folder / f"{name}.{kind}.pt"
+                script = (
+                    torch.jit.script(net) if kind == "script" else torch.jit.trace(net, example)
+                )
+                script.save(str(path))
+            cache[name, kind] = (net, path)
+        return cache[name, kind]
+
+    return get
+
+
+ARCH_NAMES = ["resnet", "mobilenetv3", "inception", "shufflenet", "unet"]
+
+
+def _same_as(net: torch.nn.Module, loaded: Model) -> None:
+    x = torch.rand(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.net(x), net(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_exported_architecture_matches(name: str, arch_files: Any) -> None:
+    net, path = arch_files(name, "pt2")
+    loaded = load_model(path)
+    _same_as(net, loaded)
+    assert loaded.spec.shape == (3, 32, 32)
+    # The original module paths are layer names: views can address the blocks.
+    names = {layer.name for layer in loaded.graph}
+    first = {"resnet": "layer1.0.conv1", "mobilenetv3": "blocks.0.se.fc1",
+             "inception": "mixed.b3.1.0", "shufflenet": "stage.1.branch.1", "unet": "up"}  # fmt: skip
+    assert first[name] in names, sorted(names)[:20]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ARCH_NAMES)
+def test_torchscript_architecture_matches(name: str, arch_files: Any) -> None:
+    # Tracing freezes ShuffleNet's channel arithmetic into scalar ops the converter cannot
+    # follow; scripting keeps it symbolic. The others are traced.
+    kind = "script" if name in ("shufflenet", "unet") else "trace"
+    net, path = arch_files(name, kind)
+    loaded = load_model(path, trust_pickle=True, input_spec={"size": 32, "channels": 3})
+    _same_as(net, loaded)
+
+
+@pytest.mark.slow
+def test_unconvertible_torchscript_is_one_quiet_line(
+    arch_files: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    _, path = arch_files("shufflenet", "trace")
+    capfd.readouterr()
+    with pytest.raises(ConvlensError) as info:
+        load_model(path, trust_pickle=True, input_spec={"size": 32, "channels": 3})
+    out, err = capfd.readouterr()
+    assert "\n" not in str(info.value)
+    assert "torch.export" in str(info.value)
+    assert out == "" and err == "", (out + err)[:500]
+
+
+@pytest.mark.parametrize(
+    ("module", "match"),
+    [
+        (lambda x: torch.cumsum(x, 2).flatten(1), r"operation \d+ \(cumsum: aten.cumsum"),
+        (lambda x: torch.cat([x, x], 0).flatten(1), "batch dimension"),
+        (lambda x: x.permute(1, 0, 2, 3).flatten(1), "moves the batch dimension"),
+        (lambda x: torch.nn.functional.dropout(x, 0.5, training=True).flatten(1), "training"),
+        (lambda x: x.reshape(-1, 2).sum(1, keepdim=True), "batch dimension"),
+    ],
+)
+def test_unsupported_or_batch_mixing_ops_are_refused(
+    module: Any, match: str, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "odd.pt2"
+    torch.export.save(
+        torch.export.export(_Fn(lambda m, x: module(x)), (torch.rand(1, 2, 4, 4),)), path
+    )
+    capfd.readouterr()
+    with pytest.raises(ConvlensError, match=match) as info:
+        load_model(path)
+    assert "\n" not in str(info.value)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""

@@ -65,6 +65,11 @@ def bind(node: torch.fx.Node) -> dict[str, Any]:
             out[arg.name] = arg.default_value
         else:
             out[arg.name] = None
+    # Overloads name their first tensor ``self`` or ``input``; converters may use either.
+    if "self" in out and "input" not in out:
+        out["input"] = out["self"]
+    elif "input" in out and "self" not in out:
+        out["self"] = out["input"]
     return out
 
 
@@ -603,21 +608,25 @@ def _upsample(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
     mode = _UPSAMPLE_MODES[aten_name(n.target)]
     size = a.get("output_size")
     scales = a.get("scale_factors")
-    if scales is None and (a.get("scales_h") is not None or a.get("scales_w") is not None):
+    if scales is None:
         scales = [a.get("scales_h"), a.get("scales_w")]
-    if scales is not None and None in scales:
+    # ATen ignores a missing or non-positive scale (TorchScript writes -1.0 for "none").
+    scales = [None if v is None or float(v) <= 0 else float(v) for v in scales]
+    if scales == [None, None]:
+        scales = None
+    elif None in scales:
         raise r.refuse("an upsampling with only one scale factor given")
     align = a.get("align_corners") if mode in ("bilinear", "bicubic") else None
     if size is not None and scales is None:
         up = nn.Upsample(size=_pair(size), mode=mode, align_corners=align)
     elif scales is not None:
+        # nn.Upsample(scale_factor=s) makes floor(in × s) pixels and samples with s itself:
+        # exactly the ATen call, which also gets a size only when it equals floor(in × s).
         sh, sw = (float(s) for s in scales)
         up = nn.Upsample(scale_factor=(sh, sw), mode=mode, align_corners=align)
-        if size is not None:  # both given: the size decides the output, the scales the sampling
-            out = _pair(size)
-            up = nn.Upsample(size=out, mode=mode, align_corners=align)
-            src = _shape(a["input"]) or ()
-            if len(src) != 4 or (int(src[2] * sh), int(src[3] * sw)) != out:
+        src = _shape(a["input"]) or ()
+        if size is not None and len(src) == 4 and min(src[2:]) > 0:
+            if (int(src[2] * sh), int(src[3] * sw)) != _pair(size):
                 raise r.refuse("an upsampling whose size and scale factors disagree")
     else:
         raise r.refuse("an upsampling with neither a size nor scale factors")
