@@ -629,8 +629,13 @@ def test_exported_architecture_matches(name: str, arch_files: Any) -> None:
     assert loaded.spec.shape == (3, 32, 32)
     # The original module paths are layer names: views can address the blocks.
     names = {layer.name for layer in loaded.graph}
-    first = {"resnet": "layer1.0.conv1", "mobilenetv3": "blocks.0.se.fc1",
-             "inception": "mixed.b3.1.0", "shufflenet": "stage.1.branch.1", "unet": "up"}  # fmt: skip
+    first = {
+        "resnet": "layer1.0.conv1",
+        "mobilenetv3": "blocks.0.se.fc1",
+        "inception": "mixed.b3.1.0",
+        "shufflenet": "stage.1.branch.1",
+        "unet": "up",
+    }
     assert first[name] in names, sorted(names)[:20]
 
 
@@ -682,3 +687,23 @@ def test_unsupported_or_batch_mixing_ops_are_refused(
     assert "\n" not in str(info.value)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+@pytest.mark.slow
+def test_cli_summary_and_explain_on_exported_mobilenet(
+    arch_files: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from convlens.cli import main
+
+    _, path = arch_files("mobilenetv3", "pt2")
+    assert main(["summary", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.se.gate" in out and "Hardsigmoid" in out
+    image = tmp_path / "img.png"
+    Image.fromarray((torch.rand(40, 48, 3) * 255).byte().numpy()).save(image)
+    args = ["explain", str(image), "-m", str(path), "--method", "grad-cam,saliency"]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["img.explain.png", "img.grad-cam.png", "img.saliency.png"], written
