@@ -371,3 +371,26 @@ def test_bad_checkpoint_metadata(tmp_path: Path, meta: Any, match: str) -> None:
         meta = json.dumps(doc)
     (folder / "model.json").write_text(meta)
     refused(folder, tmp_path / "never", match)
+
+
+def test_names_from_the_file_cannot_shadow_or_inject(clean_pt2: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    code = f"conv = __import__('builtins').open({str(marker)!r}, 'w'); conv"
+
+    def rename(doc: Any) -> None:
+        node = doc["graph_module"]["graph"]["nodes"][0]
+        meta = node["metadata"]
+        meta["nn_module_stack"] = meta["nn_module_stack"].replace(",conv,", ",forward,")
+        text = json.dumps(doc).replace('"conv2d"', json.dumps(code))
+        doc.clear()
+        doc.update(json.loads(text))
+
+    evil = rewrite(clean_pt2, tmp_path / "n.pt2", edit_json("models/model.json", rename))
+    model = load_model(evil)
+    assert not marker.exists()
+    names = [layer.name for layer in model.graph]
+    assert "forward_" in names, names
+    ref = torch.export.load(clean_pt2).module()
+    x = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(x), ref(x), atol=1e-6, rtol=0)

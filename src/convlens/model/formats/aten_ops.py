@@ -17,6 +17,7 @@ split along it) is refused.
 from __future__ import annotations
 
 import operator
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -71,6 +72,29 @@ def bind(node: torch.fx.Node) -> dict[str, Any]:
     elif "input" in out and "self" not in out:
         out["self"] = out["input"]
     return out
+
+
+_RESERVED = set(dir(nn.Module)) | {"self"}
+
+
+def safe_name(raw: str) -> str:
+    """A module path from a file's names: identifier (or index) segments, none reserved.
+
+    Names come from the file (``nn_module_stack``, node names), so one could be ``forward``
+    or ``__class__`` (which would shadow a Module attribute when assigned) or carry code.
+
+    >>> safe_name("layer1.0.conv1"), safe_name("forward"), safe_name("a b.__class__")
+    ('layer1.0.conv1', 'forward_', 'a_b.__class___')
+    """
+    parts = []
+    for seg in str(raw)[:200].split("."):
+        seg = re.sub(r"[^0-9A-Za-z_]", "_", seg) or "_"
+        if not seg.isdigit() and seg[0].isdigit():
+            seg = "_" + seg
+        if seg in _RESERVED or seg.startswith("__"):
+            seg += "_"
+        parts.append(seg)
+    return ".".join(parts)
 
 
 def _static(dim: Any) -> int:
@@ -276,7 +300,7 @@ class Reader:
         else:
             base = f"{fqn}.{node.name}" if fqn else node.name
         base = base.replace("L['self'].", "").strip(".") or node.name
-        return unique(base, self.taken)
+        return unique(safe_name(base), self.taken)
 
     def module(
         self,
@@ -625,9 +649,9 @@ def _upsample(r: Reader, n: torch.fx.Node, a: dict[str, Any]) -> None:
         sh, sw = (float(s) for s in scales)
         up = nn.Upsample(scale_factor=(sh, sw), mode=mode, align_corners=align)
         src = _shape(a["input"]) or ()
-        if size is not None and len(src) == 4 and min(src[2:]) > 0:
-            if (int(src[2] * sh), int(src[3] * sw)) != _pair(size):
-                raise r.refuse("an upsampling whose size and scale factors disagree")
+        known = size is not None and len(src) == 4 and min(src[2:]) > 0
+        if known and (int(src[2] * sh), int(src[3] * sw)) != _pair(size):
+            raise r.refuse("an upsampling whose size and scale factors disagree")
     else:
         raise r.refuse("an upsampling with neither a size nor scale factors")
     r.module(n, up, a["input"])
