@@ -394,3 +394,21 @@ def test_names_from_the_file_cannot_shadow_or_inject(clean_pt2: Path, tmp_path: 
     x = torch.rand(1, 3, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(model.net(x), ref(x), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["9**9**9**9", "99999999!", "s0.__class__", "lambda: 1", "1" * 40, "'s'", "eval"],
+)
+def test_symbolic_expressions_are_only_cheap_arithmetic(expr: str) -> None:
+    from convlens.model.formats.pt2_archive import check_expr
+
+    with pytest.raises(ConvlensError, match="symbolic expression"):
+        check_expr(expr, "model.json")
+
+
+def test_symbolic_expressions_torch_writes_are_accepted() -> None:
+    from convlens.model.formats.pt2_archive import check_expr
+
+    for expr in ("s0", "2*s0", "FloorDiv(s77 - 1, 2) + 1", "Max(1, s0)", "Eq(s0, 3)", "u0 // 2"):
+        check_expr(expr, "model.json")

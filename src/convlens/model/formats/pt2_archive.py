@@ -95,7 +95,9 @@ GETITEM = "_operator.getitem"
 
 # Symbolic sizes: numbers, symbols (``s0``, ``u1``), arithmetic and the functions PyTorch's
 # deserializer defines, nothing else; no dots outside numbers, no quotes, no other names.
-_EXPR_TOKEN = re.compile(r"\s+|\d+\.\d+|\d+|[A-Za-z_][A-Za-z0-9_]*|\*\*|//|[-+*/%(),<>=!]")
+# No ``**`` (9**9**9 is evaluated), no ``!`` (sympify reads ``n!`` as a factorial), no long
+# numbers: an expression is parsed and simplified, so it must also be cheap.
+_EXPR_TOKEN = re.compile(r"\s+|\d{1,15}\.\d{1,15}|\d{1,15}|[A-Za-z_][A-Za-z0-9_]*|//|[-+*/%(),<>=]")
 _SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 EXPR_FUNCTIONS = {
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
@@ -351,7 +353,7 @@ def check_expr(expr: Any, where: str) -> None:
     convlens.errors.ConvlensError: x has the symbolic expression "__import__('os')"; accepted: \
 arithmetic over symbols such as s0
     """
-    ok = isinstance(expr, str) and len(expr) <= MAX_EXPR
+    ok = isinstance(expr, str) and len(expr) <= MAX_EXPR and "**" not in expr
     pos = 0
     while ok and pos < len(expr):
         m = _EXPR_TOKEN.match(expr, pos)
@@ -359,7 +361,9 @@ arithmetic over symbols such as s0
             ok = False
             break
         tok = m.group()
-        if tok[0].isalpha() or tok[0] == "_":
+        if tok[0].isdigit() and m.end() < len(expr) and expr[m.end()].isdigit():
+            ok = False  # a number longer than the token allows
+        elif tok[0].isalpha() or tok[0] == "_":
             ok = tok in EXPR_FUNCTIONS or bool(_SYMBOL.fullmatch(tok))
         pos = m.end()
     if not ok:
