@@ -267,8 +267,8 @@ def test_functional_inside_functional_called_twice(tmp_path: Path) -> None:
 def one_layer(kind: str, **config: Any) -> dict[str, Any]:
     """A Keras 2 style config of one layer on a 1×W×1 input (as TF.js writes them)."""
     config["batch_input_shape"] = [None, 1, 5, 1]
-    return {"class_name": "Sequential",
-            "config": {"name": "s", "layers": [{"class_name": kind, "config": config}]}}  # fmt: skip
+    layer = {"class_name": kind, "config": config}
+    return {"class_name": "Sequential", "config": {"name": "s", "layers": [layer]}}
 
 
 def test_keras2_hard_sigmoid_when_the_file_is_keras2() -> None:

@@ -67,6 +67,7 @@ from torch import nn
 
 from convlens.errors import ConvlensError
 from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax
+from convlens.model.formats.safety import checked_elements
 
 # Per layer key, its weights in Keras order, each with its short name when the file has one
 # ("kernel", "bias", "gamma", ...); positional order is used when names are missing. The key
@@ -74,6 +75,8 @@ from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax
 Weights = dict[str, list[tuple[str | None, np.ndarray]]]
 
 MODEL_CLASSES = ("Sequential", "Functional", "Model")
+# Values of one image's activation at any layer; ResNet-50 at 224 px peaks at 0.8 M.
+MAX_ACTIVATION = 10**8
 
 
 # ------------------------------------------------------------------ modules
@@ -533,8 +536,8 @@ def _conv2d(layer: _Layer, xs: list[_T]) -> _T:
     if groups < 1 or cin % groups or cout % groups:
         raise layer.fail(f"groups={groups} does not divide {cin} inputs and {cout} filters")
     x, pad = _conv_padding(layer, x, k, s, d)
-    conv = nn.Conv2d(cin, cout, k, s, pad, d, groups, bias=bool(layer.get("use_bias", True)))
     kernel = layer.weight("kernel", 0, (*k, cin // groups, cout))
+    conv = nn.Conv2d(cin, cout, k, s, pad, d, groups, bias=bool(layer.get("use_bias", True)))
     conv.weight.data = kernel.permute(3, 2, 0, 1).contiguous()  # (kh,kw,in,out) → (out,in,kh,kw)
     if conv.bias is not None:
         conv.bias.data = layer.weight("bias", 1, (cout,))
@@ -584,11 +587,11 @@ def _conv2d_transpose(layer: _Layer, xs: list[_T]) -> _T:
         starts.append(start)
         extras.append(extra)
         crops.append(full + extra - start - length)
+    kernel = layer.weight("kernel", 0, (*k, cout, cin))
     conv = nn.ConvTranspose2d(
         cin, cout, k, s, output_padding=tuple(extras), dilation=d,  # type: ignore[arg-type]
         bias=bool(layer.get("use_bias", True)),
     )  # fmt: skip
-    kernel = layer.weight("kernel", 0, (*k, cout, cin))
     conv.weight.data = kernel.permute(3, 2, 0, 1).contiguous()  # (kh,kw,out,in) → (in,out,kh,kw)
     if conv.bias is not None:
         conv.bias.data = layer.weight("bias", 1, (cout,))
@@ -605,8 +608,8 @@ def _depthwise(layer: _Layer, x: _T, name: str, bias: bool, key: str) -> _T:
     s, d = _pair(layer.get("strides", 1)), _pair(layer.get("dilation_rate", 1))
     mult = int(layer.get("depth_multiplier", 1))
     x, pad = _conv_padding(layer, x, k, s, d)
-    conv = nn.Conv2d(cin, cin * mult, k, s, pad, d, groups=cin, bias=bias)
     kernel = layer.weight(key, 0, (*k, cin, mult))
+    conv = nn.Conv2d(cin, cin * mult, k, s, pad, d, groups=cin, bias=bias)
     # (kh, kw, in, mult) → (in·mult, 1, kh, kw): output channel c·mult + j, as in Keras.
     conv.weight.data = kernel.permute(2, 3, 0, 1).reshape(cin * mult, 1, *k).contiguous()
     if bias:
@@ -626,8 +629,8 @@ def _separable_conv2d(layer: _Layer, xs: list[_T]) -> _T:
     cmid = mid.shape[2]
     cout = int(layer.get("filters"))
     use_bias = bool(layer.get("use_bias", True))
-    point = nn.Conv2d(cmid, cout, 1, bias=use_bias)
     kernel = layer.weight("pointwise_kernel", 1, (1, 1, cmid, cout))
+    point = nn.Conv2d(cmid, cout, 1, bias=use_bias)
     point.weight.data = kernel.permute(3, 2, 0, 1).contiguous()
     if point.bias is not None:
         point.bias.data = layer.weight("bias", 2, (cout,))
@@ -1030,20 +1033,35 @@ def _skip(layer: _Layer, xs: list[_T]) -> _T:
 def _run(
     ctx: _Ctx, op: Op, hwc: tuple[int, int, int] | None, fail: Callable[[str], ConvlensError]
 ) -> _T:
-    """Append ``op`` and learn its output shape by running it once on zeros."""
+    """Append ``op`` and learn its output shape by running it on the ``meta`` device.
+
+    Meta tensors carry shapes only, so a config declaring a huge padding or upsampling
+    allocates nothing; the resulting shape is then checked against :data:`MAX_ACTIVATION`.
+    """
     shapes = [ctx.shapes[i] for i in op.inputs]
-    with torch.no_grad():
-        xs = [torch.zeros((1, *s)) for s in shapes]
-        try:
-            y = op.module.eval()(*xs) if op.module is not None else op.fn(*xs, **op.kwargs)  # type: ignore[misc]
-        except (RuntimeError, ValueError, IndexError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise fail(
-                f"cannot be applied to inputs of shape {[_to_keras(s) for s in shapes]}: {msg}"
-            ) from None
+    xs = [torch.empty((1, *s), device="meta") for s in shapes]
+    try:
+        with torch.no_grad():
+            if op.module is not None:
+                op.module.eval()
+                state = {
+                    **{n: p.to("meta") for n, p in op.module.named_parameters()},
+                    **{n: b.to("meta") for n, b in op.module.named_buffers()},
+                }
+                y = torch.func.functional_call(op.module, state, tuple(xs))
+            else:
+                assert op.fn is not None
+                y = op.fn(*xs, **op.kwargs)
+    except (RuntimeError, ValueError, IndexError, TypeError, NotImplementedError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise fail(
+            f"cannot be applied to inputs of shape {[_to_keras(s) for s in shapes]}: {msg}"
+        ) from None
     if y.dim() < 2 or y.dim() > 4 or y.shape[0] != 1:
         raise fail(f"gives a tensor of shape {tuple(y.shape)}; convlens handles ranks 2 to 4")
     torch_shape = tuple(int(d) for d in y.shape[1:])
+    if checked_elements(torch_shape, "an activation") > MAX_ACTIVATION:
+        raise fail(f"gives {_to_keras(torch_shape)} values per image, over {MAX_ACTIVATION}")
     ctx.shapes[op.output] = torch_shape
     ctx.ops.append(op)
     return _T(op.output, _to_keras(torch_shape), hwc)
@@ -1306,28 +1324,23 @@ def _pretty(tid: str) -> str:
     return tid.split("#", 1)[0]
 
 
-def _input_shape(cfg: dict[str, Any]) -> list[Any] | None:
+def _input_shape(cfg: dict[str, Any], depth: int = 0) -> list[Any] | None:
     """The (H, W, C) the model's first input layer (or build config) declares."""
-    layers = (
-        (cfg.get("config") or {}).get("layers")
-        if isinstance(cfg.get("config"), dict)
-        else cfg.get("config")
-    )
-    for lay in (layers or [])[:1]:
-        c = lay.get("config") or {}
+    inner = cfg.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else inner
+    layers = [la for la in layers if isinstance(la, dict)] if isinstance(layers, list) else []
+    first = layers[:1]
+    inputs = [la for la in layers if la.get("class_name") == "InputLayer"]
+    for lay in first + inputs:  # a Sequential's first layer, or a Functional's input layer
+        c = lay.get("config")
+        c = c if isinstance(c, dict) else {}
         for key in ("batch_input_shape", "batch_shape"):
-            if c.get(key):
+            if isinstance(c.get(key), list) and c[key]:
                 return list(c[key])[1:]
-        if _is_model(lay):
-            return _input_shape(lay)
-    for lay in layers or []:  # a Functional lists its input layers first, but not always
-        if lay.get("class_name") == "InputLayer":
-            c = lay.get("config") or {}
-            shape = c.get("batch_input_shape") or c.get("batch_shape")
-            if shape:
-                return list(shape)[1:]
-    build = cfg.get("build_config") or {}
-    shape = build.get("input_shape")
+        if _is_model(lay) and depth < 32:
+            return _input_shape(lay, depth + 1)
+    build = cfg.get("build_config")
+    shape = build.get("input_shape") if isinstance(build, dict) else None
     if isinstance(shape, list) and shape:
         return list(shape)[1:]
     return None
@@ -1370,6 +1383,22 @@ def convert(
         )
     if c not in (1, 3):
         raise ConvlensError(f"the Keras model takes {c} channels; convlens supports 1 or 3")
+    if checked_elements((h, w, c), "the Keras model's input") > MAX_ACTIVATION:
+        raise ConvlensError(f"the Keras model's input {h}×{w} is too large")
+    try:
+        return _convert(cfg, weights, (int(h), int(w), int(c)), keras3)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        # A config of the right outline but wrong types deep inside: say so in one line.
+        raise ConvlensError(
+            f"the Keras model config is malformed ({type(e).__name__}: {e}); it was not written "
+            "by Keras, or by a version convlens does not know"
+        ) from None
+
+
+def _convert(
+    cfg: dict[str, Any], weights: Weights, hwc: tuple[int, int, int], keras3: bool | None
+) -> Converted:
+    h, w, c = hwc
     graph = _Graph()
     outputs = graph.expand(cfg, "", "", ["input"])
     if len(outputs) != 1:
@@ -1395,7 +1424,9 @@ def convert(
         mean=mean,
         std=std,
         dropped_softmax=dropped,
-        name=str((cfg.get("config") or {}).get("name", "keras-model")),
+        name=str(cfg["config"].get("name", "keras-model"))
+        if isinstance(cfg["config"], dict)
+        else "keras-model",
     )
 
 
@@ -1424,7 +1455,10 @@ def _convert_call(call: _Call, ctx: _Ctx, env: dict[str, _T], first: bool) -> _T
     merge = layer.type in _MERGE_LAYERS
     if not xs or (len(xs) != 1 and not merge):
         raise layer.fail(f"takes one input, got {len(xs)}")
-    out = fn(layer, xs)
+    try:
+        out = fn(layer, xs)
+    except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
+        raise layer.fail(f"its config is malformed ({type(e).__name__}: {e})") from None
     if first and layer.used < len(layer.weights):
         unused = [n for n, _ in layer.weights][layer.used :]
         raise layer.fail(f"the weights file has weights this layer does not use: {unused}")
