@@ -325,16 +325,18 @@ class _Converter:
             )
         return name
 
-    def module_name(self, node: _Node, suffix: str = "") -> str:
-        raw = node.name.removeprefix(self.prefix) + suffix
+    def module_name(self, node: _Node, suffix: str = "", raw_name: str | None = None) -> str:
+        raw = (raw_name or node.name).removeprefix(self.prefix) + suffix
         clean = "".join(ch if ch.isalnum() or ch == "_" else "_" for ch in raw).strip("_")
         return unique(clean or f"{node.op.lower()}_{node.index}", self.taken)
 
     # ---------------------------------------------------------- emitting
 
-    def emit(self, node: _Node, module: nn.Module, src: str, out: str, suffix: str = "") -> str:
+    def emit(
+        self, node: _Node, module: nn.Module, src: str, out: str, suffix: str = "", name: str = ""
+    ) -> str:
         """Append ``out = module(src)`` named after ``node`` and compute its sample value."""
-        op = Op(self.module_name(node, suffix), [src], out, module=module)
+        op = Op(self.module_name(node, suffix, name or None), [src], out, module=module)
         self.ops.append(op)
         with torch.no_grad():
             self.samples[out] = module.eval()(self.samples[src])
@@ -345,6 +347,14 @@ class _Converter:
         self.ops.append(Op(out, inputs, out, fn=fn, kwargs=kw))
         with torch.no_grad():
             self.samples[out] = fn(*(self.samples[i] for i in inputs), **kw)
+
+    def layer_name(self, node: _Node) -> str:
+        """A conv's or matmul's name: the Keras layer scope of its weight (``Conv1_1`` for
+        ``.../Conv1_1/convolution/merged_input``), as a fused node is named after its last op.
+        """
+        weight = node.inputs[1].removeprefix(self.prefix) if len(node.inputs) > 1 else ""
+        scope = weight.split("/")[0] if "/" in weight else ""
+        return self.prefix + scope if scope else node.name
 
     def to_torch_layout(self, node: _Node, const: np.ndarray, rank: int) -> torch.Tensor:
         """A constant ready to broadcast against an activation of TF rank ``rank``."""
@@ -654,8 +664,10 @@ def _conv(c: _Converter, n: _Node) -> None:
     elif extra:
         bias = c.const(n, 2).astype(np.float64)
     top, bottom, left, right = _conv_pads(c, n, src, (kh, kw), s, d)
+    layer = c.layer_name(n)
     if (top, left) != (bottom, right):
-        src = c.emit(n, nn.ZeroPad2d((left, right, top, bottom)), src, n.name + "#pad", "_pad")
+        pad = nn.ZeroPad2d((left, right, top, bottom))
+        src = c.emit(n, pad, src, n.name + "#pad", "_pad", name=layer)
         top = left = 0
     conv = nn.Conv2d(cin, cout, (kh, kw), tuple(s), (top, left), tuple(d), groups,  # type: ignore[arg-type]
                      bias=bias is not None)  # fmt: skip
@@ -665,7 +677,7 @@ def _conv(c: _Converter, n: _Node) -> None:
             np.ascontiguousarray(np.broadcast_to(bias, (cout,)), dtype=np.float32)
         )
     out = n.name + "#conv" if acts else n.name
-    c.emit(n, conv, src, out)
+    c.emit(n, conv, src, out, name=layer)
     if acts:
         _emit_activation(c, n, acts[0], out, prelu_pos=2 + len(extra))
 
@@ -673,9 +685,9 @@ def _conv(c: _Converter, n: _Node) -> None:
 def _emit_activation(c: _Converter, n: _Node, act: str, src: str, prelu_pos: int) -> None:
     if act == "prelu":
         alpha = c.to_torch_layout(n, c.const(n, prelu_pos), c.samples[src].dim())
-        c.emit(n, Prelu(alpha), src, n.name, "_prelu")
+        c.emit(n, Prelu(alpha), src, n.name)
     else:
-        c.emit(n, _ACTIVATIONS[act](n), src, n.name, f"_{act}")
+        c.emit(n, _ACTIVATIONS[act](n), src, n.name)
 
 
 def _matmul(c: _Converter, n: _Node) -> None:
@@ -695,7 +707,7 @@ def _matmul(c: _Converter, n: _Node) -> None:
         bias = np.broadcast_to(c.const(n, 2), (w.shape[0],)).astype(np.float32)
         lin.bias.data = torch.from_numpy(np.ascontiguousarray(bias))
     out = n.name + "#matmul" if acts else n.name
-    c.emit(n, lin, src, out)
+    c.emit(n, lin, src, out, name=c.layer_name(n))
     if acts:
         _emit_activation(c, n, acts[0], out, prelu_pos=2 + len(extra))
 

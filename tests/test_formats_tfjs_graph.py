@@ -1,0 +1,257 @@
+"""TF.js graph models written by tensorflowjs_converter, checked against TF.js itself.
+
+The fixtures (``tests/fixtures/tfjs/graph-*``) come from ``make_graph_models.py`` (Keras →
+SavedModel → ``tensorflowjs_converter``); the reference outputs come from TF.js in node when
+it is installed, else from the ``.reference.npz`` files TF.js wrote (see ``tfjs_reference.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from convlens.errors import ConvlensError
+from convlens.model import Model, load_model
+from convlens.model.formats import tfjs_graph
+from convlens.model.load import detect_format
+from tfjs_reference import FIXTURES, node_ready, reference, run_tfjs, why_no_node
+
+# name → whether the file ends in a softmax (convlens drops it and applies it in probabilities)
+GRAPH_FIXTURES = {
+    "graph-mobilenet-v2": True,
+    "graph-resnet-like": True,
+    "graph-inception-like": False,
+    "graph-raw-ops": False,
+}
+TOLERANCE = 1e-4
+
+
+def model_output(model: Model, x_nhwc: np.ndarray, softmax: bool) -> np.ndarray:
+    x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        y = model.probabilities(x) if softmax else model.net(x)
+    return y.double().numpy()
+
+
+@pytest.fixture(scope="module", params=sorted(GRAPH_FIXTURES))
+def graph_fixture(request: pytest.FixtureRequest) -> tuple[str, Model]:
+    name = request.param
+    return name, load_model(FIXTURES / name)
+
+
+def test_graph_models_match_tfjs(graph_fixture: tuple[str, Model]) -> None:
+    name, model = graph_fixture
+    c, h, w = model.spec.shape
+    x, want, source = reference(FIXTURES / name, (h, w, c))
+    got = model_output(model, x, GRAPH_FIXTURES[name])
+    diff = float(np.abs(got - want).max())
+    print(f"{name}: max |Δ| = {diff:.2e} vs {source}")
+    assert diff < TOLERANCE, (name, diff, source)
+    assert want.std() > 1e-3  # the outputs differ across classes: the check can fail
+
+
+def test_graph_model_contract(graph_fixture: tuple[str, Model]) -> None:
+    name, model = graph_fixture
+    assert detect_format(str(FIXTURES / name)) == "tfjs-graph"
+    assert detect_format(str(FIXTURES / name / "model.json")) == "tfjs-graph"
+    assert model.outputs == "logits" and model.name == name
+    assert model.spec.mean == (0.0, 0.0, 0.0) and model.spec.std == (1.0, 1.0, 1.0)
+    # A batch gives each image what it gives alone (Reshape targets keep the batch free).
+    c, h, w = model.spec.shape
+    x = torch.rand(3, c, h, w, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        batch = model.net(x)
+        single = torch.cat([model.net(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(batch, single, atol=1e-5, rtol=1e-5)
+    assert model.graph.output.output_shape[0] == len(model.classes)
+
+
+def test_mobilenet_structure_and_names() -> None:
+    model = load_model(FIXTURES / "graph-mobilenet-v2")
+    modules = dict(model.net.named_modules())
+    # Fused conv nodes are named after their Keras layer, the fused activation after its node.
+    assert isinstance(modules["Conv1_1"], nn.Conv2d) and modules["Conv1_1"].stride == (2, 2)
+    assert isinstance(modules["Conv1_relu_1_Relu6"], nn.ReLU6)
+    dw = modules["expanded_conv_depthwise_1"]
+    assert isinstance(dw, nn.Conv2d) and dw.groups == dw.in_channels == 16
+    assert isinstance(modules["predictions_1"], nn.Linear)
+    assert modules["predictions_1"].out_features == 10
+    # Uneven SAME padding of a stride-2 conv on an even size: one pixel after, none before.
+    assert modules["Conv1_1_pad"].padding == (0, 1, 0, 1)
+    assert model.graph.total_params == 399_002  # weights after the converter folded BN
+
+
+def test_float16_and_uint8_weights_dequantize_as_tfjs() -> None:
+    """MobileNetV2 is stored as float16, ResNet-like as uint8 (q · scale + min)."""
+    doc = json.loads((FIXTURES / "graph-resnet-like" / "model.json").read_text())
+    entry = doc["weightsManifest"][0]["weights"][0]
+    assert entry["quantization"]["dtype"] == "uint8"
+    raw = np.fromfile(FIXTURES / "graph-resnet-like" / "group1-shard1of1.bin", np.uint8)
+    count = int(np.prod(entry["shape"]))
+    q = entry["quantization"]
+    want = raw[:count].astype(np.float32) * np.float32(q["scale"]) + np.float32(q["min"])
+    from convlens.model.formats.tfjs import read_weights
+
+    got = dict(read_weights(FIXTURES / "graph-resnet-like", doc["weightsManifest"]))
+    np.testing.assert_array_equal(got[entry["name"]].reshape(-1), want)
+    doc16 = json.loads((FIXTURES / "graph-mobilenet-v2" / "model.json").read_text())
+    e16 = doc16["weightsManifest"][0]["weights"][0]
+    assert e16["quantization"]["dtype"] == "float16"
+    half = np.fromfile(FIXTURES / "graph-mobilenet-v2" / "group1-shard1of1.bin", "<f2")
+    got16 = dict(read_weights(FIXTURES / "graph-mobilenet-v2", doc16["weightsManifest"]))
+    n16 = int(np.prod(e16["shape"]))
+    np.testing.assert_array_equal(got16[e16["name"]].reshape(-1), half[:n16].astype(np.float32))
+
+
+# ------------------------------------------------------------------ op coverage
+
+# Ops the converter handles that no fixture written by tensorflowjs_converter 4.22 contains
+# (grappler fuses or folds them away); each is still converted, but not checked against TF.js.
+UNEXERCISED = {
+    "BiasAdd", "Cast", "Div", "ExpandDims", "FusedBatchNorm", "FusedBatchNormV2",
+    "FusedBatchNormV3", "Neg", "Prod", "Rsqrt", "Sqrt", "StopGradient",
+}  # fmt: skip
+
+
+def fixture_ops() -> dict[str, set[str]]:
+    ops: dict[str, set[str]] = {}
+    for name in GRAPH_FIXTURES:
+        doc = json.loads((FIXTURES / name / "model.json").read_text())
+        for node in doc["modelTopology"]["node"]:
+            ops.setdefault(node["op"], set()).add(name)
+    return ops
+
+
+def test_every_converted_op_is_checked_against_tfjs_or_listed() -> None:
+    ops = fixture_ops()
+    covered = set(tfjs_graph.HANDLERS) - UNEXERCISED
+    missing = sorted(op for op in covered if op not in ops)
+    assert not missing, f"ops with a converter but no fixture: {missing}"
+    assert not (UNEXERCISED & set(ops)), "listed as unexercised but a fixture has them"
+    assert set(ops) <= set(tfjs_graph.HANDLERS)
+    # The op families the brief names are all among the checked ones.
+    for op in ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative",
+               "MatMul", "_FusedMatMul", "MaxPool", "AvgPool", "Mean", "ConcatV2", "Pad",
+               "MirrorPad", "Reshape", "Squeeze", "Softmax", "AddN", "Sub", "Mul", "RealDiv",
+               "Maximum", "Minimum", "Prelu", "LeakyRelu", "Elu", "Selu", "Shape",
+               "StridedSlice", "Pack", "PadV2", "Max"):  # fmt: skip
+        assert op in ops, op
+
+
+def test_fused_activations_seen_in_fixtures() -> None:
+    """The fused-op lists in the fixtures: BiasAdd with and without an activation."""
+    seen: set[tuple[str, ...]] = set()
+    for name in GRAPH_FIXTURES:
+        doc = json.loads((FIXTURES / name / "model.json").read_text())
+        for node in doc["modelTopology"]["node"]:
+            if "fused_ops" in node.get("attr", {}):
+                n = tfjs_graph._Node(node, 0)
+                seen.add(tuple(n.strings("fused_ops")))
+    assert {("BiasAdd",), ("BiasAdd", "Relu"), ("BiasAdd", "Relu6")} <= seen
+
+
+# ------------------------------------------------------------------ refusals
+
+
+def copy_fixture(name: str, dest: Path) -> Path:
+    folder = dest / name
+    shutil.copytree(FIXTURES / name, folder)
+    return folder
+
+
+def edit_graph(folder: Path, edit: Any) -> None:
+    doc = json.loads((folder / "model.json").read_text())
+    edit(doc)
+    (folder / "model.json").write_text(json.dumps(doc))
+
+
+def find_node(doc: dict[str, Any], op: str) -> tuple[int, dict[str, Any]]:
+    for i, node in enumerate(doc["modelTopology"]["node"]):
+        if node["op"] == op:
+            return i, node
+    raise AssertionError(op)
+
+
+def test_unsupported_op_names_op_node_and_position(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-inception-like", tmp_path)
+    where: dict[str, Any] = {}
+
+    def edit(doc: dict[str, Any]) -> None:
+        i, node = find_node(doc, "Tanh")
+        node["op"] = "Erf"
+        where.update(index=i, name=node["name"])
+
+    edit_graph(folder, edit)
+    with pytest.raises(ConvlensError) as e:
+        load_model(folder)
+    msg = str(e.value)
+    assert f"node {where['index']} ({where['name']!r}, Erf)" in msg and "'Erf'" in msg
+    assert "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    ("op", "attr", "value", "match"),
+    [
+        ("Conv2D", "data_format", "TkNIVw==", "data_format NCHW is not supported"),
+        ("MirrorPad", "mode", "U1lNTUVUUklD", "MirrorPad mode SYMMETRIC"),
+        ("Conv2D", "padding", "U09NRQ==", "padding 'SOME' is not supported"),
+        ("AvgPool", "ksize", None, r"ksize \[2, 3\] are not"),
+    ],
+)
+def test_refused_attributes(tmp_path: Path, op: str, attr: str, value: Any, match: str) -> None:
+    folder = copy_fixture("graph-inception-like", tmp_path)
+
+    def edit(doc: dict[str, Any]) -> None:
+        node = find_node(doc, op)[1]
+        node["attr"][attr] = {"s": value} if value else {"list": {"i": ["2", "3"]}}
+
+    edit_graph(folder, edit)
+    with pytest.raises(ConvlensError, match=match):
+        load_model(folder)
+
+
+def test_two_outputs_and_missing_inputs_are_refused(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def two_outputs(doc: dict[str, Any]) -> None:
+        doc["signature"]["outputs"]["extra"] = {"name": "PartitionedCall/Mean:0"}
+
+    edit_graph(folder, two_outputs)
+    with pytest.raises(ConvlensError, match="has 2 outputs"):
+        load_model(folder)
+    shutil.rmtree(folder)
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def dangling(doc: dict[str, Any]) -> None:
+        find_node(doc, "Selu")[1]["input"] = ["nowhere:0"]
+
+    edit_graph(folder, dangling)
+    with pytest.raises(ConvlensError, match="node 'nowhere' that does not exist"):
+        load_model(folder)
+
+
+def test_cycle_is_refused(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def cycle(doc: dict[str, Any]) -> None:
+        find_node(doc, "Selu")[1]["input"] = ["PartitionedCall/PadV2"]
+
+    edit_graph(folder, cycle)
+    with pytest.raises(ConvlensError, match="cycle"):
+        load_model(folder)
+
+
+def test_live_tfjs_agrees_with_committed_references() -> None:
+    if not node_ready():
+        pytest.skip(why_no_node())
+    x = np.zeros((1, 12, 12, 3), np.float32)
+    y = run_tfjs(FIXTURES / "graph-raw-ops", x)
+    model = load_model(FIXTURES / "graph-raw-ops")
+    np.testing.assert_allclose(model_output(model, x, False), y, atol=TOLERANCE)
