@@ -39,8 +39,8 @@ from convlens.model.formats.safety import (
     MAX_JSON_BYTES,
     Budget,
     checked_elements,
+    parse_json,
     read_bounded,
-    read_json,
     regular_file,
 )
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
@@ -67,8 +67,19 @@ def model_file(source: str | Path) -> Path:
 
 
 def read_model_json(path: Path) -> dict[str, Any]:
-    """``model.json`` as a dict: a regular file, bounded in size and nesting, else an error."""
-    doc = read_json(path, "TF.js model.json")
+    """``model.json`` as a dict: a regular file, bounded in size and nesting, else an error.
+
+    Read with its own size as the bound (after checking it against :data:`MAX_JSON_BYTES`):
+    ``read_bounded`` reads ``limit + 1`` bytes at once, and Python allocates that much.
+    """
+    size = regular_file(path, "TF.js model.json").stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ConvlensError(
+            f"TF.js model.json {str(path)!r} is {size} bytes; at most {MAX_JSON_BYTES} are accepted"
+        )
+    doc = parse_json(
+        read_bounded(path, size, "TF.js model.json"), f"TF.js model.json {str(path)!r}"
+    )
     if not isinstance(doc, dict) or not isinstance(doc.get("modelTopology"), dict):
         raise ConvlensError(
             f"{str(path)!r} is not a TensorFlow.js model.json (an object with modelTopology)"
@@ -264,29 +275,41 @@ def check_config_sizes(topology: dict[str, Any], named: list[tuple[str, np.ndarr
                 raise ConvlensError(
                     f"{where}: {key} {cfg.get(key)!r} is refused; accepted: 0..{MAX_SIDE}"
                 )
-        weights = [a for _, a in by_layer.get(str(cfg.get("name")).replace(".", "_"), [])]
-        weights = weights or [a for _, a in by_layer.get(str(cfg.get("name")), [])]
+        weights = by_layer.get(str(cfg.get("name")).replace(".", "_")) or by_layer.get(
+            str(cfg.get("name")), []
+        )
         _check_layer_weights(where, cfg, weights)
 
 
-def _check_layer_weights(where: str, cfg: dict[str, Any], weights: list[np.ndarray]) -> None:
-    sizes = {k: cfg[k] for k in ("units", "filters", "depth_multiplier") if k in cfg}
-    if not sizes:
-        return
-    if not weights:
-        raise ConvlensError(f"{where} declares {sizes} but the weights manifest has no kernel")
-    kernel = weights[0]
-    for key, value in sizes.items():
-        if _ints(value) != [value] or kernel.ndim == 0 or kernel.shape[-1] != value:
+# Which weight carries each config size (Keras 3 calls a depthwise kernel just "kernel").
+_SIZE_WEIGHTS = {
+    "units": ("kernel",),
+    "filters": ("pointwise_kernel", "kernel"),
+    "depth_multiplier": ("depthwise_kernel", "kernel"),
+    "kernel_size": ("depthwise_kernel", "kernel"),
+}
+
+
+def _check_layer_weights(
+    where: str, cfg: dict[str, Any], weights: list[tuple[str | None, np.ndarray]]
+) -> None:
+    named = {short: arr for short, arr in weights if short}
+    for key, candidates in _SIZE_WEIGHTS.items():
+        if key not in cfg:
+            continue
+        value = cfg[key]
+        found = [named[c] for c in candidates if c in named]
+        kernel = found[0] if found else (weights[0][1] if weights and not named else None)
+        if kernel is None:
+            raise ConvlensError(f"{where} declares {key} {value!r} but has no kernel weights")
+        if key == "kernel_size":
+            pair = [value, value] if isinstance(value, int) else value
+            ok = kernel.ndim == 4 and list(kernel.shape[:2]) == list(pair)
+        else:
+            ok = _ints(value) == [value] and kernel.ndim > 0 and kernel.shape[-1] == value
+        if not ok:
             raise ConvlensError(
                 f"{where}: {key} {value!r} does not match its kernel's shape {kernel.shape}"
-            )
-    k = cfg.get("kernel_size")
-    if k is not None:
-        pair = [k, k] if isinstance(k, int) else k
-        if kernel.ndim != 4 or list(kernel.shape[:2]) != list(pair):
-            raise ConvlensError(
-                f"{where}: kernel_size {k!r} does not match its kernel's shape {kernel.shape}"
             )
 
 
