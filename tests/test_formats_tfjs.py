@@ -363,7 +363,7 @@ def test_dense_with_a_million_units_fails_before_allocating(tmp_path: Path) -> N
         next(lay for lay in layers if lay["class_name"] == "Dense")["config"]["units"] = 10**6
 
     edit_json(folder, edit)
-    msg = refused(folder, r"units 1000000 does not match its kernel's shape \(40, 6\)")
+    msg = refused(folder, r"units 1000000 does not match its kernel's shape \(90, 6\)")
     assert "('fc', Dense)" in msg
 
 
