@@ -21,7 +21,15 @@ from convlens.errors import ConvlensError
 from convlens.model import Model, load_model
 from convlens.model.formats import tfjs_graph
 from convlens.model.load import detect_format
-from tfjs_reference import FIXTURES, node_ready, reference, run_tfjs, why_no_node
+from tfjs_reference import (
+    FIXTURES,
+    JS,
+    node_ready,
+    reference,
+    run_tfjs,
+    sample_inputs,
+    why_no_node,
+)
 
 # name → whether the file ends in a softmax (convlens drops it and applies it in probabilities)
 GRAPH_FIXTURES = {
@@ -255,3 +263,34 @@ def test_live_tfjs_agrees_with_committed_references() -> None:
     y = run_tfjs(FIXTURES / "graph-raw-ops", x)
     model = load_model(FIXTURES / "graph-raw-ops")
     np.testing.assert_allclose(model_output(model, x, False), y, atol=TOLERANCE)
+
+
+# ------------------------------------------------------------------ published models
+
+HUMAN_MODELS = JS / "node_modules" / "@vladmandic" / "human" / "models"
+# file → (input H, W, C; whether it ends in a softmax). From @vladmandic/human 3.3.6 (MIT),
+# an npm test dependency: its graph models are TF.js converter output, not ours.
+PUBLISHED = {
+    "emotion": ((64, 64, 1), True),  # 7 facial expressions, no signature in its model.json
+    "liveness": ((32, 32, 3), True),
+    "antispoof": ((128, 128, 3), False),  # one sigmoid score
+}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_published_graph_models_match_tfjs(name: str) -> None:
+    if not node_ready():
+        pytest.skip(why_no_node())
+    source = HUMAN_MODELS / f"{name}.json"
+    if not source.is_file():
+        pytest.skip(f"{source} is missing (run `npm ci --prefix {JS}`)")
+    model = load_model(source)
+    hwc, softmax = PUBLISHED[name]
+    c, h, w = model.spec.shape
+    assert (h, w, c) == hwc
+    x = sample_inputs(name, hwc)
+    want = run_tfjs(source, x)
+    got = model_output(model, x, softmax)
+    diff = float(np.abs(got - want).max())
+    print(f"@vladmandic/human {name}: max |Δ| = {diff:.2e} vs TF.js in node")
+    assert diff < TOLERANCE and want.std() > 1e-4

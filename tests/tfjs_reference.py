@@ -54,21 +54,25 @@ def sample_inputs(name: str, hwc: tuple[int, int, int]) -> np.ndarray:
     return rng.random((BATCH, *hwc), dtype=np.float32)
 
 
-def _digest(folder: Path, x: np.ndarray) -> str:
+def _digest(source: Path, x: np.ndarray) -> str:
+    """A hash of the model file, its shards and the inputs (the cache key)."""
+    import json
+
+    file = source if source.suffix == ".json" else source / "model.json"
     h = hashlib.sha256(x.tobytes())
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and (p.suffix in (".json", ".bin")):
-            h.update(p.name.encode())
-            h.update(p.read_bytes())
+    h.update(file.read_bytes())
+    for group in json.loads(file.read_text())["weightsManifest"]:
+        for rel in group["paths"]:
+            h.update((file.parent / rel).read_bytes())
     return h.hexdigest()[:24]
 
 
 def run_tfjs(folder: Path, x: np.ndarray, timeout: float = 120) -> np.ndarray:
-    """TF.js's output for NHWC ``x`` on the model in ``folder`` (cached)."""
-    cached = cache_dir() / f"{folder.name}-{_digest(folder, x)}.npy"
+    """TF.js's output for NHWC ``x`` on the model in ``folder`` (or a model .json; cached)."""
+    cached = cache_dir() / f"{folder.stem}-{_digest(folder, x)}.npy"
     if cached.is_file():
         return np.load(cached, allow_pickle=False)
-    work = cache_dir() / f"{folder.name}-{os.getpid()}"
+    work = cache_dir() / f"{folder.stem}-{os.getpid()}"
     inp, out = work.with_suffix(".in.bin"), work.with_suffix(".out.bin")
     x.astype("<f4").tofile(inp)
     shape = ",".join(str(d) for d in x.shape)

@@ -2,7 +2,7 @@
 // TF.js's own loaders over an in-memory IO handler, run it on raw float32 NHWC inputs and
 // write the raw float32 outputs.
 //
-//   node predict.js MODEL_DIR INPUT.bin N,H,W,C OUTPUT.bin
+//   node predict.js MODEL_DIR|MODEL.json INPUT.bin N,H,W,C OUTPUT.bin
 //
 // Pure-JS CPU backend (no tfjs-node native binary); prints the output shape as JSON.
 'use strict';
@@ -10,8 +10,10 @@ const fs = require('fs');
 const path = require('path');
 const tf = require('@tensorflow/tfjs');
 
-function artifacts(dir) {
-  const doc = JSON.parse(fs.readFileSync(path.join(dir, 'model.json'), 'utf8'));
+function artifacts(source) {
+  const file = source.endsWith('.json') ? source : path.join(source, 'model.json');
+  const dir = path.dirname(file);
+  const doc = JSON.parse(fs.readFileSync(file, 'utf8'));
   const specs = [];
   const chunks = [];
   for (const group of doc.weightsManifest || []) {
