@@ -93,7 +93,12 @@ def test_mobilenet_structure_and_names() -> None:
     assert modules["predictions_1"].out_features == 10
     # Uneven SAME padding of a stride-2 conv on an even size: one pixel after, none before.
     assert modules["Conv1_1_pad"].padding == (0, 1, 0, 1)
-    assert model.graph.total_params == 399_002  # weights after the converter folded BN
+    # MobileNetV2: a stem conv, 17 inverted residual blocks (expand 1×1 but in the first,
+    # depthwise 3×3, project 1×1) and a last 1×1 conv to 1280 channels.
+    convs = [m for m in modules.values() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 1 + 16 + 17 + 17 + 1
+    assert sum(m.groups > 1 for m in convs) == 17 and convs[-1].out_channels == 1280
+    assert not model.training and not model.net.training
 
 
 def test_float16_and_uint8_weights_dequantize_as_tfjs() -> None:

@@ -335,7 +335,7 @@ def load(source: str, opts: LoadOptions) -> Model:
     spec = InputSpec(conv.channels, conv.height, conv.width, conv.mean, conv.std)
     known = known_classes(path)  # the published CNN Explainer model, recognised by checksum
     name = "cnn-explainer" if known else conv.name
-    return make_model(
+    model = make_model(
         conv.net,
         spec,
         path,
@@ -344,6 +344,7 @@ def load(source: str, opts: LoadOptions) -> Model:
         name=name if name != "sequential" else path.parent.name or "tfjs-model",
         input_overrides=opts.input_spec,
     )
+    return model.eval()  # else Model.probabilities restores the wrapper's training mode
 
 
 FORMATS.add(

@@ -55,6 +55,7 @@ from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax, uni
 from convlens.model.formats.safety import Budget, checked_elements
 from convlens.model.formats.tfjs import (
     MAX_SIDE,
+    MODEL_FILE,
     model_file,
     peek_model_json,
     read_model_json,
@@ -284,6 +285,7 @@ class _Converter:
         self.alias: dict[str, str] = {}
         self.ops: list[Op] = []
         self.taken: set[str] = set()
+        self.affine: set[int] = set()  # ids of the BatchNorm2d layers made from Mul/Add ops
         self.input = ""
         self.input_size: tuple[int, int] | None = None  # the user's --input-size
         self.input_shape: tuple[int, int, int] = (0, 0, 0)  # C, H, W
@@ -803,6 +805,8 @@ def _binary(c: _Converter, n: _Node) -> None:
         src = c.act(n, 1 if const_first else 0, rank=None)
         if kind == "add" and _fold_bias(c, n, src, c.consts[const]):
             return
+        if _affine(c, n, kind, src, c.consts[const], const_first):
+            return
         t = c.to_torch_layout(n, c.consts[const], c.samples[src].dim())
         c.emit(n, ConstantOp(kind, t, const_first), src, n.name)
         return
@@ -810,6 +814,55 @@ def _binary(c: _Converter, n: _Node) -> None:
     if c.samples[x].dim() != c.samples[y].dim():
         raise n.fail("combining activations of different ranks is not supported")
     c.emit_fn(n, _BINARY[kind], [x, y])
+
+
+def _affine(
+    c: _Converter, n: _Node, kind: str, src: str, const: np.ndarray, const_first: bool
+) -> bool:
+    """A per-channel ``x·a + b`` (Mul/Add/Sub by constants) as a ``BatchNorm2d`` layer.
+
+    A batch norm after a depthwise conv or an addition reaches the graph as ``Mul`` then
+    ``Add`` by per-channel constants; one ``BatchNorm2d`` (mean 0, variance 1, so exactly
+    ``x·weight + bias``) named after its Keras layer keeps it a layer that convlens
+    lists, instead of two anonymous functions. A following affine op merges into it.
+    """
+    x = c.samples[src]
+    channels = int(x.shape[1]) if x.dim() == 4 else 0
+    arr = np.asarray(const, dtype=np.float64)
+    if kind not in ("add", "sub", "mul") or not channels:
+        return False
+    if arr.size != 1 and (arr.shape[-1:] != (channels,) or arr.size != channels):
+        return False
+    value = np.broadcast_to(arr.reshape(-1), (channels,))
+    scale, shift = {
+        "mul": (value, np.zeros(channels)),
+        "add": (np.ones(channels), value),
+        "sub": (-np.ones(channels), value) if const_first else (np.ones(channels), -value),
+    }[kind]
+    last = c.ops[-1] if c.ops else None
+    if (
+        last is not None
+        and last.output == src
+        and id(last.module) in c.affine
+        and c.uses.get(src, 0) == 1
+        and isinstance(last.module, nn.BatchNorm2d)
+    ):
+        bn = last.module
+        w0, b0 = bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy()
+        bn.weight.data = torch.from_numpy((w0 * scale).astype(np.float32))
+        bn.bias.data = torch.from_numpy((b0 * scale + shift).astype(np.float32))
+        with torch.no_grad():
+            c.samples[src] = bn(c.samples[last.inputs[0]])
+        c.alias[n.name] = src
+        return True
+    bn = nn.BatchNorm2d(channels, eps=1e-12)  # 1 + 1e-12 == 1 in float32: exactly x·w + b
+    bn.weight.data = torch.from_numpy(scale.astype(np.float32))
+    bn.bias.data = torch.from_numpy(shift.astype(np.float32))
+    c.affine.add(id(bn))
+    rel = n.name.removeprefix(c.prefix)
+    scope = c.prefix + rel.split("/")[0] if "/" in rel else n.name
+    c.emit(n, bn, src, n.name, name=scope)
+    return True
 
 
 def _fold_bias(c: _Converter, n: _Node, src: str, bias: np.ndarray) -> bool:
@@ -979,15 +1032,16 @@ def load(source: str, opts: LoadOptions) -> Model:
     named = read_weights(path.parent, doc.get("weightsManifest") or [], Budget())
     weights = dict(named)
     net, (ch, h, w) = convert_graph(doc, weights, input_size_override(opts.input_spec))
-    return make_model(
+    model = make_model(
         net,
         InputSpec(ch, h, w),
         path,
         opts.classes,
-        name=path.parent.name or "tfjs-graph-model",
+        name=path.stem if path.name != MODEL_FILE else path.parent.name or "tfjs-graph-model",
         input_overrides=opts.input_spec,
         file_classes=_metadata_classes(doc),
     )
+    return model.eval()  # else Model.probabilities restores the wrapper's training mode
 
 
 FORMATS.add(
