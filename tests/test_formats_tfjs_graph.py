@@ -299,3 +299,51 @@ def test_published_graph_models_match_tfjs(name: str) -> None:
     diff = float(np.abs(got - want).max())
     print(f"@vladmandic/human {name}: max |Δ| = {diff:.2e} vs TF.js in node")
     assert diff < TOLERANCE and want.std() > 1e-4
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_cli_summary_and_explain_on_a_graph_mobilenet(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from PIL import Image
+
+    from convlens.cli import main
+
+    source = str(FIXTURES / "graph-mobilenet-v2")
+    assert main(["summary", source]) == 0
+    out = capsys.readouterr().out
+    assert "graph-mobilenet-v2: input 3×32×32, 10 classes" in out
+    assert "Conv1_1" in out and "predictions_1" in out
+    image = tmp_path / "stripes.png"
+    pixels = np.zeros((48, 48, 3), np.uint8)
+    pixels[:, ::6] = (255, 200, 40)
+    Image.fromarray(pixels).save(image)
+    out_dir = tmp_path / "out"
+    code = main(
+        ["explain", str(image), "-m", source, "--method", "grad-cam,saliency",
+         "--out", str(out_dir)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr()
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["stripes.explain.png", "stripes.grad-cam.png", "stripes.saliency.png"]
+    # Grad-CAM found a spatial layer (the receptive fields survive the uneven SAME pads).
+    model = load_model(source)
+    assert len(model.graph.spatial()) > 100
+    assert model.graph["out_relu_1_Relu6"].rf is not None
+    # 491 px: MobileNetV2's receptive field as Araujo et al. (Distill 2019) tabulate it.
+    assert model.graph["out_relu_1_Relu6"].rf.size == (491, 491)
+
+
+def test_cli_refuses_a_hostile_graph_model_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from convlens.cli import main
+
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+    edit_graph(folder, lambda d: d["weightsManifest"][0]["weights"][0].update(shape=[10**9, 9]))
+    assert main(["summary", str(folder)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "declares shape (1000000000, 9)" in err and "\n" not in err
+    assert "Traceback" not in err
