@@ -42,9 +42,13 @@ TOLERANCE = 1e-4
 
 
 def model_output(model: Model, x_nhwc: np.ndarray, softmax: bool) -> np.ndarray:
+    """The model on what TF.js was given: raw NHWC values ``x`` (0..255 pixels for a model
+    whose leading Rescaling went into its input spec, so convlens's pixels are ``x / 255``)."""
     x = torch.from_numpy(x_nhwc).permute(0, 3, 1, 2).contiguous()
+    if any(m != 0 for m in model.spec.mean) or any(s != 1 for s in model.spec.std):
+        x = x / 255
     with torch.no_grad():
-        y = model.probabilities(x) if softmax else model.net(x)
+        y = model.probabilities(x) if softmax else model.net(model.normalize(x))
     return y.double().numpy()
 
 
@@ -70,7 +74,11 @@ def test_graph_model_contract(graph_fixture: tuple[str, Model]) -> None:
     assert detect_format(str(FIXTURES / name)) == "tfjs-graph"
     assert detect_format(str(FIXTURES / name / "model.json")) == "tfjs-graph"
     assert model.outputs == "logits" and model.name == name
-    assert model.spec.mean == (0.0, 0.0, 0.0) and model.spec.std == (1.0, 1.0, 1.0)
+    if name == "graph-resnet-like":  # Rescaling(1/127.5, offset=-1) on 0..255 pixels
+        np.testing.assert_allclose(model.spec.mean + model.spec.std, [0.5] * 6, rtol=1e-6)
+        assert "conv2d_1" in dict(model.net.named_children())
+    else:
+        assert model.spec.mean == (0.0, 0.0, 0.0) and model.spec.std == (1.0, 1.0, 1.0)
     # A batch gives each image what it gives alone (Reshape targets keep the batch free).
     c, h, w = model.spec.shape
     x = torch.rand(3, c, h, w, generator=torch.Generator().manual_seed(0))

@@ -286,6 +286,8 @@ class _Converter:
         self.ops: list[Op] = []
         self.taken: set[str] = set()
         self.affine: set[int] = set()  # ids of the BatchNorm2d layers made from Mul/Add ops
+        self.mean: tuple[float, ...] = (0.0,)  # the input spec, unless preprocessing is folded
+        self.std: tuple[float, ...] = (1.0,)
         self.input = ""
         self.input_size: tuple[int, int] | None = None  # the user's --input-size
         self.input_shape: tuple[int, int, int] = (0, 0, 0)  # C, H, W
@@ -396,7 +398,36 @@ class _Converter:
                 "(batch, classes) scores"
             )
         output, _ = drop_final_softmax(self.ops, output)
+        self.fold_preprocessing()
         return assemble(self.input, self.ops, output), self.input_shape
+
+    def fold_preprocessing(self) -> None:
+        """Move leading per-channel ``x·a + b`` layers (a Keras Rescaling or Normalization,
+        as Mul/Add on the input) into the input spec, as the Keras reader does.
+
+        Like Keras's preprocessing layers, they are taken to receive pixels in 0..255, so for
+        convlens's ``p ∈ [0, 1]``: ``(p − mean) / std = 255·a·p + b``, i.e.
+        ``std = 1 / (255·a)`` and ``mean = −b / (255·a)``.
+        """
+        scale = np.full(self.input_shape[0], 255.0)
+        offset = np.zeros(self.input_shape[0])
+        folded = False
+        while self.ops and id(self.ops[0].module) in self.affine:
+            first = self.ops[0]
+            bn = first.module
+            assert isinstance(bn, nn.BatchNorm2d)
+            a = bn.weight.detach().double().numpy()
+            b = bn.bias.detach().double().numpy()
+            if first.inputs != [self.input] or self.uses.get(first.output, 0) != 1 or a.min() <= 0:
+                break
+            scale, offset = scale * a, offset * a + b
+            self.ops.pop(0)
+            for op in self.ops:
+                op.inputs = [self.input if i == first.output else i for i in op.inputs]
+            folded = True
+        if folded:
+            self.std = tuple(float(v) for v in 1 / scale)
+            self.mean = tuple(float(v) for v in -offset / scale)
 
 
 def _graph_output(doc: dict[str, Any], nodes: list[_Node]) -> str:
@@ -1008,11 +1039,12 @@ HANDLERS: dict[str, Callable[[_Converter, _Node], None]] = {
 
 def convert_graph(
     doc: dict[str, Any], weights: dict[str, np.ndarray], input_size: tuple[int, int] | None = None
-) -> tuple[nn.Module, tuple[int, int, int]]:
-    """The torch network computing a graph model's output, and its input ``(C, H, W)``."""
+) -> tuple[nn.Module, InputSpec]:
+    """The torch network computing a graph model's output, and its input spec."""
     conv = _Converter(doc, weights)
     conv.input_size = input_size
-    return conv.run()
+    net, (ch, h, w) = conv.run()
+    return net, InputSpec(ch, h, w, conv.mean, conv.std)
 
 
 def _metadata_classes(doc: dict[str, Any]) -> list[str] | None:
@@ -1031,10 +1063,10 @@ def load(source: str, opts: LoadOptions) -> Model:
         raise ConvlensError(f"{str(path)!r} is not a TF.js graph model (format: graph-model)")
     named = read_weights(path.parent, doc.get("weightsManifest") or [], Budget())
     weights = dict(named)
-    net, (ch, h, w) = convert_graph(doc, weights, input_size_override(opts.input_spec))
+    net, spec = convert_graph(doc, weights, input_size_override(opts.input_spec))
     model = make_model(
         net,
-        InputSpec(ch, h, w),
+        spec,
         path,
         opts.classes,
         name=path.stem if path.name != MODEL_FILE else path.parent.name or "tfjs-graph-model",
