@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,16 @@ from PIL import Image
 from convlens.errors import ConvlensError
 from convlens.model import Model, load_model
 from convlens.model.load import detect_format
-from tfjs_reference import FIXTURES, reference
+from tfjs_reference import (
+    FIXTURES,
+    JS,
+    cache_dir,
+    node_ready,
+    reference,
+    run_tfjs,
+    sample_inputs,
+    why_no_node,
+)
 
 CLASSES = [
     "lifeboat", "ladybug", "pizza", "bell pepper", "school bus",
@@ -427,3 +437,44 @@ def test_malformed_model_json_is_one_line(tmp_path: Path, text: str | bytes) -> 
     path = tmp_path / "model.json"
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
     refused(path, "model.json|JSON|UTF-8", format="tfjs")
+
+
+# ------------------------------------------------------------------ published layers model
+
+
+@pytest.fixture(scope="module")
+def nsfwjs_mobilenet() -> Path:
+    """nsfwjs 4.4.0's MobileNetV2 (Keras 2.2.4 via tfjs-converter, uint8-quantized), unwrapped
+    from the npm package's JS bundles by its own loaders into the test cache."""
+    if not node_ready():
+        pytest.skip(why_no_node())
+    if not (JS / "node_modules" / "nsfwjs" / "package.json").is_file():
+        pytest.skip(f"nsfwjs is not installed (run `npm ci --prefix {JS}`)")
+    out = cache_dir() / "nsfwjs-mobilenet_v2"
+    if not (out / "model.json").is_file():
+        subprocess.run(
+            ["node", str(JS / "extract_nsfwjs.js"), "mobilenet_v2", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_published_nsfwjs_mobilenet_matches_tfjs(nsfwjs_mobilenet: Path) -> None:
+    try:
+        model = load_model(nsfwjs_mobilenet)
+    except ConvlensError as e:
+        if "chain-like" in str(e):  # MobileNetV2's residual adds: the keras branch
+            pytest.xfail(f"branching layers model not converted yet: {e}")
+        raise
+    assert model.classes == ["Drawing", "Hentai", "Neutral", "Porn", "Sexy"]
+    assert model.spec.shape == (3, 224, 224)
+    x = sample_inputs("nsfwjs", (224, 224, 3))[:1]  # nsfwjs feeds pixels / 255
+    want = run_tfjs(nsfwjs_mobilenet, x)
+    with torch.no_grad():
+        got = model.probabilities(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+    diff = float(np.abs(got.double().numpy() - want).max())
+    print(f"nsfwjs mobilenet_v2: max |Δ| = {diff:.2e} vs TF.js in node")
+    assert diff < 1e-4
