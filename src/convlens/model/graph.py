@@ -30,7 +30,6 @@ KINDS = (
     "flatten", "linear", "softmax", "dropout", "add", "concat", "other",
 )  # fmt: skip
 SPATIAL_WINDOW_KINDS = frozenset({"conv", "maxpool", "avgpool"})
-_PADS = (nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d)
 
 _ACTIVATIONS: tuple[type[nn.Module], ...] = (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -288,9 +287,6 @@ def _rf_for(
         return ReceptiveField.whole(*input_hw)
     if kind in SPATIAL_WINDOW_KINDS and "kernel" in hyper:
         return rf.through(*_window(hyper))
-    if "pad" in hyper:  # an explicit pad (TF's uneven SAME): a 1×1 window padded top/left
-        top, _, left, _ = hyper["pad"]
-        return rf.through((1, 1), (1, 1), (top, left), (1, 1))
     if len(in_shape) == 3 and tuple(in_shape[1:]) == tuple(out_shape[1:]):
         return rf  # element-wise, batch norm, activation, add, concat: the grid is unchanged
     if kind == "adaptive_pool":
@@ -440,9 +436,6 @@ def _make_layer(
         hyper = {"negative_slope": module.negative_slope}
     elif isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         hyper = {"output_size": list(out_shape[1:])}
-    elif isinstance(module, _PADS) and len(getattr(module, "padding", ())) == 4:
-        left, right, top, bottom = (int(p) for p in module.padding)
-        hyper = {"pad": [top, bottom, left, right]}  # shifts the grid: see _rf_for
     params, trainable = _count_params(module) if call == 1 else (0, 0)
     rf = (
         ReceptiveField.identity()
