@@ -229,12 +229,7 @@ LAYERS_FIXTURES = {
 def test_layers_models_written_by_tfjs_match_tfjs(name: str) -> None:
     """Models built and saved by TF.js itself (tests/js/make_layers_models.js)."""
     assert detect_format(str(FIXTURES / name)) == "tfjs"
-    try:
-        model = load_model(FIXTURES / name)
-    except ConvlensError as e:
-        if "chain-like" in str(e):  # branching Keras models: converted on the keras branch
-            pytest.xfail(f"branching layers model not converted yet: {e}")
-        raise
+    model = load_model(FIXTURES / name)
     c, h, w = model.spec.shape
     x, want, source = reference(FIXTURES / name, (h, w, c))
     xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
@@ -463,12 +458,7 @@ def nsfwjs_mobilenet() -> Path:
 
 @pytest.mark.slow
 def test_published_nsfwjs_mobilenet_matches_tfjs(nsfwjs_mobilenet: Path) -> None:
-    try:
-        model = load_model(nsfwjs_mobilenet)
-    except ConvlensError as e:
-        if "chain-like" in str(e):  # MobileNetV2's residual adds: the keras branch
-            pytest.xfail(f"branching layers model not converted yet: {e}")
-        raise
+    model = load_model(nsfwjs_mobilenet)
     assert model.classes == ["Drawing", "Hentai", "Neutral", "Porn", "Sexy"]
     assert model.spec.shape == (3, 224, 224)
     x = sample_inputs("nsfwjs", (224, 224, 3))[:1]  # nsfwjs feeds pixels / 255
