@@ -134,11 +134,9 @@ def test_float16_and_uint8_weights_dequantize_as_tfjs() -> None:
 # ------------------------------------------------------------------ op coverage
 
 # Ops the converter handles that no fixture written by tensorflowjs_converter 4.22 contains
-# (grappler fuses or folds them away); each is still converted, but not checked against TF.js.
-UNEXERCISED = {
-    "BiasAdd", "Cast", "Div", "ExpandDims", "FusedBatchNorm", "FusedBatchNormV2",
-    "FusedBatchNormV3", "Neg", "Prod", "Rsqrt", "Sqrt", "StopGradient",
-}  # fmt: skip
+# (grappler fuses or folds them away). Those in UNFUSED (below) are checked against TF.js on
+# a rewritten fixture; these are converted but not checked against TF.js.
+UNEXERCISED = {"ExpandDims", "FusedBatchNorm", "FusedBatchNormV2", "Prod"}
 
 
 def fixture_ops() -> dict[str, set[str]]:
@@ -152,10 +150,10 @@ def fixture_ops() -> dict[str, set[str]]:
 
 def test_every_converted_op_is_checked_against_tfjs_or_listed() -> None:
     ops = fixture_ops()
-    covered = set(tfjs_graph.HANDLERS) - UNEXERCISED
+    covered = set(tfjs_graph.HANDLERS) - UNEXERCISED - UNFUSED
     missing = sorted(op for op in covered if op not in ops)
     assert not missing, f"ops with a converter but no fixture: {missing}"
-    assert not (UNEXERCISED & set(ops)), "listed as unexercised but a fixture has them"
+    assert not ((UNEXERCISED | UNFUSED) & set(ops)), "listed as unexercised but in a fixture"
     assert set(ops) <= set(tfjs_graph.HANDLERS)
     # The op families the brief names are all among the checked ones.
     for op in ("Conv2D", "DepthwiseConv2dNative", "_FusedConv2D", "FusedDepthwiseConv2dNative",
@@ -355,3 +353,80 @@ def test_cli_refuses_a_hostile_graph_model_in_one_line(
     err = capsys.readouterr().err.strip()
     assert "declares shape (1000000000, 9)" in err and "\n" not in err
     assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ ops the optimiser removes
+
+B64 = {"NHWC": "TkhXQw=="}
+F32 = {"type": "DT_FLOAT"}
+
+
+def add_const(doc: dict[str, Any], folder: Path, name: str, value: np.ndarray) -> None:
+    """A float32 Const node whose value is appended to the (single) shard and manifest."""
+    doc["modelTopology"]["node"].insert(0, {"name": name, "op": "Const", "attr": {"dtype": F32}})
+    doc["weightsManifest"][0]["weights"].append(
+        {"name": name, "shape": list(value.shape), "dtype": "float32"}
+    )
+    with (folder / "group1-shard1of1.bin").open("ab") as f:
+        f.write(value.astype("<f4").tobytes())
+
+
+def unfuse_ops(doc: dict[str, Any], folder: Path) -> None:
+    """Rewrite graph-raw-ops with ops TF's optimiser would have fused or folded away:
+    the first conv's fused BiasAdd as a separate BiasAdd, a standalone FusedBatchNormV3 whose
+    variance and scale come through Sqrt and Rsqrt, Cast and StopGradient in the chain,
+    Div for RealDiv, and a constant through Neg twice."""
+    nodes = {n["name"]: n for n in doc["modelTopology"]["node"]}
+    p = "PartitionedCall/"
+    fused = nodes[p + "BiasAdd"]
+    conv = {"name": p + "Conv2D", "op": "Conv2D", "input": fused["input"][:2], "attr": {
+        k: fused["attr"][k] for k in ("data_format", "strides", "padding", "dilations", "T")
+    }}  # fmt: skip
+    fused.update(op="BiasAdd", input=[p + "Conv2D", fused["input"][2]], attr={"T": F32})
+    doc["modelTopology"]["node"].append(conv)
+    rng = np.random.default_rng(5)
+    scale, offset = rng.uniform(0.5, 1.5, 6), rng.normal(0, 0.2, 6)
+    mean, var = rng.normal(0, 0.2, 6), rng.uniform(0.5, 1.5, 6)
+    add_const(doc, folder, "bn/scale_inv_sq", 1 / scale**2)
+    add_const(doc, folder, "bn/offset", offset)
+    add_const(doc, folder, "bn/mean", mean)
+    add_const(doc, folder, "bn/var_sq", var**2)
+    doc["modelTopology"]["node"] += [
+        {"name": "bn/scale", "op": "Rsqrt", "input": ["bn/scale_inv_sq"], "attr": {"T": F32}},
+        {"name": "bn/var", "op": "Sqrt", "input": ["bn/var_sq"], "attr": {"T": F32}},
+        {"name": "bn", "op": "FusedBatchNormV3",
+         "input": [p + "Selu", "bn/scale", "bn/offset", "bn/mean", "bn/var"],
+         "attr": {"epsilon": {"f": 0.001}, "data_format": {"s": B64["NHWC"]},
+                  "is_training": {"b": False}, "T": F32, "U": F32}},
+        {"name": "cast", "op": "Cast", "input": [p + "LeakyRelu"],
+         "attr": {"SrcT": F32, "DstT": F32}},
+        {"name": "stop", "op": "StopGradient", "input": ["cast"], "attr": {"T": F32}},
+        {"name": "neg1", "op": "Neg", "input": [p + "sub/y"], "attr": {"T": F32}},
+        {"name": "neg2", "op": "Neg", "input": ["neg1"], "attr": {"T": F32}},
+    ]  # fmt: skip
+    nodes[p + "PadV2"]["input"][0] = "bn"
+    nodes[p + "sub"]["input"] = ["stop", "neg2"]
+    nodes[p + "truediv"]["op"] = "Div"
+
+
+UNFUSED = {"BiasAdd", "FusedBatchNormV3", "Rsqrt", "Sqrt", "Cast", "StopGradient", "Neg", "Div"}
+
+
+def test_ops_the_optimiser_removes_match_tfjs(tmp_path: Path) -> None:
+    if not node_ready():
+        pytest.skip(why_no_node())
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+    doc = json.loads((folder / "model.json").read_text())
+    unfuse_ops(doc, folder)
+    (folder / "model.json").write_text(json.dumps(doc))
+    assert {n["op"] for n in doc["modelTopology"]["node"]} >= UNFUSED
+    model = load_model(folder)
+    x = sample_inputs("unfused", (12, 12, 3))
+    want = run_tfjs(folder, x)
+    diff = float(np.abs(model_output(model, x, False) - want).max())
+    print(f"unfused graph-raw-ops: max |Δ| = {diff:.2e} vs TF.js in node")
+    assert diff < TOLERANCE and want.std() > 1e-3
+    # The BiasAdd became the conv's bias; the batch norm a BatchNorm2d.
+    modules = dict(model.net.named_modules())
+    assert modules["PartitionedCall_Conv2D"].bias is not None
+    assert isinstance(modules["bn"], nn.BatchNorm2d)

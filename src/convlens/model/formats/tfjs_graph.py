@@ -145,6 +145,11 @@ class TFReshape(nn.Module):
         return f"shape={self.shape}" if self.shape is not None else f"squeeze={self.squeeze}"
 
 
+def _tensor(a: Any) -> torch.Tensor:
+    """An owned, writable float32 tensor (file buffers and broadcast views are read-only)."""
+    return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
+
+
 def _cat(*xs: torch.Tensor, dim: int = 1) -> torch.Tensor:
     return torch.cat(xs, dim=dim)
 
@@ -362,7 +367,7 @@ class _Converter:
 
     def to_torch_layout(self, node: _Node, const: np.ndarray, rank: int) -> torch.Tensor:
         """A constant ready to broadcast against an activation of TF rank ``rank``."""
-        t = torch.from_numpy(np.array(const, dtype=np.float32, copy=True))
+        t = _tensor(const)
         if rank != 4 or t.dim() == 0:
             return t
         if t.dim() > 4:
@@ -704,11 +709,9 @@ def _conv(c: _Converter, n: _Node) -> None:
         top = left = 0
     conv = nn.Conv2d(cin, cout, (kh, kw), tuple(s), (top, left), tuple(d), groups,  # type: ignore[arg-type]
                      bias=bias is not None)  # fmt: skip
-    conv.weight.data = torch.from_numpy(np.ascontiguousarray(weight, dtype=np.float32))
+    conv.weight.data = _tensor(weight)
     if bias is not None:
-        conv.bias.data = torch.from_numpy(  # type: ignore[union-attr]
-            np.ascontiguousarray(np.broadcast_to(bias, (cout,)), dtype=np.float32)
-        )
+        conv.bias.data = _tensor(np.broadcast_to(bias, (cout,)))  # type: ignore[union-attr]
     out = n.name + "#conv" if acts else n.name
     c.emit(n, conv, src, out, name=layer)
     if acts:
@@ -733,12 +736,12 @@ def _matmul(c: _Converter, n: _Node) -> None:
     w = w if n.bool("transpose_b", False) else w.T  # torch keeps (out, in)
     extra, acts = _fused(n) if n.op == "_FusedMatMul" else ([], [])
     lin = nn.Linear(w.shape[1], w.shape[0], bias=bool(extra))
-    lin.weight.data = torch.from_numpy(np.ascontiguousarray(w))
+    lin.weight.data = _tensor(w)
     if extra:
         if extra != ["biasadd"]:
             raise n.fail(f"fused ops {extra} are not supported on MatMul")
         bias = np.broadcast_to(c.const(n, 2), (w.shape[0],)).astype(np.float32)
-        lin.bias.data = torch.from_numpy(np.ascontiguousarray(bias))
+        lin.bias.data = _tensor(bias)
     out = n.name + "#matmul" if acts else n.name
     c.emit(n, lin, src, out, name=c.layer_name(n))
     if acts:
@@ -753,9 +756,9 @@ def _batch_norm(c: _Converter, n: _Node) -> None:
     if any(a.shape != (ch,) for a in (scale, offset, mean, var)):
         raise n.fail(f"batch-norm parameters do not all have shape ({ch},)")
     bn = nn.BatchNorm2d(ch, eps=n.float("epsilon", 1e-3))
-    bn.weight.data, bn.bias.data = torch.from_numpy(scale), torch.from_numpy(offset)
-    bn.running_mean.data = torch.from_numpy(mean)  # type: ignore[union-attr]
-    bn.running_var.data = torch.from_numpy(var)  # type: ignore[union-attr]
+    bn.weight.data, bn.bias.data = _tensor(scale), _tensor(offset)
+    bn.running_mean.data = _tensor(mean)  # type: ignore[union-attr]
+    bn.running_var.data = _tensor(var)  # type: ignore[union-attr]
     c.emit(n, bn, src, n.name)
 
 
@@ -880,15 +883,15 @@ def _affine(
     ):
         bn = last.module
         w0, b0 = bn.weight.detach().double().numpy(), bn.bias.detach().double().numpy()
-        bn.weight.data = torch.from_numpy((w0 * scale).astype(np.float32))
-        bn.bias.data = torch.from_numpy((b0 * scale + shift).astype(np.float32))
+        bn.weight.data = _tensor(w0 * scale)
+        bn.bias.data = _tensor(b0 * scale + shift)
         with torch.no_grad():
             c.samples[src] = bn(c.samples[last.inputs[0]])
         c.alias[n.name] = src
         return True
     bn = nn.BatchNorm2d(channels, eps=1e-12)  # 1 + 1e-12 == 1 in float32: exactly x·w + b
-    bn.weight.data = torch.from_numpy(scale.astype(np.float32))
-    bn.bias.data = torch.from_numpy(shift.astype(np.float32))
+    bn.weight.data = _tensor(scale)
+    bn.bias.data = _tensor(shift)
     c.affine.add(id(bn))
     rel = n.name.removeprefix(c.prefix)
     scope = c.prefix + rel.split("/")[0] if "/" in rel else n.name
@@ -908,7 +911,7 @@ def _fold_bias(c: _Converter, n: _Node, src: str, bias: np.ndarray) -> bool:
     flat = np.asarray(bias, dtype=np.float32).reshape(-1)
     if flat.size not in (1, width) or np.asarray(bias).ndim > 1:
         return False
-    mod.bias = nn.Parameter(torch.from_numpy(np.ascontiguousarray(np.broadcast_to(flat, width))))
+    mod.bias = nn.Parameter(_tensor(np.broadcast_to(flat, width)))
     with torch.no_grad():
         c.samples[src] = mod(c.samples[last.inputs[0]])
     c.alias[n.name] = src
