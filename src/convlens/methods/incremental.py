@@ -374,6 +374,13 @@ class Region:
         return len(self.origins)
 
 
+def _first(node: torch.fx.Node) -> str:
+    """The name of the node's first argument (a node)."""
+    arg = node.args[0]
+    assert isinstance(arg, torch.fx.Node)
+    return arg.name
+
+
 def _union(a: Box, b: Box) -> Box:
     if a[2] <= a[0] or a[3] <= a[1]:
         return b
@@ -412,15 +419,30 @@ def _gather(
     B = padded.shape[0]
     h, w = size
     out = torch.stack([padded[:, :, y : y + h, x : x + w] for y, x in starts]).flatten(0, 1)
+    # Paste each position's change; positions with the same rectangles (all the interior
+    # ones) are pasted by one indexed copy.
+    groups: dict[tuple[int, ...], list[int]] = {}
     for i, ((y, x), box, (oy, ox)) in enumerate(zip(starts, src.boxes, src.origins, strict=True)):
         t, left = max(box[0] + shift[0], y), max(box[1] + shift[1], x)
         b, r = min(box[2] + shift[0], y + h), min(box[3] + shift[1], x + w)
         if b <= t or r <= left:
             continue
         py, px = oy + shift[0], ox + shift[1]
-        out[i * B : (i + 1) * B, :, t - y : b - y, left - x : r - x] = src.patch[
-            i * B : (i + 1) * B, :, t - py : b - py, left - px : r - px
-        ]
+        key = (t - y, b - y, left - x, r - x, t - py, b - py, left - px, r - px)
+        groups.setdefault(key, []).append(i)
+    for (a0, a1, c0, c1, p0, p1, q0, q1), members in groups.items():
+        if len(members) == src.count:
+            out[:, :, a0:a1, c0:c1] = src.patch[:, :, p0:p1, q0:q1]
+            continue
+        if len(members) == 1:
+            i = members[0]
+            out[i * B : (i + 1) * B, :, a0:a1, c0:c1] = src.patch[
+                i * B : (i + 1) * B, :, p0:p1, q0:q1
+            ]
+            continue
+        rows = (torch.tensor(members)[:, None] * B + torch.arange(B)).flatten()
+        view = out[:, :, a0:a1, c0:c1]
+        view.index_copy_(0, rows, src.patch[rows, :, p0:p1, q0:q1])
     return out
 
 
@@ -430,16 +452,10 @@ def _whole(region: Region) -> torch.Tensor:
     return _gather(region, region.base, (0, 0), [(0, 0)] * region.count, (H, W))
 
 
-def _has_region(value: Any) -> bool:
-    found = False
-
-    def visit(v: Any) -> Any:
-        nonlocal found
-        found = found or isinstance(v, Region)
-        return v
-
-    torch.fx.node.map_aggregate(value, visit)
-    return found
+def _is_whole(region: Region) -> bool:
+    """The patch is the whole map at every position."""
+    full = tuple(region.base.shape[-2:])
+    return tuple(region.patch.shape[-2:]) == full and all(o == (0, 0) for o in region.origins)
 
 
 def _spatially_constant(v: Any) -> bool:
@@ -530,7 +546,7 @@ class IncrementalRunner:
                 if self.last_use.get(inp.name) == i:
                     env.pop(inp.name, None)
                     whole.pop(inp.name, None)
-        return result  # type: ignore[no-any-return]
+        return result
 
     def _input_region(
         self, name: str, corners: list[Pair], window: Pair, fill: torch.Tensor
@@ -556,11 +572,11 @@ class IncrementalRunner:
         if not any(isinstance(v, Region) for v in inputs):
             return self._dense(node, env, whole, lambda a, k: self._execute(node, a, k))
         if kind == "window":
-            src = env[node.args[0].name]  # type: ignore[union-attr]
+            src = env[_first(node)]
             if isinstance(src, Region) and len(node.all_input_nodes) == 1 and not node.kwargs:
                 return self._window(node, src)
         elif kind == "pad":
-            return self._pad(node, env[node.args[0].name])  # type: ignore[union-attr]
+            return self._pad(node, env[_first(node)])
         elif kind == "shape":
             return self._shape(node, env)
         elif kind in ("pointwise", "cat"):
@@ -583,7 +599,7 @@ class IncrementalRunner:
             if not isinstance(v, Region):
                 return v
             if n.name not in whole:
-                whole[n.name] = _whole(v)
+                whole[n.name] = v.patch if self.tau is None and _is_whole(v) else _whole(v)
             return whole[n.name]
 
         args = torch.fx.node.map_arg(node.args, value)
@@ -591,12 +607,12 @@ class IncrementalRunner:
         return run(args, kwargs)
 
     def _shape(self, node: torch.fx.Node, env: dict[str, Any]) -> Any:
-        src = env[node.args[0].name]  # type: ignore[union-attr]
+        src = env[_first(node)]
         shape = torch.Size((src.patch.shape[0], *src.base.shape[1:]))
         if node.op == "call_function" or node.target == "size":  # .shape or .size(dim)
             dims = node.args[1:] if node.op == "call_method" else ()
             dim = dims[0] if dims else node.kwargs.get("dim")
-            return shape if dim is None else shape[dim]
+            return shape if dim is None else shape[int(dim)]  # type: ignore[arg-type]
         return len(shape)  # .dim()
 
     def _window(self, node: torch.fx.Node, src: Region) -> Region:
@@ -613,6 +629,10 @@ class IncrementalRunner:
         if self.tau is not None:
             cones = [_cap(b, c, win.out, self.tau) for b, c in zip(cones, centers, strict=True)]
         starts, (oh, ow) = _starts(cones, win.out)
+        if (oh, ow) == win.out and self.tau is None and _is_whole(src):
+            # the change fills the map here: run the layer itself on the occluded maps
+            module = self.modules[str(node.target)]
+            return Region(self.bases[node.name], module(src.patch), starts, cones, centers)
         sh, sw = win.stride
         ih, iw = (oh - 1) * sh + win.span(0), (ow - 1) * sw + win.span(1)
         corners = [(y * sh, x * sw) for y, x in starts]
@@ -646,9 +666,13 @@ class IncrementalRunner:
             if dim not in (1, -3):
                 return None
         leaves: list[Any] = []
+
+        def collect(v: Any) -> Any:
+            leaves.append(v)
+            return v
+
         torch.fx.node.map_aggregate(
-            torch.fx.node.map_arg((node.args, node.kwargs), lambda n: env[n.name]),
-            lambda v: leaves.append(v) or v,
+            torch.fx.node.map_arg((node.args, node.kwargs), lambda n: env[n.name]), collect
         )
         regions = [v for v in leaves if isinstance(v, Region)]
         hw = tuple(base.shape[-2:])
@@ -681,7 +705,9 @@ class IncrementalRunner:
             boxes.append(box)
             centers.append((cy / k, cx / k) if k else regions[0].centers[i])
         if self.tau is not None:
-            boxes = [_cap(b, c, (hw[0], hw[1]), self.tau) for b, c in zip(boxes, centers, strict=True)]
+            boxes = [
+                _cap(b, c, (hw[0], hw[1]), self.tau) for b, c in zip(boxes, centers, strict=True)
+            ]
         starts, size = _starts(boxes, (hw[0], hw[1]))
         read: dict[int, torch.Tensor] = {}
 
@@ -691,8 +717,10 @@ class IncrementalRunner:
             if id(v) not in read:
                 same = v.origins == starts and tuple(v.patch.shape[-2:]) == size
                 # exact mode: a patch equals the base outside its box, so it can be used as is
-                read[id(v)] = v.patch if same and self.tau is None else _gather(
-                    v, v.base, (0, 0), starts, size
+                read[id(v)] = (
+                    v.patch
+                    if same and self.tau is None
+                    else _gather(v, v.base, (0, 0), starts, size)
                 )
             return read[id(v)]
 
@@ -710,7 +738,7 @@ class IncrementalRunner:
             name = name[:-1] if name.endswith("_") else name
             return lambda obj, *a, **k: getattr(obj, name)(*a, **k)
         target = node.target
-        swap = {operator.iadd: operator.add, operator.isub: operator.sub,
+        swap: dict[Any, Any] = {operator.iadd: operator.add, operator.isub: operator.sub,
                 operator.imul: operator.mul, operator.itruediv: operator.truediv,
                 torch.relu_: torch.relu}  # fmt: skip
         fn = swap.get(target, target)
@@ -718,6 +746,6 @@ class IncrementalRunner:
         def call(*a: Any, **k: Any) -> Any:
             if k.get("inplace"):
                 k = dict(k, inplace=False)
-            return fn(*a, **k)  # type: ignore[operator]
+            return fn(*a, **k)
 
         return call
