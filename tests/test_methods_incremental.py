@@ -13,7 +13,9 @@ from convlens.io.spec import InputSpec
 from convlens.methods.incremental import incremental_plan
 from convlens.model import Model, build
 
-TOL = dict(atol=2e-5, rtol=1e-5)
+# logits of He-initialized networks reach ~30: float32 rounding of the occluded and full
+# passes differs by up to a few 1e-5 there
+TOL = dict(atol=1e-4, rtol=1e-5)
 
 
 def _randomize(net: nn.Module) -> None:
