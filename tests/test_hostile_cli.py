@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -396,3 +397,58 @@ def test_read_only_folder(tmpfs: Path, image: str, capsys: pytest.CaptureFixture
     assert _tree(out) == good
     err = run_hostile(["filters", "demo", "-l", "conv_1_1", "-o", str(tmpfs / "f.png")], capsys)
     assert not (tmpfs / "f.png").exists()
+
+
+# ------------------------------------------------------------------ kill -9, then --resume
+
+
+def _popen_convlens(*args: str) -> subprocess.Popen[bytes]:
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    return subprocess.Popen([sys.executable, "-m", "convlens", *args], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
+def _training_folder(root: Path, per_class: int) -> Path:
+    rng = np.random.default_rng(1)
+    for c, cls in enumerate(("left", "right")):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            img = (rng.random((28, 28)) * 80).astype(np.uint8)
+            img[6:22, 1 + 13 * c : 14 + 13 * c] += 150
+            Image.fromarray(img).save(root / cls / f"{i}.png")
+    return root
+
+
+@pytest.mark.slow
+def test_kill_9_mid_training_resumes_bit_identically(tmp_path: Path) -> None:
+    """SIGKILL (no handler runs) in the second epoch; --resume ends on the very same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from convlens.train.loop import STATE_FILE
+
+    data = _training_folder(tmp_path / "data", 100)
+    args = ["train", "-d", str(data), "--model", "tiny-vgg:width=4", "--epochs", "3",
+            "--batch-size", "8", "--seed", "0", "--threads", "1"]  # fmt: skip
+    threads = torch.get_num_threads()
+    try:
+        assert main([*args, "-o", str(tmp_path / "straight")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    killed = tmp_path / "killed"
+    proc = _popen_convlens(*args, "-o", str(killed))
+    try:
+        while not (killed / STATE_FILE).exists() and proc.poll() is None:
+            time.sleep(0.005)
+        proc.kill()  # SIGKILL: nothing is flushed, no handler runs
+    finally:
+        proc.wait(timeout=60)
+    state = torch.load(killed / STATE_FILE, weights_only=True)
+    assert state["progress"]["epoch"] < 3, "the run finished before it could be killed"
+    try:
+        assert main([*args, "-o", str(killed), "--resume"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    a = load_file(tmp_path / "straight" / "weights.safetensors")
+    b = load_file(killed / "weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
