@@ -77,3 +77,10 @@ demo-model: dev-env system-packages
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Long fuzzing of every parser that reads untrusted bytes (images, model files) and of the web
+# API; CI runs the same tests in their short, derandomized mode. Not part of `make test`.
+.PHONY: fuzz
+fuzz: dev-env
+	CONVLENS_FUZZ=long KERAS_BACKEND=torch $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz_parsers.py $(wildcard tests/test_fuzz_web.py)
