@@ -544,6 +544,7 @@ def test_chunked_body_stops_being_read_past_the_limit(live: tuple[str, int]) -> 
     answer = s.recv(65536)
     s.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    print(f"chunked body: 413 after {sent / 2**20:.1f} MiB offered")
     assert sent < 8 * 2**20, sent
 
 
