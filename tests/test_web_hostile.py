@@ -280,6 +280,17 @@ def test_nan_and_infinite_parameters_are_refused(
     assert "finite number" in r.json()["error"]
 
 
+def test_chunk_size_is_bounded_by_the_servers_pixels_per_pass(model: Model) -> None:
+    config = ServerConfig(max_chunk_pixels=64 * 32 * 32)
+    with TestClient(create_app(model, config=config), base_url=LOCAL) as c:
+        sid = upload(c, encode(Image.new("RGB", (32, 32)))).json()["image_id"]
+        body = {"image_id": sid, "method": "smoothgrad", "params": {"chunk_size": 65}}
+        r = c.post(f"{API}/explain", json=body)
+        assert r.status_code == 422 and "at most 64 here" in r.json()["error"], r.text
+        body["params"] = {"chunk_size": 64, "n_samples": 2}
+        assert c.post(f"{API}/explain", json=body).status_code == 200
+
+
 @pytest.mark.parametrize("target", ["²", "٣", "1e3", 2**70, -1])
 def test_odd_targets_are_400(client: TestClient, sample_id: str, target: object) -> None:
     body = {"image_id": sample_id, "method": "saliency", "target": target}
