@@ -375,6 +375,20 @@ def test_trace_caps_are_bounded_by_the_server(model: Model) -> None:
             assert r.status_code == 422, value
 
 
+def test_the_worker_pools_outlive_a_lifespan(model: Model) -> None:
+    """Found by schemathesis, which starts and stops the app around requests: the pools shut
+    down with the first lifespan and every later upload was a 500."""
+    app = create_app(model)
+    png = encode(Image.new("RGB", (32, 32)))
+    for _ in range(2):
+        with TestClient(app, base_url=LOCAL) as c:
+            assert upload(c, png).status_code == 200
+            sid = upload(c, png).json()["image_id"]
+            assert c.get(f"{API}/trace", params={"image": sid}).status_code == 200
+            body = {"image_id": sid, "method": "saliency"}
+            assert c.post(f"{API}/explain", json=body).status_code == 200
+
+
 # ----------------------------------------------------------------- bodies
 
 
