@@ -280,6 +280,17 @@ def test_nan_and_infinite_parameters_are_refused(
     assert "finite number" in r.json()["error"]
 
 
+def test_chunk_size_is_bounded_by_the_servers_pixels_per_pass(model: Model) -> None:
+    config = ServerConfig(max_chunk_pixels=64 * 32 * 32)
+    with TestClient(create_app(model, config=config), base_url=LOCAL) as c:
+        sid = upload(c, encode(Image.new("RGB", (32, 32)))).json()["image_id"]
+        body = {"image_id": sid, "method": "smoothgrad", "params": {"chunk_size": 65}}
+        r = c.post(f"{API}/explain", json=body)
+        assert r.status_code == 422 and "at most 64 here" in r.json()["error"], r.text
+        body["params"] = {"chunk_size": 64, "n_samples": 2}
+        assert c.post(f"{API}/explain", json=body).status_code == 200
+
+
 @pytest.mark.parametrize("target", ["²", "٣", "1e3", 2**70, -1])
 def test_odd_targets_are_400(client: TestClient, sample_id: str, target: object) -> None:
     body = {"image_id": sample_id, "method": "saliency", "target": target}
@@ -362,6 +373,20 @@ def test_trace_caps_are_bounded_by_the_server(model: Model) -> None:
         for value in (0, 4097, 10**30):
             r = c.get(f"{API}/trace", params={"image": sid, "max_size": value})
             assert r.status_code == 422, value
+
+
+def test_the_worker_pools_outlive_a_lifespan(model: Model) -> None:
+    """Found by schemathesis, which starts and stops the app around requests: the pools shut
+    down with the first lifespan and every later upload was a 500."""
+    app = create_app(model)
+    png = encode(Image.new("RGB", (32, 32)))
+    for _ in range(2):
+        with TestClient(app, base_url=LOCAL) as c:
+            assert upload(c, png).status_code == 200
+            sid = upload(c, png).json()["image_id"]
+            assert c.get(f"{API}/trace", params={"image": sid}).status_code == 200
+            body = {"image_id": sid, "method": "saliency"}
+            assert c.post(f"{API}/explain", json=body).status_code == 200
 
 
 # ----------------------------------------------------------------- bodies
@@ -544,6 +569,7 @@ def test_chunked_body_stops_being_read_past_the_limit(live: tuple[str, int]) -> 
     answer = s.recv(65536)
     s.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    print(f"chunked body: 413 after {sent / 2**20:.1f} MiB offered")
     assert sent < 8 * 2**20, sent
 
 

@@ -161,6 +161,23 @@ def class_index(model: Model, target: int | str) -> int:
         ) from None
 
 
+def check_chunk(state: ServerState, params: dict[str, Any]) -> None:
+    """Refuse (422) a ``chunk_size`` whose batch of images would pass the server's pixel
+    budget per pass (a method's own bound allows thousands of small images, not of large)."""
+    chunk = params.get("chunk_size")
+    if not isinstance(chunk, int) or isinstance(chunk, bool):
+        return  # absent, or a type the method's bound refuses
+    spec = state.model.spec
+    per_image = spec.height * spec.width
+    limit = state.config.max_chunk_pixels
+    if chunk * per_image > limit:
+        raise ApiError(
+            422,
+            f"chunk_size {chunk} × {spec.height}×{spec.width} pixels is more than this "
+            f"server's {limit:,} pixels per pass; at most {max(1, limit // per_image)} here",
+        )
+
+
 def check_trace_caps(state: ServerState, options: TraceOptions) -> None:
     """Refuse (422) caps whose trace would send more than the server's number budget."""
     names = options.layers if options.layers is not None else state.model.graph.names()
@@ -302,6 +319,7 @@ def build_router(state: ServerState) -> APIRouter:
         stored = await run_in_threadpool(state.store.get, req.image_id)  # unknown: 404
         try:
             features.check_request(req.method, req.params)  # before any work is queued
+            check_chunk(state, req.params)
             if req.layer is not None:
                 _check_layer(state, req.layer)
             # a named or numbered class is checked here; None lets the method use the prediction

@@ -43,6 +43,7 @@ class ServerConfig:
     max_json_bytes: int = 1024 * 1024  # any body but an upload's
     trace_max_numbers: int = 4 * DEFAULT_BUDGET  # the most a client's trace caps may ask for
     explain_seconds: float = 30.0  # time budget of one explanation
+    max_chunk_pixels: int = 4 * 2**20  # images per pass × pixels per image, for chunk_size
     decode_workers: int = 2  # uploads decoded at once (each may take ~4 bytes per pixel)
     trace_workers: int = 2  # traces computed at once
     explain_workers: int = 1  # explanations and feature visualizations computed at once
@@ -228,10 +229,10 @@ class ServerState:
 
     ``model_lock`` keeps requests' passes through the shared model apart. A trace takes it for
     reading: it runs the traced graph under inference mode with no hooks, so traces may run
-    together. An explanation takes it for writing: its methods hook the shared modules, and
-    those hooks would also fire inside a concurrent trace (the traced graph calls the same
-    module objects) and record that trace's activations as their own. JSON and PNG encoding
-    happen outside the lock.
+    together (an untraceable model's trace hooks the modules and takes it for writing).
+    Explanations and feature visualizations hook the modules they run, and those hooks would
+    also fire inside a concurrent trace, so they run on a private copy (:meth:`work_model`)
+    under ``work_lock``, one at a time on their own pool, never holding ``model_lock``.
     """
 
     def __init__(
