@@ -85,20 +85,45 @@ def drop_final_softmax(ops: list[Op], output: str) -> tuple[str, bool]:
     return output, False
 
 
-def assemble(source: str, ops: list[Op], output: str) -> nn.Module:
-    """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``."""
-    if _is_chain(source, ops, output):
-        return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
+def assemble(
+    source: str | list[str],
+    ops: list[Op],
+    output: str | list[str],
+    consts: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``.
+
+    ``source`` names the network's input (or inputs, in ``forward``'s order) and ``output``
+    its result (a list gives a tuple). Op inputs found in ``consts`` are read from buffers of
+    the module, named after their key, which must be a Python identifier.
+    """
+    consts = consts or {}
+    sources = [source] if isinstance(source, str) else list(source)
+    if isinstance(output, str) and len(sources) == 1 and not consts:
+        if _is_chain(sources[0], ops, output):
+            return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
     graph = torch.fx.Graph()
-    env: dict[str, torch.fx.Node] = {source: graph.placeholder("x")}
+    env: dict[str, torch.fx.Node] = {}
+    for i, name in enumerate(sources):
+        env[name] = graph.placeholder("x" if i == 0 else f"x_{i}")
     modules: dict[str, Any] = {}
+
+    def read(name: str) -> torch.fx.Node:
+        if name not in env and name in consts:
+            modules[name] = consts[name]
+            env[name] = graph.get_attr(name)
+        return env[name]
+
     for op in ops:
-        args = tuple(env[i] for i in op.inputs)
+        args = tuple(read(i) for i in op.inputs)
         if op.module is not None:
             modules[op.name] = op.module
             env[op.output] = graph.call_module(op.name, args)
         else:
             assert op.fn is not None
             env[op.output] = graph.call_function(op.fn, args, op.kwargs)
-    graph.output(env[output])
+    if isinstance(output, str):
+        graph.output(read(output))
+    else:
+        graph.output(tuple(read(o) for o in output))
     return torch.fx.GraphModule(modules, graph, class_name="ConvertedNet")
