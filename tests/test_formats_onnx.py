@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -208,3 +209,167 @@ def test_same_upper_pooling(tmp_path: Path, op: str, strides: int) -> None:
     with torch.no_grad():
         got = net.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want.reshape(2, -1), atol=1e-6)
+
+
+# ------------------------------------------------ real exports of the CNN families
+
+
+class _Basic(torch.nn.Module):
+    """A ResNet basic block (He et al. 2016) with an optional 1×1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return torch.relu(h + (self.down(x) if self.down is not None else x))
+
+
+class _ResNetLike(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(_Basic(8, 8, 1), _Basic(8, 16, 2))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        h = torch.nn.functional.adaptive_avg_pool2d(self.layer1(h), 1)
+        return self.fc(torch.flatten(h, 1))
+
+
+class _Inverted(torch.nn.Module):
+    """MobileNetV2's inverted residual (Sandler et al. 2018): expand, depthwise, project."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        mid = cin * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+            nn.ReLU6(), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class _MobileNetLike(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+            _Inverted(8, 8, 1), _Inverted(8, 16, 2), _Inverted(16, 16, 1),
+            nn.Conv2d(16, 32, 1), nn.Hardswish(),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class _InceptionLike(torch.nn.Module):
+    """An Inception module (Szegedy et al. 2015), a channel shuffle (ShuffleNet, Zhang et al.
+    2018) through dynamic view/transpose, and an upsampling: concat and shape arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        # (no LocalResponseNorm: torch exports it as a 3-D average pool, which is refused)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b3 = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.b5 = nn.Sequential(nn.Conv2d(8, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 5, padding=2))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 4, 1))
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head = nn.Conv2d(16, 6, 3, 2)
+        self.fc = nn.Linear(6 * 13 * 13, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.cat([self.b1(h), self.b3(h), self.b5(h), self.bp(h)], 1)
+        n, c, hh, ww = h.shape
+        h = h.view(n, 4, c // 4, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+        h = torch.nn.functional.avg_pool2d(torch.relu(h), 2, ceil_mode=True)
+        h = torch.relu(self.head(self.up(h)))
+        return self.fc(h.view(h.size(0), -1))
+
+
+FAMILIES = {"resnet": _ResNetLike, "mobilenetv2": _MobileNetLike, "inception": _InceptionLike}
+
+
+def export(family: str, exporter: str, folder: Path) -> tuple[Path, torch.nn.Module]:
+    """The family's network (seeded, with non-trivial BN statistics) exported to ONNX."""
+    torch.manual_seed(0)
+    net = FAMILIES[family]()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
+            m.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+            m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    path = folder / f"{family}-{exporter}.onnx"
+    if path.is_file():
+        return path, net
+    x = torch.rand(1, 3, 28, 28)
+    if exporter == "legacy":
+        torch.onnx.export(
+            net, (x,), str(path), dynamo=False, input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )  # fmt: skip
+    else:
+        pytest.importorskip("onnxscript")
+        # the dynamo exporter stores weights in a side file unless told not to; such files
+        # are refused (see test_external_data_is_refused)
+        torch.onnx.export(net, (x,), str(path), dynamo=True, verbose=False, external_data=False)
+    return path, net
+
+
+@pytest.fixture(scope="session")
+def export_dir() -> Path:
+    """Exports are cached per torch version (the exporter is the writer under test)."""
+    root = Path(os.environ.get("CONVLENS_TEST_CACHE", Path(__file__).parent / ".cache"))
+    folder = root / "onnx-exports" / torch.__version__.replace("+", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exported_families_match_onnxruntime(export_dir: Path, family: str, exporter: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path, net = export(family, exporter, export_dir)
+    model = load_model(path)
+    assert model.spec.shape == (3, 28, 28)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = 3 if exporter == "legacy" else 1  # the dynamo export fixes the batch at 1
+    x = torch.rand(batch, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    want = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        got = model(x).numpy()
+        again = model(torch.cat([x, x]))  # any batch size runs, whatever the export fixed
+        ref = net(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(again.numpy(), np.concatenate([got, got]), atol=1e-5)
+    convs = [lay for lay in model.graph if lay.kind == "conv"]
+    assert len(convs) >= 4

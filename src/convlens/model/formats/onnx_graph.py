@@ -189,7 +189,7 @@ class Converter:
     def dtype(self, name: str) -> torch.dtype:
         name = self.value(name)
         if name in self.consts:
-            return to_torch(self.consts[name][:0].reshape(-1)).dtype
+            return torch.from_numpy(np.empty(0, self.consts[name].dtype)).dtype
         return self.meta[name].dtype  # type: ignore[no-any-return]
 
     def ref(self, name: str) -> str:

@@ -751,6 +751,9 @@ def _reshape(c: Converter, n: Node) -> None:
     else:
         target = [int(v) for v in c.const(n, 1, "(the target shape) ").reshape(-1)]
     in_shape = c.shape(x)
+    if c.batch_free and in_shape[:1] == (BATCH,) and target[:1] == [1] and BATCH not in target:
+        # exported at batch 1: a leading 1 is the batch (the product check below confirms)
+        target = [BATCH, *target[1:]]
     resolved = _resolve_shape(n, in_shape, target, bool(n.geti("allowzero", 0)))
     if c.is_const(x):
         c.set_const(n.outputs[0], c.consts[c.value(x)].reshape(resolved))
