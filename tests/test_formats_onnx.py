@@ -373,3 +373,27 @@ def test_exported_families_match_onnxruntime(export_dir: Path, family: str, expo
     np.testing.assert_allclose(again.numpy(), np.concatenate([got, got]), atol=1e-5)
     convs = [lay for lay in model.graph if lay.kind == "conv"]
     assert len(convs) >= 4
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
+
+
+def test_real_paddleocr_direction_classifier_matches_onnxruntime() -> None:
+    """A published model (PaddleOCR's MobileNetV3-style text-direction classifier, exported
+    by Paddle2ONNX; see tests/fixtures/onnx/README.md) against onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    path = FIXTURES / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    model = load_model(path, input_spec={"height": 48, "width": 192}, classes=["0", "180"])
+    assert model.spec.shape == (3, 48, 192) and model.outputs == "logits"
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 48, 192)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]  # the file ends in a softmax: probabilities
+    with torch.no_grad():
+        got = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sum(lay.kind == "conv" for lay in model.graph) == 53
+
+
+def test_paddle_model_needs_an_input_size() -> None:
+    with pytest.raises(ConvlensError, match="unknown dimensions.*--input-size"):
+        load_model(FIXTURES / "ch_ppocr_mobile_v2.0_cls_infer.onnx")

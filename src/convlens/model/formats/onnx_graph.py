@@ -31,8 +31,8 @@ from convlens.errors import ConvlensError
 from convlens.model.formats.opgraph import Op, assemble, clean_name, unique
 from convlens.model.formats.safety import Budget, checked_elements
 
-BATCH = 2_147_483_659  # a prime above 2**31: no real dimension, easy to recognise
-_HUGE = 2**31  # any shape value this large comes from the batch sentinel
+BATCH = 1_073_741_827  # above 2**30 (no real dimension is), below 2**31 (fits int32 casts)
+_HUGE = 2**30  # any shape value this large comes from the batch sentinel
 
 # Operators that only move shape values around (never compute with them): the batch
 # sentinel may pass through these and reach a Reshape or Expand target.
