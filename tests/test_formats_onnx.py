@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -395,5 +396,149 @@ def test_real_paddleocr_direction_classifier_matches_onnxruntime() -> None:
 
 
 def test_paddle_model_needs_an_input_size() -> None:
-    with pytest.raises(ConvlensError, match="unknown dimensions.*--input-size"):
+    with pytest.raises(ConvlensError, match=r"unknown dimensions.*--input-size"):
         load_model(FIXTURES / "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+
+
+# ------------------------------------------------------------- hostile and odd files
+
+
+def _save(tmp_path: Path, proto: onnx.ModelProto, name: str = "m.onnx") -> Path:
+    path = tmp_path / name
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_external_data_is_refused(tmp_path: Path) -> None:
+    """Weights in a side file (onnx's own writer) would let a file name any local path."""
+    proto, _ = _mlp_head_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, size_threshold=0,
+                    location="weights.bin")  # fmt: skip
+    assert (tmp_path / "weights.bin").is_file()
+    with pytest.raises(ConvlensError, match="initializer 'k' is stored in an external file"):
+        load_model(path)
+
+
+def test_declared_shape_must_match_the_data(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    init = proto.graph.initializer[0]
+    init.raw_data = init.raw_data[:-4]  # one float short
+    with pytest.raises(ConvlensError, match=r"initializer 'k' declares shape \[4, 3, 3, 3\].*"
+                       r"432 bytes.*428 bytes"):  # fmt: skip
+        load_model(_save(tmp_path, proto))
+
+
+def test_huge_declared_shapes_are_refused_before_allocation(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    init = proto.graph.initializer[0]
+    del init.dims[:]
+    init.dims.extend([10**6, 10**7])
+    with pytest.raises(ConvlensError, match="over the budget"):
+        load_model(_save(tmp_path, proto))
+    # a ConstantOfShape asking for 10^12 values: refused before numpy allocates
+    nodes = [
+        helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(
+            np.array([10**6, 10**6], np.int64))),
+        helper.make_node("ConstantOfShape", ["s"], ["z"], name="big"),
+        helper.make_node("Add", ["x", "z"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    big = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ConvlensError, match=r"node 1 \(ConstantOfShape\).*over the budget"):
+        load_model(_save(tmp_path, big))
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    from convlens.model.formats.onnx_format import read_onnx
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ConvlensError, match="not a regular file"):
+        read_onnx(fifo)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(ConvlensError, match=r"cannot read .* as an ONNX model"):
+        load_model(junk)
+
+
+def _one_node_model(node: Any, x_shape: list[int], opset: int = 17, **inits: np.ndarray) -> Any:
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(
+    ("node", "shape", "inits", "match"),
+    [
+        (helper.make_node("Conv", ["x", "w"], ["y"], name="c1d"), [1, 3, 8],
+         {"w": np.ones((2, 3, 3), np.float32)}, r"node 0 \(c1d, Conv\): only 2-D convolutions"),
+        (helper.make_node("MaxPool", ["x"], ["y"], name="p3d", kernel_shape=[2, 2, 2]),
+         [1, 3, 4, 4, 4], {}, r"node 0 \(p3d, MaxPool\): only 2-D pools"),
+        (helper.make_node("RandomNormalLike", ["x"], ["y"], name="noise"), [1, 3, 4, 4], {},
+         r"node 0 \(noise, RandomNormalLike\): random operators are not supported"),
+        (helper.make_node("Conv", ["x", "w"], ["y"], name="grp", group=2), [1, 3, 8, 8],
+         {"w": np.ones((4, 2, 3, 3), np.float32)}, r"node 0 \(grp, Conv\): does not compute"),
+        (helper.make_node("AveragePool", ["x"], ["y"], name="dil", kernel_shape=[2, 2],
+                          dilations=[2, 2]), [1, 3, 8, 8], {}, r"dilations \[2, 2\] is not"),
+        (helper.make_node("Relu", ["nowhere"], ["y"], name="r"), [1, 3, 4, 4], {},
+         r"node 0 \(r, Relu\): input 0 \('nowhere'\) is not computed"),
+    ],
+)  # fmt: skip
+def test_unconvertible_nodes_are_refused_by_name_and_position(
+    node: Any, shape: list[int], inits: dict[str, np.ndarray], match: str
+) -> None:
+    from convlens.model.formats.onnx_format import convert_graph
+
+    with pytest.raises(ConvlensError, match=match):
+        convert_graph(_one_node_model(node, shape, **inits))
+
+
+def test_old_opsets_are_refused() -> None:
+    from convlens.model.formats.onnx_format import convert_graph
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    with pytest.raises(ConvlensError, match="opset 6; accepted: opsets 7 to"):
+        convert_graph(_one_node_model(node, [1, 3], opset=6))
+
+
+def test_softmax_before_opset_13_coerces_to_2d() -> None:
+    """Softmax-1..12 normalises over all axes from ``axis`` on; 13+ over ``axis`` alone."""
+    from convlens.model.formats.onnx_format import convert_graph
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    for opset, want_axes in ((11, (1, 2)), (13, (1,))):
+        node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+        net = convert_graph(_one_node_model(node, [2, 3, 4], opset=opset)).net
+        e = np.exp(x - x.max(axis=want_axes, keepdims=True))
+        want = e / e.sum(axis=want_axes, keepdims=True)
+        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), want, atol=1e-6)
+
+
+def test_squeezenet_style_output_is_a_class_vector(tmp_path: Path) -> None:
+    """Conv → GlobalAveragePool → Softmax gives (N, C, 1, 1): read as C class scores."""
+    w = np.random.default_rng(0).normal(size=(5, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="classifier"),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="pool"),
+        helper.make_node("Softmax", ["g"], ["y"], name="prob", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "sq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    path = _save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    model = load_model(path)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        got = model(x)
+    want = np.einsum("nchw,kc->nk", x.numpy(), w[:, :, 0, 0]) / 64  # a 1×1 conv, then the mean
+    assert got.shape == (2, 5) and model.outputs == "logits"
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)

@@ -130,7 +130,9 @@ def _run_variant(
     case: str,
 ) -> tuple[str, str]:
     constants = {
-        names[i]: a for i, a in enumerate(arrays) if i not in live and a is not None and i < len(names)
+        names[i]: a
+        for i, a in enumerate(arrays)
+        if i not in live and a is not None and i < len(names)
     }
     try:
         converted = convert_graph(model, constants=constants)
@@ -170,39 +172,104 @@ def _op_of(zf: zipfile.ZipFile, name: str) -> str:
 
 def all_cases(zf: zipfile.ZipFile) -> list[str]:
     return sorted(
-        {m[len(NODE) :].split("/")[0] for m in zf.namelist() if m.startswith(NODE) and m.endswith("/model.onnx")}
+        {
+            m[len(NODE) :].split("/")[0]
+            for m in zf.namelist()
+            if m.startswith(NODE) and m.endswith("/model.onnx")
+        }
     )
 
 
-@pytest.mark.slow
-def test_node_tests_convert_and_match_or_are_refused(wheel: zipfile.ZipFile) -> None:
-    bad: list[str] = []
-    counts: Counter[str] = Counter()
+Outcome = tuple[str, str, str, str]  # (case, variant, outcome, detail)
+
+
+@pytest.fixture(scope="session")
+def outcomes(wheel: zipfile.ZipFile) -> list[tuple[str, Outcome]]:
+    """``(operator, (case, variant, outcome, detail))`` for every node test, run once."""
+    out = []
     for name in all_cases(wheel):
-        for variant, outcome, detail in run_case(wheel, name):
-            counts[outcome] += 1
-            if outcome in ("crash", "wrong"):
-                bad.append(f"{name} [{variant}] {outcome}: {detail[:300]}")
+        op = _op_of(wheel, name)
+        out.extend((op, (name, *r)) for r in run_case(wheel, name))
+    return out
+
+
+@pytest.mark.slow
+def test_node_tests_convert_and_match_or_are_refused(outcomes: list[tuple[str, Outcome]]) -> None:
+    counts = Counter(r[2] for _, r in outcomes)
+    bad = [f"{c} [{v}] {o}: {d[:300]}" for _, (c, v, o, d) in outcomes if o in ("crash", "wrong")]
     assert counts["match"] > 1000, counts
     assert not bad, f"{len(bad)} failures ({dict(counts)}):\n" + "\n".join(bad)
 
 
 # Operators of the CNN set that must convert (not be refused) in at least one case each.
-REQUIRED = """Add Sub Mul Div Sum Max Min Mean Pow Sqrt Neg Abs Reciprocal Exp Clip HardSwish
-HardSigmoid PRelu Elu Selu Softplus Softsign Gelu Mish ThresholdedRelu Celu Relu LeakyRelu Sigmoid
-Tanh LRN Pad ConvTranspose Resize Upsample Gemm Flatten Softmax LogSoftmax ReduceMean ReduceMax
-ReduceSum Reshape Transpose Slice Split Concat Squeeze Unsqueeze Gather Shape ConstantOfShape
-Constant Expand Cast Conv MaxPool AveragePool GlobalAveragePool BatchNormalization MatMul""".split()
+REQUIRED = [
+    "Add",
+    "Sub",
+    "Mul",
+    "Div",
+    "Sum",
+    "Max",
+    "Min",
+    "Mean",
+    "Pow",
+    "Sqrt",
+    "Neg",
+    "Abs",
+    "Reciprocal",
+    "Exp",
+    "Clip",
+    "HardSwish",
+    "HardSigmoid",
+    "PRelu",
+    "Elu",
+    "Selu",
+    "Softplus",
+    "Softsign",
+    "Gelu",
+    "Mish",
+    "ThresholdedRelu",
+    "Celu",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "LRN",
+    "Pad",
+    "ConvTranspose",
+    "Resize",
+    "Upsample",
+    "Gemm",
+    "Flatten",
+    "Softmax",
+    "LogSoftmax",
+    "ReduceMean",
+    "ReduceMax",
+    "ReduceSum",
+    "Reshape",
+    "Transpose",
+    "Slice",
+    "Split",
+    "Concat",
+    "Squeeze",
+    "Unsqueeze",
+    "Gather",
+    "Shape",
+    "ConstantOfShape",
+    "Constant",
+    "Expand",
+    "Cast",
+    "Conv",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "BatchNormalization",
+    "MatMul",
+]
 
 
 @pytest.mark.slow
-def test_every_cnn_operator_converts_somewhere(wheel: zipfile.ZipFile) -> None:
-    converted: set[str] = set()
-    for name in all_cases(wheel):
-        op = _op_of(wheel, name)
-        if op in REQUIRED and op not in converted:
-            if any(outcome == "match" for _, outcome, _ in run_case(wheel, name)):
-                converted.add(op)
+def test_every_cnn_operator_converts_somewhere(outcomes: list[tuple[str, Outcome]]) -> None:
+    converted = {op for op, r in outcomes if r[2] == "match"}
     assert sorted(set(REQUIRED) - converted) == []
 
 

@@ -77,9 +77,11 @@ def tensor_to_array(t: Any, what: str, budget: Budget) -> np.ndarray:
         )
     dtype = onnx_ops.DTYPES.get(int(t.data_type))
     if dtype is None:
-        type_name = onnx.TensorProto.DataType.Name(t.data_type) if t.data_type in (
-            onnx.TensorProto.DataType.values()
-        ) else str(t.data_type)
+        type_name = (
+            onnx.TensorProto.DataType.Name(t.data_type)
+            if t.data_type in (onnx.TensorProto.DataType.values())
+            else str(t.data_type)
+        )
         raise ConvlensError(f"{name} has type {type_name}; accepted: numeric tensors")
     count = checked_elements(tuple(int(d) for d in t.dims), name)
     itemsize = torch.empty(0, dtype=dtype).element_size()
@@ -126,7 +128,9 @@ def _declared_shape(info: Any) -> tuple[int, ...]:
         raise ConvlensError(f"ONNX graph input {info.name!r} is not a tensor; refused")
     if not t.tensor_type.HasField("shape"):
         raise ConvlensError(f"ONNX graph input {info.name!r} has no declared shape")
-    return tuple(int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.tensor_type.shape.dim)
+    return tuple(
+        int(d.dim_value) if d.HasField("dim_value") else -1 for d in t.tensor_type.shape.dim
+    )
 
 
 def convert_graph(

@@ -190,7 +190,7 @@ class Converter:
         name = self.value(name)
         if name in self.consts:
             return torch.from_numpy(np.empty(0, self.consts[name].dtype)).dtype
-        return self.meta[name].dtype  # type: ignore[no-any-return]
+        return self.meta[name].dtype
 
     def ref(self, name: str) -> str:
         """The name an Op reads ``name`` by: a runtime value, or a buffer for a constant."""
@@ -264,10 +264,8 @@ class Converter:
             if i in self.consts:
                 self.check_batch_free(self.consts[i], "a constant used by the network")
         try:
-            if isinstance(fn, nn.Module):
-                result = _meta_module_call(fn, metas)
-            else:
-                result = fn(*metas, **kw)
+            is_module = isinstance(fn, nn.Module)
+            result = _meta_module_call(fn, metas) if is_module else fn(*metas, **kw)  # type: ignore[arg-type]
         except ConvlensError:
             raise
         except Exception as e:
@@ -352,6 +350,13 @@ class Converter:
                 raise n.fail(
                     f"operator {n.op!r} is not supported; accepted: " + ", ".join(sorted(HANDLERS))
                 )
+            for k, name in enumerate(n.inputs):
+                v = self.value(name)
+                if name and v not in self.consts and v not in self.meta:
+                    raise n.fail(
+                        f"input {k} ({name!r}) is not computed by an earlier node; the graph must "
+                        "list its nodes in order"
+                    )
             try:
                 fn(self, n)
             except ConvlensError:
@@ -359,7 +364,12 @@ class Converter:
             except Exception as e:  # a gap in a handler must still name the node
                 raise n.fail(f"cannot be converted ({type(e).__name__}: {e})") from None
             for k, out in enumerate(n.outputs):
-                if out and out not in self.consts and out not in self.meta and out not in self.alias:
+                if (
+                    out
+                    and out not in self.consts
+                    and out not in self.meta
+                    and out not in self.alias
+                ):
                     raise n.fail(f"output {k} ({out!r}) is not supported")
         refs = []
         shapes = []

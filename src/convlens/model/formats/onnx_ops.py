@@ -255,8 +255,12 @@ def _prelu(c: Converter, n: Node) -> None:
     if c.is_const(slope) and len(shape) >= 2 and not c.is_const(x):
         w = c.consts[c.value(slope)]
         ch = shape[1]
-        per_channel = w.size == ch and w.shape[-(len(shape) - 1) :][0:1] in ((ch,), ()) and (
-            w.ndim <= len(shape) - 1 and all(d == 1 for d in w.shape[w.ndim - len(shape) + 2 :])
+        per_channel = (
+            w.size == ch
+            and w.shape[-(len(shape) - 1) :][0:1] in ((ch,), ())
+            and (
+                w.ndim <= len(shape) - 1 and all(d == 1 for d in w.shape[w.ndim - len(shape) + 2 :])
+            )
         )
         if w.dtype == np.float32 and (w.size == 1 or (per_channel and w.ndim == len(shape) - 1)):
             mod = nn.PReLU(int(w.size))
@@ -408,14 +412,23 @@ def _conv(c: Converter, n: Node) -> None:
     if (top, left) != (bottom, right):
         src = c.pad_layer(n, nn.ZeroPad2d((left, right, top, bottom)), src)
         top = left = 0
-    kw = {"stride": tuple(s), "padding": (top, left), "dilation": tuple(d), "groups": groups}
+    kw: dict[str, Any] = {
+        "stride": tuple(s),
+        "padding": (top, left),
+        "dilation": tuple(d),
+        "groups": groups,
+    }
     if not c.is_const(n.inputs[1]) or (n.has(2) and not c.is_const(n.inputs[2])):
         c.emit(n, conv2d, [src, *[i for i in n.inputs[1:3] if i]], **kw)
         return
     w = c.const(n, 1)
     b = c.opt_const(n, 2)
     conv = nn.Conv2d(
-        wshape[1] * groups, wshape[0], (k[0], k[1]), bias=b is not None, **kw  # type: ignore[arg-type]
+        wshape[1] * groups,
+        wshape[0],
+        (k[0], k[1]),
+        bias=b is not None,
+        **kw,
     )
     conv.weight.data = to_torch(w)
     if b is not None:
@@ -535,7 +548,9 @@ def _pool(c: Converter, n: Node) -> None:
         c.module(n, nn.AvgPool2d((k[0], k[1]), (s[0], s[1]), (top, left), ceil, include), src)
         return
     if ceil:
-        raise n.fail(f"AveragePool with ceil_mode and pads {[top, left, bottom, right]} is not supported")
+        raise n.fail(
+            f"AveragePool with ceil_mode and pads {[top, left, bottom, right]} is not supported"
+        )
     pad4 = (left, right, top, bottom)
     if include:
         src = c.pad_layer(n, nn.ZeroPad2d(pad4), src)
@@ -590,7 +605,9 @@ def _batch_norm(c: Converter, n: Node) -> None:
     c.emit(n, batch_norm, args, eps=eps)
 
 
-def instance_norm(x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
+def instance_norm(
+    x: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor, eps: float
+) -> torch.Tensor:
     return F.instance_norm(x, weight=scale, bias=bias, eps=eps)
 
 
@@ -676,7 +693,7 @@ def _gemm(c: Converter, n: Node) -> None:
             lin.weight.data = to_torch(w.astype(np.float32))
             if cb is not None:
                 bvec = np.broadcast_to(cb.reshape(-1) * np.float32(beta), (out,))
-                lin.bias.data = to_torch(bvec.astype(np.float32))  # type: ignore[union-attr]
+                lin.bias.data = to_torch(bvec.astype(np.float32))
             c.module(n, lin, a)
             return
     inputs = [a, b] + ([bias] if bias else [])
@@ -723,7 +740,9 @@ def _flatten(c: Converter, n: Node) -> None:
         c.emit(n, flatten2d, [n.inputs[0]], axis=axis)
 
 
-def _resolve_shape(n: Node, in_shape: tuple[int, ...], target: list[int], allow_zero: bool) -> list[int]:
+def _resolve_shape(
+    n: Node, in_shape: tuple[int, ...], target: list[int], allow_zero: bool
+) -> list[int]:
     out = list(target)
     for i, v in enumerate(out):
         if v == 0 and not allow_zero:
@@ -1033,7 +1052,7 @@ def _range(c: Converter, n: Node) -> None:
         c.check_batch_free(np.asarray(v), "Range")
     if delta == 0:
         raise n.fail("delta is 0")
-    count = max(int(math.ceil((limit - start) / delta)), 0)
+    count = max(math.ceil(float(limit - start) / float(delta)), 0)
     from convlens.model.formats.safety import checked_elements
 
     checked_elements([count], f"ONNX node {n.index} (Range)")
@@ -1136,7 +1155,7 @@ def _reduce(c: Converter, n: Node) -> None:
     axes = _axes(c, n, 1, since)
     keep = bool(n.geti("keepdims", 1))
     if not axes:
-        if n.geti("noop_with_empty_axes", 0) and axes is not None or (
+        if (n.geti("noop_with_empty_axes", 0) and axes is not None) or (
             axes is None and n.geti("noop_with_empty_axes", 0)
         ):
             c.emit(n, reduce, [x], dims=(), keepdim=keep, kind=kind)
@@ -1234,9 +1253,7 @@ def lerp_axis(
     return a + (b - a) * w
 
 
-def _source_coords(
-    n: Node, mode: str, out_len: int, in_len: int, scale: float
-) -> np.ndarray:
+def _source_coords(n: Node, mode: str, out_len: int, in_len: int, scale: float) -> np.ndarray:
     """Where each output position samples the input, by ``coordinate_transformation_mode``."""
     x = np.arange(out_len, dtype=np.float64)
     out_w = scale * in_len  # the reference uses the unrounded output length
@@ -1306,7 +1323,7 @@ def _resize(c: Converter, n: Node) -> None:
     if sizes is None:
         if len(scales) != len(axes) or min(scales, default=0) <= 0:
             raise n.fail(f"scales {scales} do not match {len(axes)} axes")
-        outs = [int(math.floor(shape[a] * s)) for a, s in zip(axes, scales, strict=True)]
+        outs = [math.floor(shape[a] * s) for a, s in zip(axes, scales, strict=True)]
     else:
         if len(sizes) != len(axes):
             raise n.fail(f"sizes {sizes} do not match {len(axes)} axes")
@@ -1320,8 +1337,14 @@ def _resize(c: Converter, n: Node) -> None:
         coord = n.gets("coordinate_transformation_mode", "half_pixel")
         rule = n.gets("nearest_mode", "round_prefer_floor")
     src = x
-    moved = [(a, o, s) for a, o, s in zip(axes, outs, scales, strict=True) if o != shape[a] or s != 1]
+    moved = [
+        (a, o, s) for a, o, s in zip(axes, outs, scales, strict=True) if o != shape[a] or s != 1
+    ]
     _no_batch_axis(c, n, [a for a, _, _ in moved], n.op)
+    up = _as_upsample(c, n, mode, coord, moved, sizes is not None)
+    if up is not None:
+        c.module(n, up)
+        return
     for k, (a, out_len, scale) in enumerate(moved):
         in_len = shape[a]
         coords = _source_coords(n, coord, out_len, in_len, scale)
@@ -1343,6 +1366,30 @@ def _resize(c: Converter, n: Node) -> None:
         src = out
     if not moved:
         c.emit(n, torch.clone, [x])
+
+
+def _as_upsample(
+    c: Converter, n: Node, mode: str, coord: str, moved: list[tuple[int, int, float]], sized: bool
+) -> nn.Module | None:
+    """``nn.Upsample`` (one named layer) for bilinear resizing of H and W where torch's
+    arithmetic is ONNX's: half-pixel centres, or pytorch_half_pixel with outputs over 1 pixel
+    (torch clamps negative source positions to 0, as ONNX's edge rule does)."""
+    x = n.inputs[0]
+    shape = c.shape(x)
+    if mode != "linear" or len(shape) != 4 or c.is_const(x) or not _float_input(c, x):
+        return None
+    if not moved or any(a not in (2, 3) for a, _, _ in moved):
+        return None
+    ok = coord == "half_pixel" or (
+        coord == "pytorch_half_pixel" and min(o for _, o, _ in moved) > 1
+    )
+    if not ok:
+        return None
+    out = {2: shape[2], 3: shape[3]} | {a: o for a, o, _ in moved}
+    factor = {2: 1.0, 3: 1.0} | {a: s for a, _, s in moved}
+    if sized:
+        return nn.Upsample(size=(out[2], out[3]), mode="bilinear", align_corners=False)
+    return nn.Upsample(scale_factor=(factor[2], factor[3]), mode="bilinear", align_corners=False)
 
 
 def _np_dtype(dtype: torch.dtype) -> Any:

@@ -42,13 +42,20 @@ def clean_name(raw: str, fallback: str) -> str:
 
     >>> clean_name("/layer1/layer1.0/conv1/Conv", "conv")
     'layer1.0.conv1'
+    >>> clean_name("/features/features.4/block/block.3/Conv", "conv")
+    'features.4.block.3'
     """
     parts = [p for p in re.split(r"[/:]", raw) if p]
     if len(parts) > 1:
         parts = parts[:-1]  # ONNX exporters end the path with the op type
     name = ""
     for part in parts:  # each segment is either a qualified name or relative to the last
-        name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+        if not name or part.startswith(name + "."):
+            name = part
+        elif "." in part and part.split(".")[0] == name.rsplit(".", 1)[-1]:
+            name = f"{name}.{part.split('.', 1)[1]}"  # /block/block.3: block's child 3
+        else:
+            name = f"{name}.{part}"
     name = re.sub(r"[^0-9A-Za-z_.]", "_", name).strip(".")
     if not name or any(not seg for seg in name.split(".")):
         return fallback
@@ -99,9 +106,9 @@ def assemble(
     """
     consts = consts or {}
     sources = [source] if isinstance(source, str) else list(source)
-    if isinstance(output, str) and len(sources) == 1 and not consts:
-        if _is_chain(sources[0], ops, output):
-            return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
+    simple = isinstance(output, str) and len(sources) == 1 and not consts
+    if simple and _is_chain(sources[0], ops, output):  # type: ignore[arg-type]
+        return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
     graph = torch.fx.Graph()
     env: dict[str, torch.fx.Node] = {}
     for i, name in enumerate(sources):
