@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 APT_TEST_PKGS := chromium dataset-fashion-mnist
 
-.PHONY: demo test lint typecheck pytest nodetest venv dev-env system-packages demo-model clean
+.PHONY: demo test lint typecheck pytest nodetest node-test-deps venv dev-env system-packages demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,7 +49,18 @@ lint: dev-env
 typecheck: dev-env
 	$(BIN)/mypy
 
-pytest: dev-env system-packages
+# TF.js in node (and published TF.js models) as the TF.js readers' reference runtime. Without
+# npm, or if the install fails, those tests compare with committed TF.js outputs or skip.
+NODE_TEST_STAMP := tests/js/node_modules/.convlens-stamp
+$(NODE_TEST_STAMP): tests/js/package.json tests/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix tests/js --no-audit --no-fund --loglevel=error && touch $@ \
+	    || echo "warning: npm ci failed; the TF.js reference tests use committed outputs or skip"; \
+	else echo "warning: npm not found; the TF.js reference tests use committed outputs or skip"; fi
+
+node-test-deps: $(NODE_TEST_STAMP)
+
+pytest: dev-env system-packages node-test-deps
 	$(BIN)/pytest -q
 
 nodetest:
@@ -66,3 +77,10 @@ demo-model: dev-env system-packages
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# Long fuzzing of every parser that reads untrusted bytes (images, model files) and of the web
+# API; CI runs the same tests in their short, derandomized mode. Not part of `make test`.
+.PHONY: fuzz
+fuzz: dev-env
+	CONVLENS_FUZZ=long KERAS_BACKEND=torch $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/test_fuzz_parsers.py $(wildcard tests/test_fuzz_web.py)

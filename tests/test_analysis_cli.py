@@ -85,3 +85,24 @@ def test_bad_inputs_are_one_line_errors(
     assert "accepted: pca, tsne, umap" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "no scan" in capsys.readouterr().err
+
+
+def test_patch_titles_promise_no_more_hits_than_kept(
+    folder: Path, model_dir: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """issue #14: with --top-k 4 the layer overview said "top 8"."""
+    import convlens.analysis.patches as patches
+
+    titles: list[str] = []
+    real_caption = patches.caption
+
+    def spy(image: Image.Image, text: str, *args: object, **kwargs: object) -> Image.Image:
+        titles.append(text)
+        return real_caption(image, text, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(patches, "caption", spy)
+    argv = ["scan", model_dir, "--dataset", str(folder), "--split", "all", "--layers",
+            "conv_2_1", "--top-k", "4", "--out", str(tmp_path / "scan")]  # fmt: skip
+    assert main(argv) == 0
+    overview = [t for t in titles if "receptive-field patches per unit" in t]
+    assert overview == ["conv_2_1: top 4 receptive-field patches per unit"]

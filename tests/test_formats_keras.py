@@ -14,6 +14,7 @@ import torch
 
 from convlens.errors import ConvlensError
 from convlens.model import load_model
+from convlens.model.formats.keras import snake_case
 from convlens.model.formats.keras_layers import same_padding
 from convlens.model.load import detect_format
 
@@ -172,7 +173,8 @@ def write_h5(
 def write_keras(
     path: Path, cfg: dict[str, Any], weights: dict[str, list[tuple[str, np.ndarray]]]
 ) -> None:
-    """The Keras 3 ``.keras`` zip: config.json + model.weights.h5 (layers/<name>/vars/<i>)."""
+    """The Keras 3 ``.keras`` zip: config.json + model.weights.h5, where each layer's
+    variables sit at ``layers/<snake_case(class)>[_<n>]/vars/<i>`` as Keras 3 saves them."""
     layers = cfg["config"]["layers"]
     shape = layers[0]["config"].pop("batch_input_shape")
     k3 = {
@@ -190,8 +192,12 @@ def write_keras(
     buf = io.BytesIO()
     with h5py.File(buf, "w") as f:
         top = f.create_group("layers")
-        for name, pairs in weights.items():
-            vars_group = top.create_group(name).create_group("vars")
+        counts: dict[str, int] = {}
+        for lay in layers:
+            base = snake_case(lay["class_name"])
+            n = counts[base] = counts.get(base, -1) + 1
+            pairs = weights.get(lay["config"]["name"], [])
+            vars_group = top.create_group(base if n == 0 else f"{base}_{n}").create_group("vars")
             for i, (_, arr) in enumerate(pairs):
                 vars_group.create_dataset(str(i), data=arr)
     with zipfile.ZipFile(path, "w") as z:
@@ -306,12 +312,12 @@ def test_chain_functional_model(tmp_path: Path, keras3: bool) -> None:
     ]
 
 
-def test_branching_functional_model_is_refused(tmp_path: Path) -> None:
+def test_single_input_layer_with_two_inputs_is_refused(tmp_path: Path) -> None:
     cfg = _functional(FLAT_LAYERS, keras3=False)
     cfg["config"]["layers"][3]["inbound_nodes"] = [[["conv", 0, 0, {}], ["avg", 0, 0, {}]]]
     path = tmp_path / "branch.h5"
     write_h5(path, cfg, FLAT_WEIGHTS)
-    with pytest.raises(ConvlensError, match=r"layer 3 \('flatten', Flatten\).*chain-like"):
+    with pytest.raises(ConvlensError, match=r"layer 3 \('flatten', Flatten\).*one input, got 2"):
         load_model(path)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -208,3 +210,335 @@ def test_same_upper_pooling(tmp_path: Path, op: str, strides: int) -> None:
     with torch.no_grad():
         got = net.eval()(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(got, want.reshape(2, -1), atol=1e-6)
+
+
+# ------------------------------------------------ real exports of the CNN families
+
+
+class _Basic(torch.nn.Module):
+    """A ResNet basic block (He et al. 2016) with an optional 1×1 projection shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.down = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return torch.relu(h + (self.down(x) if self.down is not None else x))
+
+
+class _ResNetLike(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(3, 8, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.layer1 = nn.Sequential(_Basic(8, 8, 1), _Basic(8, 16, 2))
+        self.fc = nn.Linear(16, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.pool(torch.relu(self.bn1(self.conv1(x))))
+        h = torch.nn.functional.adaptive_avg_pool2d(self.layer1(h), 1)
+        return self.fc(torch.flatten(h, 1))
+
+
+class _Inverted(torch.nn.Module):
+    """MobileNetV2's inverted residual (Sandler et al. 2018): expand, depthwise, project."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int = 4) -> None:
+        super().__init__()
+        nn = torch.nn
+        mid = cin * expand
+        self.block = nn.Sequential(
+            nn.Conv2d(cin, mid, 1, bias=False), nn.BatchNorm2d(mid), nn.ReLU6(),
+            nn.Conv2d(mid, mid, 3, stride, 1, groups=mid, bias=False), nn.BatchNorm2d(mid),
+            nn.ReLU6(), nn.Conv2d(mid, cout, 1, bias=False), nn.BatchNorm2d(cout),
+        )  # fmt: skip
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class _MobileNetLike(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, 2, 1, bias=False), nn.BatchNorm2d(8), nn.ReLU6(),
+            _Inverted(8, 8, 1), _Inverted(8, 16, 2), _Inverted(16, 16, 1),
+            nn.Conv2d(16, 32, 1), nn.Hardswish(),
+        )  # fmt: skip
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(32, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class _InceptionLike(torch.nn.Module):
+    """An Inception module (Szegedy et al. 2015), a channel shuffle (ShuffleNet, Zhang et al.
+    2018) through dynamic view/transpose, and an upsampling: concat and shape arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        # (no LocalResponseNorm: torch exports it as a 3-D average pool, which is refused)
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, 1, 1), nn.ReLU())
+        self.b1 = nn.Conv2d(8, 4, 1)
+        self.b3 = nn.Sequential(nn.Conv2d(8, 4, 1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1))
+        self.b5 = nn.Sequential(nn.Conv2d(8, 2, 1), nn.ReLU(), nn.Conv2d(2, 4, 5, padding=2))
+        self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(8, 4, 1))
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.head = nn.Conv2d(16, 6, 3, 2)
+        self.fc = nn.Linear(6 * 13 * 13, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = torch.cat([self.b1(h), self.b3(h), self.b5(h), self.bp(h)], 1)
+        n, c, hh, ww = h.shape
+        h = h.view(n, 4, c // 4, hh, ww).transpose(1, 2).reshape(n, c, hh, ww)
+        h = torch.nn.functional.avg_pool2d(torch.relu(h), 2, ceil_mode=True)
+        h = torch.relu(self.head(self.up(h)))
+        return self.fc(h.view(h.size(0), -1))
+
+
+FAMILIES = {"resnet": _ResNetLike, "mobilenetv2": _MobileNetLike, "inception": _InceptionLike}
+
+
+def export(family: str, exporter: str, folder: Path) -> tuple[Path, torch.nn.Module]:
+    """The family's network (seeded, with non-trivial BN statistics) exported to ONNX."""
+    torch.manual_seed(0)
+    net = FAMILIES[family]()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
+            m.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+            m.weight.data.uniform_(0.5, 1.5)
+    net.eval()
+    path = folder / f"{family}-{exporter}.onnx"
+    if path.is_file():
+        return path, net
+    x = torch.rand(1, 3, 28, 28)
+    if exporter == "legacy":
+        torch.onnx.export(
+            net, (x,), str(path), dynamo=False, input_names=["input"],
+            dynamic_axes={"input": {0: "batch"}},
+        )  # fmt: skip
+    else:
+        pytest.importorskip("onnxscript")
+        # the dynamo exporter stores weights in a side file unless told not to; such files
+        # are refused (see test_external_data_is_refused)
+        torch.onnx.export(net, (x,), str(path), dynamo=True, verbose=False, external_data=False)
+    return path, net
+
+
+@pytest.fixture(scope="session")
+def export_dir() -> Path:
+    """Exports are cached per torch version (the exporter is the writer under test)."""
+    root = Path(os.environ.get("CONVLENS_TEST_CACHE", Path(__file__).parent / ".cache"))
+    folder = root / "onnx-exports" / torch.__version__.replace("+", "_")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_exported_families_match_onnxruntime(export_dir: Path, family: str, exporter: str) -> None:
+    ort = pytest.importorskip("onnxruntime")
+    path, net = export(family, exporter, export_dir)
+    model = load_model(path)
+    assert model.spec.shape == (3, 28, 28)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch = 3 if exporter == "legacy" else 1  # the dynamo export fixes the batch at 1
+    x = torch.rand(batch, 3, 28, 28, generator=torch.Generator().manual_seed(1))
+    want = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    with torch.no_grad():
+        got = model(x).numpy()
+        again = model(torch.cat([x, x]))  # any batch size runs, whatever the export fixed
+        ref = net(x).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(again.numpy(), np.concatenate([got, got]), atol=1e-5)
+    convs = [lay for lay in model.graph if lay.kind == "conv"]
+    assert len(convs) >= 4
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "onnx"
+
+
+def test_real_paddleocr_direction_classifier_matches_onnxruntime() -> None:
+    """A published model (PaddleOCR's MobileNetV3-style text-direction classifier, exported
+    by Paddle2ONNX; see tests/fixtures/onnx/README.md) against onnxruntime."""
+    ort = pytest.importorskip("onnxruntime")
+    path = FIXTURES / "ch_ppocr_mobile_v2.0_cls_infer.onnx"
+    model = load_model(path, input_spec={"height": 48, "width": 192}, classes=["0", "180"])
+    assert model.spec.shape == (3, 48, 192) and model.outputs == "logits"
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 3, 48, 192)).astype(np.float32)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    want = sess.run(None, {"x": x})[0]  # the file ends in a softmax: probabilities
+    with torch.no_grad():
+        got = torch.softmax(model(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert sum(lay.kind == "conv" for lay in model.graph) == 53
+
+
+def test_paddle_model_needs_an_input_size() -> None:
+    with pytest.raises(ConvlensError, match=r"unknown dimensions.*--input-size"):
+        load_model(FIXTURES / "ch_ppocr_mobile_v2.0_cls_infer.onnx")
+
+
+# ------------------------------------------------------------- hostile and odd files
+
+
+def _save(tmp_path: Path, proto: onnx.ModelProto, name: str = "m.onnx") -> Path:
+    path = tmp_path / name
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_external_data_is_refused(tmp_path: Path) -> None:
+    """Weights in a side file (onnx's own writer) would let a file name any local path."""
+    proto, _ = _mlp_head_model()
+    path = tmp_path / "ext.onnx"
+    onnx.save_model(proto, str(path), save_as_external_data=True, size_threshold=0,
+                    location="weights.bin")  # fmt: skip
+    assert (tmp_path / "weights.bin").is_file()
+    with pytest.raises(ConvlensError, match="initializer 'k' is stored in an external file"):
+        load_model(path)
+
+
+def test_declared_shape_must_match_the_data(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    init = proto.graph.initializer[0]
+    init.raw_data = init.raw_data[:-4]  # one float short
+    with pytest.raises(ConvlensError, match=r"initializer 'k' declares shape \[4, 3, 3, 3\].*"
+                       r"432 bytes.*428 bytes"):  # fmt: skip
+        load_model(_save(tmp_path, proto))
+
+
+def test_huge_declared_shapes_are_refused_before_allocation(tmp_path: Path) -> None:
+    proto, _ = _mlp_head_model()
+    init = proto.graph.initializer[0]
+    del init.dims[:]
+    init.dims.extend([10**6, 10**7])
+    with pytest.raises(ConvlensError, match="over the budget"):
+        load_model(_save(tmp_path, proto))
+    # a ConstantOfShape asking for 10^12 values: refused before numpy allocates
+    nodes = [
+        helper.make_node("Constant", [], ["s"], value=numpy_helper.from_array(
+            np.array([10**6, 10**6], np.int64))),
+        helper.make_node("ConstantOfShape", ["s"], ["z"], name="big"),
+        helper.make_node("Add", ["x", "z"], ["y"]),
+    ]  # fmt: skip
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )  # fmt: skip
+    big = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(ConvlensError, match=r"node 1 \(ConstantOfShape\).*over the budget"):
+        load_model(_save(tmp_path, big))
+
+
+def test_only_regular_files_are_read(tmp_path: Path) -> None:
+    from convlens.model.formats.onnx_format import read_onnx
+
+    fifo = tmp_path / "pipe.onnx"
+    os.mkfifo(fifo)
+    with pytest.raises(ConvlensError, match="not a regular file"):
+        read_onnx(fifo)
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(ConvlensError, match=r"cannot read .* as an ONNX model"):
+        load_model(junk)
+
+
+def _one_node_model(node: Any, x_shape: list[int], opset: int = 17, **inits: np.ndarray) -> Any:
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )  # fmt: skip
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+
+
+@pytest.mark.parametrize(
+    ("node", "shape", "inits", "match"),
+    [
+        (helper.make_node("Conv", ["x", "w"], ["y"], name="c1d"), [1, 3, 8],
+         {"w": np.ones((2, 3, 3), np.float32)}, r"node 0 \(c1d, Conv\): only 2-D convolutions"),
+        (helper.make_node("MaxPool", ["x"], ["y"], name="p3d", kernel_shape=[2, 2, 2]),
+         [1, 3, 4, 4, 4], {}, r"node 0 \(p3d, MaxPool\): only 2-D pools"),
+        (helper.make_node("RandomNormalLike", ["x"], ["y"], name="noise"), [1, 3, 4, 4], {},
+         r"node 0 \(noise, RandomNormalLike\): random operators are not supported"),
+        (helper.make_node("Conv", ["x", "w"], ["y"], name="grp", group=2), [1, 3, 8, 8],
+         {"w": np.ones((4, 2, 3, 3), np.float32)}, r"node 0 \(grp, Conv\): does not compute"),
+        (helper.make_node("AveragePool", ["x"], ["y"], name="dil", kernel_shape=[2, 2],
+                          dilations=[2, 2]), [1, 3, 8, 8], {}, r"dilations \[2, 2\] is not"),
+        (helper.make_node("Relu", ["nowhere"], ["y"], name="r"), [1, 3, 4, 4], {},
+         r"node 0 \(r, Relu\): input 0 \('nowhere'\) is not computed"),
+    ],
+)  # fmt: skip
+def test_unconvertible_nodes_are_refused_by_name_and_position(
+    node: Any, shape: list[int], inits: dict[str, np.ndarray], match: str
+) -> None:
+    from convlens.model.formats.onnx_format import convert_graph
+
+    with pytest.raises(ConvlensError, match=match):
+        convert_graph(_one_node_model(node, shape, **inits))
+
+
+def test_old_opsets_are_refused() -> None:
+    from convlens.model.formats.onnx_format import convert_graph
+
+    node = helper.make_node("Relu", ["x"], ["y"])
+    with pytest.raises(ConvlensError, match="opset 6; accepted: opsets 7 to"):
+        convert_graph(_one_node_model(node, [1, 3], opset=6))
+
+
+def test_softmax_before_opset_13_coerces_to_2d() -> None:
+    """Softmax-1..12 normalises over all axes from ``axis`` on; 13+ over ``axis`` alone."""
+    from convlens.model.formats.onnx_format import convert_graph
+
+    x = np.random.default_rng(0).normal(size=(2, 3, 4)).astype(np.float32)
+    for opset, want_axes in ((11, (1, 2)), (13, (1,))):
+        node = helper.make_node("Softmax", ["x"], ["y"], axis=1)
+        net = convert_graph(_one_node_model(node, [2, 3, 4], opset=opset)).net
+        e = np.exp(x - x.max(axis=want_axes, keepdims=True))
+        want = e / e.sum(axis=want_axes, keepdims=True)
+        np.testing.assert_allclose(net(torch.from_numpy(x)).numpy(), want, atol=1e-6)
+
+
+def test_squeezenet_style_output_is_a_class_vector(tmp_path: Path) -> None:
+    """Conv → GlobalAveragePool → Softmax gives (N, C, 1, 1): read as C class scores."""
+    w = np.random.default_rng(0).normal(size=(5, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="classifier"),
+        helper.make_node("GlobalAveragePool", ["c"], ["g"], name="pool"),
+        helper.make_node("Softmax", ["g"], ["y"], name="prob", axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "sq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5, 1, 1])],
+        [numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    path = _save(tmp_path, helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+    model = load_model(path)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        got = model(x)
+    want = np.einsum("nchw,kc->nk", x.numpy(), w[:, :, 0, 0]) / 64  # a 1×1 conv, then the mean
+    assert got.shape == (2, 5) and model.outputs == "logits"
+    np.testing.assert_allclose(got.numpy(), want, atol=1e-5)

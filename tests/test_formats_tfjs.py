@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +19,16 @@ from PIL import Image
 from convlens.errors import ConvlensError
 from convlens.model import Model, load_model
 from convlens.model.load import detect_format
+from tfjs_reference import (
+    FIXTURES,
+    JS,
+    cache_dir,
+    node_ready,
+    reference,
+    run_tfjs,
+    sample_inputs,
+    why_no_node,
+)
 
 CLASSES = [
     "lifeboat", "ladybug", "pizza", "bell pepper", "school bus",
@@ -196,3 +212,259 @@ def test_shard_outside_the_folder_is_refused(tmp_path: Path, cnn_explainer_dir: 
     (tmp_path / "m" / "model.json").write_text(json.dumps(doc))
     with pytest.raises(ConvlensError, match="outside the model folder"):
         load_model(tmp_path / "m" / "model.json")
+
+
+# ------------------------------------------------------------------ layers models by TF.js
+
+# name → whether the model ends in a softmax
+LAYERS_FIXTURES = {
+    "layers-sequential": True,
+    "layers-residual": False,
+    "layers-inception": True,
+    "layers-mobilenet-block": True,
+}
+
+
+@pytest.mark.parametrize("name", sorted(LAYERS_FIXTURES))
+def test_layers_models_written_by_tfjs_match_tfjs(name: str) -> None:
+    """Models built and saved by TF.js itself (tests/js/make_layers_models.js)."""
+    assert detect_format(str(FIXTURES / name)) == "tfjs"
+    model = load_model(FIXTURES / name)
+    c, h, w = model.spec.shape
+    x, want, source = reference(FIXTURES / name, (h, w, c))
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    with torch.no_grad():
+        got = model.probabilities(xt) if LAYERS_FIXTURES[name] else model.net(xt)
+    diff = float(np.abs(got.double().numpy() - want).max())
+    print(f"{name}: max |Δ| = {diff:.2e} vs {source}")
+    assert diff < 1e-4, (name, diff, source)
+    assert want.std() > 1e-3
+
+
+# ------------------------------------------------------------------ hostile files
+
+
+def copy_model(name: str, dest: Path) -> Path:
+    folder = dest / name
+    shutil.copytree(FIXTURES / name, folder)
+    return folder
+
+
+def edit_json(folder: Path, edit: Callable[[dict[str, Any]], None]) -> None:
+    doc = json.loads((folder / "model.json").read_text())
+    edit(doc)
+    (folder / "model.json").write_text(json.dumps(doc))
+
+
+def refused(folder: Path, match: str, **kw: Any) -> str:
+    """Loading fails with a one-line ConvlensError matching ``match``, quickly and small."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConvlensError, match=match) as e:
+            load_model(folder, **kw)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20, f"{peak} bytes allocated before refusing"
+    assert "\n" not in str(e.value) and type(e.value).__name__ == "ConvlensError"
+    return str(e.value)
+
+
+BOTH = ["layers-sequential", "graph-raw-ops"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("name", BOTH)
+def test_fifo_shard_does_not_hang(tmp_path: Path, name: str) -> None:
+    folder = copy_model(name, tmp_path)
+    shard = folder / "group1-shard1of1.bin"
+    shard.unlink()
+    os.mkfifo(shard)
+    refused(folder, "not a regular file")
+
+
+@pytest.mark.timeout(30)
+def test_fifo_model_json_does_not_hang(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "model.json")
+    with pytest.raises(ConvlensError, match="not a regular file"):
+        load_model(tmp_path / "model.json", format="tfjs")
+    with pytest.raises(ConvlensError, match="not a regular file"):
+        load_model(tmp_path / "model.json", format="tfjs-graph")
+    with pytest.raises(ConvlensError):  # detection skips it instead of opening it
+        load_model(tmp_path)
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_deeply_nested_json_is_one_line(tmp_path: Path, name: str) -> None:
+    folder = copy_model(name, tmp_path)
+    (folder / "model.json").write_text('{"modelTopology": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    refused(folder, "nests deeper than", format="tfjs")
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_huge_declared_weight_fails_before_reading(tmp_path: Path, name: str) -> None:
+    folder = copy_model(name, tmp_path)
+    edit_json(folder, lambda d: d["weightsManifest"][0]["weights"][0].update(shape=[10**6, 10**6]))
+    refused(folder, r"declares shape \(1000000, 1000000\)")
+
+
+def test_model_budget_counts_all_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONVLENS_MAX_MODEL_MB", "0.5")
+    refused(FIXTURES / "graph-mobilenet-v2", "over the budget of 524288 bytes")
+
+
+@pytest.mark.parametrize("name", BOTH)
+def test_shard_sizes_checked_before_concatenation(tmp_path: Path, name: str) -> None:
+    folder = copy_model(name, tmp_path)
+    with (folder / "group1-shard1of1.bin").open("ab") as f:
+        f.write(b"\0" * 8)
+    refused(folder, "model.json declares")
+
+
+@pytest.mark.parametrize("path", ["../secret.bin", "/etc/hostname", "a\\..\\b.bin", ""])
+def test_shard_paths_stay_in_the_folder(tmp_path: Path, path: str) -> None:
+    folder = copy_model("graph-raw-ops", tmp_path)
+    (tmp_path / "secret.bin").write_bytes(b"\0" * 10192)
+    edit_json(folder, lambda d: d["weightsManifest"][0].update(paths=[path]))
+    refused(folder, "outside the model folder|is refused")
+
+
+def test_shard_symlink_out_of_the_folder_is_refused(tmp_path: Path) -> None:
+    folder = copy_model("graph-raw-ops", tmp_path)
+    shard = folder / "group1-shard1of1.bin"
+    target = tmp_path / "elsewhere.bin"
+    shard.rename(target)
+    shard.symlink_to(target)
+    refused(folder, "outside the model folder")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"dtype": "complex64"}, "dtype 'complex64'; accepted"),
+        ({"dtype": "string"}, "dtype 'string'; accepted"),
+        ({"quantization": {"dtype": "int4"}}, "quantized as 'int4'"),
+        ({"quantization": {"dtype": "uint8", "min": 0.0}}, "without a finite 'scale'"),
+        ({"quantization": {"dtype": "uint8", "min": 0.0, "scale": float("nan")}}, "finite"),
+        ({"quantization": "uint8"}, "quantized as 'uint8'"),
+        ({"shape": [3, -1]}, "accepted: non-negative integers"),
+        ({"shape": "big"}, "accepted: a list"),
+    ],
+)
+def test_bad_dtypes_and_quantization_are_refused(
+    tmp_path: Path, change: dict[str, Any], match: str
+) -> None:
+    folder = copy_model("graph-raw-ops", tmp_path)
+    edit_json(folder, lambda d: d["weightsManifest"][0]["weights"][0].update(change))
+    refused(folder, match)
+
+
+def test_dense_with_a_million_units_fails_before_allocating(tmp_path: Path) -> None:
+    """The Keras converter would allocate nn.Linear(n, 10**6) from the config: checked first."""
+    folder = copy_model("layers-sequential", tmp_path)
+
+    def edit(doc: dict[str, Any]) -> None:
+        layers = doc["modelTopology"]["config"]["layers"]
+        next(lay for lay in layers if lay["class_name"] == "Dense")["config"]["units"] = 10**6
+
+    edit_json(folder, edit)
+    msg = refused(folder, r"units 1000000 does not match its kernel's shape \(90, 6\)")
+    assert "('fc', Dense)" in msg
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "match"),
+    [
+        ("filters", 10**7, "filters 10000000 does not match"),
+        ("kernel_size", [3000, 3000], "kernel_size"),
+        ("strides", [10**6, 1], "strides"),
+    ],
+)
+def test_conv_config_sizes_checked(tmp_path: Path, key: str, value: Any, match: str) -> None:
+    folder = copy_model("layers-sequential", tmp_path)
+    edit_json(
+        folder, lambda d: d["modelTopology"]["config"]["layers"][0]["config"].update({key: value})
+    )
+    refused(folder, match)
+
+
+def test_huge_input_shape_is_refused(tmp_path: Path) -> None:
+    folder = copy_model("layers-sequential", tmp_path)
+    cfg = lambda d: d["modelTopology"]["config"]["layers"][0]["config"]  # noqa: E731
+    edit_json(folder, lambda d: cfg(d).update(batch_input_shape=[None, 10**5, 10**5, 3]))
+    refused(folder, "over 8192 a side|over the budget")
+    folder = copy_model("graph-raw-ops", tmp_path / "g")
+
+    def edit(doc: dict[str, Any]) -> None:
+        node = next(n for n in doc["modelTopology"]["node"] if n["op"] == "Placeholder")
+        node["attr"]["shape"]["shape"]["dim"][1]["size"] = "100000"
+
+    edit_json(folder, edit)
+    refused(folder, "over 8192 pixels a side")
+
+
+def test_graph_const_without_value_and_huge_pad(tmp_path: Path) -> None:
+    folder = copy_model("graph-raw-ops", tmp_path)
+    edit_json(
+        folder,
+        lambda d: (
+            d["modelTopology"]["node"].append({"name": "ghost", "op": "Const", "attr": {}})
+            or next(n for n in d["modelTopology"]["node"] if n["op"] == "Selu")["input"].append(
+                "^ghost"
+            )
+        ),
+    )
+    # a control input only: not needed for the output, so it is never looked up
+    load_model(folder)
+    edit_json(
+        folder,
+        lambda d: next(n for n in d["modelTopology"]["node"] if n["op"] == "Selu").update(
+            op="AddV2", input=["PartitionedCall/BiasAdd", "ghost"]
+        ),
+    )
+    refused(folder, r"\('ghost', Const\): the weights manifest holds no value")
+
+
+@pytest.mark.parametrize(
+    "text", ["[1, 2, 3]", "not json", b"\xff\xfe{}", '{"modelTopology": 3}', "{}"]
+)
+def test_malformed_model_json_is_one_line(tmp_path: Path, text: str | bytes) -> None:
+    path = tmp_path / "model.json"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    refused(path, "model.json|JSON|UTF-8", format="tfjs")
+
+
+# ------------------------------------------------------------------ published layers model
+
+
+@pytest.fixture(scope="module")
+def nsfwjs_mobilenet() -> Path:
+    """nsfwjs 4.4.0's MobileNetV2 (Keras 2.2.4 via tfjs-converter, uint8-quantized), unwrapped
+    from the npm package's JS bundles by its own loaders into the test cache."""
+    if not node_ready():
+        pytest.skip(why_no_node())
+    if not (JS / "node_modules" / "nsfwjs" / "package.json").is_file():
+        pytest.skip(f"nsfwjs is not installed (run `npm ci --prefix {JS}`)")
+    out = cache_dir() / "nsfwjs-mobilenet_v2"
+    if not (out / "model.json").is_file():
+        subprocess.run(
+            ["node", str(JS / "extract_nsfwjs.js"), "mobilenet_v2", str(out)],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    return out
+
+
+@pytest.mark.slow
+def test_published_nsfwjs_mobilenet_matches_tfjs(nsfwjs_mobilenet: Path) -> None:
+    model = load_model(nsfwjs_mobilenet)
+    assert model.classes == ["Drawing", "Hentai", "Neutral", "Porn", "Sexy"]
+    assert model.spec.shape == (3, 224, 224)
+    x = sample_inputs("nsfwjs", (224, 224, 3))[:1]  # nsfwjs feeds pixels / 255
+    want = run_tfjs(nsfwjs_mobilenet, x)
+    with torch.no_grad():
+        got = model.probabilities(torch.from_numpy(x).permute(0, 3, 1, 2).contiguous())
+    diff = float(np.abs(got.double().numpy() - want).max())
+    print(f"nsfwjs mobilenet_v2: max |Δ| = {diff:.2e} vs TF.js in node")
+    assert diff < 1e-4

@@ -203,3 +203,88 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(ConvlensError, match=r"not a folder|cannot create"):
         save_png(torch.rand(1, 4, 4), blocker / "sub" / "a.png")
+
+
+# ----------------------------------------------------------------- hostile images (issue 11)
+
+
+def test_only_the_listed_formats_are_opened() -> None:
+    from convlens.io.image import WEB_FORMATS, NotAnImageError
+
+    img = Image.new("RGB", (8, 8), (1, 2, 3))
+    web = DecodeLimits(formats=WEB_FORMATS)
+    for fmt in ("EPS", "ICO", "PCX", "TGA", "PPM", "TIFF"):
+        with pytest.raises(NotAnImageError, match="accepted: PNG, JPEG, BMP, GIF, WebP"):
+            decode_image(encode(img, fmt), web)
+    assert decode_image(encode(img, "TIFF")).size == (8, 8)  # files on disk may be TIFF
+    with pytest.raises(NotAnImageError):
+        decode_image(encode(img, "EPS"))  # never Ghostscript
+
+
+def _header_only_png(width: int, height: int) -> bytes:
+    """A PNG signature, an IHDR of ``width``×``height`` and one row of pixel data: a
+    refusal that names the size was made from the header, before any decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    row = zlib.compressobj().compress(b"\x00" * (1 + width))  # unflushed: truncated data
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", row or b"x")
+
+
+def test_pixel_and_aspect_budgets_are_checked_from_the_header() -> None:
+    from convlens.io.image import ImageTooLargeError
+
+    with pytest.raises(ImageTooLargeError, match="aspect ratio of 1,000,000:1; the limit is 50:1"):
+        decode_image(_header_only_png(1, 1_000_000))
+    with pytest.raises(ImageTooLargeError, match="10,000,000:1"):
+        decode_image(_header_only_png(10_000_000, 1))
+    with pytest.raises(ImageTooLargeError, match="40,960,000 pixels; the limit is 40,000,000"):
+        decode_image(_header_only_png(6400, 6400))
+    with pytest.raises(ConvlensError, match="truncated or corrupt"):  # within budget: decoded
+        decode_image(_header_only_png(100, 100))
+    assert decode_image(encode(Image.new("L", (1, 50)))).size == (1, 50)  # 50:1 is fine
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_blockwise_8bit_conversion_equals_the_whole_image_formula(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Converted in blocks of a few rows (a small block size forces many, with a ragged last
+    one); the result equals the formula applied to the whole array at once."""
+    import convlens.io.image as image_mod
+
+    monkeypatch.setattr(image_mod, "_BLOCK_PIXELS", 37 * 5)
+    rng = np.random.default_rng(3)
+    if mode == "I;16":
+        arr = rng.integers(0, 65536, (23, 37)).astype(np.uint16)
+        img, want = Image.frombytes("I;16", (37, 23), arr.tobytes()), np.rint(arr / 257.0)
+    elif mode == "I":
+        arr = rng.integers(-500, 60000, (23, 37)).astype(np.int32)
+        img, want = Image.fromarray(arr, "I"), np.rint(arr / 257.0)
+    else:
+        arr = rng.random((23, 37)).astype(np.float32)
+        arr[0, 0] = np.nan
+        img, want = Image.fromarray(arr, "F"), np.rint(np.nan_to_num(arr) * np.float32(255.0))
+    out = np.asarray(decode_image(encode(img, "TIFF") if mode != "I;16" else encode(img)))
+    assert out.dtype == np.uint8 and out.shape == (23, 37)
+    assert np.array_equal(out, np.clip(want, 0, 255).astype(np.uint8))
+
+
+def test_crop_box_resampling_matches_resize_then_crop() -> None:
+    """``fit_to_spec`` resamples the centre box straight to the output; the old way (resize
+    the whole image, then crop) gives the same pixels up to resampling at the crop's edge."""
+    rng = np.random.default_rng(0)
+    arr = (rng.random((30, 240)) * 60 + np.linspace(0, 190, 240)[None, :]).astype(np.uint8)
+    img = Image.fromarray(arr)
+    out = np.asarray(fit_to_spec(img, InputSpec(1, 20, 20))).astype(float)
+    scale = 20 / 30
+    big = img.resize((round(240 * scale), 20), Image.Resampling.BICUBIC)
+    left = (big.width - 20) // 2
+    ref = np.asarray(big.crop((left, 0, left + 20, 20))).astype(float)
+    assert np.abs(out - ref)[:, 2:-2].max() <= 3  # interior: same up to rounding
+    assert abs(out.mean() - ref.mean()) < 2

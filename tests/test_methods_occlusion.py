@@ -133,9 +133,15 @@ def test_incremental_inference_equals_full_passes(which: str) -> None:
             torch.testing.assert_close(inc.extra[key], full.extra[key], **TOL)
 
 
-def test_incremental_falls_back_on_branching_models(functional_net: Model) -> None:
-    a = convlens.explain(functional_net, torch.rand(1, 3, 16, 16), "occlusion", incremental=True)
-    assert not a.params["incremental"] and "nn.Sequential chain" in a.notes[0]
+def test_incremental_on_branching_models(functional_net: Model) -> None:
+    """Functional ReLU, an in-place residual addition, global pooling: incremental now (the
+    ResNet, MobileNet and Inception cases are in test_methods_incremental.py)."""
+    x = torch.rand(2, 3, 16, 16)
+    kw = dict(window=5, stride=3, target=[1, 2])
+    a = convlens.explain(functional_net, x, "occlusion", incremental=True, **kw)
+    assert a.params["incremental"] and not a.notes
+    b = convlens.explain(functional_net, x, "occlusion", incremental=False, **kw)
+    torch.testing.assert_close(a.extra["grid_logit"], b.extra["grid_logit"], **TOL)
 
 
 def test_cnn_explainer_incremental(cnn_explainer_dir: Path) -> None:

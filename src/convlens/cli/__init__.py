@@ -42,6 +42,14 @@ def os_error_line(e: OSError) -> str:
     return line
 
 
+def usage_error_line(e: Exception) -> str:
+    """Click's usage error as one line, pointing at the command's --help."""
+    ctx = getattr(e, "ctx", None)
+    where = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+    message = " ".join(str(e.format_message()).split())  # type: ignore[attr-defined]
+    return f"error: {message}{where}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 ok, 2 bad input or a system error such as a
     full disk, 130 interrupted)."""
@@ -62,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:
         return int(e.code or 0)
     except Exception as e:
-        # Usage errors from click (which Typer may vendor): show them the way click does.
+        # Usage errors from click (which Typer may vendor): one line, like every other error;
+        # only a bare command (no arguments at all) shows its help.
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
-            e.show()  # type: ignore[attr-defined]
+            if type(e).__name__ == "NoArgsIsHelpError" or not hasattr(e, "format_message"):
+                e.show()  # type: ignore[attr-defined]
+            else:
+                print(usage_error_line(e), file=sys.stderr)
             return int(e.exit_code)  # type: ignore[attr-defined]
         if type(e).__name__ == "Abort":
             print("aborted", file=sys.stderr)

@@ -24,6 +24,7 @@ from convlens.errors import ConvlensError
 from convlens.io.spec import MAX_SIDE, MEAN_RANGE, STD_RANGE
 from convlens.model import Model, load_model
 from convlens.model.formats.base import read_classes
+from convlens.model.formats.safety import regular_file
 
 ModelArg = Annotated[
     str,
@@ -131,6 +132,21 @@ def input_overrides(
     return spec
 
 
+MAX_CLASSES_BYTES = 16 * 1024 * 1024
+
+
+def classes_file(path: str) -> list[str]:
+    """``--classes FILE``: a regular file of bounded size (a FIFO would block the read forever,
+    ``/dev/zero`` would never end), then parsed by :func:`read_classes`."""
+    p = regular_file(path, "class-names file")
+    size = p.stat().st_size
+    if size > MAX_CLASSES_BYTES:
+        raise ConvlensError(
+            f"class-names file {path!r} is {size:,} bytes; at most {MAX_CLASSES_BYTES:,} accepted"
+        )
+    return read_classes(p)
+
+
 def open_model(
     source: str,
     arch: str | None = None,
@@ -156,7 +172,7 @@ def open_model(
     return load_model(
         source,
         format=fmt,
-        classes=read_classes(classes) if classes else None,
+        classes=classes_file(classes) if classes is not None else None,
         input_spec=spec or None,
         **options,
     )

@@ -72,7 +72,7 @@ class InputSpec:
             )
         for key, whole in (("channels", channels), ("height", height), ("width", width)):
             object.__setattr__(self, key, whole)
-        for name, kind, (lo, hi) in (("mean", "", MEAN_RANGE), ("std", "positive", STD_RANGE)):
+        for name, kind, (lo, hi) in (("mean", "", MEAN_RANGE), ("std", "positive ", STD_RANGE)):
             value = _numbers(getattr(self, name), name)
             if len(value) == 1:
                 value = value * self.channels
@@ -83,8 +83,8 @@ class InputSpec:
             if not all(math.isfinite(v) and lo <= v <= hi for v in value):
                 shown = ", ".join(f"{v:g}" for v in value)
                 raise ConvlensError(
-                    f"input {name} must be {kind + ' ' if kind else ''}finite numbers in "
-                    f"[{lo:g}, {hi:g}] (pixel values in [0, 1] units), got {shown}"
+                    f"input {name} must be {kind}finite numbers in [{lo:g}, {hi:g}] "
+                    f"(pixel values in [0, 1] units), got {shown}"
                 )
             object.__setattr__(self, name, value)
         if self.resize not in RESIZE_POLICIES:

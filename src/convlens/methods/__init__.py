@@ -6,7 +6,15 @@
 
 from convlens.methods import cam, gradient, occlusion
 from convlens.methods.api import explain, make_method
-from convlens.methods.base import METHODS, Attribution, Method, register
+from convlens.methods.base import (
+    METHODS,
+    Attribution,
+    Bound,
+    Method,
+    ParamError,
+    check_params,
+    register,
+)
 from convlens.methods.curves import Curves, deletion_insertion
 from convlens.methods.sanity import SanityResult, randomization_check
 from convlens.methods.targets import Target, TargetSpec, resolve_target
@@ -14,12 +22,15 @@ from convlens.methods.targets import Target, TargetSpec, resolve_target
 __all__ = [
     "METHODS",
     "Attribution",
+    "Bound",
     "Curves",
     "Method",
+    "ParamError",
     "SanityResult",
     "Target",
     "TargetSpec",
     "cam",
+    "check_params",
     "deletion_insertion",
     "explain",
     "gradient",

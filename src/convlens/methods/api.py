@@ -10,7 +10,7 @@ import torch
 from convlens.errors import ConvlensError
 from convlens.model.core import Model
 
-from .base import METHODS, Attribution, Method
+from .base import METHODS, Attribution, Method, check_params
 from .targets import TargetSpec
 
 
@@ -31,6 +31,7 @@ def make_method(model: Model, method: str, layer: str | None = None, **params: A
             f"unknown parameter(s) {', '.join(unknown)} for {method!r}; accepted: "
             f"{', '.join(accepted) or 'none'}"
         )
+    check_params(cls, params)  # every numeric parameter within its declared bound
     return cls(model, **params)
 
 

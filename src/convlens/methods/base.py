@@ -13,7 +13,8 @@ and is run through :func:`convlens.explain` (or ``METHODS.get(name)(model, **par
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
@@ -67,6 +68,89 @@ class Attribution:
         return v.sum(dim=1) if self.signed else v.max(dim=1).values
 
 
+class ParamError(ConvlensError):
+    """A method parameter outside its declared :class:`Bound` (the web API answers 422)."""
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The accepted values of a numeric method parameter: ``low ≤ v ≤ high`` (an ``int`` when
+    ``integer``; NaN and infinities never), or one of the strings ``choices``, or a list of
+    at most ``items`` such numbers (a window ``(h, w)``, a fill per channel).
+
+    Each method class declares its parameters' bounds in ``Method.bounds``; the API, the CLI
+    and the web server all check them there (:func:`check_params`) and the server shows them
+    in ``/model`` and its OpenAPI document, so a request can never ask for unbounded work.
+    """
+
+    low: float
+    high: float
+    integer: bool = False
+    choices: tuple[str, ...] = ()
+    items: int = 0
+
+    def describe(self) -> str:
+        """The accepted values in words: ``a positive integer (1..1000)``."""
+        if self.integer:
+            low, high = int(self.low), int(self.high)
+            kind = "a positive integer" if low == 1 else "an integer"
+            text = f"{kind} (1..{high})" if low == 1 else f"{kind} in {low}..{high}"
+        else:
+            text = f"a finite number in {self.low:g}..{self.high:g}"
+        if self.items:
+            text += f" (or a list of up to {self.items})"
+        if self.choices:
+            text = ", ".join(repr(c) for c in self.choices) + f" or {text}"
+        return text
+
+    def number_ok(self, v: object) -> bool:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return False
+        if self.integer and not isinstance(v, int):
+            return False
+        return math.isfinite(v) and self.low <= v <= self.high
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, str):
+            return value in self.choices
+        if isinstance(value, torch.Tensor):  # a baseline image from Python: finite, in range
+            if not value.is_floating_point() or value.numel() == 0:
+                return False
+            v = value.detach()
+            return bool(torch.isfinite(v).all() and self.low <= v.min() and v.max() <= self.high)
+        if isinstance(value, list | tuple):
+            return 0 < len(value) <= self.items and all(self.number_ok(v) for v in value)
+        return self.number_ok(value)
+
+    def schema(self) -> dict[str, Any]:
+        """The JSON-schema keywords of the bound (``/model`` and the OpenAPI document)."""
+        number: dict[str, Any] = {
+            "type": "integer" if self.integer else "number",
+            "minimum": int(self.low) if self.integer else self.low,
+            "maximum": int(self.high) if self.integer else self.high,
+        }
+        options = [number]
+        if self.items:
+            options.append({"type": "array", "items": number, "minItems": 1,
+                            "maxItems": self.items})  # fmt: skip
+        if self.choices:
+            options.append({"type": "string", "enum": list(self.choices)})
+        return number if len(options) == 1 else {"anyOf": options}
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def check_params(cls: type[Method], params: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ParamError`) any parameter outside its class's declared bound."""
+    for name, value in params.items():
+        bound = cls.bounds.get(name)
+        if bound is not None and not bound.accepts(value):
+            raise ParamError(f"{cls.name}: {name} must be {bound.describe()}; got {_short(value)}")
+
+
 class Method:
     """Base of every attribution method; subclasses set the flags and implement ``attribute``.
 
@@ -79,6 +163,8 @@ class Method:
     - ``batched``: evaluates a whole batch at once;
     - ``resolution``: where the map is computed, ``"input"`` or ``"layer"`` (then upsampled);
     - ``signed``: the map has meaningful negative values.
+
+    ``bounds`` declares the accepted range of each numeric parameter (:class:`Bound`).
     """
 
     name: ClassVar[str]
@@ -90,6 +176,7 @@ class Method:
     batched: ClassVar[bool] = True
     resolution: ClassVar[Resolution] = "input"
     signed: ClassVar[bool] = False
+    bounds: ClassVar[dict[str, Bound]] = {}
 
     def __init__(self, model: Model) -> None:
         if not isinstance(model, Model):

@@ -31,6 +31,7 @@ from convlens.model.graph import Layer
 
 from .base import (
     Attribution,
+    Bound,
     Family,
     Method,
     Resolution,
@@ -40,7 +41,7 @@ from .base import (
     spatial_layer,
     upsample,
 )
-from .gradient import GuidedBackprop
+from .rules import backward_rule, describe_changes
 from .targets import Target, TargetSpec, resolve_target
 
 Interp = Literal["bilinear", "nearest"]
@@ -211,20 +212,55 @@ class GuidedGradCAM(CamMethod):
     signed = True
 
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
-        guided = GuidedBackprop(self.model).attribute(x, target)
-        target = guided.targets if guided.targets is not None else target
-        # Grad-CAM needs the plain ∂S/∂A, not the guided one: its own pass.
-        act, grad, score, tgt = self.layer_and_gradient(x, target)
-        cam = weighted_sum(grad.mean(dim=(2, 3)), act).relu()
+        # One forward pass under the guided rule. Grad-CAM needs the plain ∂S/∂A, which the
+        # same backward pass gives whenever no rule-changed activation lies between the layer
+        # and the output (a GAP + linear head, as in ResNet): the rule then only acts below
+        # A, and one backward yields both. Otherwise (ReLUs in the classifier, as in VGG)
+        # Grad-CAM gets its own plain pass.
+        with torch.enable_grad():
+            xr = x.detach().requires_grad_(True)
+            with backward_rule(self.model, "guided") as changed:
+                out, act = forward_with_layer(self.model, xr, self.layer)
+            notes = describe_changes("guided", changed, self.model)
+            tgt = resolve_target(self.model, target, out)
+            score = tgt.score(out)
+            if rule_between(score, act):
+                (guided,) = torch.autograd.grad(score.sum(), xr)
+                again = tgt.classes if tgt.classes is not None else target
+                act, grad, score, tgt = self.layer_and_gradient(x, again)
+            else:
+                guided, grad = torch.autograd.grad(score.sum(), [xr, act])
+        cam = weighted_sum(grad.mean(dim=(2, 3)), act.detach()).relu()
         up = upsample(cam, (x.shape[-2], x.shape[-1]), self.interpolate)
         return self.result(
-            guided.values * up,
-            score,
-            tgt,
-            layer=self.layer.name,
-            layer_values=cam,
-            notes=guided.notes,
-        )
+            guided * up, score.detach(), tgt, layer=self.layer.name, layer_values=cam,
+            notes=notes,
+        )  # fmt: skip
+
+
+def rule_between(out: torch.Tensor, layer: torch.Tensor) -> bool:
+    """Whether a backward-rule activation (:mod:`convlens.methods.rules`) lies on a path of
+    the autograd graph from ``out`` back to ``layer`` (walked iteratively, each node once)."""
+    stop = layer.grad_fn
+    reaches: dict[Any, bool] = {}  # node -> a path from it reaches ``layer``
+    found = False
+    stack: list[tuple[Any, bool]] = [(out.grad_fn, False)]
+    while stack:
+        fn, children_done = stack.pop()
+        if fn is None or (not children_done and fn in reaches):
+            continue
+        if fn is stop:
+            reaches[fn] = True
+            continue
+        children = [c for c, _ in fn.next_functions if c is not None]
+        if not children_done:
+            reaches[fn] = False
+            stack.append((fn, True))
+            stack.extend((c, False) for c in children if c not in reaches)
+            continue
+        reaches[fn] = any(reaches.get(c, False) for c in children)
+        found = found or (reaches[fn] and type(fn).__name__.startswith("_RuleFunction"))
+    return found
 
 
 Weighting = Literal["probability", "channel-softmax"]
@@ -246,6 +282,7 @@ class ScoreCAM(CamMethod):
     paper = "Wang et al. 2020, Score-CAM"
     family = "perturbation"
     uses_gradients = False
+    bounds: ClassVar[dict[str, Bound]] = {"chunk_size": Bound(1, 1024, integer=True)}
 
     def __init__(
         self,

@@ -17,9 +17,12 @@ import torch
 from convlens.errors import ConvlensError
 from convlens.model.core import Model
 
-from .base import Attribution, Method, chunks, predicted_target, register
+from .base import Attribution, Bound, Method, chunks, predicted_target, register
 from .rules import Rule, backward_rule, describe_changes
 from .targets import Target, TargetSpec, resolve_target
+
+CHUNK = Bound(1, 1024, integer=True)  # images per forward/backward pass
+SEED = Bound(0, 2**32 - 1, integer=True)
 
 
 def input_gradient(
@@ -142,6 +145,7 @@ class SampledGradientMethod(Method):
     time (copies of all examples together, so the batch stays large)."""
 
     family = "gradient"
+    bounds: ClassVar[dict[str, Bound]] = {"chunk_size": CHUNK}
 
     def __init__(self, model: Model, n_samples: int, chunk_size: int) -> None:
         super().__init__(model)
@@ -189,6 +193,12 @@ class SmoothGrad(SampledGradientMethod):
     title = "SmoothGrad"
     paper = "Smilkov et al. 2017, SmoothGrad: removing noise by adding noise"
     signed = True
+    bounds: ClassVar[dict[str, Bound]] = {
+        **SampledGradientMethod.bounds,
+        "n_samples": Bound(1, 1000, integer=True),
+        "noise": Bound(0, 10),
+        "seed": SEED,
+    }
 
     def __init__(
         self,
@@ -220,10 +230,12 @@ class SmoothGrad(SampledGradientMethod):
         sigma = self.noise * (flat.amax(1) - flat.amin(1))  # (B,)
         sigma = sigma.view(1, -1, 1, 1, 1)
         gen = torch.Generator().manual_seed(self.seed)
-        draws = [torch.randn(x.shape, generator=gen) for _ in range(self.n_samples)]
 
         def make(s0: int, s1: int) -> torch.Tensor:
-            return x.unsqueeze(0) + torch.stack(draws[s0:s1]) * sigma
+            # chunks come in order, so drawing here keeps "sample s is the s-th draw" while
+            # only one chunk of noise is ever in memory
+            draws = [torch.randn(x.shape, generator=gen) for _ in range(s1 - s0)]
+            return x.unsqueeze(0) + torch.stack(draws).to(x) * sigma
 
         values = self.sample_gradients(x, tgt, make) / self.n_samples
         return self.result(values, tgt.score(out), tgt)
@@ -256,6 +268,34 @@ def make_baseline(model: Model, x: torch.Tensor, baseline: Baseline) -> torch.Te
     )
 
 
+def gauss_legendre(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Nodes (ascending) and weights of ``n``-point Gauss–Legendre quadrature on ``[−1, 1]``.
+
+    Newton's method on ``P_n`` from Tricomi's initial guesses ``cos(π (i − ¼) / (n + ½))``,
+    with ``P_n`` and ``P_n'`` from the three-term recurrence evaluated for all nodes at once:
+    ``O(n)`` memory and ``O(n²)`` time (numpy's ``leggauss`` builds an ``n × n`` companion
+    matrix: ``O(n²)`` memory, ``O(n³)`` time). Weights ``w_i = 2 / ((1 − x_i²) P_n'(x_i)²)``.
+    """
+    i = np.arange(1, n + 1, dtype=np.float64)
+    x = np.cos(np.pi * (i - 0.25) / (n + 0.5))
+
+    def legendre(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p0, p1 = np.ones_like(x), x.copy()
+        for k in range(2, n + 1):
+            p0, p1 = p1, ((2 * k - 1) * x * p1 - (k - 1) * p0) / k
+        return p1, n * (x * p1 - p0) / (x * x - 1)  # P_n, P_n'
+
+    for _ in range(100):
+        p, dp = legendre(x)
+        step = p / dp
+        x = x - step
+        if np.abs(step).max() < 1e-15:
+            break
+    _, dp = legendre(x)
+    w = 2.0 / ((1.0 - x * x) * dp * dp)
+    return x[::-1].copy(), w[::-1].copy()
+
+
 def path_points(n_steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Points ``α`` on ``[0, 1]`` and their weights for the path integral.
 
@@ -265,7 +305,7 @@ def path_points(n_steps: int, method: str) -> tuple[torch.Tensor, torch.Tensor]:
     if n_steps < 2:
         raise ConvlensError(f"n_steps must be at least 2; got {n_steps}")
     if method == "gausslegendre":
-        nodes, weights = np.polynomial.legendre.leggauss(n_steps)
+        nodes, weights = gauss_legendre(n_steps)
         return torch.tensor(0.5 * (nodes + 1)), torch.tensor(0.5 * weights)
     if method == "riemann_trapezoid":
         alphas = torch.linspace(0, 1, n_steps, dtype=torch.float64)
@@ -297,6 +337,12 @@ class IntegratedGradients(SampledGradientMethod):
     title = "Integrated gradients"
     paper = "Sundararajan et al. 2017, Axiomatic Attribution for Deep Networks"
     signed = True
+    bounds: ClassVar[dict[str, Bound]] = {
+        **SampledGradientMethod.bounds,
+        "n_steps": Bound(2, 1000, integer=True),
+        # pixel units: a value, or one per pixel as a tensor; the names are make_baseline's
+        "baseline": Bound(-1000, 1000, choices=("black", "white", "mean")),
+    }
 
     def __init__(
         self,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -21,6 +21,12 @@ from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir, write_bytes_atomic, write_text_atomic
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model, Sample
+
+if TYPE_CHECKING:
+    from convlens.model.formats.safety import Budget
+
+# convlens.model.formats.safety is imported inside the functions below: importing the formats
+# package registers every format, which imports load.py, which imports this module.
 
 FORMAT = "convlens-checkpoint"
 VERSION = 1
@@ -56,20 +62,48 @@ def save_checkpoint(model: Model, folder: str | os.PathLike[str], **meta: Any) -
 
 
 def read_meta(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """``model.json``, bounded and checked field by field (it may come from anyone)."""
+    from convlens.model.formats.safety import read_json
+
     path = Path(folder) / META_FILE
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConvlensError(f"{str(path)!r} is missing: not a convlens checkpoint folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ConvlensError(f"{str(path)!r} is not valid JSON: {e}") from None
+    doc = read_json(path, "checkpoint metadata")
+    where = repr(str(path))
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ConvlensError(f"{str(path)!r} is not a convlens checkpoint (format {FORMAT!r})")
-    if doc.get("version", 0) > VERSION:
+        raise ConvlensError(f"{where} is not a convlens checkpoint (format {FORMAT!r})")
+    version = doc.get("version", 0)
+    if type(version) is not int:
+        raise ConvlensError(f"{where} has version {version!r}; accepted: an integer")
+    if version > VERSION:
+        raise ConvlensError(f"{where} was written by a newer convlens (version {version})")
+    arch = doc.get("arch")
+    if not (
+        isinstance(arch, dict)
+        and isinstance(arch.get("name"), str)
+        and isinstance(arch.get("args", {}), dict)
+        and all(_scalar(v) for v in arch.get("args", {}).values())
+    ):
         raise ConvlensError(
-            f"{str(path)!r} was written by a newer convlens (version {doc['version']})"
+            f'{where} has arch {str(arch)[:80]}; accepted: {{"name": NAME, "args": '
+            "{NAME: number, string or boolean}}"
         )
+    if not isinstance(doc.get("input_spec"), dict):
+        raise ConvlensError(f"{where} has no input_spec object")
+    classes = doc.get("classes")
+    if classes is not None and not (
+        isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+    ):
+        raise ConvlensError(f"{where} has classes that are not a list of strings")
+    if doc.get("outputs", "logits") not in ("logits", "probabilities"):
+        raise ConvlensError(
+            f"{where} has outputs {doc.get('outputs')!r}; accepted: 'logits', 'probabilities'"
+        )
+    if not isinstance(doc.get("name", ""), str):
+        raise ConvlensError(f"{where} has a name that is not a string")
     return doc
+
+
+def _scalar(v: Any) -> bool:
+    return v is None or isinstance(v, str | int | float | bool)
 
 
 def load_state_dict_into(model: Model, state: dict[str, torch.Tensor], source: str) -> None:
@@ -97,15 +131,102 @@ def load_state_dict_into(model: Model, state: dict[str, torch.Tensor], source: s
     model.net.load_state_dict(state)
 
 
+# safetensors dtype names → bytes per value (https://github.com/huggingface/safetensors).
+SAFETENSORS_DTYPES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1, "I16": 2, "U16": 2, "F16": 2,
+    "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+}  # fmt: skip
+MAX_HEADER = 100 << 20  # the safetensors library's own header limit
+
+
+def check_safetensors(path: str | os.PathLike[str], budget: Budget | None = None) -> int:
+    """Check a safetensors file's header against its size before any tensor is built.
+
+    The file is ``u64 N`` (little-endian), ``N`` bytes of JSON ``{name: {"dtype", "shape",
+    "data_offsets": [begin, end]}, "__metadata__": {str: str}}``, then the data. Each tensor's
+    byte range must equal ``prod(shape) × itemsize`` and lie inside the data; the total is
+    charged to the model budget. Returns the number of tensors.
+    """
+    from convlens.model.formats.safety import Budget, checked_elements, parse_json, regular_file
+
+    p = regular_file(path, "weights file")
+    size = p.stat().st_size
+    where = repr(str(p))
+    with p.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ConvlensError(f"weights file {where} is too short to be safetensors")
+        n = int.from_bytes(head, "little")
+        if n > min(MAX_HEADER, size - 8):
+            raise ConvlensError(
+                f"weights file {where} declares a {n}-byte header in a {size}-byte file; "
+                "not safetensors"
+            )
+        header = parse_json(f.read(n), f"safetensors header of {where}")
+    if not isinstance(header, dict):
+        raise ConvlensError(f"safetensors header of {where} is not an object")
+    data_size = size - 8 - n
+    budget = budget or Budget()
+    count = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        what = f"tensor {str(name)[:80]!r} in {where}"
+        if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+            dtype = entry.get("dtype") if isinstance(entry, dict) else None
+            raise ConvlensError(
+                f"{what} has dtype {str(dtype)[:20]!r}; accepted: {', '.join(SAFETENSORS_DTYPES)}"
+            )
+        shape, offsets = entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(shape, list):
+            raise ConvlensError(f"{what} has no shape list")
+        nbytes = checked_elements(shape, what) * SAFETENSORS_DTYPES[entry["dtype"]]
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(type(o) is int for o in offsets)
+            and 0 <= offsets[0] <= offsets[1] <= data_size
+            and offsets[1] - offsets[0] == nbytes
+        ):
+            raise ConvlensError(
+                f"{what} has data_offsets {str(offsets)[:60]} for {nbytes} bytes in {data_size} "
+                "bytes of data"
+            )
+        budget.take(nbytes, what)
+        count += 1
+    return count
+
+
 def read_safetensors(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, after :func:`check_safetensors`."""
+    check_safetensors(path)
     try:
         return load_file(str(path))
-    except FileNotFoundError:
-        raise ConvlensError(f"weights file {str(path)!r} does not exist") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise ConvlensError(
             f"weights file {str(path)!r} is corrupt or not safetensors: {e}"
         ) from None
+
+
+def _check_arch_size(name: str, args: dict[str, Any], where: str) -> None:
+    """Build the architecture on the meta device first: its weights' size, with no memory.
+
+    ``model.json`` may ask for ``width=10**6``; the real build would try to allocate it.
+    """
+    from convlens.model.formats.safety import Budget, checked_elements
+    from convlens.model.zoo import ZOO
+
+    entry = ZOO.get(name)
+    try:
+        with torch.device("meta"):
+            net, _ = entry.make(**(entry.defaults | args))
+    except ConvlensError:
+        raise
+    except Exception as e:
+        raise ConvlensError(f"{where}: bad arguments for {name}: {e}") from None
+    budget = Budget()
+    for pname, t in net.state_dict().items():
+        budget.take(checked_elements(t.shape, pname) * t.element_size(), f"{where}: {pname}")
 
 
 def load_checkpoint(folder: str | os.PathLike[str]) -> Model:
@@ -114,12 +235,17 @@ def load_checkpoint(folder: str | os.PathLike[str]) -> Model:
 
     folder = Path(folder)
     meta = read_meta(folder)
-    arch = meta.get("arch") or {}
+    arch = meta["arch"]
+    where = str(folder / META_FILE)
+    _check_arch_size(arch["name"], arch.get("args", {}), where)
+    check_safetensors(folder / WEIGHTS_FILE)
+    model = build(arch["name"], meta.get("classes"), **arch.get("args", {}))
     try:
-        model = build(arch["name"], meta.get("classes"), **arch.get("args", {}))
-    except KeyError:
-        raise ConvlensError(f"{folder / META_FILE} names no architecture") from None
-    spec = InputSpec.from_dict(meta["input_spec"])
+        spec = InputSpec.from_dict(meta["input_spec"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConvlensError):
+            raise
+        raise ConvlensError(f"{where} has a bad input_spec: {e}") from None
     model = Model(
         model.net,
         spec,

@@ -287,6 +287,9 @@ def _rf_for(
         return ReceptiveField.whole(*input_hw)
     if kind in SPATIAL_WINDOW_KINDS and "kernel" in hyper:
         return rf.through(*_window(hyper))
+    if "pad" in hyper and len(in_shape) == 3:  # padding/cropping shifts the grid by top/left
+        left, _, top, _ = hyper["pad"]
+        return rf.through((1, 1), (1, 1), (top, left), (1, 1))
     if len(in_shape) == 3 and tuple(in_shape[1:]) == tuple(out_shape[1:]):
         return rf  # element-wise, batch norm, activation, add, concat: the grid is unchanged
     if kind == "adaptive_pool":
@@ -436,6 +439,8 @@ def _make_layer(
         hyper = {"negative_slope": module.negative_slope}
     elif isinstance(module, nn.AdaptiveAvgPool2d | nn.AdaptiveMaxPool2d):
         hyper = {"output_size": list(out_shape[1:])}
+    elif isinstance(module, nn.ZeroPad2d | nn.ConstantPad2d) and len(module.padding) == 4:
+        hyper = {"pad": list(module.padding)}  # (left, right, top, bottom); negative crops
     params, trainable = _count_params(module) if call == 1 else (0, 0)
     rf = (
         ReceptiveField.identity()

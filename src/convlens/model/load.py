@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from importlib import resources
@@ -81,21 +80,55 @@ def _load_checkpoint(source: str, opts: LoadOptions) -> Model:
     return load_checkpoint(source)
 
 
+def _one_line(e: BaseException) -> str:
+    """The first line of an exception's message (torch's are pages long)."""
+    text = str(e).strip()
+    return (text.splitlines()[0][:300] if text else type(e).__name__).rstrip(".")
+
+
 def _read_state_dict(path: str, opts: LoadOptions) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
+    """Weights from ``.safetensors`` or a ``torch.save`` file, never unpickled unless trusted.
+
+    A ``torch.save`` zip is size-checked, then read with ``weights_only=True`` (PyTorch's
+    restricted unpickler: tensors, containers and numbers only). The pre-1.6 non-zip format is
+    refused: it declares each storage's size inside the pickle stream, so nothing can be
+    checked before torch allocates it.
+    """
+    from convlens.model.formats.pt2_archive import archive_kind, quiet
+    from convlens.model.formats.safety import check_zip, model_budget_bytes, regular_file
+
+    p = regular_file(path, "weights file")
+    if path.lower().endswith(".safetensors"):
         return read_safetensors(path)
+    kind = archive_kind(path)
+    if kind == "torch-save":
+        check_zip(path).close()
+    elif not opts.trust_pickle:
+        what = (
+            "a TorchScript or torch.export program, not a state dict"
+            if kind
+            else "a pre-1.6 (non-zip) torch.save file, whose sizes cannot be checked before "
+            "reading, or not a torch file at all"
+        )
+        raise ConvlensError(
+            f"{path!r} is {what}; accepted: a state dict saved by torch.save (PyTorch 1.6+) or "
+            "safetensors, or pass --trust-pickle if you trust its author"
+        )
+    elif p.stat().st_size > model_budget_bytes():
+        raise ConvlensError(f"{path!r} is larger than the model budget")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=not opts.trust_pickle)
-    except FileNotFoundError:
-        raise ConvlensError(f"weights file {path!r} does not exist") from None
+        with quiet():
+            obj = torch.load(path, map_location="cpu", weights_only=not opts.trust_pickle)
     except Exception as e:
         hint = (
             " It may hold pickled Python objects; if you trust its author, pass --trust-pickle "
-            "(trust_pickle=True) to allow running code from it."
+            "(trust_pickle=True) to allow running code from it"
             if not opts.trust_pickle
             else ""
         )
-        raise ConvlensError(f"cannot read {path!r} as a PyTorch state dict: {e}.{hint}") from None
+        raise ConvlensError(
+            f"cannot read {path!r} as a PyTorch state dict: {_one_line(e)}.{hint}"
+        ) from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]  # a training checkpoint that wraps the weights
     if isinstance(obj, nn.Module):
@@ -121,18 +154,12 @@ def _has_suffix(*suffixes: str) -> Callable[[str], bool]:
     return lambda s: Path(s).suffix.lower() in suffixes and Path(s).is_file()
 
 
-def _is_program_archive(path: str) -> bool:
-    """TorchScript and torch.export archives (zips with code) are not state dicts."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in n or n.endswith("/archive_format") for n in z.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
 def _is_weights_file(source: str) -> bool:
+    """A weights suffix, unless the content is a program (a ``.pt2`` or TorchScript zip)."""
+    from convlens.model.formats.pt2_archive import archive_kind
+
     is_file = _has_suffix(".safetensors", ".pt", ".pth", ".bin")(source)
-    return is_file and not _is_program_archive(source)
+    return is_file and archive_kind(source) not in ("pt2", "torchscript")
 
 
 def _is_zoo_name(source: str) -> bool:

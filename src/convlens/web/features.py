@@ -77,7 +77,36 @@ def method_params(cls: type) -> dict[str, dict[str, Any]]:
             continue
         default = None if p.default is inspect.Parameter.empty else _json_value(p.default)
         out[name] = {"default": default, **_param_type(hints.get(name, p.annotation))}
+        bound = getattr(cls, "bounds", {}).get(name)
+        if bound is not None:  # the method class's declared range (methods.base.Bound)
+            out[name] |= {"minimum": bound.low, "maximum": bound.high,
+                          "accepts": bound.describe()}  # fmt: skip
+            if bound.integer:
+                out[name] |= {"minimum": int(bound.low), "maximum": int(bound.high)}
+            if bound.items:
+                out[name]["max_items"] = bound.items
     return out
+
+
+def params_schema() -> dict[str, Any]:
+    """JSON schema of ``/explain``'s ``params``: one object per method, its bounded numbers
+    with ``minimum``/``maximum`` (for the OpenAPI document; the server checks them itself)."""
+    try:
+        methods = _methods()
+    except UnavailableError:
+        return {"type": "object"}
+    options = []
+    for name, cls in methods.METHODS.items():
+        props = {k: b.schema() for k, b in getattr(cls, "bounds", {}).items()}
+        options.append({"title": name, "type": "object", "properties": props})
+    return {"anyOf": options} if options else {"type": "object"}
+
+
+def check_request(method: str, params: dict[str, Any]) -> None:
+    """Refuse an unknown method (``ConvlensError``) or a parameter out of its bound
+    (``ParamError``) before any work is queued."""
+    methods = _methods()
+    methods.check_params(methods.METHODS.get(method), params)
 
 
 def method_catalogue() -> list[dict[str, Any]]:

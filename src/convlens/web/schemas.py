@@ -31,6 +31,10 @@ class MethodParam(BaseModel):
     default: Any
     type: str
     choices: list[Any] | None = None
+    minimum: float | None = Field(None, description="smallest accepted number (bounded params)")
+    maximum: float | None = Field(None, description="largest accepted number (bounded params)")
+    max_items: int | None = Field(None, description="a list of at most this many is accepted")
+    accepts: str | None = Field(None, description="the accepted values in words")
 
 
 class MethodInfo(BaseModel):
@@ -55,6 +59,10 @@ class Limits(BaseModel):
     max_upload_pixels: int
     max_channels: int = Field(description="default trace cap on channels per layer")
     max_size: int = Field(description="default trace cap on a map's longer side")
+    max_aspect: float = Field(description="longest side / shortest side of an upload")
+    max_json_bytes: int = Field(description="largest JSON request body")
+    trace_max_numbers: int = Field(description="most numbers a trace's caps may ask for")
+    explain_seconds: float = Field(description="time budget of one explanation")
 
 
 class ModelDoc(BaseModel):

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
-import ipaddress
+import asyncio
+import contextlib
 import logging
 import threading
 import webbrowser
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,15 +22,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from convlens import __version__
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.model.core import Model
+from convlens.web import features
 from convlens.web.api import PREFIX, build_router
 from convlens.web.errors import ApiError
+from convlens.web.guard import TOKEN_QUERY, Access, BodyRule, Guard, Rules, is_loopback
 from convlens.web.state import ServerConfig, ServerState
 from convlens.web.uploads import MULTIPART_OVERHEAD
+
+__all__ = ["create_app", "is_loopback", "serve"]
 
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_HOST = "127.0.0.1"
@@ -77,27 +82,6 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
 
 
-class BodyLimit:
-    """Refuse (413) any request whose declared body is larger than ``limit`` bytes.
-
-    Uploads are also counted as they stream in (see ``uploads.read_body``); this catches the
-    JSON routes too, which FastAPI would otherwise read whole into memory.
-    """
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for key, value in scope.get("headers", []):
-                if key == b"content-length" and value.isdigit() and int(value) > self.limit:
-                    message = f"request body is {int(value):,} bytes; the limit is {self.limit:,}"
-                    await _error(413, message)(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
-
-
 def create_app(
     model: Model,
     *,
@@ -106,16 +90,25 @@ def create_app(
     scan_data: str | None = None,
     config: ServerConfig | None = None,
     static_dir: Path = STATIC,
+    access: Access | None = None,
 ) -> FastAPI:
     """The web explainer for ``model``: API under ``/api/v1``, front end at ``/``.
 
     ``images_dir`` adds its image files to the sample picker; ``scan_dir`` is a scan of this
     model (``convlens.analysis``) whose top patches ``/units`` shows, cut from its data set
     (``scan_data`` names the data set when the scan's record is not enough, e.g. a folder).
+    ``access`` says which ``Host`` names and token the server accepts (default: the loopback
+    names, no token; :func:`serve` sets it for the address it binds).
     """
     images = _given_folder(images_dir, "--images")
     scan = _given_folder(scan_dir, "--scan")
     state = ServerState(model, images_dir=images, scan_dir=scan, scan_data=scan_data, config=config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        state.shutdown()
+
     app = FastAPI(
         title="convlens",
         version=__version__,
@@ -123,11 +116,25 @@ def create_app(
         openapi_url=f"{PREFIX}/openapi.json",
         docs_url=None,  # Swagger UI and ReDoc load their assets from a CDN; the JSON is enough
         redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.convlens = state
-    app.add_middleware(BodyLimit, limit=state.config.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.state.access = access = access or Access()
+    cfg = state.config
+    rules = Rules(
+        default=BodyRule("application/json", cfg.max_json_bytes),
+        paths={
+            f"{PREFIX}/images": BodyRule(
+                "multipart/form-data",
+                cfg.max_upload_bytes + MULTIPART_OVERHEAD,
+                " (the image in the form field 'file')",
+            )
+        },
+    )
+    app.add_middleware(Guard, access=access, rules=rules)
     _install_error_handlers(app)
     app.include_router(build_router(state))
+    _add_params_schema(app)
     index = static_dir / "index.html"
 
     @app.get("/", include_in_schema=False)
@@ -151,19 +158,96 @@ def _given_folder(path: str | Path | None, option: str) -> Path | None:
     return p
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+def _add_params_schema(app: FastAPI) -> None:
+    """Show each method's parameter bounds in the OpenAPI document (``ExplainRequest.params``
+    becomes one object schema per method, numbers with ``minimum``/``maximum``)."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            doc = plain()
+            props = doc["components"]["schemas"]["ExplainRequest"]["properties"]
+            props["params"] = {**props["params"], **features.params_schema()}
+            props["params"].pop("additionalProperties", None)
+            props["params"].pop("type", None) if "anyOf" in props["params"] else None
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def browser_url(host: str, port: int) -> str:
     """The URL to open for a server bound to ``host`` (a wildcard address means this machine)."""
     shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
     return f"http://[{shown}]:{port}/" if ":" in shown else f"http://{shown}:{port}/"
+
+
+def header_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """uvicorn's h11 protocol, closing a connection that has not sent a whole request head
+    within ``seconds`` of connecting (or of its previous answer).
+
+    uvicorn times out idle keep-alive connections only after a first answer, and any byte
+    resets that timer: without this, clients sending a header line now and then hold
+    connections (and ``limit_concurrency`` slots) forever.
+    """
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderTimeoutH11(H11Protocol):
+        _head_timer: asyncio.TimerHandle | None = None
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._head_timer = self.loop.call_later(seconds, self._head_expired)
+
+        def _disarm(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_expired(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()  # still waiting for the request head
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.conn.their_state is not h11.IDLE:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return HeaderTimeoutH11
+
+
+def uvicorn_options(config: ServerConfig) -> dict[str, Any]:
+    """uvicorn settings that keep slow or numerous clients from holding the server."""
+    return {
+        "http": header_timeout_protocol(config.header_timeout),
+        "timeout_keep_alive": config.keep_alive,
+        "h11_max_incomplete_event_size": 16 * 1024,  # a request head over 16 KiB: 400
+        "limit_concurrency": config.max_connections,
+    }
+
+
+def configure_access(app: FastAPI, host: str, token: str | None = None) -> Access:
+    """Accept the ``Host`` names of ``host`` and, beyond loopback, require a token (``token``
+    or a new one); returns the rules now in force."""
+    rules = Access.for_bind(host, token)
+    access: Access = app.state.access
+    access.hosts, access.token = rules.hosts, rules.token
+    return access
 
 
 def serve(
@@ -173,26 +257,32 @@ def serve(
     *,
     open_browser: bool = False,
     log_level: str = "warning",
+    token: str | None = None,
 ) -> None:
-    """Run ``app`` with uvicorn until interrupted; warn when it is reachable from other hosts."""
+    """Run ``app`` with uvicorn until interrupted; beyond loopback, require a token (``token``,
+    or one made now and printed in the URL, like a notebook server)."""
     import uvicorn
 
+    access = configure_access(app, host, token)
     if not is_loopback(host):
         log.warning(
-            "serving on %s: anyone who can reach this machine on port %d can use the explainer "
-            "and upload images to it",
+            "serving on %s: anyone who can reach this machine on port %d and knows the token "
+            "can use the explainer and upload images to it",
             host,
             port,
         )
         print(
             f"warning: binding {host}:{port} exposes the explainer beyond this machine "
-            "(the default is 127.0.0.1)"
+            "(the default is 127.0.0.1); requests need the token in the URL below"
         )
     url = browser_url(host, port)
+    if access.token is not None:
+        url += f"?{TOKEN_QUERY}={access.token}"
     print(f"convlens explainer at {url}  (Ctrl+C to stop)", flush=True)
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    state: ServerState = app.state.convlens
+    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(state.config))
 
 
 def app_state(app: FastAPI) -> Any:

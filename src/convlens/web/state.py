@@ -1,19 +1,26 @@
-"""What one running server holds: the model, its images, the settings and the model lock."""
+"""What one running server holds: the model, its images, the settings, the model lock and the
+worker pools that run model work apart from the request threads."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from convlens.io.image import DecodeLimits
+import torch
+
+from convlens.io.image import MAX_ASPECT, WEB_FORMATS, DecodeLimits
 from convlens.model.core import Model
 from convlens.trace import DEFAULT_BUDGET, default_caps
+from convlens.web.errors import ApiError
 from convlens.web.features import open_scan
 from convlens.web.store import ImageStore, sample_catalogue
 
@@ -32,10 +39,145 @@ class ServerConfig:
     trace_budget: int = DEFAULT_BUDGET  # numbers per default trace (see trace.default_caps)
     featurevis_steps: int = 128
     top_patches: int = 8
+    max_aspect: float = MAX_ASPECT  # longest side / shortest side of an upload
+    max_json_bytes: int = 1024 * 1024  # any body but an upload's
+    trace_max_numbers: int = 4 * DEFAULT_BUDGET  # the most a client's trace caps may ask for
+    explain_seconds: float = 30.0  # time budget of one explanation
+    max_chunk_pixels: int = 4 * 2**20  # images per pass × pixels per image, for chunk_size
+    decode_workers: int = 2  # uploads decoded at once (each may take ~4 bytes per pixel)
+    trace_workers: int = 2  # traces computed at once
+    explain_workers: int = 1  # explanations and feature visualizations computed at once
+    queue: int = 64  # requests of each kind waiting for a worker before 503
+    upload_queue: int = 8  # uploads buffered beyond the decoders (each up to max_upload_bytes)
+    header_timeout: float = 10.0  # seconds a connection may take to send its request head
+    keep_alive: int = 5  # seconds an idle keep-alive connection is kept
+    max_connections: int = 1024  # uvicorn's limit_concurrency (open connections): 503 beyond
 
     @property
     def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(max_bytes=self.max_upload_bytes, max_pixels=self.max_upload_pixels)
+        return DecodeLimits(
+            max_bytes=self.max_upload_bytes,
+            max_pixels=self.max_upload_pixels,
+            max_aspect=self.max_aspect,
+            formats=WEB_FORMATS,
+        )
+
+
+T = TypeVar("T")
+
+
+class WorkPool:
+    """A few threads for one kind of model work, apart from the request threads, with a bounded
+    queue: a request waits for a worker without holding a request thread, and is answered 503
+    when ``workers + queue`` requests of its kind are already running or waiting.
+    """
+
+    def __init__(self, kind: str, workers: int, queue: int) -> None:
+        self.kind = kind
+        self.workers = max(1, workers)
+        self.limit = self.workers + queue
+        self._pool: ThreadPoolExecutor | None = None  # made at first use, again after shutdown
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def _release(self, _: object) -> None:
+        with self._lock:
+            self._pending -= 1
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._pending >= self.limit:
+                raise ApiError(
+                    503,
+                    f"the server is busy: {self._pending} {self.kind} requests are running or "
+                    f"waiting (at most {self.limit}); try again shortly",
+                )
+            self._pending += 1
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(
+                    self.workers, thread_name_prefix=f"convlens-{self.kind}"
+                )
+            pool = self._pool
+        try:
+            future = pool.submit(fn)
+        except BaseException:
+            self._release(None)
+            raise
+        # counted until the work itself ends, even when the client goes away meanwhile
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def shutdown(self) -> None:
+        """Stop the threads (the app's lifespan ended); a later request starts new ones."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class Admission:
+    """At most ``limit`` requests of a kind inside at once; the next is answered 503."""
+
+    def __init__(self, kind: str, limit: int) -> None:
+        self.kind, self.limit = kind, limit
+        self._inside = 0
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._inside >= self.limit:
+                raise ApiError(
+                    503,
+                    f"the server is busy: {self._inside} {self.kind}s are in progress (at most "
+                    f"{self.limit}); try again shortly",
+                )
+            self._inside += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._inside -= 1
+
+
+class TimeBudgetExceededError(Exception):
+    """Model work ran past its time budget (checked at every module call)."""
+
+
+_budget = threading.local()
+_budget_hook: Any = None
+_budget_hook_lock = threading.Lock()
+
+
+def _check_budget(module: torch.nn.Module, args: Any) -> None:
+    deadline = getattr(_budget, "deadline", None)
+    if deadline is not None and time.monotonic() > deadline:
+        _budget.deadline = None  # raise once; the method's clean-up may call modules again
+        raise TimeBudgetExceededError(f"{_budget.seconds:g} s")
+
+
+@contextlib.contextmanager
+def time_budget(seconds: float) -> Iterator[None]:
+    """Stop model work in this thread once ``seconds`` have passed.
+
+    A global forward pre-hook (registered once per process; it only reads a thread-local)
+    raises :class:`TimeBudgetExceededError` at the first module call after the deadline, so any
+    method stops within one layer's time, whatever loop it runs.
+    """
+    global _budget_hook
+    with _budget_hook_lock:
+        if _budget_hook is None:
+            _budget_hook = torch.nn.modules.module.register_module_forward_pre_hook(_check_budget)
+    _budget.seconds = seconds
+    _budget.deadline = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _budget.deadline = None
 
 
 class ReadWriteLock:
@@ -87,10 +229,10 @@ class ServerState:
 
     ``model_lock`` keeps requests' passes through the shared model apart. A trace takes it for
     reading: it runs the traced graph under inference mode with no hooks, so traces may run
-    together. An explanation takes it for writing: its methods hook the shared modules, and
-    those hooks would also fire inside a concurrent trace (the traced graph calls the same
-    module objects) and record that trace's activations as their own. JSON and PNG encoding
-    happen outside the lock.
+    together (an untraceable model's trace hooks the modules and takes it for writing).
+    Explanations and feature visualizations hook the modules they run, and those hooks would
+    also fire inside a concurrent trace, so they run on a private copy (:meth:`work_model`)
+    under ``work_lock``, one at a time on their own pool, never holding ``model_lock``.
     """
 
     def __init__(
@@ -120,18 +262,27 @@ class ServerState:
         self.model_lock = ReadWriteLock()
         self.cache: dict[Any, Any] = {}  # small per-server caches (model document, renders)
         self.cache_lock = threading.Lock()
-        self._fv_model: Model | None = None
-        self.fv_lock = threading.Lock()
+        self._work_model: Model | None = None
+        self.work_lock = threading.Lock()
         self.scan_lock = threading.Lock()
+        cfg = self.config
+        self.decode_pool = WorkPool("upload", cfg.decode_workers, cfg.queue)
+        self.trace_pool = WorkPool("trace", cfg.trace_workers, cfg.queue)
+        self.explain_pool = WorkPool("explanation", cfg.explain_workers, cfg.queue)
+        self.upload_slots = Admission("upload", cfg.decode_workers + cfg.upload_queue)
 
-    def featurevis_model(self) -> Model:
-        """A private copy of the model for feature visualization (call with ``fv_lock`` held).
+    def work_model(self) -> Model:
+        """A private copy of the model for explanations and feature visualization (call with
+        ``work_lock`` held).
 
-        A render takes seconds of hooked forward/backward passes; on its own copy it never
-        holds ``model_lock``, so traces and explanations go on meanwhile. The copy is taken
-        while no explanation's hooks are on the modules.
+        Both hook the modules they run; on their own copy they never hold ``model_lock``, so
+        traces go on meanwhile. The copy is taken while no hooked trace runs.
         """
-        if self._fv_model is None:
+        if self._work_model is None:
             with self.model_lock.write():
-                self._fv_model = copy.deepcopy(self.model)
-        return self._fv_model
+                self._work_model = copy.deepcopy(self.model)
+        return self._work_model
+
+    def shutdown(self) -> None:
+        for pool in (self.decode_pool, self.trace_pool, self.explain_pool):
+            pool.shutdown()

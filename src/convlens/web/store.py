@@ -11,7 +11,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,6 +19,7 @@ from PIL import Image
 
 from convlens.errors import NotFoundError
 from convlens.io.image import (
+    FILE_FORMATS,
     IMAGE_SUFFIXES,
     DecodeLimits,
     decode_image,
@@ -110,6 +111,9 @@ class ImageStore:
         self.samples = {s.id: s for s in samples}
         self.capacity = capacity
         self.limits = limits or DecodeLimits()
+        # samples are files the server was given: any format an image folder may hold
+        self.sample_limits = replace(self.limits, formats=FILE_FORMATS)
+        self._sample_decoding = threading.BoundedSemaphore(2)  # bounded like uploads' pool
         self._uploads: OrderedDict[str, StoredImage] = OrderedDict()
         self._decoded: dict[str, StoredImage] = {}
         self._lock = threading.Lock()
@@ -127,7 +131,9 @@ class ImageStore:
 
     def sample_image(self, sample_id: str) -> Image.Image:
         """A sample decoded (EXIF-rotated, 8-bit) and shrunk to at most ``SAMPLE_SIDE``."""
-        return display_copy(decode_image(self.sample(sample_id).path, self.limits), SAMPLE_SIDE)
+        path = self.sample(sample_id).path
+        with self._sample_decoding:
+            return display_copy(decode_image(path, self.sample_limits), SAMPLE_SIDE)
 
     def add_upload(self, img: Image.Image) -> StoredImage:
         image_id = UPLOAD_PREFIX + secrets.token_hex(8)
@@ -148,7 +154,8 @@ class ImageStore:
                 return self._decoded[image_id]
         if image_id.startswith(SAMPLE_PREFIX):
             entry = self.sample(image_id)
-            stored = prepare(image_id, decode_image(entry.path, self.limits), self.spec)
+            with self._sample_decoding:
+                stored = prepare(image_id, decode_image(entry.path, self.sample_limits), self.spec)
             with self._lock:
                 self._decoded[image_id] = stored
             return stored

@@ -1,16 +1,24 @@
 """Keras models without TensorFlow: ``.keras`` archives and legacy ``.h5`` files, via h5py.
 
-- Legacy HDF5 (``model.save("m.h5")``, Keras 2): the model config is the JSON attribute
-  ``model_config`` of the root; the weights are in ``model_weights/<layer>/`` with the
-  attribute ``weight_names`` giving their order (``conv/kernel:0``, ``conv/bias:0``).
-- ``.keras`` (Keras 2.13+ and 3): a zip holding ``config.json`` and ``model.weights.h5``,
-  where each layer's variables are ``layers/<layer>/vars/0, 1, ...`` (Keras 3) or
-  ``_layer_checkpoint_dependencies/<layer>/vars/...`` (Keras 2.13-2.15), in the layer's
-  variable order (kernel, bias; gamma, beta, moving mean, moving variance).
+- Legacy HDF5 (``model.save("m.h5")``, Keras 2 and Keras 3): the model config is the JSON
+  attribute ``model_config`` of the root; the weights are in ``model_weights/<layer>/`` with
+  the attribute ``weight_names`` giving their order and paths (Keras 2 ``conv/kernel:0``,
+  Keras 3 ``conv/kernel``; a nested model's group lists all of its layers' weights).
+- ``.keras`` (Keras 3): a zip holding ``config.json`` and ``model.weights.h5``. Keras 3 does
+  NOT store a layer's variables under its name: it walks ``model.layers`` in order and names
+  each ``snake_case(class) + _<n>``, counting per class within the model (``layers/conv2d``,
+  ``layers/conv2d_1``, ...; a nested model's layers under ``layers/functional/layers/...``),
+  each with ``vars/0, 1, ...`` in the layer's variable order. The same walk over the
+  archive's own ``config.json`` recovers the mapping; newer Keras also writes each layer's
+  name as the ``name`` attribute of its ``vars`` group, which is preferred when present.
+  Keras 2.13-2.15 wrote ``_layer_checkpoint_dependencies/<layer name>/vars``.
 
-Only configs and arrays are read: no Python code (Lambda layers, custom objects) is ever
-deserialized, so a model file cannot run code. The layers are converted by
-:mod:`convlens.model.formats.keras_layers`. ``h5py`` comes with the ``formats`` extra.
+Model files are treated as hostile. Only regular files are opened; a ``.keras`` archive's
+members are judged by their declared sizes before extraction; JSON is depth-checked; every
+HDF5 object is reached through hard links only (soft and external links are refused), and a
+weight dataset is read only after its storage (no external files, no virtual datasets), its
+dtype (plain numbers) and its declared size (:class:`~convlens.model.formats.safety.Budget`)
+are checked. No Python code (Lambda layers, custom objects) is ever deserialized.
 
 >>> m = load_model("classifier.keras", classes="classes.txt")  # doctest: +SKIP
 """
@@ -18,7 +26,7 @@ deserialized, so a model file cannot run code. The layers are converted by
 from __future__ import annotations
 
 import io
-import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -28,12 +36,13 @@ import numpy as np
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
+from convlens.model.formats import safety
 from convlens.model.formats.base import input_size_override, make_model
-from convlens.model.formats.keras_layers import Weights, convert, weights_by_layer
+from convlens.model.formats.keras_layers import MODEL_CLASSES, Weights, convert, weights_by_layer
 from convlens.model.load import FORMATS, LoadOptions, ModelFormat
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-WEIGHT_GROUPS = ("layers", "_layer_checkpoint_dependencies")
+MAX_WEIGHT_NAMES = 10_000  # per layer; a real layer has a handful
 
 
 def _h5py() -> Any:
@@ -58,42 +67,148 @@ def is_keras_zip(source: str) -> bool:
     p = Path(source)
     if p.suffix.lower() != ".keras" or not p.is_file() or not zipfile.is_zipfile(p):
         return False
-    with zipfile.ZipFile(p) as z:
-        return "config.json" in z.namelist()
+    try:
+        with zipfile.ZipFile(p) as z:
+            return "config.json" in z.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def _text(value: Any) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+# ------------------------------------------------------------------ safe HDF5 access
+
+
+class _H5:
+    """Checked access to one HDF5 file: hard links only, plain numeric datasets, a budget."""
+
+    def __init__(self, h5py: Any, source: str, budget: safety.Budget) -> None:
+        self.h5py, self.source, self.budget = h5py, source, budget
+
+    def child(self, group: Any, path: str) -> Any:
+        """``group[path]``, following hard links only (soft/external links are refused)."""
+        node = group
+        for part in [p for p in path.split("/") if p]:
+            if not isinstance(node, self.h5py.Group):
+                raise ConvlensError(f"{self.source!r}: {path!r} is not inside an HDF5 group")
+            link = node.get(part, getlink=True)
+            if link is None:
+                return None
+            if not isinstance(link, self.h5py.HardLink):
+                kind = type(link).__name__
+                raise ConvlensError(
+                    f"{self.source!r}: HDF5 object {path!r} is a {kind}; only objects stored in "
+                    "the file itself are read (soft and external links are refused)"
+                )
+            node = node[part]
+        return node
+
+    def attr_text(self, obj: Any, name: str, limit: int = safety.MAX_JSON_BYTES) -> str | None:
+        """A string attribute, its stored size checked before it is read."""
+        if name not in obj.attrs:
+            return None
+        aid = obj.attrs.get_id(name)
+        if aid.dtype.kind not in "SUO" or aid.shape not in ((), (1,)):
+            raise ConvlensError(f"{self.source!r}: attribute {name!r} is not a single string")
+        # A variable-length string's size is known only once read; the file's size (checked
+        # on opening) bounds it, and the text is checked before it is parsed.
+        value = obj.attrs[name]
+        if isinstance(value, np.ndarray):
+            value = value.reshape(-1)[0]
+        text = _text(value)
+        if len(text) > limit:
+            raise ConvlensError(f"{self.source!r}: attribute {name!r} is over {limit} bytes")
+        return text
+
+    def attr_names(self, obj: Any, name: str) -> list[str]:
+        """A list-of-strings attribute (``layer_names``, ``weight_names``), bounded."""
+        if name not in obj.attrs:
+            return []
+        aid = obj.attrs.get_id(name)
+        if aid.shape and safety.checked_elements(aid.shape, name) > MAX_WEIGHT_NAMES:
+            raise ConvlensError(f"{self.source!r}: attribute {name!r} lists too many names")
+        if aid.dtype.kind not in "SUO" and aid.shape and aid.shape[0]:
+            raise ConvlensError(f"{self.source!r}: attribute {name!r} is not a list of names")
+        value = obj.attrs[name]
+        items = value.reshape(-1).tolist() if isinstance(value, np.ndarray) else [value]
+        return [_text(v) for v in items]
+
+    def array(self, ds: Any, what: str) -> np.ndarray:
+        """A weight dataset as float32, after checking its storage, dtype and declared size."""
+        h5py = self.h5py
+        if not isinstance(ds, h5py.Dataset):
+            raise ConvlensError(f"{self.source!r}: weight {what!r} is not an HDF5 dataset")
+        if ds.external:
+            raise ConvlensError(
+                f"{self.source!r}: weight {what!r} keeps its data in an external file "
+                f"({_text(ds.external[0][0])!r}); refused: only data inside the model file is read"
+            )
+        if ds.is_virtual:
+            raise ConvlensError(
+                f"{self.source!r}: weight {what!r} is a virtual dataset mapping other files; "
+                "refused"
+            )
+        dtype = ds.dtype
+        if dtype.fields is not None or dtype.kind not in "fiub" or dtype.itemsize > 8:
+            raise ConvlensError(
+                f"{self.source!r}: weight {what!r} has dtype {dtype}; accepted: plain "
+                "integer or floating-point numbers"
+            )
+        count = safety.checked_elements(ds.shape or (), f"weight {what!r}")
+        self.budget.take(count * 4, f"weight {what!r}")
+        return np.asarray(ds[()], dtype=np.float32)
 
 
 # ------------------------------------------------------------------ legacy HDF5
 
 
-def _legacy_weights(group: Any) -> Weights:
+def _legacy_weights(h5: _H5, group: Any) -> Weights:
     named: list[tuple[str, np.ndarray]] = []
-    for layer in group.attrs.get("layer_names", []):
-        layer_name = _text(layer)
-        lg = group[layer_name]
-        for w in lg.attrs.get("weight_names", []):
-            wname = _text(w)
-            arr = np.asarray(lg[wname])
+    for layer_name in h5.attr_names(group, "layer_names"):
+        lg = h5.child(group, layer_name)
+        if lg is None:
+            raise ConvlensError(f"{h5.source!r}: the weights of layer {layer_name!r} are missing")
+        for wname in h5.attr_names(lg, "weight_names"):
+            ds = h5.child(lg, wname)
+            if ds is None:
+                raise ConvlensError(f"{h5.source!r}: weight {wname!r} is missing")
             short = wname.split(":")[0].rsplit("/", 1)[-1]
-            named.append((f"{layer_name}/{short}", arr))
+            inner = wname.split(":")[0].rsplit("/", 2)
+            layer = inner[-2] if len(inner) >= 2 else layer_name
+            named.append((f"{layer}/{short}", h5.array(ds, wname)))
     return weights_by_layer(named)
 
 
-def read_h5(path: str) -> tuple[dict[str, Any], Weights]:
+def _keras_major(version: str | None) -> bool | None:
+    """True for a Keras 3 file, False for Keras 2, None when unknown."""
+    m = re.match(r"\s*(\d+)\.", version or "")
+    return None if m is None else int(m.group(1)) >= 3
+
+
+def read_h5(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
+    """The model config, weights and Keras major version (3 → True) of a legacy ``.h5``."""
     h5py = _h5py()
+    p = safety.regular_file(path)
+    size, limit = p.stat().st_size, safety.model_budget_bytes() + safety.MAX_JSON_BYTES
+    if size > limit:
+        raise ConvlensError(f"{path!r} is {size} bytes, over the model budget of {limit} bytes")
     try:
-        with h5py.File(path, "r") as f:
-            config = f.attrs.get("model_config")
+        with h5py.File(p, "r") as f:
+            h5 = _H5(h5py, str(path), safety.Budget())
+            config = h5.attr_text(f, "model_config")
             if config is None:
                 raise ConvlensError(
                     f"{path!r} holds Keras weights only, no model config; save the whole model "
                     "(model.save) as .keras or .h5"
                 )
-            weights_group = f.get("model_weights", f)
-            return json.loads(_text(config)), _legacy_weights(weights_group)
+            weights_group = h5.child(f, "model_weights") or f
+            version = h5.attr_text(f, "keras_version", 256) or h5.attr_text(
+                weights_group, "keras_version", 256
+            )
+            cfg = safety.parse_json(config, f"the model config of {path!r}")
+            return cfg, _legacy_weights(h5, weights_group), _keras_major(version)
     except OSError as e:
         raise ConvlensError(f"cannot read {path!r} as a Keras HDF5 file: {e}") from None
 
@@ -101,74 +216,154 @@ def read_h5(path: str) -> tuple[dict[str, Any], Weights]:
 # ------------------------------------------------------------------ .keras zip
 
 
-def _vars_of(group: Any) -> list[tuple[str | None, np.ndarray]]:
+def snake_case(name: str) -> str:
+    """Keras's ``to_snake_case``: ``DepthwiseConv2D`` → ``depthwise_conv2d``.
+
+    >>> snake_case("BatchNormalization"), snake_case("ReLU"), snake_case("Conv2D")
+    ('batch_normalization', 're_lu', 'conv2d')
+    """
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _vars(h5: _H5, group: Any, what: str) -> list[tuple[str | None, np.ndarray]]:
     """The ``vars/0, 1, ...`` datasets of a Keras 3 layer group, in index order."""
-    if "vars" not in group:
+    vars_group = h5.child(group, "vars")
+    if vars_group is None:
         return []
-    vars_group = group["vars"]
-    keys = sorted(vars_group.keys(), key=lambda k: int(k) if k.isdigit() else 1 << 30)
-    return [(None, np.asarray(vars_group[k])) for k in keys]
+    keys = list(vars_group.keys())
+    if len(keys) > MAX_WEIGHT_NAMES or not all(k.isdigit() for k in keys):
+        raise ConvlensError(f"{h5.source!r}: the variables of {what!r} are not numbered 0, 1, ...")
+    return [
+        (None, h5.array(h5.child(vars_group, k), f"{what}/vars/{k}")) for k in sorted(keys, key=int)
+    ]
 
 
-def _keras3_weights(f: Any) -> Weights:
-    out: Weights = {}
-    for top in WEIGHT_GROUPS:
-        if top not in f:
+def _vars_name(h5: _H5, group: Any) -> str | None:
+    vars_group = h5.child(group, "vars")
+    return None if vars_group is None else h5.attr_text(vars_group, "name", 4096)
+
+
+def _keras3_model_weights(h5: _H5, group: Any, cfg: dict[str, Any], key: str, out: Weights) -> None:
+    """Weights of the layers of model ``cfg`` saved under ``group``, keyed as the converter
+    keys them (``name``, or ``outer/name`` inside a nested model)."""
+    inner = cfg.get("config")
+    layers = inner.get("layers") if isinstance(inner, dict) else inner
+    container = h5.child(group, "layers")
+    if not isinstance(layers, list) or container is None:
+        return
+    by_name: dict[str, Any] = {}  # from the "name" attribute newer Keras writes
+    for child_name in list(container.keys())[: MAX_WEIGHT_NAMES * 10]:
+        child = h5.child(container, child_name)
+        name = _vars_name(h5, child) if child is not None else None
+        if name is not None:
+            by_name[name] = child
+    counters: dict[str, int] = {}
+    for lay in layers:
+        if not isinstance(lay, dict):
             continue
-        for name in f[top]:
-            found = _vars_of(f[top][name])
+        name = str((lay.get("config") or {}).get("name") or lay.get("name") or "")
+        base = snake_case(str(lay.get("class_name", "")))
+        n = counters.get(base)
+        counters[base] = 0 if n is None else n + 1
+        path = base if n is None else f"{base}_{n + 1}"
+        child = by_name.get(name)
+        if child is None:
+            child = h5.child(container, path)
+        if child is None:
+            continue
+        qualified = f"{key}/{name}" if key else name
+        if lay.get("class_name") in MODEL_CLASSES:
+            _keras3_model_weights(h5, child, lay, qualified, out)
+        else:
+            found = _vars(h5, child, qualified)
             if found:
-                out[name] = found
-    return out
+                out[qualified] = found
 
 
-def read_keras_zip(path: str) -> tuple[dict[str, Any], Weights]:
+def _keras213_weights(h5: _H5, group: Any, out: Weights, depth: int = 0) -> None:
+    """Keras 2.13-2.15: ``_layer_checkpoint_dependencies/<layer name>/vars``, nested alike."""
+    deps = h5.child(group, "_layer_checkpoint_dependencies")
+    if deps is None or depth > 16:
+        return
+    for name in deps:
+        child = h5.child(deps, name)
+        found = _vars(h5, child, name)
+        if found:
+            out[name] = found
+        _keras213_weights(h5, child, out, depth + 1)
+
+
+def read_keras_zip(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
+    """Config, weights and Keras major version (3 → True) of a ``.keras`` archive."""
     h5py = _h5py()
+    budget = safety.Budget()
+    with safety.check_zip(path) as z:
+        config = safety.parse_json(
+            safety.read_member(z, "config.json", safety.MAX_JSON_BYTES),
+            f"config.json of {path!r}",
+        )
+        version = None
+        if "metadata.json" in z.namelist():
+            meta = safety.parse_json(
+                safety.read_member(z, "metadata.json", 1 << 20), f"metadata.json of {path!r}"
+            )
+            version = meta.get("keras_version") if isinstance(meta, dict) else None
+        if "model.weights.h5" not in z.namelist():
+            raise ConvlensError(
+                f"{path!r} has no model.weights.h5 inside (sharded or npz weights are not read)"
+            )
+        data = safety.read_member(z, "model.weights.h5", budget.limit)
+    if not isinstance(config, dict):
+        raise ConvlensError(f"config.json of {path!r} is not a Keras model config")
     try:
-        with zipfile.ZipFile(path) as z:
-            config = json.loads(z.read("config.json"))
-            names = z.namelist()
-            weights_name = next((n for n in names if n.endswith(".weights.h5")), None)
-            if weights_name is None:
-                raise ConvlensError(f"{path!r} has no model.weights.h5 inside")
-            data = z.read(weights_name)
-    except (OSError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as e:
-        raise ConvlensError(f"cannot read {path!r} as a .keras archive: {e}") from None
-    with h5py.File(io.BytesIO(data), "r") as f:
-        return config, _keras3_weights(f)
+        with h5py.File(io.BytesIO(data), "r") as f:
+            h5 = _H5(h5py, f"{path}:model.weights.h5", budget)
+            weights: Weights = {}
+            _keras3_model_weights(h5, f, config, "", weights)
+            _keras213_weights(h5, f, weights)
+    except OSError as e:
+        raise ConvlensError(f"cannot read the weights of {path!r}: {e}") from None
+    return config, weights, _keras_major(str(version) if version else None)
 
 
 # ------------------------------------------------------------------ loading
 
 
-def _load(source: str, opts: LoadOptions, config: dict[str, Any], weights: Weights) -> Model:
-    conv = convert(config, weights, input_size_override(opts.input_spec))
+def _load(
+    source: str, opts: LoadOptions, config: dict[str, Any], weights: Weights, k3: bool | None
+) -> Model:
+    conv = convert(config, weights, input_size_override(opts.input_spec), keras3=k3)
     spec = InputSpec(conv.channels, conv.height, conv.width, conv.mean, conv.std)
+    generic = conv.name in ("sequential", "model", "functional") or conv.name.startswith(
+        ("sequential_", "functional_", "model_")
+    )
     return make_model(
         conv.net,
         spec,
         source,
         opts.classes,
-        name=conv.name if conv.name not in ("sequential", "model") else Path(source).stem,
+        name=Path(source).stem if generic else conv.name,
         input_overrides=opts.input_spec,
     )
 
 
 def load_h5(source: str, opts: LoadOptions) -> Model:
-    config, weights = read_h5(source)
-    return _load(source, opts, config, weights)
+    config, weights, k3 = read_h5(source)
+    return _load(source, opts, config, weights, k3)
 
 
 def load_keras(source: str, opts: LoadOptions) -> Model:
-    config, weights = read_keras_zip(source)
-    return _load(source, opts, config, weights)
+    config, weights, k3 = read_keras_zip(source)
+    return _load(source, opts, config, weights, k3)
 
 
 FORMATS.add(
     "keras",
-    ModelFormat(is_keras_zip, load_keras, "a Keras .keras archive (Sequential or chain CNN)"),
+    ModelFormat(is_keras_zip, load_keras, "a Keras .keras archive (Sequential or Functional)"),
 )
 FORMATS.add(
     "keras-h5",
-    ModelFormat(is_h5, load_h5, "a legacy Keras .h5 model (Sequential or chain CNN)"),
+    ModelFormat(is_h5, load_h5, "a legacy Keras .h5 model (Sequential or Functional)"),
 )

@@ -42,13 +42,20 @@ def clean_name(raw: str, fallback: str) -> str:
 
     >>> clean_name("/layer1/layer1.0/conv1/Conv", "conv")
     'layer1.0.conv1'
+    >>> clean_name("/features/features.4/block/block.3/Conv", "conv")
+    'features.4.block.3'
     """
     parts = [p for p in re.split(r"[/:]", raw) if p]
     if len(parts) > 1:
         parts = parts[:-1]  # ONNX exporters end the path with the op type
     name = ""
     for part in parts:  # each segment is either a qualified name or relative to the last
-        name = part if not name or part.startswith(name + ".") else f"{name}.{part}"
+        if not name or part.startswith(name + "."):
+            name = part
+        elif "." in part and part.split(".")[0] == name.rsplit(".", 1)[-1]:
+            name = f"{name}.{part.split('.', 1)[1]}"  # /block/block.3: block's child 3
+        else:
+            name = f"{name}.{part}"
     name = re.sub(r"[^0-9A-Za-z_.]", "_", name).strip(".")
     if not name or any(not seg for seg in name.split(".")):
         return fallback
@@ -85,20 +92,45 @@ def drop_final_softmax(ops: list[Op], output: str) -> tuple[str, bool]:
     return output, False
 
 
-def assemble(source: str, ops: list[Op], output: str) -> nn.Module:
-    """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``."""
-    if _is_chain(source, ops, output):
+def assemble(
+    source: str | list[str],
+    ops: list[Op],
+    output: str | list[str],
+    consts: dict[str, torch.Tensor] | None = None,
+) -> nn.Module:
+    """An ``nn.Sequential`` for a chain of modules, else an ``fx.GraphModule`` over ``ops``.
+
+    ``source`` names the network's input (or inputs, in ``forward``'s order) and ``output``
+    its result (a list gives a tuple). Op inputs found in ``consts`` are read from buffers of
+    the module, named after their key, which must be a Python identifier.
+    """
+    consts = consts or {}
+    sources = [source] if isinstance(source, str) else list(source)
+    simple = isinstance(output, str) and len(sources) == 1 and not consts
+    if simple and _is_chain(sources[0], ops, output):  # type: ignore[arg-type]
         return nn.Sequential(OrderedDict((op.name, op.module) for op in ops))  # type: ignore[misc]
     graph = torch.fx.Graph()
-    env: dict[str, torch.fx.Node] = {source: graph.placeholder("x")}
+    env: dict[str, torch.fx.Node] = {}
+    for i, name in enumerate(sources):
+        env[name] = graph.placeholder("x" if i == 0 else f"x_{i}")
     modules: dict[str, Any] = {}
+
+    def read(name: str) -> torch.fx.Node:
+        if name not in env and name in consts:
+            modules[name] = consts[name]
+            env[name] = graph.get_attr(name)
+        return env[name]
+
     for op in ops:
-        args = tuple(env[i] for i in op.inputs)
+        args = tuple(read(i) for i in op.inputs)
         if op.module is not None:
             modules[op.name] = op.module
             env[op.output] = graph.call_module(op.name, args)
         else:
             assert op.fn is not None
             env[op.output] = graph.call_function(op.fn, args, op.kwargs)
-    graph.output(env[output])
+    if isinstance(output, str):
+        graph.output(read(output))
+    else:
+        graph.output(tuple(read(o) for o in output))
     return torch.fx.GraphModule(modules, graph, class_name="ConvertedNet")
