@@ -137,6 +137,49 @@ def test_receptive_field_box_covers_exactly_the_gradient_support() -> None:
     assert (rows.min(), rows.max() + 1, cols.min(), cols.max() + 1) == (top, bottom, left, right)
 
 
+class _SqueezeExcite(nn.Module):
+    """conv → x · sigmoid(fc(mean(x))) → conv: Hu et al.'s gate, as MobileNetV3 uses it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.fc = nn.Conv2d(4, 4, 1)
+        self.conv2 = nn.Conv2d(4, 2, 3)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv1(x)
+        gate = torch.sigmoid(self.fc(y.mean((2, 3), keepdim=True)))
+        return self.conv2(gate * y)  # the gate first: its grid is not the output's
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x).amax((2, 3))
+
+
+def test_squeeze_excite_gate_keeps_the_spatial_branch_field() -> None:
+    """After an SE gate a unit still looks through two 3×3 convs (5×5), by hand; the gradient
+    through the spatial branch alone (gate held constant) touches exactly that box."""
+    torch.manual_seed(0)
+    net = _SqueezeExcite()
+    model = Model(net, InputSpec(1, 12, 12))
+    last = model.graph.last_spatial()
+    assert last.name == "conv2" and last.rf is not None
+    assert (last.rf.size, last.rf.stride, last.rf.is_global) == ((5, 5), (1, 1), False)
+    x = torch.rand(1, 1, 12, 12, requires_grad=True)
+    y = net.conv1(x)
+    gate = torch.sigmoid(net.fc(y.mean((2, 3), keepdim=True))).detach()
+    net.conv2(gate * y)[0, 0, 3, 4].backward()
+    rows, cols = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
+    box = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
+    top, left, bottom, right = last.rf.box(3, 4)
+    assert box == (top, bottom, left, right)
+
+
+def test_mobilenet_v3_small_explains_its_last_block() -> None:
+    """CAM's default layer is the last feature map, not the first block before an SE gate."""
+    model = load_model("mobilenet_v3_small")
+    assert model.graph.last_spatial().name.startswith("features.12")
+
+
 def test_non_tiling_window_is_flagged_not_floored() -> None:
     assert output_size(7, 3, 3, 0) == pytest.approx(7 / 3)
     net = nn.Sequential(nn.Conv2d(1, 1, 3, stride=3), nn.Flatten())

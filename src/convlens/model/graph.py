@@ -269,15 +269,46 @@ def _macs(kind: str, module: nn.Module | None, in_shape: Shape, out_shape: Shape
     return 0
 
 
+def _grid_input(in_shapes: list[Shape], out_shape: Shape) -> Shape:
+    """The input whose grid the output keeps (``x`` in ``x · gate``), else the first one."""
+    for shape in in_shapes:
+        if len(shape) == 3 and len(out_shape) == 3 and shape[1:] == out_shape[1:]:
+            return shape
+    return in_shapes[0] if in_shapes else out_shape
+
+
+def _local_inputs(
+    inputs: list[ReceptiveField | None], in_shapes: list[Shape], out_shape: Shape
+) -> list[ReceptiveField | None]:
+    """The inputs that decide where an output unit looks.
+
+    A squeeze-and-excitation gate (Hu et al., 2018) multiplies a map by a per-channel vector
+    computed from the whole image: shape ``(C, 1, 1)`` broadcast over the grid. It rescales
+    each unit but does not move it, so the unit's field is its spatial branch's; counting the
+    gate would make every layer after the first SE block global and leave CAM methods and
+    top-patch views without a spatial layer on MobileNetV3 or EfficientNet.
+    """
+    if len(out_shape) != 3 or len(inputs) < 2 or len(in_shapes) != len(inputs):
+        return inputs
+    grid = out_shape[1:]
+    spatial = [r for r, s in zip(inputs, in_shapes, strict=True) if len(s) == 3 and s[1:] == grid]
+    broadcast = all(
+        (len(s) == 3 and s[1:] == grid) or (len(s) == 3 and s[1:] == (1, 1)) or len(s) <= 1
+        for s in in_shapes
+    )
+    return spatial if spatial and broadcast else inputs
+
+
 def _rf_for(
     kind: str,
     hyper: dict[str, Any],
     inputs: list[ReceptiveField | None],
-    in_shape: Shape,
+    in_shapes: list[Shape],
     out_shape: Shape,
     input_hw: tuple[int, int],
 ) -> ReceptiveField | None:
-    known = [r for r in inputs if r is not None]
+    in_shape = _grid_input(in_shapes, out_shape)
+    known = [r for r in _local_inputs(inputs, in_shapes, out_shape) if r is not None]
     if not known:
         return None
     rf = known[0]
@@ -445,7 +476,7 @@ def _make_layer(
     rf = (
         ReceptiveField.identity()
         if kind == "input" and len(out_shape) == 3
-        else (_rf_for(kind, hyper, input_rfs, in_shape, out_shape, input_hw))
+        else (_rf_for(kind, hyper, input_rfs, in_shapes or [out_shape], out_shape, input_hw))
     )
     return Layer(
         index=index,
