@@ -157,6 +157,9 @@ def test_cross_site_origin_is_refused(client: TestClient, sample_id: str) -> Non
         )
     )
     assert r.status_code == 403
+    for origin in ("null", "http://[::1", "file://"):  # sandboxed frames, garbage
+        r = client.post(f"{API}/explain", json=body, headers={"origin": origin})
+        assert r.status_code == 403, origin
     ok = client.post(f"{API}/explain", json=body, headers={"origin": "http://127.0.0.1:8765"})
     assert ok.status_code == 200, ok.text
 
