@@ -77,16 +77,17 @@ def sample_id(client: TestClient) -> str:
 
 @pytest.fixture(scope="session")
 def strips() -> dict[str, bytes]:
-    """The issue's uploads, written by Pillow: 1×10⁶ and 1×10⁷ gray strips (a few KB each)
-    and a 6300×6300 16-bit gray PNG of zeros (~300 KB, 79 MB decoded)."""
-    out = {
+    """The issue's uploads, written by Pillow: 1×10⁶ and 1×10⁷ gray strips (a few KB each)."""
+    return {
         "1x1e6": encode(Image.new("L", (1, 1_000_000))),
         "1x1e7": encode(Image.new("L", (1, 10_000_000))),
     }
-    big = Image.new("I;16", (6300, 6300))
-    out["6300-16bit"] = encode(big)
-    del big
-    return out
+
+
+@pytest.fixture(scope="session")
+def deep_png() -> bytes:
+    """The issue's 6300×6300 16-bit gray PNG of zeros (~300 KB, 79 MB decoded), by Pillow."""
+    return encode(Image.new("I;16", (6300, 6300)))
 
 
 def test_a_strip_is_refused_by_its_aspect_ratio_before_any_resize(
@@ -157,6 +158,9 @@ def test_cross_site_origin_is_refused(client: TestClient, sample_id: str) -> Non
         )
     )
     assert r.status_code == 403
+    for origin in ("null", "http://[::1", "file://"):  # sandboxed frames, garbage
+        r = client.post(f"{API}/explain", json=body, headers={"origin": origin})
+        assert r.status_code == 403, origin
     ok = client.post(f"{API}/explain", json=body, headers={"origin": "http://127.0.0.1:8765"})
     assert ok.status_code == 200, ok.text
 
@@ -644,7 +648,9 @@ def _status_kb(pid: int, field: str) -> int:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux /proc")
-def test_server_memory_stays_bounded_under_hostile_images(strips: dict[str, bytes]) -> None:
+def test_server_memory_stays_bounded_under_hostile_images(
+    strips: dict[str, bytes], deep_png: bytes
+) -> None:
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], env=env)
@@ -671,8 +677,7 @@ def test_server_memory_stays_bounded_under_hostile_images(strips: dict[str, byte
         async def eight() -> list[int]:
             async with httpx.AsyncClient(timeout=120) as ac:
                 calls = [
-                    ac.post(f"{url}{API}/images", files={"file": ("x", strips["6300-16bit"])})
-                    for _ in range(8)
+                    ac.post(f"{url}{API}/images", files={"file": ("x", deep_png)}) for _ in range(8)
                 ]
                 return [r.status_code for r in await asyncio.gather(*calls)]
 

@@ -204,14 +204,17 @@ def build_router(state: ServerState) -> APIRouter:
     @router.get(
         "/model",
         summary="The model: classes, input spec, layer graph, samples",
-        response_model=schemas.ModelDoc,
+        response_class=Response,
+        responses={200: {"model": schemas.ModelDoc, "content": {"application/json": {}}}},
     )
-    def get_model() -> dict[str, Any]:
-        with state.cache_lock:
-            doc = state.cache.get("model")
-            if doc is None:
-                doc = state.cache["model"] = model_document(state)
-        return doc
+    async def get_model() -> Response:
+        # encoded once and answered from the event loop: no thread, no validation pass, so it
+        # answers at once however busy the model's workers are
+        body = state.cache.get("model")
+        if body is None:
+            doc = schemas.ModelDoc.model_validate(model_document(state)).model_dump(mode="json")
+            body = state.cache["model"] = json_bytes(doc)
+        return Response(body, media_type="application/json")
 
     @router.get(
         "/samples/{sample_id}.png",

@@ -201,10 +201,16 @@ class Guard:
                 "reach the explainer"
             )
         origin = _header(scope, b"origin")
-        if origin is not None and origin != "null":
-            origin_host = (urlsplit(origin).hostname or "").strip("[]")
+        if origin is not None:  # "null" too: a sandboxed frame or a file on another site
+            try:
+                origin_host = (urlsplit(origin).hostname or "").strip("[]")
+            except ValueError:
+                origin_host = ""
             wildcard = self.access.hosts is None  # any Host: the page must be this very server
-            if not (origin_host == host if wildcard else self.access.host_ok(origin_host)):
+            ok = bool(origin_host) and (
+                origin_host == host if wildcard else self.access.host_ok(origin_host)
+            )
+            if not ok:
                 return 403, f"cross-site request from {origin!r} refused"
         if self.access.token is not None and not self.token_ok(scope):
             return 401, (
