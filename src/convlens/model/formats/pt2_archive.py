@@ -93,16 +93,24 @@ OUTPUT_KINDS = {"user_output"}
 _TARGET = re.compile(r"torch\.ops\.aten\.[A-Za-z0-9_]{1,100}\.[A-Za-z0-9_]{1,100}")
 GETITEM = "_operator.getitem"
 
-# Symbolic sizes: numbers, symbols (``s0``, ``u1``), arithmetic and the functions PyTorch's
-# deserializer defines, nothing else; no dots outside numbers, no quotes, no other names.
-# No ``**`` (9**9**9 is evaluated), no ``!`` (sympify reads ``n!`` as a factorial), no long
-# numbers: an expression is parsed and simplified, so it must also be cheap.
-_EXPR_TOKEN = re.compile(r"\s+|\d{1,15}\.\d{1,15}|\d{1,15}|[A-Za-z_][A-Za-z0-9_]*|//|[-+*/%(),<>=]")
+# Symbolic sizes. Torch writes sympy's ``srepr``: ``Mul(Integer(2), Symbol('s77', positive=True,
+# integer=True))``. Accepted: those constructors, arithmetic, the functions PyTorch's
+# deserializer defines, quoted symbol names and assumption keywords; nothing else. No ``**``
+# or ``Pow`` (9**9**9 is evaluated), no ``!`` (sympify reads ``n!`` as a factorial), no
+# number over 15 digits: an expression is parsed and simplified, so it must also be cheap.
+_EXPR_TOKEN = re.compile(
+    r"\s+|\d{1,15}\.\d{1,15}|\d{1,15}|'[a-z]{1,4}\d{1,9}'|[A-Za-z_][A-Za-z0-9_]*|//|[-+*/%(),<>=]"
+)
 _SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 EXPR_FUNCTIONS = {
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
     "FloorToInt", "CeilDiv", "Max", "Min", "Eq", "Ne", "Ge", "Gt", "Le", "Lt", "True", "False",
     "TruncToInt", "RoundToInt", "ToFloat", "Identity", "FloatTrueDiv", "IntTrueDiv",
+    "Symbol", "Integer", "Rational", "Mul", "Add", "And", "Or", "Not", "true", "false",
+    "StrictGreaterThan", "StrictLessThan", "GreaterThan", "LessThan", "Equality", "Unequality",
+    # assumption keywords of Symbol(...)
+    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
+    "nonzero", "zero", "even", "odd",
 }  # fmt: skip
 MAX_EXPR = 1000
 TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
