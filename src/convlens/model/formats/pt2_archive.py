@@ -333,7 +333,9 @@ def _storage(arc: _Archive, member: str, dtype: torch.dtype, budget: Budget) -> 
         raise _refuse(arc.path, f"member {member!r} is not a whole number of {dtype} values", False)
     if not data:
         return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(bytearray(data), dtype=dtype)
+    with warnings.catch_warnings():  # read-only bytes: every tensor is cloned out of it
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(data, dtype=dtype)
 
 
 # ------------------------------------------------------------------ the program JSON
