@@ -428,3 +428,18 @@ def test_symbolic_expressions_torch_writes_are_accepted() -> None:
         "Mul(Integer(2), Symbol('s77', positive=True, integer=True))",
     ):
         check_expr(expr, "model.json")
+
+
+def test_trusted_archive_goes_to_torch(clean_pt2: Path, tmp_path: Path) -> None:
+    """--trust-pickle hands an archive the allow-list refuses to torch.export.load."""
+    ref = torch.export.load(clean_pt2)
+    buf = io.BytesIO()
+    torch.save(dict(ref.state_dict), buf)  # the legacy weights layout, a pickle
+    legacy = rewrite(
+        clean_pt2, tmp_path / "legacy.pt2", add={"data/weights/model.pt": buf.getvalue()}
+    )
+    refused(legacy, tmp_path / "never", "--trust-pickle")
+    model = load_model(legacy, trust_pickle=True)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(x), load_model(clean_pt2).net(x), atol=1e-6, rtol=0)
