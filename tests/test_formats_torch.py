@@ -639,6 +639,19 @@ def test_exported_architecture_matches(name: str, arch_files: Any) -> None:
     assert first[name] in names, sorted(names)[:20]
 
 
+def test_dynamic_batch_export_matches(tmp_path: Path) -> None:
+    """A program exported with a symbolic batch (sympy sizes in the file) loads the same."""
+    from torch_archs import make
+
+    net = make("shufflenet")
+    batch = torch.export.Dim("batch", min=1, max=64)
+    ep = torch.export.export(net, (torch.zeros(2, 3, 32, 32),), dynamic_shapes={"x": {0: batch}})
+    torch.export.save(ep, tmp_path / "dyn.pt2")
+    loaded = load_model(tmp_path / "dyn.pt2")
+    assert loaded.spec.shape == (3, 32, 32)
+    _same_as(net, loaded)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ARCH_NAMES)
 def test_torchscript_architecture_matches(name: str, arch_files: Any) -> None:

@@ -398,7 +398,17 @@ def test_names_from_the_file_cannot_shadow_or_inject(clean_pt2: Path, tmp_path: 
 
 @pytest.mark.parametrize(
     "expr",
-    ["9**9**9**9", "99999999!", "s0.__class__", "lambda: 1", "1" * 40, "'s'", "eval"],
+    [
+        "9**9**9**9",
+        "99999999!",
+        "s0.__class__",
+        "lambda: 1",
+        "1" * 40,
+        "'s'",
+        "eval",
+        "Pow(Integer(9), Integer(99999))",
+        "Symbol('__class__')",
+    ],
 )
 def test_symbolic_expressions_are_only_cheap_arithmetic(expr: str) -> None:
     from convlens.model.formats.pt2_archive import check_expr
@@ -410,5 +420,62 @@ def test_symbolic_expressions_are_only_cheap_arithmetic(expr: str) -> None:
 def test_symbolic_expressions_torch_writes_are_accepted() -> None:
     from convlens.model.formats.pt2_archive import check_expr
 
-    for expr in ("s0", "2*s0", "FloorDiv(s77 - 1, 2) + 1", "Max(1, s0)", "Eq(s0, 3)", "u0 // 2"):
+    for expr in (
+        "s0",
+        "FloorDiv(s77 - 1, 2) + 1",
+        "Eq(s0, 3)",
+        "Symbol('s77', positive=True, integer=True)",
+        "Mul(Integer(2), Symbol('s77', positive=True, integer=True))",
+    ):
         check_expr(expr, "model.json")
+
+
+def test_trusted_archive_goes_to_torch(clean_pt2: Path, tmp_path: Path) -> None:
+    """--trust-pickle hands an archive the allow-list refuses to torch.export.load."""
+    ref = torch.export.load(clean_pt2)
+    buf = io.BytesIO()
+    torch.save(dict(ref.state_dict), buf)  # the legacy weights layout, a pickle
+    legacy = rewrite(
+        clean_pt2, tmp_path / "legacy.pt2", add={"data/weights/model.pt": buf.getvalue()}
+    )
+    refused(legacy, tmp_path / "never", "--trust-pickle")
+    model = load_model(legacy, trust_pickle=True)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(model.net(x), load_model(clean_pt2).net(x), atol=1e-6, rtol=0)
+
+
+def test_mutated_configs_give_one_line_errors(clean_pt2: Path, tmp_path: Path) -> None:
+    """Each JSON value of the archive replaced by a wrong type: a ConvlensError or a load."""
+    import random
+
+    from convlens.model.formats.aten_ops import program_to_module
+    from convlens.model.formats.pt2_archive import read_pt2
+
+    with zipfile.ZipFile(clean_pt2) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    rnd = random.Random(0)
+    for trial in range(60):
+        target = rnd.choice(sorted(n for n in members if n.endswith(".json")))
+        doc = json.loads(members[target])
+        paths, stack = [], [(doc, ())]
+        while stack:
+            node, path = stack.pop()
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            for k, v in items:
+                paths.append((*path, k))
+                if isinstance(v, dict | list):
+                    stack.append((v, (*path, k)))
+        *parent, last = rnd.choice(paths)
+        holder: Any = doc
+        for k in parent:
+            holder = holder[k]
+        holder[last] = rnd.choice([None, -5, "x", [], {}, [1, 2], {"a": 1}, True, 1e300])
+        path = tmp_path / f"f{trial}.pt2"
+        with zipfile.ZipFile(path, "w") as out:
+            for n, d in members.items():
+                out.writestr(n, json.dumps(doc).encode() if n == target else d)
+        try:
+            program_to_module(read_pt2(str(path)))
+        except ConvlensError as e:
+            assert "\n" not in str(e)

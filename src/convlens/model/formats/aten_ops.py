@@ -358,7 +358,15 @@ class Reader:
                     + ", ".join(sorted(HANDLERS))
                     + ". Rewrite that part of the model with these operators before exporting"
                 )
-            handler(self, node, bind(node))
+            try:
+                handler(self, node, bind(node))
+            except ConvlensError:
+                raise
+            except (RuntimeError, TypeError, ValueError, IndexError, KeyError) as e:
+                # arguments of a kind the operator's schema allows but a layer cannot take
+                # (an integer weight, say): one line, with the operation's position
+                text = str(e).strip().splitlines()[0][:200] if str(e).strip() else repr(e)
+                raise self.refuse(f"its arguments cannot be converted ({text})") from None
         if len(self.user_inputs) != 1:
             raise ConvlensError(
                 f"the program takes {len(self.user_inputs)} inputs; convlens needs one image"

@@ -19,9 +19,10 @@ names. So convlens reads the archive itself:
   bytes with ``torch.frombuffer``, charged to the model budget first;
 * the program JSON may call only ``torch.ops.aten.*`` operators and ``operator.getitem``,
   with plain arguments (no sub-graphs, custom objects or operator references); every symbolic
-  expression must be arithmetic over symbols like ``s0`` (checked token by token before
-  ``sympify`` sees it); tree specs may name only tuples, lists and dicts; node metadata is cut
-  to ``nn_module_stack`` and the guard code (run by ``ExportedProgram.module()``) is dropped;
+  expression must be cheap arithmetic over symbols like ``s0`` (its ``ast`` checked node by
+  node before ``sympify`` sees it); tree specs may name only tuples, lists and dicts; node
+  metadata is cut to ``nn_module_stack`` and the guard code (run by
+  ``ExportedProgram.module()``) is dropped;
 * then PyTorch's own deserializer builds the ``ExportedProgram`` from the checked JSON and the
   tensor dictionaries (never from bytes, so it never reaches its ``weights_only=False``
   fall-back), and the example inputs are not read at all.
@@ -35,6 +36,7 @@ False
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -93,17 +95,32 @@ OUTPUT_KINDS = {"user_output"}
 _TARGET = re.compile(r"torch\.ops\.aten\.[A-Za-z0-9_]{1,100}\.[A-Za-z0-9_]{1,100}")
 GETITEM = "_operator.getitem"
 
-# Symbolic sizes: numbers, symbols (``s0``, ``u1``), arithmetic and the functions PyTorch's
-# deserializer defines, nothing else; no dots outside numbers, no quotes, no other names.
-# No ``**`` (9**9**9 is evaluated), no ``!`` (sympify reads ``n!`` as a factorial), no long
-# numbers: an expression is parsed and simplified, so it must also be cheap.
-_EXPR_TOKEN = re.compile(r"\s+|\d{1,15}\.\d{1,15}|\d{1,15}|[A-Za-z_][A-Za-z0-9_]*|//|[-+*/%(),<>=]")
+# Symbolic sizes. Torch writes sympy's ``srepr`` (``Mul(Integer(2), Symbol('s77',
+# positive=True, integer=True))``), which ``sympify`` evaluates as Python. So each expression
+# is parsed (not run) with ``ast`` and may hold only: calls of the constructors and functions
+# below, symbol names like ``s0`` (quoted only as ``Symbol``'s name), assumption keywords,
+# numbers of at most 15 digits, + - * / // % and comparisons. ``Pow`` only with a small
+# integer exponent and no ``**`` (9**9**9 would be evaluated); no ``!`` (sympify reads ``n!``
+# as a factorial); no attributes, subscripts, strings elsewhere, lambdas.
 _SYMBOL = re.compile(r"[a-z]{1,4}\d{1,9}")
 EXPR_FUNCTIONS = {
     "FloorDiv", "ModularIndexing", "Where", "PythonMod", "Mod", "CleanDiv", "CeilToInt",
-    "FloorToInt", "CeilDiv", "Max", "Min", "Eq", "Ne", "Ge", "Gt", "Le", "Lt", "True", "False",
-    "TruncToInt", "RoundToInt", "ToFloat", "Identity", "FloatTrueDiv", "IntTrueDiv",
+    "FloorToInt", "CeilDiv", "Max", "Min", "Eq", "Ne", "Ge", "Gt", "Le", "Lt", "TruncToInt",
+    "RoundToInt", "ToFloat", "Identity", "FloatTrueDiv", "IntTrueDiv", "Symbol", "Integer",
+    "Rational", "Mul", "Add", "Pow", "And", "Or", "Not", "StrictGreaterThan",
+    "StrictLessThan", "GreaterThan", "LessThan", "Equality", "Unequality",
 }  # fmt: skip
+EXPR_CONSTANTS = {"True", "False", "true", "false", "oo", "zoo", "nan"}
+ASSUMPTIONS = {
+    "positive", "negative", "nonnegative", "nonpositive", "integer", "real", "finite",
+    "nonzero", "zero", "even", "odd",
+}  # fmt: skip
+_EXPR_NODES = (
+    ast.Expression, ast.Load, ast.BinOp, ast.UnaryOp, ast.Compare, ast.Call, ast.keyword,
+    ast.Name, ast.Constant, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.FloorDiv, ast.Mod,
+    ast.USub, ast.UAdd, ast.Eq, ast.NotEq, ast.Lt, ast.LtE, ast.Gt, ast.GtE,
+)  # fmt: skip
+MAX_POWER = 8
 MAX_EXPR = 1000
 TREE_TYPES = {None, "builtins.tuple", "builtins.list", "builtins.dict", "collections.OrderedDict"}
 
@@ -325,7 +342,9 @@ def _storage(arc: _Archive, member: str, dtype: torch.dtype, budget: Budget) -> 
         raise _refuse(arc.path, f"member {member!r} is not a whole number of {dtype} values", False)
     if not data:
         return torch.empty(0, dtype=dtype)
-    return torch.frombuffer(bytearray(data), dtype=dtype)
+    with warnings.catch_warnings():  # read-only bytes: every tensor is cloned out of it
+        warnings.simplefilter("ignore")
+        return torch.frombuffer(data, dtype=dtype)
 
 
 # ------------------------------------------------------------------ the program JSON
@@ -343,29 +362,65 @@ def _walk(obj: Any) -> Iterator[dict[str, Any]]:
             stack.extend(node)
 
 
-def check_expr(expr: Any, where: str) -> None:
-    """Refuse a symbolic-size string that is more than arithmetic over symbols and numbers.
+def _small_int(node: ast.AST) -> bool:
+    """``3``, ``-2``, ``Integer(2)``: an exponent ``Pow`` may have."""
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        node = node.operand
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1:
+        node = node.args[0] if node.func.id == "Integer" else node
+    return (
+        isinstance(node, ast.Constant) and type(node.value) is int and abs(node.value) <= MAX_POWER
+    )
 
-    >>> check_expr("FloorDiv(s0, 2) + 1", "x")
+
+def _expr_node_ok(node: ast.AST) -> bool:
+    if not isinstance(node, _EXPR_NODES):
+        return False
+    if isinstance(node, ast.Name):
+        return (
+            node.id in EXPR_FUNCTIONS
+            or node.id in EXPR_CONSTANTS
+            or bool(_SYMBOL.fullmatch(node.id))
+        )
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if type(v) is int:
+            return abs(v) < 10**15
+        if type(v) is float:
+            return abs(v) < 1e15
+        if type(v) is str:
+            return bool(_SYMBOL.fullmatch(v))
+        return type(v) is bool
+    if isinstance(node, ast.keyword):
+        return node.arg in ASSUMPTIONS and isinstance(node.value, ast.Constant)
+    if isinstance(node, ast.Call):
+        if not isinstance(node.func, ast.Name) or node.func.id not in EXPR_FUNCTIONS:
+            return False
+        if node.func.id == "Pow":
+            return len(node.args) == 2 and _small_int(node.args[1])
+        strings = [a for a in node.args if isinstance(a, ast.Constant) and type(a.value) is str]
+        return not strings or (node.func.id == "Symbol" and node.args[:1] == strings)
+    return True
+
+
+def check_expr(expr: Any, where: str) -> None:
+    """Refuse a symbolic-size string that is more than cheap arithmetic over symbols.
+
+    >>> check_expr("Mul(Integer(2), Symbol('s0', positive=True, integer=True))", "x")
     >>> check_expr("__import__('os')", "x")
     Traceback (most recent call last):
     ...
     convlens.errors.ConvlensError: x has the symbolic expression "__import__('os')"; accepted: \
 arithmetic over symbols such as s0
     """
-    ok = isinstance(expr, str) and len(expr) <= MAX_EXPR and "**" not in expr
-    pos = 0
-    while ok and pos < len(expr):
-        m = _EXPR_TOKEN.match(expr, pos)
-        if m is None:
+    ok = isinstance(expr, str) and len(expr) <= MAX_EXPR and "!" not in expr
+    if ok:
+        try:
+            tree = ast.parse(expr, mode="eval")
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
             ok = False
-            break
-        tok = m.group()
-        if tok[0].isdigit() and m.end() < len(expr) and expr[m.end()].isdigit():
-            ok = False  # a number longer than the token allows
-        elif tok[0].isalpha() or tok[0] == "_":
-            ok = tok in EXPR_FUNCTIONS or bool(_SYMBOL.fullmatch(tok))
-        pos = m.end()
+        else:
+            ok = all(_expr_node_ok(n) for n in ast.walk(tree))
     if not ok:
         shown = expr[:80] if isinstance(expr, str) else repr(expr)
         raise ConvlensError(

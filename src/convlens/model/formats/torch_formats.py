@@ -106,7 +106,15 @@ def _one_line(e: BaseException) -> str:
 def _spec_from(shape: tuple[int, ...], opts: LoadOptions, source: str) -> InputSpec:
     if len(shape) != 4:
         raise ConvlensError(f"{source!r} takes input of shape {shape}; convlens needs (B, C, H, W)")
-    return InputSpec(shape[1], shape[2], shape[3])
+    if min(shape[1:]) > 0:
+        return InputSpec(shape[1], shape[2], shape[3])
+    given = _user_spec(opts, source)  # exported with a symbolic height or width
+    if given is None:
+        raise ConvlensError(
+            f"{source!r} was exported with a symbolic image size {shape[1:]}; give one with "
+            "--input-size H[,W] (and --channels C)"
+        )
+    return given
 
 
 def _user_spec(opts: LoadOptions, source: str) -> InputSpec | None:
