@@ -357,7 +357,7 @@ def test_bad_safetensors_headers(tmp_path: Path, blob: bytes, match: str) -> Non
         ({"arch": {"name": "tiny-vgg", "args": {"width": 10**6}}}, "budget"),
         ({"arch": {"name": "tiny-vgg", "args": {"bogus": 1}}}, "bad arguments"),
         ({"input_spec": [3, 16, 16]}, "input_spec"),
-        ({"input_spec": {"channels": "x", "height": 1, "width": 1}}, "input_spec"),
+        ({"input_spec": {"channels": "x", "height": 1, "width": 1}}, "input.spec"),
         ({"classes": [1, 2]}, "classes"),
         ({"version": "1"}, "version"),
     ],
