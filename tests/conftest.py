@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,10 @@ from torch import nn
 
 from convlens.io.spec import InputSpec
 from convlens.model import Model, build
+
+# Keras (a test-only reference runtime) reads its backend once, at first import, and a user's
+# ~/.keras/keras.json may name TensorFlow, which is not installed: pin the torch backend here.
+os.environ["KERAS_BACKEND"] = "torch"
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CNN_EXPLAINER = SHARED / "fixtures" / "cnn-explainer"
