@@ -273,13 +273,16 @@ def test_every_cnn_operator_converts_somewhere(outcomes: list[tuple[str, Outcome
     assert sorted(set(REQUIRED) - converted) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "model",
     ["squeezenet", "shufflenet", "zfnet512", "bvlc_alexnet", "inception_v1", "resnet50",
      "vgg19", "densenet121", "inception_v2"],
 )  # fmt: skip
 def test_light_zoo_models_match_onnxruntime(wheel: zipfile.ZipFile, model: str) -> None:
-    """ONNX's 'light' zoo graphs (weights made constant) against onnxruntime."""
+    """ONNX's 'light' zoo graphs against onnxruntime. Their weights were replaced by
+    ConstantOfShape fills, so this checks the graphs' structure (Dropout with a mask output,
+    LRN, padding, Concat...) more than the numbers."""
     data = wheel.read(f"{LIGHT}light_{model}.onnx")
     proto = onnx.load_model_from_string(data)
     converted = convert_graph(proto)

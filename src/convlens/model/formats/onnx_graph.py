@@ -369,6 +369,7 @@ class Converter:
                     and out not in self.consts
                     and out not in self.meta
                     and out not in self.alias
+                    and self.uses.get(out, 0)  # an extra output nothing reads is fine
                 ):
                     raise n.fail(f"output {k} ({out!r}) is not supported")
         refs = []
