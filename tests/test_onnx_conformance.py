@@ -62,8 +62,22 @@ def wheel() -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
 
+_MEMBERS: dict[int, dict[str, list[str]]] = {}
+
+
+def _members(zf: zipfile.ZipFile, folder: str) -> list[str]:
+    """The archive's member names under ``folder`` (indexed once per archive)."""
+    index = _MEMBERS.get(id(zf))
+    if index is None:
+        index = _MEMBERS[id(zf)] = {}
+        for m in zf.namelist():
+            index.setdefault(m.rsplit("/", 1)[0] + "/", []).append(m)
+    return index.get(folder, [])
+
+
 def _tensor_files(zf: zipfile.ZipFile, folder: str, kind: str) -> list[Any]:
-    names = [m for m in zf.namelist() if re.fullmatch(re.escape(folder) + kind + r"_\d+\.pb", m)]
+    pattern = re.compile(re.escape(folder) + kind + r"_\d+\.pb")
+    names = [m for m in _members(zf, folder) if pattern.fullmatch(m)]
     names.sort(key=lambda m: int(m.rsplit("_", 1)[1][:-3]))
     out = []
     for m in names:
