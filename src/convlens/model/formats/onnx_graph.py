@@ -43,6 +43,7 @@ PLUMBING = {
 
 Handler = Callable[["Converter", "Node"], None]
 HANDLERS: dict[str, Handler] = {}
+REFUSED: set[str] = set()  # operators known and refused with a reason (control flow, random)
 
 
 def handler(*ops: str) -> Callable[[Handler], Handler]:
@@ -348,7 +349,8 @@ class Converter:
             fn = HANDLERS.get(n.op)
             if fn is None:
                 raise n.fail(
-                    f"operator {n.op!r} is not supported; accepted: " + ", ".join(sorted(HANDLERS))
+                    f"operator {n.op!r} is not supported; accepted: "
+                    + ", ".join(sorted(set(HANDLERS) - REFUSED))
                 )
             for k, name in enumerate(n.inputs):
                 v = self.value(name)

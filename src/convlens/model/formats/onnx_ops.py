@@ -23,6 +23,7 @@ from torch import nn
 
 from convlens.model.formats.onnx_graph import (
     BATCH,
+    REFUSED,
     Converter,
     Node,
     handler,
@@ -788,6 +789,9 @@ _REFUSED = {
     "RandomNormal": "random", "RandomUniform": "random", "RandomNormalLike": "random",
     "RandomUniformLike": "random", "Multinomial": "random", "Bernoulli": "random",
 }  # fmt: skip
+
+
+REFUSED.update(_REFUSED)
 
 
 @handler(*_REFUSED)
