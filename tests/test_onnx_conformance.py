@@ -361,5 +361,16 @@ def main() -> None:
     print("TOTAL", dict(total))
 
 
+def test_the_harness_catches_a_wrong_conversion(
+    wheel: zipfile.ZipFile, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A converter that computes the wrong thing is reported as wrong, not as a match."""
+    from convlens.model.formats import onnx_ops
+
+    assert [o for _, o, _ in run_case(wheel, "test_neg")] == ["match"]
+    monkeypatch.setitem(onnx_ops._UNARY, "Neg", torch.abs)
+    assert [o for _, o, _ in run_case(wheel, "test_neg")] == ["wrong"]
+
+
 if __name__ == "__main__":
     main()
