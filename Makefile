@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 APT_TEST_PKGS := chromium dataset-fashion-mnist
 
-.PHONY: demo test lint typecheck pytest nodetest node-test-deps venv dev-env system-packages demo-model clean
+.PHONY: demo test lint typecheck pytest nodetest node-test-deps test-data venv dev-env system-packages demo-model clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -60,7 +60,16 @@ $(NODE_TEST_STAMP): tests/js/package.json tests/js/package-lock.json
 
 node-test-deps: $(NODE_TEST_STAMP)
 
-pytest: dev-env system-packages node-test-deps
+# ONNX's own backend node tests ship in onnx wheels up to 1.17 (the venv has a newer onnx):
+# the conformance tests read them from this wheel, downloaded once like any package.
+ONNX_NODE_TESTS := tests/.cache/onnx-1.17.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl
+$(ONNX_NODE_TESTS): | $(BIN)/python
+	$(BIN)/pip download --quiet --no-deps --only-binary=:all: onnx==1.17.0 -d tests/.cache \
+	  || echo "warning: could not fetch onnx 1.17.0; the ONNX conformance tests will skip"
+
+test-data: $(ONNX_NODE_TESTS)
+
+pytest: dev-env system-packages node-test-deps test-data
 	$(BIN)/pytest -q
 
 nodetest:

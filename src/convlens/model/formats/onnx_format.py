@@ -31,7 +31,7 @@ from torch import nn
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
-from convlens.model.formats import onnx_ops
+from convlens.model.formats import onnx_ops, onnx_shape_ops  # noqa: F401  (registers handlers)
 from convlens.model.formats.base import make_model, parse_class_list
 from convlens.model.formats.onnx_graph import BATCH, Converted, Converter
 from convlens.model.formats.opgraph import Op, drop_final_softmax

@@ -43,6 +43,7 @@ PLUMBING = {
 
 Handler = Callable[["Converter", "Node"], None]
 HANDLERS: dict[str, Handler] = {}
+REFUSED: set[str] = set()  # operators known and refused with a reason (control flow, random)
 
 
 def handler(*ops: str) -> Callable[[Handler], Handler]:
@@ -348,7 +349,8 @@ class Converter:
             fn = HANDLERS.get(n.op)
             if fn is None:
                 raise n.fail(
-                    f"operator {n.op!r} is not supported; accepted: " + ", ".join(sorted(HANDLERS))
+                    f"operator {n.op!r} is not supported; accepted: "
+                    + ", ".join(sorted(set(HANDLERS) - REFUSED))
                 )
             for k, name in enumerate(n.inputs):
                 v = self.value(name)
@@ -369,6 +371,7 @@ class Converter:
                     and out not in self.consts
                     and out not in self.meta
                     and out not in self.alias
+                    and self.uses.get(out, 0)  # an extra output nothing reads is fine
                 ):
                     raise n.fail(f"output {k} ({out!r}) is not supported")
         refs = []
