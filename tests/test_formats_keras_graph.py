@@ -132,6 +132,8 @@ def test_merges_axes_and_shape_layers(tmp_path: Path) -> None:
     randomize(model)
     (m, _) = check(tmp_path, model, inputs(9, 7, 3))
     assert isinstance(m.net, torch.fx.GraphModule) and m.dropped_softmax
+    # merge layers are graph nodes named after their Keras layer
+    assert "excite" in [node.name for node in m.net.graph.nodes]
     names = set(dict(m.net.named_modules()))
     assert {"stem", "mix", "dense", "dense_1"} <= names and (
         "stem_silu" in names or "stem_swish" in names

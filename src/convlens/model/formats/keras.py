@@ -164,7 +164,10 @@ class _H5:
 # ------------------------------------------------------------------ legacy HDF5
 
 
-def _legacy_weights(h5: _H5, group: Any) -> Weights:
+def _legacy_weights(h5: _H5, group: Any, models: set[str]) -> Weights:
+    """Weights grouped by layer: a layer's group is named after it (Keras 2.0 named the
+    weights themselves after a uniquified scope, ``conv2d_1_1/kernel:0``); a nested model's
+    group (a name in ``models``) holds its layers' weights under their own names."""
     named: list[tuple[str, np.ndarray]] = []
     for layer_name in h5.attr_names(group, "layer_names"):
         lg = h5.child(group, layer_name)
@@ -174,11 +177,25 @@ def _legacy_weights(h5: _H5, group: Any) -> Weights:
             ds = h5.child(lg, wname)
             if ds is None:
                 raise ConvlensError(f"{h5.source!r}: weight {wname!r} is missing")
-            short = wname.split(":")[0].rsplit("/", 1)[-1]
-            inner = wname.split(":")[0].rsplit("/", 2)
-            layer = inner[-2] if len(inner) >= 2 else layer_name
-            named.append((f"{layer}/{short}", h5.array(ds, wname)))
+            parts = wname.split(":")[0].split("/")
+            layer = parts[-2] if layer_name in models and len(parts) >= 2 else layer_name
+            named.append((f"{layer}/{parts[-1]}", h5.array(ds, wname)))
     return weights_by_layer(named)
+
+
+def _model_names(cfg: Any, depth: int = 0) -> set[str]:
+    """Names of the nested models (Sequential/Functional layers) anywhere in a config."""
+    inner = cfg.get("config") if isinstance(cfg, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else inner
+    found: set[str] = set()
+    if not isinstance(layers, list) or depth > 32:
+        return found
+    for lay in layers:
+        if isinstance(lay, dict) and lay.get("class_name") in MODEL_CLASSES:
+            c = lay.get("config")
+            found.add(str(lay.get("name") or (c.get("name") if isinstance(c, dict) else "")))
+            found |= _model_names(lay, depth + 1)
+    return found
 
 
 def _keras_major(version: str | None) -> bool | None:
@@ -208,7 +225,8 @@ def read_h5(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
                 weights_group, "keras_version", 256
             )
             cfg = safety.parse_json(config, f"the model config of {path!r}")
-            return cfg, _legacy_weights(h5, weights_group), _keras_major(version)
+            models = _model_names(cfg)
+            return cfg, _legacy_weights(h5, weights_group, models), _keras_major(version)
     except OSError as e:
         raise ConvlensError(f"cannot read {path!r} as a Keras HDF5 file: {e}") from None
 
