@@ -282,6 +282,8 @@ def _keras3_model_weights(h5: _H5, group: Any, cfg: dict[str, Any], key: str, ou
         if not isinstance(lay, dict):
             continue
         name = str((lay.get("config") or {}).get("name") or lay.get("name") or "")
+        if str(lay.get("module", "")).startswith("keras.src.ops"):
+            continue  # an operation on tensors (x + y), not a layer: not in model.layers
         base = snake_case(str(lay.get("class_name", "")))
         n = counters.get(base)
         counters[base] = 0 if n is None else n + 1
