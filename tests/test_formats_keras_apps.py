@@ -59,6 +59,8 @@ APPS: dict[str, tuple[Callable[[], Any], bool]] = {
     "densenet121": (_app("DenseNet121"), False),
     "efficientnetb0": (_app("EfficientNetB0"), True),
 }
+# The deepest spatial layer (after Keras's ZeroPadding2D layers, which shift the grid).
+LAST_SPATIAL = {"resnet50": "conv5_block3_out", "mobilenetv2": "out_relu"}
 
 
 def _randomize(model: Any) -> None:
@@ -104,6 +106,8 @@ def test_application_logits_match_keras(name: str, kind: str) -> None:
             assert model.outputs == "logits"  # the final softmax was split off
             got = torch.softmax(got, 1)
     assert got.shape == (2, CLASSES)
+    if kind == "keras" and name in LAST_SPATIAL:  # Grad-CAM's default layer: the last block
+        assert model.graph.last_spatial().name == LAST_SPATIAL[name]
     assert np.abs(want).max() > 0.1  # the comparison is not between near-zero outputs
     print(f"{name} {kind}: max |Δ| = {np.abs(got.numpy() - want).max():.2e}")
     # float32 through 50-120 layers: the error grows with the logits (ResNet-50: ~30)

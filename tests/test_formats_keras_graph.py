@@ -132,6 +132,8 @@ def test_merges_axes_and_shape_layers(tmp_path: Path) -> None:
     randomize(model)
     (m, _) = check(tmp_path, model, inputs(9, 7, 3))
     assert isinstance(m.net, torch.fx.GraphModule) and m.dropped_softmax
+    # merge layers are graph nodes named after their Keras layer
+    assert "excite" in [node.name for node in m.net.graph.nodes]
     names = set(dict(m.net.named_modules()))
     assert {"stem", "mix", "dense", "dense_1"} <= names and (
         "stem_silu" in names or "stem_swish" in names
@@ -325,3 +327,16 @@ def test_two_inputs_refused(tmp_path: Path) -> None:
     model.save(path)
     with pytest.raises(ConvlensError, match="takes 2 inputs; convlens feeds one image"):
         load_model(path)
+
+
+def test_tensor_operators_between_layers(tmp_path: Path) -> None:
+    """``a + b`` and ``a * b`` on Keras tensors are saved as ``keras.src.ops`` operations
+    (not layers, so not counted in the weights file's per-class names)."""
+    inp = keras.Input((6, 6, 3))
+    a = layers.Conv2D(4, 1)(inp)
+    b = layers.Conv2D(4, 1)(inp)
+    c = layers.Add()([a + b, a * b])
+    out = layers.GlobalAveragePooling2D()(layers.Conv2D(2, 1)(c))
+    model = keras.Model(inp, out, name="ops")
+    randomize(model)
+    check(tmp_path, model, inputs(6, 6, 3))

@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,14 @@ def is_keras_zip(source: str) -> bool:
             return "config.json" in z.namelist()
     except (zipfile.BadZipFile, OSError):
         return False
+
+
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip("'\"") or type(e).__name__
+    return text.splitlines()[0]
 
 
 def _text(value: Any) -> str:
@@ -164,7 +173,10 @@ class _H5:
 # ------------------------------------------------------------------ legacy HDF5
 
 
-def _legacy_weights(h5: _H5, group: Any) -> Weights:
+def _legacy_weights(h5: _H5, group: Any, models: set[str]) -> Weights:
+    """Weights grouped by layer: a layer's group is named after it (Keras 2.0 named the
+    weights themselves after a uniquified scope, ``conv2d_1_1/kernel:0``); a nested model's
+    group (a name in ``models``) holds its layers' weights under their own names."""
     named: list[tuple[str, np.ndarray]] = []
     for layer_name in h5.attr_names(group, "layer_names"):
         lg = h5.child(group, layer_name)
@@ -174,11 +186,25 @@ def _legacy_weights(h5: _H5, group: Any) -> Weights:
             ds = h5.child(lg, wname)
             if ds is None:
                 raise ConvlensError(f"{h5.source!r}: weight {wname!r} is missing")
-            short = wname.split(":")[0].rsplit("/", 1)[-1]
-            inner = wname.split(":")[0].rsplit("/", 2)
-            layer = inner[-2] if len(inner) >= 2 else layer_name
-            named.append((f"{layer}/{short}", h5.array(ds, wname)))
+            parts = wname.split(":")[0].split("/")
+            layer = parts[-2] if layer_name in models and len(parts) >= 2 else layer_name
+            named.append((f"{layer}/{parts[-1]}", h5.array(ds, wname)))
     return weights_by_layer(named)
+
+
+def _model_names(cfg: Any, depth: int = 0) -> set[str]:
+    """Names of the nested models (Sequential/Functional layers) anywhere in a config."""
+    inner = cfg.get("config") if isinstance(cfg, dict) else None
+    layers = inner.get("layers") if isinstance(inner, dict) else inner
+    found: set[str] = set()
+    if not isinstance(layers, list) or depth > 32:
+        return found
+    for lay in layers:
+        if isinstance(lay, dict) and lay.get("class_name") in MODEL_CLASSES:
+            c = lay.get("config")
+            found.add(str(lay.get("name") or (c.get("name") if isinstance(c, dict) else "")))
+            found |= _model_names(lay, depth + 1)
+    return found
 
 
 def _keras_major(version: str | None) -> bool | None:
@@ -208,9 +234,14 @@ def read_h5(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
                 weights_group, "keras_version", 256
             )
             cfg = safety.parse_json(config, f"the model config of {path!r}")
-            return cfg, _legacy_weights(h5, weights_group), _keras_major(version)
-    except OSError as e:
-        raise ConvlensError(f"cannot read {path!r} as a Keras HDF5 file: {e}") from None
+            models = _model_names(cfg)
+            return cfg, _legacy_weights(h5, weights_group, models), _keras_major(version)
+    except ConvlensError:
+        raise
+    except _H5_ERRORS as e:  # h5py reports a damaged file with any of these
+        raise ConvlensError(
+            f"cannot read {path!r} as a Keras HDF5 file: {_first_line(e)}"
+        ) from None
 
 
 # ------------------------------------------------------------------ .keras zip
@@ -263,7 +294,10 @@ def _keras3_model_weights(h5: _H5, group: Any, cfg: dict[str, Any], key: str, ou
     for lay in layers:
         if not isinstance(lay, dict):
             continue
-        name = str((lay.get("config") or {}).get("name") or lay.get("name") or "")
+        lay_cfg = lay.get("config")
+        name = str((lay_cfg.get("name") if isinstance(lay_cfg, dict) else None) or lay.get("name"))
+        if str(lay.get("module", "")).startswith("keras.src.ops"):
+            continue  # an operation on tensors (x + y), not a layer: not in model.layers
         base = snake_case(str(lay.get("class_name", "")))
         n = counters.get(base)
         counters[base] = 0 if n is None else n + 1
@@ -299,6 +333,29 @@ def read_keras_zip(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
     """Config, weights and Keras major version (3 → True) of a ``.keras`` archive."""
     h5py = _h5py()
     budget = safety.Budget()
+    try:
+        config, version, data = _read_archive(path, budget)
+    except ConvlensError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as e:
+        raise ConvlensError(f"{path!r} is a damaged .keras archive: {_first_line(e)}") from None
+    if not isinstance(config, dict):
+        raise ConvlensError(f"config.json of {path!r} is not a Keras model config")
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            h5 = _H5(h5py, f"{path}:model.weights.h5", budget)
+            weights: Weights = {}
+            _keras3_model_weights(h5, f, config, "", weights)
+            _keras213_weights(h5, f, weights)
+    except ConvlensError:
+        raise
+    except _H5_ERRORS as e:
+        raise ConvlensError(f"cannot read the weights of {path!r}: {_first_line(e)}") from None
+    return config, weights, _keras_major(str(version) if version else None)
+
+
+def _read_archive(path: str, budget: safety.Budget) -> tuple[Any, Any, bytes]:
+    """``config.json`` (parsed), the Keras version and ``model.weights.h5``'s bytes."""
     with safety.check_zip(path) as z:
         config = safety.parse_json(
             safety.read_member(z, "config.json", safety.MAX_JSON_BYTES),
@@ -315,17 +372,7 @@ def read_keras_zip(path: str) -> tuple[dict[str, Any], Weights, bool | None]:
                 f"{path!r} has no model.weights.h5 inside (sharded or npz weights are not read)"
             )
         data = safety.read_member(z, "model.weights.h5", budget.limit)
-    if not isinstance(config, dict):
-        raise ConvlensError(f"config.json of {path!r} is not a Keras model config")
-    try:
-        with h5py.File(io.BytesIO(data), "r") as f:
-            h5 = _H5(h5py, f"{path}:model.weights.h5", budget)
-            weights: Weights = {}
-            _keras3_model_weights(h5, f, config, "", weights)
-            _keras213_weights(h5, f, weights)
-    except OSError as e:
-        raise ConvlensError(f"cannot read the weights of {path!r}: {e}") from None
-    return config, weights, _keras_major(str(version) if version else None)
+    return config, version, data
 
 
 # ------------------------------------------------------------------ loading

@@ -382,9 +382,16 @@ class _Layer:
         return self._emit(Op(name, [t.value for t in inputs], self.ctx.new_value(), module), hwc)
 
     def function(
-        self, inputs: Sequence[_T], fn: Callable[..., Any], hwc: Any = None, **kwargs: Any
+        self,
+        inputs: Sequence[_T],
+        fn: Callable[..., Any],
+        hwc: Any = None,
+        node: str | None = None,
+        **kwargs: Any,
     ) -> _T:
-        op = Op(self.name, [t.value for t in inputs], self.ctx.new_value(), fn=fn, kwargs=kwargs)
+        """Call ``fn`` on ``inputs``; its graph node is named ``node`` (e.g. ``mixed10``)."""
+        values = [t.value for t in inputs]
+        op = Op(self.name, values, self.ctx.new_value(), fn=fn, kwargs=kwargs, node_name=node)
         return self._emit(op, hwc)
 
     def _emit(self, op: Op, hwc: tuple[int, int, int] | None) -> _T:
@@ -997,7 +1004,9 @@ def _aligned(layer: _Layer, xs: list[_T]) -> list[_T]:
     for x in xs:
         if len(x.shape) < rank:
             keras = (1,) * (rank - len(x.shape)) + x.shape
-            x = layer.function([x], reshape_to, shape=_to_torch(keras))
+            x = layer.function(
+                [x], reshape_to, node=f"{layer.name}_broadcast", shape=_to_torch(keras)
+            )
         out.append(x)
     return out
 
@@ -1010,7 +1019,7 @@ def _merge(fn: Callable[..., torch.Tensor], exactly: int | None = None) -> Calla
             raise layer.fail(f"a merge layer needs at least 2 inputs, got {len(xs)}")
         ys = _aligned(layer, xs)
         hwc = ys[0].hwc if len({y.hwc for y in ys}) == 1 else None
-        return layer.function(ys, fn, hwc)
+        return layer.function(ys, fn, hwc, node=layer.name)
 
     return convert_merge
 
@@ -1023,7 +1032,7 @@ def _concatenate(layer: _Layer, xs: list[_T]) -> _T:
     if len(ranks) != 1:
         raise layer.fail(f"inputs of different ranks {[x.shape for x in xs]}")
     dim = _torch_dim(layer, layer.get("axis", -1), ranks.pop())
-    return layer.function(xs, concatenate, dim=dim)
+    return layer.function(xs, concatenate, node=layer.name, dim=dim)
 
 
 def _skip(layer: _Layer, xs: list[_T]) -> _T:
@@ -1074,7 +1083,7 @@ def _materialize(ctx: _Ctx, x: _T) -> _T:
     if x.value not in ctx.materialized:
         h, w, c = x.hwc
         kwargs = {"c": c, "h": h, "w": w}
-        op = Op(f"hwc_{x.value}", [x.value], ctx.new_value(), fn=hwc_order, kwargs=kwargs)
+        op = Op("hwc", [x.value], ctx.new_value(), fn=hwc_order, kwargs=kwargs, node_name="hwc")
         ctx.materialized[x.value] = _run(ctx, op, None, ConvlensError)
     return ctx.materialized[x.value]
 
@@ -1387,6 +1396,8 @@ def convert(
         raise ConvlensError(f"the Keras model's input {h}×{w} is too large")
     try:
         return _convert(cfg, weights, (int(h), int(w), int(c)), keras3)
+    except ConvlensError:
+        raise
     except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
         # A config of the right outline but wrong types deep inside: say so in one line.
         raise ConvlensError(
@@ -1457,6 +1468,8 @@ def _convert_call(call: _Call, ctx: _Ctx, env: dict[str, _T], first: bool) -> _T
         raise layer.fail(f"takes one input, got {len(xs)}")
     try:
         out = fn(layer, xs)
+    except ConvlensError:
+        raise
     except (TypeError, KeyError, AttributeError, ValueError, IndexError) as e:
         raise layer.fail(f"its config is malformed ({type(e).__name__}: {e})") from None
     if first and layer.used < len(layer.weights):

@@ -35,6 +35,7 @@ class Op:
     module: nn.Module | None = None
     fn: Callable[..., Any] | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    node_name: str | None = None  # a function op's fx node name (a Keras merge layer's name)
 
 
 def clean_name(raw: str, fallback: str) -> str:
@@ -128,7 +129,11 @@ def assemble(
             env[op.output] = graph.call_module(op.name, args)
         else:
             assert op.fn is not None
-            env[op.output] = graph.call_function(op.fn, args, op.kwargs)
+            if op.node_name:  # the graph's namespace makes it a unique identifier
+                node = graph.create_node("call_function", op.fn, args, op.kwargs, op.node_name)
+                env[op.output] = node
+            else:
+                env[op.output] = graph.call_function(op.fn, args, op.kwargs)
     if isinstance(output, str):
         graph.output(read(output))
     else:
