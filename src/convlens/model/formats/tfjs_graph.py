@@ -218,6 +218,10 @@ class _Node:
         value = self.attrs.get(key)
         return value if isinstance(value, dict) else {}
 
+    def _list(self, key: str) -> dict[str, Any]:
+        value = self._attr(key).get("list")
+        return value if isinstance(value, dict) else {}
+
     def string(self, key: str, default: str = "") -> str:
         raw = self._attr(key).get("s")
         if raw is None:
@@ -228,14 +232,16 @@ class _Node:
             raise self.fail(f"attribute {key!r} is not base64 text") from None
 
     def strings(self, key: str) -> list[str]:
-        raw = self._attr(key).get("list", {}).get("s", [])
+        raw = self._list(key).get("s", [])
+        if not isinstance(raw, list):
+            raise self.fail(f"attribute {key!r} is not a list of base64 text")
         try:
             return [base64.b64decode(str(s), validate=True).decode("utf-8") for s in raw]
         except (ValueError, UnicodeDecodeError):
             raise self.fail(f"attribute {key!r} is not a list of base64 text") from None
 
     def ints(self, key: str, default: list[int]) -> list[int]:
-        raw = self._attr(key).get("list", {}).get("i")
+        raw = self._list(key).get("i")
         if raw is None:
             return default
         try:
@@ -388,7 +394,10 @@ class _Converter:
                 handler(self, node)
             except ConvlensError:
                 raise
-            except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
+            except (
+                RuntimeError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+                ArithmeticError,
+            ) as e:  # fmt: skip
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise node.fail(f"cannot be converted: {first}") from None
         if not self.input:
@@ -440,7 +449,10 @@ def _graph_output(doc: dict[str, Any], nodes: list[_Node]) -> str:
     sig = doc.get("signature")
     outputs = sig.get("outputs") if isinstance(sig, dict) else None
     if isinstance(outputs, dict) and outputs:
-        names = [_value_name(str(v.get("name", k))) for k, v in outputs.items()]
+        names = [
+            _value_name(str(v.get("name", k) if isinstance(v, dict) else k))
+            for k, v in outputs.items()
+        ]
     else:
         used = {i for n in nodes for i in n.inputs}
         names = [n.name for n in nodes if n.op != "Const" and n.name not in used]
