@@ -508,7 +508,9 @@ def mutations(doc: dict[str, Any], count: int, seed: int) -> list[tuple[str, dic
     return out
 
 
-@pytest.mark.parametrize("name", ["graph-raw-ops", "layers-residual"])
+@pytest.mark.parametrize(
+    "name", ["graph-raw-ops", pytest.param("layers-residual", marks=pytest.mark.slow)]
+)
 def test_mutated_model_json_gives_convlens_errors_only(tmp_path: Path, name: str) -> None:
     """A value of the wrong type anywhere gives a ConvlensError or a model, never a traceback."""
     folder = copy_model(name, tmp_path)
