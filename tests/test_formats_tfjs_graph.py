@@ -430,3 +430,16 @@ def test_ops_the_optimiser_removes_match_tfjs(tmp_path: Path) -> None:
     modules = dict(model.net.named_modules())
     assert modules["PartitionedCall_Conv2D"].bias is not None
     assert isinstance(modules["bn"], nn.BatchNorm2d)
+
+
+def test_huge_activation_is_refused_before_it_is_computed(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def big_input(doc: dict[str, Any]) -> None:
+        dims = find_node(doc, "Placeholder")[1]["attr"]["shape"]["shape"]["dim"]
+        dims[1]["size"] = dims[2]["size"] = "8000"
+
+    edit_graph(folder, big_input)
+    # the first conv: 6 channels × (8000 + 2 SAME-padding pixels)² before striding
+    with pytest.raises(ConvlensError, match=r"output would hold up to 384192024 values"):
+        load_model(folder)
