@@ -444,3 +444,19 @@ def test_huge_activation_is_refused_before_it_is_computed(tmp_path: Path) -> Non
     # the first conv: 6 channels × (8000 + 2 SAME-padding pixels)² before striding
     with pytest.raises(ConvlensError, match=r"output would hold up to 384192024 values"):
         load_model(folder)
+
+
+def test_any_size_input_needs_and_takes_an_input_size(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def any_size(doc: dict[str, Any]) -> None:
+        dims = find_node(doc, "Placeholder")[1]["attr"]["shape"]["shape"]["dim"]
+        dims[1]["size"] = dims[2]["size"] = "-1"
+
+    edit_graph(folder, any_size)
+    with pytest.raises(ConvlensError, match="--input-size"):
+        load_model(folder)
+    model = load_model(folder, input_spec={"size": 12})
+    assert model.spec.shape == (3, 12, 12)
+    x, want, _ = reference(FIXTURES / "graph-raw-ops", (12, 12, 3))  # same weights and ops
+    assert float(np.abs(model_output(model, x, False) - want).max()) < TOLERANCE
