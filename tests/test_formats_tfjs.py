@@ -468,3 +468,59 @@ def test_published_nsfwjs_mobilenet_matches_tfjs(nsfwjs_mobilenet: Path) -> None
     diff = float(np.abs(got.double().numpy() - want).max())
     print(f"nsfwjs mobilenet_v2: max |Δ| = {diff:.2e} vs TF.js in node")
     assert diff < 1e-4
+
+
+# ------------------------------------------------------------------ mutated files
+
+WEIRD: list[Any] = [
+    None, -5, 1.5, "x", [], {}, [1, "a"], True, 10**7, [10**6, 10**6],
+    {"list": 3}, {"list": {"i": ["a"]}}, {"s": 3}, {"i": "q"},
+]  # fmt: skip
+
+
+def mutations(doc: dict[str, Any], count: int, seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """``count`` copies of ``doc`` with one value somewhere replaced by an odd one."""
+    import copy
+    import random
+
+    paths: list[tuple[Any, ...]] = []
+
+    def walk(node: Any, path: tuple[Any, ...], depth: int) -> None:
+        if depth > 7:
+            return
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for key, value in items:
+            paths.append((*path, key))
+            if isinstance(value, dict | list) and len(value) < 40:
+                walk(value, (*path, key), depth + 1)
+
+    walk(doc, (), 0)
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        path, value = rng.choice(paths), rng.choice(WEIRD)
+        mutated = copy.deepcopy(doc)
+        target = mutated
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        out.append((f"{'/'.join(map(str, path))} = {value!r}", mutated))
+    return out
+
+
+@pytest.mark.parametrize(
+    "name", ["graph-raw-ops", pytest.param("layers-residual", marks=pytest.mark.slow)]
+)
+def test_mutated_model_json_gives_convlens_errors_only(tmp_path: Path, name: str) -> None:
+    """A value of the wrong type anywhere gives a ConvlensError or a model, never a traceback."""
+    folder = copy_model(name, tmp_path)
+    doc = json.loads((folder / "model.json").read_text())
+    count = 60 if name.startswith("graph") else 25  # the Keras converter is slower
+    for where, mutated in mutations(doc, count, seed=len(name)):
+        (folder / "model.json").write_text(json.dumps(mutated))
+        try:
+            load_model(folder)
+        except ConvlensError as e:
+            assert "\n" not in str(e), where
+        except Exception as e:  # pragma: no cover - the failure message names the mutation
+            raise AssertionError(f"{where}: {type(e).__name__}: {e}") from e

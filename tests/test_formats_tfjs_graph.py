@@ -37,6 +37,7 @@ GRAPH_FIXTURES = {
     "graph-resnet-like": True,
     "graph-inception-like": False,
     "graph-raw-ops": False,
+    "graph-keras2-swish": True,  # tf_keras SavedModel: swish, uneven SAME average pooling
 }
 TOLERANCE = 1e-4
 
@@ -430,3 +431,32 @@ def test_ops_the_optimiser_removes_match_tfjs(tmp_path: Path) -> None:
     modules = dict(model.net.named_modules())
     assert modules["PartitionedCall_Conv2D"].bias is not None
     assert isinstance(modules["bn"], nn.BatchNorm2d)
+
+
+def test_huge_activation_is_refused_before_it_is_computed(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def big_input(doc: dict[str, Any]) -> None:
+        dims = find_node(doc, "Placeholder")[1]["attr"]["shape"]["shape"]["dim"]
+        dims[1]["size"] = dims[2]["size"] = "8000"
+
+    edit_graph(folder, big_input)
+    # the first conv: 6 channels × (8000 + 2 SAME-padding pixels)² before striding
+    with pytest.raises(ConvlensError, match=r"output would hold up to 384192024 values"):
+        load_model(folder)
+
+
+def test_any_size_input_needs_and_takes_an_input_size(tmp_path: Path) -> None:
+    folder = copy_fixture("graph-raw-ops", tmp_path)
+
+    def any_size(doc: dict[str, Any]) -> None:
+        dims = find_node(doc, "Placeholder")[1]["attr"]["shape"]["shape"]["dim"]
+        dims[1]["size"] = dims[2]["size"] = "-1"
+
+    edit_graph(folder, any_size)
+    with pytest.raises(ConvlensError, match="--input-size"):
+        load_model(folder)
+    model = load_model(folder, input_spec={"size": 12})
+    assert model.spec.shape == (3, 12, 12)
+    x, want, _ = reference(FIXTURES / "graph-raw-ops", (12, 12, 3))  # same weights and ops
+    assert float(np.abs(model_output(model, x, False) - want).max()) < TOLERANCE

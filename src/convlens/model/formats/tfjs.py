@@ -123,12 +123,12 @@ def _entry_layout(entry: Any, where: str) -> tuple[str, tuple[int, ...], np.dtyp
     count = checked_elements(raw_shape, what=f"weight {name!r}")
     shape = tuple(int(d) for d in raw_shape)
     kind = entry.get("dtype", "float32")
-    if kind not in _DTYPES:
+    if not isinstance(kind, str) or kind not in _DTYPES:
         raise ConvlensError(f"weight {name!r} has dtype {kind!r}; accepted: {', '.join(_DTYPES)}")
     dtype = _DTYPES[kind]
     quant = entry.get("quantization")
     if quant is not None:
-        if not isinstance(quant, dict) or quant.get("dtype") not in _QUANTIZED:
+        if not isinstance(quant, dict) or str(quant.get("dtype")) not in _QUANTIZED:
             q = quant.get("dtype") if isinstance(quant, dict) else quant
             raise ConvlensError(
                 f"weight {name!r} is quantized as {q!r}; accepted: {', '.join(_QUANTIZED)}"
@@ -304,7 +304,7 @@ def _check_layer_weights(
             raise ConvlensError(f"{where} declares {key} {value!r} but has no kernel weights")
         if key == "kernel_size":
             pair = [value, value] if isinstance(value, int) else value
-            ok = kernel.ndim == 4 and list(kernel.shape[:2]) == list(pair)
+            ok = isinstance(pair, list) and kernel.ndim == 4 and list(kernel.shape[:2]) == pair
         else:
             ok = _ints(value) == [value] and kernel.ndim > 0 and kernel.shape[-1] == value
         if not ok:
@@ -331,7 +331,18 @@ def load(source: str, opts: LoadOptions) -> Model:
     topology = doc["modelTopology"]
     named = read_weights(path.parent, doc.get("weightsManifest") or [])
     check_config_sizes(topology, named)
-    conv = convert(topology, weights_by_layer(named), input_size_override(opts.input_spec))
+    try:
+        conv = convert(topology, weights_by_layer(named), input_size_override(opts.input_spec))
+    except ConvlensError:
+        raise
+    except (TypeError, AttributeError, KeyError, IndexError, AssertionError, SyntaxError,
+            RuntimeError, ArithmeticError) as e:  # fmt: skip
+        # A safety net: a config value of the wrong type must not reach the user as a traceback.
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ConvlensError(
+            f"{str(path)!r}: the Keras config in modelTopology cannot be converted "
+            f"({type(e).__name__}: {first})"
+        ) from None
     spec = InputSpec(conv.channels, conv.height, conv.width, conv.mean, conv.std)
     known = known_classes(path)  # the published CNN Explainer model, recognised by checksum
     name = "cnn-explainer" if known else conv.name

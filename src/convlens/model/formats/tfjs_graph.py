@@ -145,6 +145,31 @@ class TFReshape(nn.Module):
         return f"shape={self.shape}" if self.shape is not None else f"squeeze={self.squeeze}"
 
 
+MAX_ACTIVATION = 1 << 28  # values in one activation of a batch-1 forward pass (1 GiB)
+
+
+def _output_bound(module: nn.Module, x: torch.Tensor) -> int:
+    """An upper bound on the values ``module(x)`` holds, known before running it."""
+    bound = max([x.numel(), *(b.numel() for b in module.buffers())])  # broadcasts
+    if x.dim() == 4 and isinstance(module, nn.Conv2d | nn.ZeroPad2d | nn.ConstantPad2d |
+                                   nn.ReflectionPad2d):  # fmt: skip
+        _, ch, h, w = x.shape
+        if isinstance(module, nn.Conv2d):
+            ph, pw = module.padding if isinstance(module.padding, tuple) else (0, 0)
+            return int(module.out_channels) * (h + 2 * int(ph)) * (w + 2 * int(pw))
+        left, right, top, bottom = (int(v) for v in module.padding)
+        return ch * (h + top + bottom) * (w + left + right)
+    return bound
+
+
+def _check_activation(node: _Node, bound: int) -> None:
+    if bound > MAX_ACTIVATION:
+        raise node.fail(
+            f"its output would hold up to {bound} values for one image, over the "
+            f"{MAX_ACTIVATION} accepted"
+        )
+
+
 def _tensor(a: Any) -> torch.Tensor:
     """An owned, writable float32 tensor (file buffers and broadcast views are read-only)."""
     return torch.from_numpy(np.array(a, dtype=np.float32, copy=True))
@@ -218,6 +243,10 @@ class _Node:
         value = self.attrs.get(key)
         return value if isinstance(value, dict) else {}
 
+    def _list(self, key: str) -> dict[str, Any]:
+        value = self._attr(key).get("list")
+        return value if isinstance(value, dict) else {}
+
     def string(self, key: str, default: str = "") -> str:
         raw = self._attr(key).get("s")
         if raw is None:
@@ -228,14 +257,16 @@ class _Node:
             raise self.fail(f"attribute {key!r} is not base64 text") from None
 
     def strings(self, key: str) -> list[str]:
-        raw = self._attr(key).get("list", {}).get("s", [])
+        raw = self._list(key).get("s", [])
+        if not isinstance(raw, list):
+            raise self.fail(f"attribute {key!r} is not a list of base64 text")
         try:
             return [base64.b64decode(str(s), validate=True).decode("utf-8") for s in raw]
         except (ValueError, UnicodeDecodeError):
             raise self.fail(f"attribute {key!r} is not a list of base64 text") from None
 
     def ints(self, key: str, default: list[int]) -> list[int]:
-        raw = self._attr(key).get("list", {}).get("i")
+        raw = self._list(key).get("i")
         if raw is None:
             return default
         try:
@@ -346,6 +377,7 @@ class _Converter:
     ) -> str:
         """Append ``out = module(src)`` named after ``node`` and compute its sample value."""
         op = Op(self.module_name(node, suffix, name or None), [src], out, module=module)
+        _check_activation(node, _output_bound(module, self.samples[src]))
         self.ops.append(op)
         with torch.no_grad():
             self.samples[out] = module.eval()(self.samples[src])
@@ -353,6 +385,12 @@ class _Converter:
 
     def emit_fn(self, node: _Node, fn: Callable[..., Any], inputs: list[str], **kw: Any) -> None:
         out = node.name
+        shapes = [tuple(self.samples[i].shape) for i in inputs]
+        if fn is _cat:
+            bound = sum(math.prod(sh) for sh in shapes)
+        else:  # elementwise: the broadcast shape
+            bound = math.prod(torch.broadcast_shapes(*shapes))
+        _check_activation(node, bound)
         self.ops.append(Op(out, inputs, out, fn=fn, kwargs=kw))
         with torch.no_grad():
             self.samples[out] = fn(*(self.samples[i] for i in inputs), **kw)
@@ -388,7 +426,10 @@ class _Converter:
                 handler(self, node)
             except ConvlensError:
                 raise
-            except (RuntimeError, ValueError, IndexError, KeyError, TypeError) as e:
+            except (
+                RuntimeError, ValueError, IndexError, KeyError, TypeError, AttributeError,
+                ArithmeticError,
+            ) as e:  # fmt: skip
                 first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 raise node.fail(f"cannot be converted: {first}") from None
         if not self.input:
@@ -440,7 +481,10 @@ def _graph_output(doc: dict[str, Any], nodes: list[_Node]) -> str:
     sig = doc.get("signature")
     outputs = sig.get("outputs") if isinstance(sig, dict) else None
     if isinstance(outputs, dict) and outputs:
-        names = [_value_name(str(v.get("name", k))) for k, v in outputs.items()]
+        names = [
+            _value_name(str(v.get("name", k) if isinstance(v, dict) else k))
+            for k, v in outputs.items()
+        ]
     else:
         used = {i for n in nodes for i in n.inputs}
         names = [n.name for n in nodes if n.op != "Const" and n.name not in used]
@@ -528,7 +572,7 @@ def _placeholder(c: _Converter, n: _Node) -> None:
         raise n.fail(f"input size {h}×{w} is over {MAX_SIDE} pixels a side")
     checked_elements((ch, h, w), what="the input image")
     c.input, c.input_shape = n.name, (ch, h, w)
-    c.samples[n.name] = torch.zeros((1, ch, h, w))
+    c.samples[n.name] = torch.zeros(1, 1, 1, 1).expand(1, ch, h, w)  # shapes only: no memory
 
 
 def _const(c: _Converter, n: _Node) -> None:
@@ -831,6 +875,8 @@ def _binary(c: _Converter, n: _Node) -> None:
         raise n.fail(f"{n.op} needs two inputs, has {len(n.inputs)}")
     a, b = (c.value(i) for i in n.inputs)
     if c.is_const(a) and c.is_const(b):
+        shape = np.broadcast_shapes(c.consts[a].shape, c.consts[b].shape)
+        checked_elements(shape, what=f"node {n.name!r}")
         c.consts[n.name] = np.asarray(_NP_BINARY[kind](c.consts[a], c.consts[b]))
         return
     if c.is_const(a) or c.is_const(b):
@@ -920,7 +966,9 @@ def _fold_bias(c: _Converter, n: _Node, src: str, bias: np.ndarray) -> bool:
 
 def _add_n(c: _Converter, n: _Node) -> None:
     if all(c.is_const(i) for i in n.inputs):
-        c.consts[n.name] = np.sum([c.consts[c.value(i)] for i in n.inputs], axis=0)
+        parts = [c.consts[c.value(i)] for i in n.inputs]
+        checked_elements(np.broadcast_shapes(*(p.shape for p in parts)), what=f"node {n.name!r}")
+        c.consts[n.name] = sum(parts[1:], parts[0])
         return
     xs = [c.act(n, i, rank=None) for i in range(len(n.inputs))]
     if len({c.samples[x].dim() for x in xs}) != 1:
