@@ -60,8 +60,8 @@ HOSTILE_VALUES = st.one_of(
     st.none(),
     st.booleans(),
     st.lists(st.integers(-3, 10**9), max_size=5),
-    st.just({}),
-    st.just([[[[[[[[[[[[]]]]]]]]]]]]),
+    st.builds(dict),  # fresh objects: a shared one mutated later would make draws flaky
+    st.builds(lambda: [[[[[[[[[[[[]]]]]]]]]]]]),
 )
 
 
@@ -154,6 +154,9 @@ KNOWN: dict[tuple[str, str], str] = {
     ("UnicodeDecodeError", "model/formats/torch_formats.py:_zip_names"): "test_zip_bad_name",
     ("BadZipFile", "model/formats/keras.py:is_keras_zip"): "test_keras_bad_central_directory",
     ("TypeError", "model/formats/tfjs.py:read_weights"): "test_tfjs_weight_path_not_a_string",
+    ("AttributeError", "model/formats/tfjs.py:read_weights"): "test_tfjs_weight_path_not_a_string",
+    ("TypeError", "model/formats/onnx_format.py:ints"): "test_onnx_attribute_of_another_type",
+    ("ValueError", "model/formats/keras_layers.py:_pair"): "test_keras_hostile_config",
 }
 COLLECT = os.environ.get("CONVLENS_FUZZ_COLLECT")  # a file: record failures, do not raise
 
@@ -539,6 +542,21 @@ def test_onnx_conv_attribute(value: int, seeds: dict[str, Path], tmp_path: Path)
     _fuzz_file(tmp_path, "m.onnx", blob, known_ok=False)
 
 
+def _pads_as_one_int(proto: Any) -> None:
+    onnx = pytest.importorskip("onnx")
+    for attr in proto.graph.node[0].attribute:
+        if attr.name == "pads":
+            attr.type = onnx.AttributeProto.INT  # a single int where a list is expected
+            attr.i = 1
+
+
+@_bug(
+    "onnx_format._Node.ints: an attribute of another type (INT for INTS) is a TypeError", TypeError
+)
+def test_onnx_attribute_of_another_type(seeds: dict[str, Path], tmp_path: Path) -> None:
+    _fuzz_file(tmp_path, "m.onnx", _onnx_with(seeds["onnx"], _pads_as_one_int), known_ok=False)
+
+
 def _rename_output(proto: Any) -> None:
     proto.graph.node[2].output[0] = "renamed"
 
@@ -574,6 +592,7 @@ KERAS_CONFIG_BUGS: dict[str, Callable[[list[Any]], None]] = {
     "input-2**40": lambda layers: layers[0]["config"].__setitem__(
         "batch_shape", [None, 2**40, 8, 1]
     ),
+    "kernel-a-string": lambda layers: layers[1]["config"].__setitem__("kernel_size", ["", 3]),
 }
 
 
@@ -620,12 +639,19 @@ def test_pt2_bad_member_crc(seeds: dict[str, Path], tmp_path: Path) -> None:
     _fuzz_file(tmp_path, "m.pt2", bytes(blob), known_ok=False)
 
 
-@_bug("tfjs.read_weights: a weightsManifest path that is not a string is a TypeError", TypeError)
-def test_tfjs_weight_path_not_a_string(tfjs_seed: Path, tmp_path: Path) -> None:
+TFJS_MANIFEST_BUGS: dict[str, Callable[[list[Any]], None]] = {
+    "path-null": lambda manifest: manifest[0]["paths"].__setitem__(0, None),
+    "group-a-number": lambda manifest: manifest.__setitem__(0, 5),
+}
+
+
+@_bug("tfjs.read_weights: manifest entries of the wrong type", TypeError, AttributeError)
+@pytest.mark.parametrize("bug", sorted(TFJS_MANIFEST_BUGS))
+def test_tfjs_weight_path_not_a_string(bug: str, tfjs_seed: Path, tmp_path: Path) -> None:
     for shard in tfjs_seed.glob("*.bin"):
         os.symlink(shard, tmp_path / shard.name)
     doc = json.loads((tfjs_seed / "model.json").read_text())
-    doc["weightsManifest"][0]["paths"][0] = None
+    TFJS_MANIFEST_BUGS[bug](doc["weightsManifest"])
     _fuzz_file(tmp_path, "model.json", json.dumps(doc).encode(), known_ok=False)
 
 
