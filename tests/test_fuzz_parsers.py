@@ -157,6 +157,14 @@ KNOWN: dict[tuple[str, str], str] = {
     ("AttributeError", "model/formats/tfjs.py:read_weights"): "test_tfjs_weight_path_not_a_string",
     ("TypeError", "model/formats/onnx_format.py:ints"): "test_onnx_attribute_of_another_type",
     ("ValueError", "model/formats/keras_layers.py:_pair"): "test_keras_hostile_config",
+    ("TypeError", "model/formats/keras_layers.py:_dense"): "test_keras_hostile_config",
+    ("KeyError", "model/formats/keras_layers.py:_layer_list"): "test_keras_hostile_config",
+    ("TypeError", "model/formats/keras_layers.py:_input_shape"): "test_keras_hostile_config",
+    ("ValueError", "model/formats/keras_layers.py:convert"): "test_keras_hostile_config",
+    # Seen twice in 500 long-mode examples; no hand-made input reproduces it yet.
+    ("TypeError", "model/formats/keras_layers.py:add"): "(none yet: see docs/reliability.md)",
+    ("TypeError", "model/formats/onnx_format.py:_flatten"): "test_onnx_attribute_of_another_type",
+    ("ValueError", "model/formats/onnx_format.py:_flatten"): "test_onnx_attribute_of_another_type",
 }
 COLLECT = os.environ.get("CONVLENS_FUZZ_COLLECT")  # a file: record failures, do not raise
 
@@ -593,6 +601,12 @@ KERAS_CONFIG_BUGS: dict[str, Callable[[list[Any]], None]] = {
         "batch_shape", [None, 2**40, 8, 1]
     ),
     "kernel-a-string": lambda layers: layers[1]["config"].__setitem__("kernel_size", ["", 3]),
+    "dense-units-null": lambda layers: layers[4]["config"].__setitem__("units", None),
+    "no-layers-list": lambda layers: None,  # the list itself is removed (see the test)
+    "input-shape-a-number": lambda layers: layers[0]["config"].__setitem__("batch_shape", 5),
+    "input-shape-a-word": lambda layers: layers[0]["config"].__setitem__(
+        "batch_shape", [None, "a", 8, 1]
+    ),
 }
 
 
@@ -602,11 +616,15 @@ KERAS_CONFIG_BUGS: dict[str, Callable[[list[Any]], None]] = {
     RuntimeError,
     ValueError,
     TypeError,
+    KeyError,
 )
 @pytest.mark.parametrize("bug", sorted(KERAS_CONFIG_BUGS))
 def test_keras_hostile_config(bug: str, seeds: dict[str, Path], tmp_path: Path) -> None:
     config = _keras_config(seeds)
-    KERAS_CONFIG_BUGS[bug](config["config"]["layers"])
+    if bug == "no-layers-list":
+        del config["config"]["layers"]
+    else:
+        KERAS_CONFIG_BUGS[bug](config["config"]["layers"])
     blob = _zip_with(seeds["keras"], "config.json", json.dumps(config).encode())
     _fuzz_file(tmp_path, "m.keras", blob, known_ok=False)
 
