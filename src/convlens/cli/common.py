@@ -13,7 +13,9 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Annotated, Any, TypeVar
@@ -147,6 +149,20 @@ def classes_file(path: str) -> list[str]:
     return read_classes(p)
 
 
+def refuse_special_file(source: str) -> None:
+    """A model path that exists must be a plain file or a folder: a reader forced with
+    ``--format`` would otherwise open a FIFO and wait forever for a writer."""
+    try:
+        st = os.stat(source)
+    except (OSError, ValueError):
+        return  # not a path (a zoo name, "demo") or missing: load_model explains
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise ConvlensError(
+            f"model {source!r} is not a regular file or folder (a FIFO, socket or device); "
+            "accepted: a model file or a checkpoint folder"
+        )
+
+
 def open_model(
     source: str,
     arch: str | None = None,
@@ -165,6 +181,7 @@ def open_model(
     Naming a downloadable model (``cnn-explainer``) on the command line is the request to
     fetch it, so ``download`` is on unless a caller turns it off.
     """
+    refuse_special_file(source)
     options: dict[str, Any] = {"trust_pickle": trust_pickle, "download": True, **extra}
     if arch:
         options["arch"] = arch

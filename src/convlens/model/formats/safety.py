@@ -21,6 +21,7 @@ import json
 import os
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -71,9 +72,9 @@ def read_bounded(path: str | os.PathLike[str], limit: int, what: str = "model fi
     if size > limit:
         raise ConvlensError(f"{what} {str(p)!r} is {size} bytes; at most {limit} are accepted")
     with p.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:  # the file grew between stat and read
-        raise ConvlensError(f"{what} {str(p)!r} is over {limit} bytes")
+        data = f.read(size + 1)  # the stat size, not the limit: no 64 MB buffer per small file
+    if len(data) > size:
+        raise ConvlensError(f"{what} {str(p)!r} grew while it was read; refused")
     return data
 
 
@@ -220,8 +221,12 @@ def read_member(zf: zipfile.ZipFile, name: str, limit: int) -> bytes:
         raise ConvlensError(f"the archive has no member {name!r}") from None
     if info.file_size > limit:
         raise ConvlensError(f"archive member {name!r} is {info.file_size} bytes; limit {limit}")
-    with zf.open(info) as f:
-        data = f.read(limit + 1)
+    try:
+        with zf.open(info) as f:
+            data = f.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError) as e:
+        # a bad CRC, a truncated or corrupt deflate stream, an unsupported compression method
+        raise ConvlensError(f"archive member {name!r} cannot be read: {e}") from None
     if len(data) > limit:
         raise ConvlensError(f"archive member {name!r} is larger than its header says; refused")
     return data
