@@ -20,6 +20,7 @@ makes them noisy.
 
     .venv/bin/python benchmarks/explain.py                 # everything, JSON + table
     .venv/bin/python benchmarks/explain.py --models tiny --sweep
+    .venv/bin/python benchmarks/explain.py --occlusion-goal --threads 1   # issue #15's rows
 """
 
 from __future__ import annotations
