@@ -20,6 +20,7 @@ makes them noisy.
 
     .venv/bin/python benchmarks/explain.py                 # everything, JSON + table
     .venv/bin/python benchmarks/explain.py --models tiny --sweep
+    .venv/bin/python benchmarks/explain.py --occlusion-goal --threads 1   # issue #15's rows
 """
 
 from __future__ import annotations
@@ -320,6 +321,82 @@ def sweep(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- occlusion goal
+
+# Issue #15's setting: (model key, image size, batch, window, stride)
+OCCLUSION_GOAL = {"resnet": (224, 2, 32, 16), "tiny": (64, 32, 8, 4)}
+
+
+def occlusion_goal(model: Any, key: str, repeat: int) -> dict[str, Any]:
+    """Occlusion side by side on the same model and images: ours exact (incremental), ours
+    approximate (default and ``tau=0.4``), ours with full passes, Captum's default
+    (``perturbations_per_eval=1``) and Captum with ``perturbations_per_eval=64``. After one
+    warm-up run of each (which also gives its peak memory) the rows run round-robin
+    ``repeat`` times; speed-ups are medians of the per-round ratios, so drift on the busy
+    machine hits both sides of a ratio alike."""
+    import warnings
+
+    import convlens
+
+    warnings.filterwarnings("ignore")
+    size, batch, window, stride = OCCLUSION_GOAL[key]
+    x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
+    if model.spec.channels != 3 or model.spec.height != size:
+        return {"skipped": f"model input is not 3×{size}×{size}"}
+    kw = {"window": window, "stride": stride}
+    target = model(x).argmax(1).tolist()
+    runs: dict[str, Callable[[], Any]] = {
+        "ours exact": lambda: convlens.explain(model, x, "occlusion", target=target, **kw),
+        "ours approx": lambda: convlens.explain(
+            model, x, "occlusion", target=target, approx=True, **kw
+        ),
+        "ours approx tau=0.4": lambda: convlens.explain(
+            model, x, "occlusion", target=target, approx=True, tau=0.4, **kw
+        ),
+        "ours full passes": lambda: convlens.explain(
+            model, x, "occlusion", target=target, incremental=False, **kw
+        ),
+    }
+    try:
+        from captum.attr import Occlusion
+    except ImportError:
+        Occlusion = None
+    if Occlusion is not None:
+        fill = model.mean.view(1, -1, 1, 1).expand_as(x).contiguous()
+
+        def captum(ppe: int) -> Callable[[], Any]:
+            return lambda: Occlusion(model).attribute(
+                x, sliding_window_shapes=(3, window, window), strides=(3, stride, stride),
+                baselines=fill, target=target, perturbations_per_eval=ppe,
+            )  # fmt: skip
+
+        runs["captum default"] = captum(1)
+        runs["captum ppe=64"] = captum(64)
+    out: dict[str, Any] = {"setting": f"{size}×{size}, batch {batch}, window {window}, "
+                           f"stride {stride}, {torch.get_num_threads()} threads"}  # fmt: skip
+    for name, fn in runs.items():  # warm-up, peak memory
+        out[name] = measure(fn, 0, f"occlusion goal {name}")
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        if ts:
+            out[name]["seconds"] = statistics.median(ts)
+            out[name]["all_seconds"] = [round(t, 3) for t in ts]
+    ratios: dict[str, float] = {}
+    for peer in ("captum default", "captum ppe=64", "ours full passes"):
+        for mine in ("ours exact", "ours approx", "ours approx tau=0.4"):
+            if times.get(peer):
+                r = [p / m for p, m in zip(times[peer], times[mine], strict=True)]
+                ratios[f"{peer} / {mine}"] = round(statistics.median(r), 2)
+    out["speed-ups"] = ratios
+    print(json.dumps(ratios, indent=1), file=sys.stderr, flush=True)
+    return out
+
+
 # --------------------------------------------------------------------------- pytorch-grad-cam
 
 PEER_SCRIPT = r"""
@@ -420,7 +497,11 @@ def table(results: dict[str, Any]) -> str:
 
 
 def main() -> None:
-    reexec_with_malloc_env()
+    if "--occlusion-goal" not in sys.argv:
+        # Not for the occlusion comparison: returning every freed block to the system makes
+        # each allocation fault its pages in again, which taxes the incremental runner's many
+        # mid-sized regions far beyond what a user sees (79 s instead of 25 s on ResNet-18).
+        reexec_with_malloc_env()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="tiny,resnet")
     ap.add_argument("--repeat", type=int, default=2)
@@ -429,11 +510,25 @@ def main() -> None:
     ap.add_argument("--sweep", action="store_true", help="occlusion chunk size × channels_last")
     ap.add_argument("--scorecam-resnet", action="store_true", help="Score-CAM on ResNet (slow)")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    ap.add_argument(
+        "--occlusion-goal",
+        action="store_true",
+        help="only issue #15's occlusion comparison (ours exact/approx vs Captum), paired",
+    )
     args = ap.parse_args()
     only = [m for m in args.methods.split(",") if m]
+    if args.threads:
+        torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
     for key in args.models.split(","):
         model, x, title = load(key)
+        if args.occlusion_goal:
+            results[key] = {
+                "title": title,
+                "occlusion goal": occlusion_goal(model, key, args.repeat),
+            }
+            continue
         res: dict[str, Any] = {"title": title, "limits": limits(model, x, args.repeat)}
         print(f"{title}", file=sys.stderr, flush=True)
         res["ours"] = ours(model, x, key, args.repeat, only, args.scorecam_resnet)

@@ -289,3 +289,15 @@ def test_projective_field_threshold_changes_the_map_and_is_chunk_independent() -
     assert not torch.allclose(a.extra["grid_logit"], exact, atol=1e-3)  # τ really cuts
     corr, _ = _quality(exact, a.extra["grid_logit"])
     assert corr > 0.3
+
+
+def test_drill_down_with_full_passes_matches_incremental() -> None:
+    """The drill-down's per-example positions give the same map through full passes."""
+    model = inception_like()
+    x = torch.rand(3, 3, 30, 30, generator=torch.Generator().manual_seed(8))
+    kw = dict(window=6, stride=2, approx=True, tau=1.0, drill=0.3, chunk_size=7)
+    a = occlusion(model, x, **kw)
+    b = occlusion(model, x, incremental=False, **kw)
+    assert a.params["incremental"] and not b.params["incremental"]
+    assert torch.equal(a.extra["evaluated"], b.extra["evaluated"])
+    torch.testing.assert_close(a.extra["grid_logit"], b.extra["grid_logit"], **TOL)

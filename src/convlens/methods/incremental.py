@@ -368,10 +368,16 @@ class Region:
     origins: list[Pair]
     boxes: list[Box]
     centers: list[Center]
+    examples: list[int] | None = None  # position i on example examples[i] only (1 row each)
 
     @property
     def count(self) -> int:
         return len(self.origins)
+
+    @property
+    def rows(self) -> int:
+        """Rows per position."""
+        return self.base.shape[0] if self.examples is None else 1
 
 
 def _first(node: torch.fx.Node) -> str:
@@ -416,9 +422,14 @@ def _gather(
 ) -> torch.Tensor:
     """``src`` read on the regions at ``starts`` (in the coordinates of ``padded``, the base
     map shifted by ``shift``): ``(n B, C, h, w)``."""
-    B = padded.shape[0]
+    B = src.rows
     h, w = size
-    out = torch.stack([padded[:, :, y : y + h, x : x + w] for y, x in starts]).flatten(0, 1)
+    if src.examples is None:
+        parts = [padded[:, :, y : y + h, x : x + w] for y, x in starts]
+    else:
+        parts = [padded[e : e + 1, :, y : y + h, x : x + w]
+                 for e, (y, x) in zip(src.examples, starts, strict=True)]  # fmt: skip
+    out = torch.stack(parts).flatten(0, 1)
     # Paste each position's change; positions with the same rectangles (all the interior
     # ones) are pasted by one indexed copy.
     groups: dict[tuple[int, ...], list[int]] = {}
@@ -529,15 +540,22 @@ class IncrementalRunner:
 
     # ---------------------------------------------------------------- occluded run
 
-    def run(self, corners: list[Pair], window: Pair, fill: torch.Tensor) -> torch.Tensor:
+    def run(
+        self,
+        corners: list[Pair],
+        window: Pair,
+        fill: torch.Tensor,
+        examples: list[int] | None = None,
+    ) -> torch.Tensor:
         """The model's output ``(n B, K)`` (row ``i B + b``) with a ``window`` at each
-        ``(top, left)`` of ``corners`` set to ``fill`` ``(C, 1, 1)`` (pixel units)."""
+        ``(top, left)`` of ``corners`` set to ``fill`` ``(C, 1, 1)`` (pixel units); with
+        ``examples``, ``(n, K)``: corner ``i`` on example ``examples[i]`` only."""
         env: dict[str, Any] = {}
         whole: dict[str, torch.Tensor] = {}  # regions made whole, once per node
         result: Any = None
         for i, node in enumerate(self.nodes):
             if node.op == "placeholder":
-                env[node.name] = self._input_region(node.name, corners, window, fill)
+                env[node.name] = self._input_region(node.name, corners, window, fill, examples)
             elif node.op == "output":
                 result = self._dense(node, env, whole, lambda a, k: a[0])
             else:
@@ -549,10 +567,16 @@ class IncrementalRunner:
         return result
 
     def _input_region(
-        self, name: str, corners: list[Pair], window: Pair, fill: torch.Tensor
+        self,
+        name: str,
+        corners: list[Pair],
+        window: Pair,
+        fill: torch.Tensor,
+        examples: list[int] | None,
     ) -> Region:
         base = self.bases[name]
         B, C = base.shape[:2]
+        B = B if examples is None else 1
         value = ((fill - self.model.mean[0]) / self.model.std[0]).to(base)
         patch = value.view(1, C, 1, 1).expand(len(corners) * B, C, *window).contiguous()
         kh, kw = window
@@ -562,6 +586,7 @@ class IncrementalRunner:
             list(corners),
             [(t, left, t + kh, left + kw) for t, left in corners],
             [(t + (kh - 1) / 2, left + (kw - 1) / 2) for t, left in corners],
+            examples,
         )
 
     def _step(self, node: torch.fx.Node, env: dict[str, Any], whole: dict[str, Any]) -> Any:
@@ -632,17 +657,18 @@ class IncrementalRunner:
         if (oh, ow) == win.out and self.tau is None and _is_whole(src):
             # the change fills the map here: run the layer itself on the occluded maps
             module = self.modules[str(node.target)]
-            return Region(self.bases[node.name], module(src.patch), starts, cones, centers)
+            out = module(src.patch)
+            return Region(self.bases[node.name], out, starts, cones, centers, src.examples)
         sh, sw = win.stride
         ih, iw = (oh - 1) * sh + win.span(0), (ow - 1) * sw + win.span(1)
         corners = [(y * sh, x * sw) for y, x in starts]
         region = _gather(src, padded, (win.pad[0], win.pad[2]), corners, (ih, iw))
         out = op.apply(region)
         if op.divisor is not None:
-            B = src.base.shape[0]
+            B = src.rows
             d = torch.stack([op.divisor[0, :, y : y + oh, x : x + ow] for y, x in starts])
             out = (out.unflatten(0, (-1, B)) / d.unsqueeze(1).to(out)).flatten(0, 1)
-        return Region(self.bases[node.name], out, starts, cones, centers)
+        return Region(self.bases[node.name], out, starts, cones, centers, src.examples)
 
     def _pad(self, node: torch.fx.Node, src: Region) -> Region:
         left, _, top, _ = _pads4(self.modules[str(node.target)].padding)
@@ -652,6 +678,7 @@ class IncrementalRunner:
             [(y + top, x + left) for y, x in src.origins],
             [(b[0] + top, b[1] + left, b[2] + top, b[3] + left) for b in src.boxes],
             [(c[0] + top, c[1] + left) for c in src.centers],
+            src.examples,
         )
 
     def _aligned(self, node: torch.fx.Node, env: dict[str, Any], kind: str) -> Region | None:
@@ -690,7 +717,8 @@ class IncrementalRunner:
                 (node.args, node.kwargs),
                 lambda n: src.patch if isinstance(env[n.name], Region) else env[n.name],
             )
-            return Region(base, fn(*args[0], **args[1]), src.origins, src.boxes, src.centers)
+            out = fn(*args[0], **args[1])
+            return Region(base, out, src.origins, src.boxes, src.centers, src.examples)
         n = regions[0].count
         boxes = []
         centers = []
@@ -726,7 +754,8 @@ class IncrementalRunner:
 
         args = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: env[n.name])
         args = torch.fx.node.map_aggregate(args, on_region)
-        return Region(base, fn(*args[0], **args[1]), starts, boxes, centers)
+        out = fn(*args[0], **args[1])
+        return Region(base, out, starts, boxes, centers, regions[0].examples)
 
     def _out_of_place(self, node: torch.fx.Node) -> Callable[..., Any]:
         """The node's computation; in-place ops become out of place (a region's patch may be

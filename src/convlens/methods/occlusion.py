@@ -225,6 +225,7 @@ class Occlusion(Method):
         tgt: Target,
         positions: list[tuple[int, int]],
         tau: float | None = None,
+        runner: IncrementalRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Target logit and probability with each window filled: two ``(B, L)`` tensors
         (``tau``: the approximate mode's cap on changed regions, incremental runs only)."""
@@ -233,7 +234,8 @@ class Occlusion(Method):
         kh, kw = self.window
         per_chunk = max(1, self.chunk_size // B)
         logits, probs = [], []
-        runner = IncrementalRunner(self.model, self.plan, x, tau) if self.plan else None
+        if runner is None and self.plan is not None:
+            runner = IncrementalRunner(self.model, self.plan, x, tau)
         for w0, w1 in chunks(len(positions), per_chunk):
             n = w1 - w0
             rows = torch.arange(B).repeat_interleave(n)  # example-major
@@ -273,7 +275,10 @@ class Occlusion(Method):
         nh, nw = grid
         rows, cols = coarse_indices(nh, self.coarse), coarse_indices(nw, self.coarse)
         picked = [r * nw + c for r in rows for c in cols]
-        logit_c, prob_c = self.occluded_scores(x, tgt, [positions[i] for i in picked], self.tau)
+        runner = IncrementalRunner(self.model, self.plan, x, self.tau) if self.plan else None
+        logit_c, prob_c = self.occluded_scores(
+            x, tgt, [positions[i] for i in picked], self.tau, runner
+        )
         Ar, Ac = interpolation_matrix(rows, nh).to(x), interpolation_matrix(cols, nw).to(x)
 
         def spread(v: torch.Tensor) -> torch.Tensor:  # (B, len(rows) len(cols)) -> (B, L)
@@ -284,24 +289,44 @@ class Occlusion(Method):
         evaluated[:, picked] = True
         measure = logit if self.measure == "logit" else prob
         extra = round(self.drill * (nh * nw - len(picked)))
-        for b in range(B):
-            if extra == 0:
-                break
-            order = torch.argsort(
-                torch.where(evaluated[b], -1.0, (base[b] - measure[b]).abs()),
-                descending=True,
-            )
-            chosen = order[:extra].tolist()
-            sub = Target(
-                tgt.indices[b : b + 1] if tgt.indices is not None else None,
-                tgt.fn,
-                tgt.log_output,
-            )
-            lo, pr = self.occluded_scores(x[b : b + 1], sub, [positions[i] for i in chosen],
-                                          self.tau)  # fmt: skip
-            logit[b, chosen], prob[b, chosen] = lo[0], pr[0]
-            evaluated[b, chosen] = True
+        if extra == 0:
+            return logit, prob, evaluated.view(B, nh, nw)
+        importance = torch.where(evaluated, -1.0, (base[:, None] - measure).abs())
+        chosen = torch.argsort(importance, dim=1, descending=True)[:, :extra]  # (B, extra)
+        examples = torch.arange(B).repeat_interleave(extra).tolist()
+        flat = chosen.flatten().tolist()
+        lo, pr = self.pair_scores(x, tgt, examples, [positions[i] for i in flat], runner)
+        logit[examples, flat], prob[examples, flat] = lo, pr
+        evaluated[examples, flat] = True
         return logit, prob, evaluated.view(B, nh, nw)
+
+    def pair_scores(
+        self,
+        x: torch.Tensor,
+        tgt: Target,
+        examples: list[int],
+        corners: list[tuple[int, int]],
+        runner: IncrementalRunner | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Target logit and probability ``(N,)`` of example ``examples[i]`` with the window
+        at ``corners[i]`` filled (positions that differ between examples, in one batch)."""
+        fill = self.fill_value(x.shape[1]).to(x)
+        kh, kw = self.window
+        logits, probs = [], []
+        for r0, r1 in chunks(len(corners), self.chunk_size):
+            rows = torch.tensor(examples[r0:r1])
+            if runner is not None:
+                o = runner.run(corners[r0:r1], self.window, fill, examples[r0:r1])
+            else:
+                batch = x[rows]
+                for i, (t, left) in enumerate(corners[r0:r1]):
+                    batch[i, :, t : t + kh, left : left + kw] = fill
+                if self.channels_last:
+                    batch = batch.contiguous(memory_format=torch.channels_last)
+                o = self.model(batch)
+            logits.append(tgt.score(o, rows))
+            probs.append(tgt.probability(o, rows))
+        return torch.cat(logits), torch.cat(probs)
 
     def spread(self, grid: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Per-window drops ``(B, nh, nw)`` to pixels ``(B, 1, H, W)``: the mean over the
