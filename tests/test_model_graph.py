@@ -237,3 +237,17 @@ def test_notebook_html_lists_every_layer() -> None:
     page = model._repr_html_()
     assert page.count("<tr>") == len(model.graph) + 1  # header + one row per layer
     assert "does not tile" in page and "1,600 parameters" in page
+
+
+def test_probabilities_keep_a_loaded_eval_net_in_eval_mode() -> None:
+    """A net handed over in eval mode stays there: its batch norm keeps using running
+    statistics, so two calls on one image agree (batch statistics of a batch of one differ)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(3))
+    net(torch.rand(2, 1, 6, 6))  # materialise the lazy layer
+    net.eval()
+    model = Model(net, InputSpec(1, 6, 6))
+    x = torch.rand(1, 1, 6, 6)
+    first = model.probabilities(x)
+    assert not net.training and not model.training
+    assert torch.equal(model.probabilities(x), first)

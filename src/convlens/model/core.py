@@ -75,6 +75,10 @@ class Model(nn.Module):
                 f"{len(classes)} class names given but the model has {n_out} outputs"
             )
         self.classes = list(classes)
+        # The wrapper takes the network's mode: a loader hands over an eval-mode net, and
+        # ``probabilities`` restores ``self.training``, which would otherwise put it (and its
+        # batch norms) back into training mode after the first call.
+        self.train(net.training)
 
     # -------------------------------------------------------------- running
 
