@@ -72,3 +72,25 @@ def test_errors_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[
     torch.save(build("tiny-vgg:input_size=32").net, whole)
     assert main(["summary", str(whole), "--arch", "tiny-vgg:input_size=32"]) == 2
     assert "--trust-pickle" in capsys.readouterr().err
+
+
+def test_an_unforeseen_reader_error_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The last line of defence: a library error escaping a reader (here an IndexError from
+    inside the ONNX reader) reaches the user as one line naming the reader and file, exit 2."""
+    import dataclasses
+
+    from convlens.model import load as load_module
+
+    def broken(source: str, opts: object) -> None:
+        raise IndexError("list index out of range")
+
+    onnx = dataclasses.replace(load_module.FORMATS.get("onnx"), load=broken)
+    monkeypatch.setattr(load_module.FORMATS, "get", lambda name: onnx)
+    path = tmp_path / "net.onnx"
+    path.write_bytes(b"\x08\x07")
+    assert main(["summary", str(path), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "onnx reader could not convert" in err and "IndexError" in err
+    assert "Traceback" not in err and len(err.splitlines()) == 1

@@ -340,3 +340,17 @@ def test_tensor_operators_between_layers(tmp_path: Path) -> None:
     model = keras.Model(inp, out, name="ops")
     randomize(model)
     check(tmp_path, model, inputs(6, 6, 3))
+
+
+def test_layers_named_like_python_keywords(tmp_path: Path) -> None:
+    """Keras accepts any layer name; ``def`` and ``None`` made torch.fx's generated code fail
+    to parse (``self.def(x)``). They load, with a ``_`` added, and match Keras."""
+    i = keras.Input((8, 8, 3))
+    a = layers.Conv2D(2, 3, name="true")(i)
+    b = layers.Conv2D(2, 3, name="def")(i)
+    x = layers.Add(name="None")([a, b])
+    x = layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(i, layers.Dense(3, name="class")(x), name="keywords")
+    randomize(model)
+    (conv, _) = check(tmp_path, model, inputs(8, 8, 3))
+    assert {"true", "def_", "class_"} <= set(dict(conv.net.named_children()))

@@ -258,5 +258,27 @@ def load_model(
             f"weights= (--weights) applies to zoo architectures ({', '.join(ZOO.names())}); "
             f"{src!r} is a {name} model"
         )
-    model = FORMATS.get(name).load(src, opts)
+    model = _read_untrusted(name, src, opts)
     return _apply_overrides(model, replace(opts, classes=classes))
+
+
+def _read_untrusted(name: str, src: str, opts: LoadOptions) -> Model:
+    """Run a format's reader; whatever escapes it unplanned still ends in one line.
+
+    Every reader validates before it allocates and raises :class:`ConvlensError` for what it
+    refuses; this is the last line of defence for a hostile file that reaches an unforeseen
+    path (a torch, numpy or h5py error deep inside a conversion), so that the CLI and the
+    server answer with one line naming the file and the reader instead of a traceback.
+    """
+    reader = FORMATS.get(name)
+    try:
+        return reader.load(src, opts)
+    except ConvlensError:
+        raise
+    except Exception as e:  # any library error from a hostile file
+        raise ConvlensError(
+            f"the {name} reader could not convert {src!r}: {type(e).__name__}: "
+            f"{str(e).splitlines()[0][:300] if str(e) else 'no message'} (the file is damaged "
+            "or uses something convlens does not support; if it loads in its own runtime, "
+            "please report it)"
+        ) from e

@@ -15,10 +15,11 @@ operations in order, with the modules at their qualified names (``layer1.0.conv1
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch.fx
@@ -93,6 +94,18 @@ def drop_final_softmax(ops: list[Op], output: str) -> tuple[str, bool]:
     return output, False
 
 
+def safe_target(name: str) -> str:
+    """A module path that generated Python code can spell: keyword segments get a ``_``.
+
+    A file may name a layer ``def`` or ``None`` (Keras allows any string); ``torch.fx`` writes
+    ``self.def(x)`` into the code it generates, which does not parse.
+
+    >>> safe_target("block.def.conv")
+    'block.def_.conv'
+    """
+    return ".".join(f"{seg}_" if keyword.iskeyword(seg) else seg for seg in name.split("."))
+
+
 def assemble(
     source: str | list[str],
     ops: list[Op],
@@ -106,6 +119,7 @@ def assemble(
     the module, named after their key, which must be a Python identifier.
     """
     consts = consts or {}
+    ops = [replace(op, name=safe_target(op.name)) if op.module is not None else op for op in ops]
     sources = [source] if isinstance(source, str) else list(source)
     simple = isinstance(output, str) and len(sources) == 1 and not consts
     if simple and _is_chain(sources[0], ops, output):  # type: ignore[arg-type]
