@@ -103,12 +103,12 @@ CASES: list[tuple[list[str], str]] = [
     (["explain", "IMG", "--method", "smoothgrad", "-p", "noise=nan", "-o", "OUT"], "noise"),
     (
         ["explain", "IMG", "--method", "smoothgrad", "-p", "n_samples=1000000000", "-o", "OUT"],
-        "an integer in 1..10000",
+        "n_samples must be a positive integer (1..",
     ),
     (["explain", "IMG", "--method", "occlusion", "-p", "window=-3", "-o", "OUT"], "1..4096"),
     (
         ["explain", "IMG", "--method", "integrated-gradients", "-p", "n_steps=2.5", "-o", "OUT"],
-        "an integer in 1..10000",
+        "n_steps must be an integer in 2..",
     ),
     (["explain", "IMG", "-o", "FILE"], "not a folder"),
     (["explain", "IMG", "--method", ",", "-o", "OUT"], "no method"),

@@ -13,19 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from convlens.errors import ConvlensError
+from convlens.methods.base import Method, check_params
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit; torch's are wider
-# Default bounds of explanation-method parameters, by name, used until a method class
-# declares its own (a ``param_bounds`` mapping name -> (lo, hi) on the class).
-METHOD_PARAM_BOUNDS: dict[str, tuple[float, float]] = {
-    "n_samples": (1, 10_000),
-    "n_steps": (1, 10_000),
-    "chunk_size": (1, 4096),
-    "noise": (0.0, 10.0),
-    "seed": (0, SEED_MAX),
-    "window": (1, 4096),
-    "stride": (1, 4096),
-}
 
 
 def _fmt(v: int) -> str:
@@ -80,27 +70,16 @@ def seed(value: int, flag: str = "--seed") -> int:
     return int(in_range(flag, value, 0, SEED_MAX))
 
 
-def method_bounds(method_cls: type) -> dict[str, tuple[float, float]]:
-    """The numeric bounds of a method's parameters: the class's own, else the defaults."""
-    own = getattr(method_cls, "param_bounds", None) or {}
-    return METHOD_PARAM_BOUNDS | dict(own)
-
-
-def check_method_param(method: str, method_cls: type, name: str, value: Any) -> Any:
-    """A ``--param`` value for ``method``: numbers finite and within the parameter's bounds."""
-    values = value if isinstance(value, tuple) else (value,)
-    bounds = method_bounds(method_cls).get(name)
-    for v in values:
-        if isinstance(v, bool) or not isinstance(v, int | float):
-            continue
-        flag = f"--param {method}.{name}"
-        if bounds is None:
-            in_range(flag, v)  # at least finite
-            continue
-        lo, hi = bounds
-        if isinstance(lo, int) and isinstance(hi, int) and not isinstance(v, int):
-            raise ConvlensError(f"{flag} must be {describe_range(lo, hi, integer=True)}, got {v}")
-        in_range(flag, v, lo, hi)
+def check_method_param(method: str, method_cls: type[Method], name: str, value: Any) -> Any:
+    """A ``--param`` value for ``method``: within the bound its class declares
+    (``Method.bounds``, the same check the API and the server make), else at least finite."""
+    bound = method_cls.bounds.get(name)
+    if bound is not None:
+        check_params(method_cls, {name: value})
+        return value
+    for v in value if isinstance(value, tuple) else (value,):
+        if not isinstance(v, bool) and isinstance(v, int | float):
+            in_range(f"--param {method}.{name}", v)
     return value
 
 

@@ -113,6 +113,9 @@ class Occlusion(Method):
         "stride": Bound(1, 4096, integer=True, items=2),
         "fill": Bound(-1000, 1000, choices=("mean",), items=64),  # pixel units, or per channel
         "chunk_size": Bound(1, 4096, integer=True),
+        "tau": Bound(0.01, 1),  # the approximate mode's cap, a fraction of each map
+        "drill": Bound(0, 1),  # the fraction of positions refined after the coarse pass
+        "coarse": Bound(1, 64, integer=True),  # the coarse pass's stride factor
     }
 
     def __init__(

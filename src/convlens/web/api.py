@@ -241,7 +241,7 @@ def build_router(state: ServerState) -> APIRouter:
         declared = request.headers.get("content-length")
         with state.upload_slots():  # a bounded number of bodies in memory at once
             body = await read_body(
-                request.stream(), limit, int(declared) if declared and declared.isdigit() else None
+                request.stream(), limit, int(declared) if declared and declared.isascii() and declared.isdigit() else None
             )
 
             def work() -> dict[str, Any]:  # parsing and decoding: on the bounded decode pool
