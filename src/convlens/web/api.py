@@ -238,11 +238,10 @@ def build_router(state: ServerState) -> APIRouter:
     async def post_image(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
         limit = state.config.max_upload_bytes + MULTIPART_OVERHEAD
-        declared = request.headers.get("content-length")
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isascii() and declared.isdigit() else None  # not "²"
         with state.upload_slots():  # a bounded number of bodies in memory at once
-            body = await read_body(
-                request.stream(), limit, int(declared) if declared and declared.isascii() and declared.isdigit() else None
-            )
+            body = await read_body(request.stream(), limit, size)
 
             def work() -> dict[str, Any]:  # parsing and decoding: on the bounded decode pool
                 data = multipart_file(body, content_type)
