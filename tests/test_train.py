@@ -37,6 +37,7 @@ from convlens.train.augment import (
     course_augment,
     random_crop,
     random_hflip,
+    with_overrides,
 )
 from convlens.train.datasets import Fitted, Subset
 from convlens.train.loop import STATE_FILE, epoch_order, lr_factor
@@ -160,6 +161,10 @@ def test_affine_augment_seeded_batched_and_identity_when_off() -> None:
     ref = random_hflip(random_crop(x, 1, g), g)
     assert torch.equal(old(x, torch.Generator().manual_seed(2)), ref)
     assert "rotation ±15°" in course_augment((1, 28, 28)).describe()
+    base = Augment(crop_padding=2, hflip=True)
+    assert with_overrides(base, rotation=20.0, hflip=None) == Augment(2, True, rotation=20.0)
+    with pytest.raises(ConvlensError, match="unknown augmentation 'spin'"):
+        with_overrides(base, spin=3)
     for bad, match in ((dict(rotation=200), "rotation"), (dict(zoom=1.0), "zoom"),
                        (dict(shear=-1), "shear"), (dict(fill="wrap"), "nearest")):  # fmt: skip
         with pytest.raises(ConvlensError, match=match):

@@ -28,7 +28,7 @@ torch.Size([4, 1, 28, 28])
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import torch
@@ -146,6 +146,22 @@ def course_augment(shape: tuple[int, ...]) -> Augment:
     jitter = 0.2 if shape[0] == 3 else 0.0
     return Augment(hflip=True, rotation=15.0, zoom=0.1, shear=10.0, translate=0.1,
                    brightness=jitter, contrast=jitter, saturation=jitter)  # fmt: skip
+
+
+def with_overrides(base: Augment, **changes: Any) -> Augment:
+    """``base`` with the fields given (not ``None``) replaced, checked like any ``Augment``;
+    for command lines whose flags default to "what the preset says".
+
+    >>> with_overrides(Augment(hflip=True), rotation=10.0, zoom=None).describe()
+    'horizontal flips, rotation ±10°'
+    """
+    names = {f.name for f in fields(Augment)}
+    unknown = sorted(set(changes) - names)
+    if unknown:
+        raise ConvlensError(
+            f"unknown augmentation {unknown[0]!r}; accepted: {', '.join(sorted(names))}"
+        )
+    return replace(base, **{k: v for k, v in changes.items() if v is not None})
 
 
 def random_crop(x: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
