@@ -22,7 +22,7 @@ from PIL import Image, ImageDraw
 
 from convlens.data.base import ImageDataset
 from convlens.errors import ConvlensError
-from convlens.io.atomic import ensure_writable_dir, write_text_atomic
+from convlens.io.atomic import output_set, write_text_atomic
 from convlens.io.color import Scale, colorize
 from convlens.io.figure import (
     BACKGROUND,
@@ -219,13 +219,18 @@ def write_report(
     data: ImageDataset, ev: Evaluation, out: str | os.PathLike[str], wrong: int = 16
 ) -> list[Path]:
     """``metrics.json``, ``confusion.png`` and (when anything is wrong) ``wrong.png`` in
-    ``out``; returns the files written."""
-    folder = ensure_writable_dir(out)
-    written = [folder / "metrics.json", folder / "confusion.png"]
-    write_text_atomic(written[0], json.dumps(ev.to_dict(), indent=2) + "\n")
-    save_png(confusion_figure(ev), written[1])
+    ``out``, all written together (an error leaves the folder as it was); returns the files
+    written."""
+    names = ["metrics.json", "confusion.png"]
+    confusion = confusion_figure(ev)
     fig = wrong_figure(data, ev, wrong) if wrong else None
-    if fig is not None:
-        written.append(folder / "wrong.png")
-        save_png(fig, written[-1])
-    return written
+    with output_set(out) as stage:
+        write_text_atomic(stage / names[0], json.dumps(ev.to_dict(), indent=2) + "\n")
+        save_png(confusion, stage / names[1])
+        if fig is not None:
+            names.append("wrong.png")
+            save_png(fig, stage / names[-1])
+    folder = Path(out)
+    if fig is None:
+        (folder / "wrong.png").unlink(missing_ok=True)  # not a stale picture of another run
+    return [folder / n for n in names]
