@@ -16,7 +16,7 @@ from convlens.data import TensorImages, open_dataset
 from convlens.errors import ConvlensError
 from convlens.model import build, load_model
 from convlens.model.checkpoint import save_checkpoint
-from convlens.train.evaluate import confusion_figure, evaluate_model
+from convlens.train.evaluation import confusion_figure, evaluate_model
 
 ARCH = "tiny-vgg:in_channels=1,input_size=16,width=4,num_classes=4,padding=1"
 CLASSES = ["dark", "left", "right", "top"]

@@ -12,7 +12,7 @@ from convlens.cli.checks import in_range
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.data import open_dataset
 from convlens.train.datasets import Subset, for_model
-from convlens.train.evaluate import evaluate_model, write_report
+from convlens.train.evaluation import evaluate_model, write_report
 
 
 @with_model_flags

@@ -6,6 +6,9 @@ per-class accuracy (recall) is ``C[i, i] / Σ_j C[i, j]`` and accuracy ``Σ_i C[
 The figure colours each cell by its row-normalised value ``C[i, j] / Σ_j C[i, j]``, so a
 rare class's mistakes are as visible as a common one's. Confidence is the softmax probability
 of the predicted class.
+
+(Named ``evaluation``, not ``evaluate``: a submodule ``convlens.train.evaluate`` would replace
+the package's ``evaluate`` function, the loop's loss-and-accuracy helper, once imported.)
 """
 
 from __future__ import annotations
