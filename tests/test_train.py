@@ -30,7 +30,15 @@ from convlens.train import (
     train,
     with_classes,
 )
-from convlens.train.augment import color_jitter, random_crop, random_hflip
+from convlens.train.augment import (
+    affine_matrices,
+    apply_affine,
+    color_jitter,
+    course_augment,
+    random_crop,
+    random_hflip,
+    with_overrides,
+)
 from convlens.train.datasets import Fitted, Subset
 from convlens.train.loop import STATE_FILE, epoch_order, lr_factor
 
@@ -102,6 +110,65 @@ def test_augment_is_seeded_and_keeps_input() -> None:
     assert float(a.min()) >= 0 and float(a.max()) <= 1
     with pytest.raises(ConvlensError, match="padding"):
         Augment(crop_padding=-1)
+
+
+def test_affine_quarter_turn_and_shift_by_hand() -> None:
+    """A 90° turn is torch.rot90 (counter-clockwise as displayed), exactly on pixel centres;
+    a whole-pixel shift is torch.roll away from the wrapped border."""
+    for h in (7, 8):
+        x = torch.rand(3, 2, h, h)
+        shift = torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, -1.0]])
+        angle = torch.tensor([90.0, -90.0, 0.0])
+        theta = affine_matrices(angle, torch.ones(3), torch.zeros(3), shift, h, h)
+        out = apply_affine(x, theta, "constant")
+        torch.testing.assert_close(out[0], torch.rot90(x[0], 1, (-2, -1)), atol=1e-6, rtol=0)
+        torch.testing.assert_close(out[1], torch.rot90(x[1], -1, (-2, -1)), atol=1e-6, rtol=0)
+        # shift right by 2, up by 1: out[y, x] = in[y + 1, x − 2]; zeros flow in.
+        rolled = torch.roll(x[2], (-1, 2), (-2, -1))
+        torch.testing.assert_close(out[2, :, :-1, 2:], rolled[:, :-1, 2:], atol=1e-6, rtol=0)
+        assert float(out[2, :, :, :2].max()) < 1e-6 and float(out[2, :, -1].max()) < 1e-6
+
+
+def test_affine_matrix_maps_points_as_documented() -> None:
+    """theta sends the normalised position of p' = T·R·Sh·S·p back to that of p."""
+    g = torch.Generator().manual_seed(0)
+    B, H, W = 6, 10, 14
+    angle, scale = 60 * torch.rand(B, generator=g) - 30, 0.8 + 0.4 * torch.rand(B, generator=g)
+    shear, shift = 40 * torch.rand(B, generator=g) - 20, 4 * torch.rand(B, 2, generator=g) - 2
+    theta = affine_matrices(angle, scale, shear, shift, H, W).numpy()
+    p = np.array([2.5, -1.5])  # centred pixel coordinates (x right, y down)
+    for b in range(B):
+        a, k = math.radians(float(angle[b])), math.tan(math.radians(float(shear[b])))
+        rot = np.array([[math.cos(a), math.sin(a)], [-math.sin(a), math.cos(a)]])
+        q = rot @ np.array([[1, k], [0, 1]]) @ (float(scale[b]) * p) + shift[b].double().numpy()
+        norm = np.array([2 / W, 2 / H])
+        back = theta[b, :, :2] @ (q * norm) + theta[b, :, 2]
+        np.testing.assert_allclose(back, p * norm, atol=1e-12)
+
+
+def test_affine_augment_seeded_batched_and_identity_when_off() -> None:
+    x = torch.rand(6, 3, 12, 12)
+    x[3:] = x[:3]  # identical images must still get their own transforms
+    assert torch.equal(Augment()(x, torch.Generator().manual_seed(0)), x)
+    aug = Augment(rotation=30, zoom=0.2, shear=10, translate=0.1, vflip=True, fill="reflect")
+    a = aug(x, torch.Generator().manual_seed(4))
+    assert torch.equal(a, aug(x, torch.Generator().manual_seed(4)))
+    assert not torch.equal(a, aug(x, torch.Generator().manual_seed(5)))
+    assert not torch.allclose(a[:3], a[3:]) and float(a.min()) >= 0 and float(a.max()) <= 1
+    # runs saved before the affine fields existed draw the same numbers as before
+    old = Augment(crop_padding=1, hflip=True)
+    g = torch.Generator().manual_seed(2)
+    ref = random_hflip(random_crop(x, 1, g), g)
+    assert torch.equal(old(x, torch.Generator().manual_seed(2)), ref)
+    assert "rotation ±15°" in course_augment((1, 28, 28)).describe()
+    base = Augment(crop_padding=2, hflip=True)
+    assert with_overrides(base, rotation=20.0, hflip=None) == Augment(2, True, rotation=20.0)
+    with pytest.raises(ConvlensError, match="unknown augmentation 'spin'"):
+        with_overrides(base, spin=3)
+    for bad, match in ((dict(rotation=200), "rotation"), (dict(zoom=1.0), "zoom"),
+                       (dict(shear=-1), "shear"), (dict(fill="wrap"), "nearest")):  # fmt: skip
+        with pytest.raises(ConvlensError, match=match):
+            Augment(**bad)  # type: ignore[arg-type]
 
 
 def test_lr_schedules() -> None:

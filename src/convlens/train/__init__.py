@@ -1,6 +1,6 @@
 """Training: augmentation, the loop with checkpoints and resume, transfer learning."""
 
-from convlens.train.augment import Augment, default_augment
+from convlens.train.augment import Augment, course_augment, default_augment
 from convlens.train.loop import (
     StepInfo,
     TrainConfig,
@@ -18,6 +18,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "TrainingInterrupted",
+    "course_augment",
     "default_augment",
     "evaluate",
     "freeze_body",
