@@ -384,6 +384,26 @@ def test_cli_augment_preview(tmp_path: Path) -> None:
     assert main(["augment-preview", "-d", str(tmp_path / "imgs"), "--out", "x.jpg"]) == 2
 
 
+def test_cli_geometric_augmentation_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The Keras course's flags reach the preview and the run's stored augmentation."""
+    write_folder(tmp_path / "imgs", 8)
+    data = str(tmp_path / "imgs")
+    out = tmp_path / "p.png"
+    assert main(["augment-preview", "-d", data, "--split", "all", "--rotation", "15",
+                 "--vflip", "--zoom", "0.1", "--out", str(out)]) == 0  # fmt: skip
+    assert out.is_file()
+    assert main(["augment-preview", "-d", data, "--shear", "nan", "--out", str(out)]) == 2
+    assert "shear" in capsys.readouterr().err
+    run = tmp_path / "run"
+    args = ["train", "--model", "tiny-vgg:in_channels=3,input_size=16", "-d", data,
+            "--epochs", "1", "--rotation", "10", "--translate", "0.1", "--out", str(run)]  # fmt: skip
+    assert main(args) == 0
+    stored = json.loads((run / "model.json").read_text())["training"]["augment"]
+    assert (stored["rotation"], stored["translate"]) == (10.0, 0.1)
+
+
 def test_epoch_order_is_a_seeded_permutation() -> None:
     a, b = epoch_order(50, 0, 3), epoch_order(50, 0, 3)
     assert torch.equal(a, b) and sorted(a.tolist()) == list(range(50))

@@ -22,6 +22,7 @@ from convlens.model import Model
 from convlens.model.zoo import ZOO, build, parse_arch
 from convlens.train import Augment, StepInfo, TrainConfig, TrainingInterrupted, default_augment
 from convlens.train import train as run_training
+from convlens.train.augment import with_overrides
 from convlens.train.datasets import Subset, for_model
 from convlens.train.loop import OPTIMIZERS, SCHEDULES
 from convlens.train.transfer import with_classes
@@ -35,6 +36,19 @@ DataDirOpt = Annotated[
 ]
 DownloadOpt = Annotated[
     bool, typer.Option("--download", help="Fetch missing files from the official source.")
+]
+
+# The geometric augmentations of the Keras course (train.augment), off unless given.
+VflipOpt = Annotated[bool | None, typer.Option("--vflip/--no-vflip", help="Random vertical flips.")]
+RotationOpt = Annotated[float | None, typer.Option(help="Random rotation, ± degrees.")]
+ZoomOpt = Annotated[float | None, typer.Option(help="Random zoom: scale 1 ± this.")]
+ShearOpt = Annotated[float | None, typer.Option(help="Random shear, ± degrees.")]
+TranslateOpt = Annotated[
+    float | None, typer.Option(help="Random shift, ± this fraction of the image size.")
+]
+FillOpt = Annotated[
+    str | None,
+    typer.Option(help="What rotations and shifts bring in: nearest (Keras), constant, reflect."),
 ]
 
 
@@ -150,6 +164,12 @@ def train(
             help="Random crop and flips (+ colour jitter for RGB), see augment-preview.",
         ),
     ] = False,
+    vflip: VflipOpt = None,
+    rotation: RotationOpt = None,
+    zoom: ZoomOpt = None,
+    shear: ShearOpt = None,
+    translate: TranslateOpt = None,
+    fill: FillOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of weights, data order and augmentation.")] = 0,
     resume: Annotated[
         bool,
@@ -203,7 +223,10 @@ def train(
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=lr_schedule, seed=seed,
-        augment=default_augment(m.spec.shape) if augment else Augment(),
+        augment=with_overrides(
+            default_augment(m.spec.shape) if augment else Augment(),
+            vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill,
+        ),
         mode="feature-extraction" if freeze else "finetune" if finetune else "full",
         body_lr_scale=body_lr_scale, channels_last=channels_last,
     )  # fmt: skip
@@ -260,6 +283,12 @@ def augment_preview(
     jitter: Annotated[
         float | None, typer.Option(help="Brightness/contrast/saturation jitter strength.")
     ] = None,
+    vflip: VflipOpt = None,
+    rotation: RotationOpt = None,
+    zoom: ZoomOpt = None,
+    shear: ShearOpt = None,
+    translate: TranslateOpt = None,
+    fill: FillOpt = None,
     data_dir: DataDirOpt = None,
     download: DownloadOpt = False,
 ) -> None:
@@ -281,6 +310,9 @@ def augment_preview(
         hflip=hflip, brightness=strength, contrast=strength,
         saturation=strength if data.shape[0] == 3 else 0.0,
     )  # fmt: skip
+    aug = with_overrides(
+        aug, vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill
+    )
     pick = Subset(data, min(count, len(data)), seed)
     x, y = pick.get(range(len(pick)))
     gen = torch.Generator().manual_seed(seed)
@@ -292,20 +324,9 @@ def augment_preview(
         for i in range(len(x))
         for v in range(variants + 1)
     ]
-    title = f"{data.name} ({split}): {_describe(aug)}"
+    title = f"{data.name} ({split}): {aug.describe()}"
     save_png(grid(cells, variants + 1, labels, title=title, cell_size=72), target)
     Console(stderr=True).print(f"wrote {target}")
-
-
-def _describe(aug: Augment) -> str:
-    parts = []
-    if aug.crop_padding:
-        parts.append(f"random crop with {aug.crop_padding} px padding")
-    if aug.hflip:
-        parts.append("horizontal flips")
-    if aug.brightness or aug.contrast or aug.saturation:
-        parts.append(f"colour jitter ±{aug.brightness:.0%}")
-    return ", ".join(parts) or "no augmentation"
 
 
 def register(app: typer.Typer) -> None:
