@@ -397,8 +397,8 @@ def test_cli_geometric_augmentation_flags(
     assert main(["augment-preview", "-d", data, "--shear", "nan", "--out", str(out)]) == 2
     assert "shear" in capsys.readouterr().err
     run = tmp_path / "run"
-    args = ["train", "--model", "tiny-vgg:in_channels=3,input_size=16", "-d", data,
-            "--epochs", "1", "--rotation", "10", "--translate", "0.1", "--out", str(run)]  # fmt: skip
+    args = ["train", "--model", "tiny-vgg:in_channels=3,input_size=16", "-d", data, "--epochs",
+            "1", "--rotation", "10", "--translate", "0.1", "--out", str(run)]  # fmt: skip
     assert main(args) == 0
     stored = json.loads((run / "model.json").read_text())["training"]["augment"]
     assert (stored["rotation"], stored["translate"]) == (10.0, 0.1)
