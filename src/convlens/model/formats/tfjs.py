@@ -313,7 +313,7 @@ def _check_layer_weights(
             )
 
 
-def _metadata_classes(doc: dict[str, Any]) -> list[str] | None:
+def metadata_classes(doc: dict[str, Any]) -> list[str] | None:
     """Class names a converter put in ``userDefinedMetadata`` (``classes`` or ``labels``)."""
     meta = doc.get("userDefinedMetadata")
     if not isinstance(meta, dict):
@@ -351,7 +351,7 @@ def load(source: str, opts: LoadOptions) -> Model:
         spec,
         path,
         opts.classes,
-        file_classes=known or _metadata_classes(doc),
+        file_classes=known or metadata_classes(doc),
         name=name if name != "sequential" else path.parent.name or "tfjs-model",
         input_overrides=opts.input_spec,
     )

@@ -49,13 +49,14 @@ from torch import nn
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
-from convlens.model.formats.base import make_model, parse_class_list
+from convlens.model.formats.base import make_model
 from convlens.model.formats.keras_layers import same_padding
 from convlens.model.formats.opgraph import Op, assemble, drop_final_softmax, unique
 from convlens.model.formats.safety import Budget, checked_elements
 from convlens.model.formats.tfjs import (
     MAX_SIDE,
     MODEL_FILE,
+    metadata_classes,
     model_file,
     peek_model_json,
     read_model_json,
@@ -1098,13 +1099,6 @@ def convert_graph(
     return net, InputSpec(ch, h, w, conv.mean, conv.std)
 
 
-def _metadata_classes(doc: dict[str, Any]) -> list[str] | None:
-    meta = doc.get("userDefinedMetadata")
-    if not isinstance(meta, dict):
-        return None
-    return parse_class_list(meta.get("classes", meta.get("labels")))
-
-
 def load(source: str, opts: LoadOptions) -> Model:
     from convlens.model.formats.base import input_size_override
 
@@ -1122,7 +1116,7 @@ def load(source: str, opts: LoadOptions) -> Model:
         opts.classes,
         name=path.stem if path.name != MODEL_FILE else path.parent.name or "tfjs-graph-model",
         input_overrides=opts.input_spec,
-        file_classes=_metadata_classes(doc),
+        file_classes=metadata_classes(doc),
     )
     return model.eval()  # else Model.probabilities restores the wrapper's training mode
 
