@@ -337,6 +337,29 @@ def test_upload_updates_the_prediction(
     assert not page.errors
 
 
+def test_a_late_answer_never_overwrites_a_newer_choice(
+    explainer_server: _Server, browser: Any, tmp_path: Path
+) -> None:
+    """A sample's trace held back by the network arrives after a failed upload: the upload's
+    error stays, and the held-back prediction is not drawn over it (it was, under load)."""
+    page = _open(browser, explainer_server)
+    held: list[Any] = []
+    page.route("**/api/v1/trace?image=sample-3*", lambda route: held.append(route))
+    page.locator("#samples button").nth(3).click()
+    deadline = time.monotonic() + 10
+    while not held and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    assert held, "the sample's trace request was not made"
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    page.set_input_files("#file-input", str(bad))
+    page.wait_for_selector("#upload-error")
+    held[0].continue_()
+    page.wait_for_timeout(1500)  # the held-back trace arrives and is dropped
+    assert page.locator("#upload-error").is_visible()
+    assert page.locator("#predicted-class").count() == 0
+
+
 def test_playground_flags_a_stride_that_does_not_tile(demo_server: _Server, browser: Any) -> None:
     page = _open(browser, demo_server)
     page.fill("#pg-n", "8")

@@ -13,12 +13,15 @@ function showPair(original, processed, caption) {
 async function upload(file, onImage) {
   if (!file) return;
   const status = document.getElementById('status');
+  const ticket = store.newImageRequest(); // this upload supersedes any image still loading
   try {
     const res = await uploadImage(file);
+    if (!store.isLatest(ticket)) return;
     showPair(res.original, res.processed, `original ${res.width}×${res.height}`);
     document.querySelectorAll('#samples button').forEach((b) => b.setAttribute('aria-selected', 'false'));
-    await onImage(res.image_id);
+    await onImage(res.image_id, null, ticket);
   } catch (err) {
+    if (!store.isLatest(ticket)) return;
     document.getElementById('prediction').replaceChildren(el('span', { class: 'error-text', id: 'upload-error' }, `Upload failed: ${err.message || err}`));
     if (status) status.textContent = '';
   }

@@ -57,9 +57,10 @@ function showPrediction(model, trace) {
 // views fetch the layers they show at full resolution (fullActivations).
 const overviewTrace = (imageId) => getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
 
-async function loadImage(imageId, pending = null) {
-  store.set('imageId', imageId);
+async function loadImage(imageId, pending = null, ticket = store.newImageRequest()) {
   const trace = (pending && (await pending)) || (await overviewTrace(imageId));
+  if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
+  store.set('imageId', imageId);
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();

@@ -8,6 +8,7 @@ const state = {
   pages: {}, // layer name -> page index
   selected: null, // {layer, channel}
   weights: {}, // layer name -> decoded weights
+  imageRequest: 0, // bumped by every new image choice; an older request's answer is dropped
 };
 const listeners = {};
 
@@ -22,4 +23,15 @@ export function set(key, value) {
 
 export function on(key, fn) {
   (listeners[key] ||= []).push(fn);
+}
+
+// A ticket for a new image request: later, `isLatest(ticket)` says whether a newer choice
+// (a click, an upload, even a failed one) has come since, so a slow answer never overwrites it.
+export function newImageRequest() {
+  state.imageRequest += 1;
+  return state.imageRequest;
+}
+
+export function isLatest(ticket) {
+  return ticket === state.imageRequest;
 }
