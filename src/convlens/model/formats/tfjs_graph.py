@@ -384,8 +384,15 @@ class _Converter:
             self.samples[out] = module.eval()(self.samples[src])
         return out
 
-    def emit_fn(self, node: _Node, fn: Callable[..., Any], inputs: list[str], **kw: Any) -> None:
-        out = node.name
+    def emit_fn(
+        self,
+        node: _Node,
+        fn: Callable[..., Any],
+        inputs: list[str],
+        result: str | None = None,
+        **kw: Any,
+    ) -> None:
+        out = result or node.name
         shapes = [tuple(self.samples[i].shape) for i in inputs]
         if fn is _cat:
             bound = sum(math.prod(sh) for sh in shapes)
@@ -735,6 +742,7 @@ def _conv(c: _Converter, n: _Node) -> None:
         groups, cout = cin // fin, fout
         weight = w.transpose(3, 2, 0, 1)
     bias: np.ndarray | None = None
+    residual: str | None = None
     extra, acts = _fused(n) if n.op.startswith(("_Fused", "Fused")) else ([], [])
     args = n.inputs[2:]
     if "fusedbatchnorm" in extra:  # conv → BN: scale the filters, shift the bias
@@ -744,6 +752,12 @@ def _conv(c: _Converter, n: _Node) -> None:
         factor = scale / np.sqrt(var + n.float("epsilon", 1e-3))
         weight = weight * factor.reshape(-1, 1, 1, 1)
         bias = offset - mean * factor
+    elif extra and not c.is_const(n.inputs[2]):
+        # TF's remapper fuses a residual into the conv: relu(conv(x) + y) with y a live tensor
+        # (ResNet50's conv2_block1_out), which TF.js runs as a broadcast add
+        if extra not in (["biasadd"], ["add"]):
+            raise n.fail(f"fused ops {extra} with a live tensor are not supported")
+        residual = c.act(n, 2)
     elif extra:
         bias = c.const(n, 2).astype(np.float64)
     top, bottom, left, right = _conv_pads(c, n, src, (kh, kw), s, d)
@@ -757,8 +771,18 @@ def _conv(c: _Converter, n: _Node) -> None:
     conv.weight.data = _tensor(weight)
     if bias is not None:
         conv.bias.data = _tensor(np.broadcast_to(bias, (cout,)))  # type: ignore[union-attr]
-    out = n.name + "#conv" if acts else n.name
+    live = residual is not None
+    out = n.name + "#conv" if acts or live else n.name
     c.emit(n, conv, src, out, name=layer)
+    if residual is not None:
+        summed = n.name + "#add" if acts else n.name
+        if c.samples[residual].shape != c.samples[out].shape:
+            raise n.fail(
+                f"fused residual {tuple(c.samples[residual].shape)} does not match the conv's "
+                f"output {tuple(c.samples[out].shape)}"
+            )
+        c.emit_fn(n, operator.add, [out, residual], result=summed)
+        out = summed
     if acts:
         _emit_activation(c, n, acts[0], out, prelu_pos=2 + len(extra))
 
