@@ -251,3 +251,17 @@ def test_probabilities_keep_a_loaded_eval_net_in_eval_mode() -> None:
     first = model.probabilities(x)
     assert not net.training and not model.training
     assert torch.equal(model.probabilities(x), first)
+
+
+def test_cam_default_skips_maps_already_one_pixel() -> None:
+    """conv → 3×3 → conv → 1×1 → pool: the default explained layer is the 3×3 one."""
+    net = nn.Sequential(
+        nn.Conv2d(1, 2, 3),
+        nn.Conv2d(2, 2, 3),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(2, 3),
+    )
+    model = Model(net, InputSpec(1, 5, 5))
+    assert [lay.output_shape for lay in model.graph.spatial()][-1] == (2, 1, 1)
+    assert model.graph.last_spatial().name == "0"

@@ -167,11 +167,16 @@ class LayerGraph:
         return [layer for layer in self.layers if layer.is_spatial and layer.kind != "input"]
 
     def last_spatial(self, kinds: frozenset[str] | None = None) -> Layer:
-        """The deepest layer with a spatial output (of ``kinds`` if given): CAM's default."""
+        """The deepest layer with a spatial output (of ``kinds`` if given): CAM's default.
+
+        A map that is already 1×1 (InceptionV3 at its smallest input, 75×75) has nowhere left
+        to point, so the deepest map larger than that is preferred when there is one.
+        """
         found = [lay for lay in self.spatial() if kinds is None or lay.kind in kinds]
         if not found:
             raise ConvlensError("the model has no layer with a spatial (C, H, W) output")
-        return found[-1]
+        wide = [lay for lay in found if lay.output_shape[1] * lay.output_shape[2] > 1]
+        return (wide or found)[-1]
 
     def consumers(self, name: str) -> list[Layer]:
         return [layer for layer in self.layers if name in layer.inputs]
