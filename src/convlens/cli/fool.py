@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
@@ -40,7 +41,11 @@ def fool(
     if norm not in ("linf", "l2"):
         raise ConvlensError(f"unknown --norm {norm!r}; accepted: linf, l2")
     # An L∞ budget is a per-pixel change (pixels in [0, 1]); an L2 one a whole-image length.
-    in_range("--eps", eps, 0, 1 if norm == "linf" else 1000, lo_open=True)
+    limit = 1.0 if norm == "linf" else 1000.0
+    if not (math.isfinite(eps) and 0 <= eps <= limit):
+        raise ConvlensError(
+            f"--eps must be >= 0 and <= {limit:g} (a {norm} budget in pixel units), got {eps}"
+        )
     in_range("--steps", steps, 1, 10_000)
     target_png = None if out is None else png_target(out, f"fool-{image.stem}.png")
     m = flags.open(model)
