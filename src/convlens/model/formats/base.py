@@ -12,7 +12,6 @@ sidecar is ``<file stem>.convlens.json`` or ``convlens.json`` in the same folder
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ from torch import nn
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model, OutputKind, Sample
+from convlens.model.formats.safety import parse_json, read_bounded, read_json
+
+MAX_CLASSES_BYTES = 16 << 20  # ImageNet-21k's names take 0.5 MB
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
@@ -41,10 +43,8 @@ def read_sidecar(source: str | os.PathLike[str]) -> dict[str, Any]:
     path = sidecar_path(source)
     if path is None:
         return {}
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ConvlensError(f"sidecar {str(path)!r} is not valid JSON: {e}") from None
+    # The sidecar travels with the (untrusted) model file: bounded, depth-checked, regular.
+    doc = read_json(path, what="sidecar")
     if isinstance(doc, list):
         doc = {"classes": doc}
     if not isinstance(doc, dict):
@@ -61,17 +61,13 @@ def read_classes(path: str | os.PathLike[str]) -> list[str]:
     ['cat', 'dog']
     """
     p = Path(path)
+    data = read_bounded(p, MAX_CLASSES_BYTES, what="class-names file")
     try:
-        text = p.read_text()
-    except FileNotFoundError:
-        raise ConvlensError(f"class-names file {str(p)!r} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConvlensError(f"cannot read class-names file {str(p)!r}: {e}") from None
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConvlensError(f"class-names file {str(p)!r} is not UTF-8 text") from None
     if p.suffix.lower() == ".json" or text.lstrip().startswith(("[", "{")):
-        try:
-            doc = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ConvlensError(f"class-names file {str(p)!r} is not valid JSON: {e}") from None
+        doc = parse_json(text, f"class-names file {str(p)!r}")
         if isinstance(doc, dict):
             doc = doc.get("classes")
         if not isinstance(doc, list) or not all(isinstance(c, str) for c in doc):
@@ -153,9 +149,9 @@ def parse_class_list(value: Any) -> list[str] | None:
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
+            try:  # metadata strings come from the model file: depth-checked like any JSON
+                value = parse_json(text, "class list")
+            except ConvlensError:
                 return None
         else:
             value = [line.strip() for line in text.splitlines() if line.strip()]
