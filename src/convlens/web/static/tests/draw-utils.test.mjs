@@ -123,11 +123,16 @@ test('layoutOverview fits columns in the box and centres neurons', () => {
   const first = lay.columns[0].neurons[0];
   assert.ok(first.y > lay.columns[1].neurons[0].y); // shorter column centred
   assert.ok(lay.width <= 1200 + 1e-9);
-  // a deep network scrolls sideways instead of squeezing columns together
-  const deep = Array.from({ length: 40 }, (_, i) => ({ name: `l${i}`, role: 'maps', count: 4 }));
-  const wide = U.layoutOverview(deep, { width: 1200, height: 600, minColumnGap: 72 });
-  assert.ok(wide.columns[1].x - wide.columns[0].x >= 72);
-  assert.ok(wide.width > 1200);
+  // a deep network keeps to the width: smaller thumbnails and gaps, no sideways scroll
+  const deep = Array.from({ length: 60 }, (_, i) => ({ name: `l${i}`, role: 'maps', count: 10 }));
+  deep.push({ name: 'out', role: 'output', count: 10 });
+  for (const w of [800, 1280]) {
+    const fit = U.layoutOverview(deep, { width: w, height: 600, left: 20, minColumnGap: 46 });
+    const end = fit.columns.at(-1);
+    assert.ok(end.x + end.width <= w - 20 + 1e-9, `${w}: last column ends at ${end.x + end.width}`);
+    assert.ok(fit.neuronSize >= 4 && fit.spacing >= 2);
+    assert.equal(fit.width, w);
+  }
 });
 
 test('readsFrom: conv reads all (or its group), element-wise reads its channel', () => {
