@@ -63,6 +63,27 @@ export function outputSizeFormula(n, k, p, s) {
   return `${lhs} ✗`;
 }
 
+/**
+ * The playground's numbers: an n×n input of digits 0–9 (a fixed pattern), a k×k kernel that
+ * finds vertical edges (−1 left of the centre column, +1 right of it, 0 on it), and their
+ * cross-correlation with zero padding p and stride s, y[i,j] = Σ_a Σ_b x[i·s+a−p, j·s+b−p]·w[a,b].
+ * Returns {x, w, y, size} as arrays of rows (y is null when the setting does not tile).
+ */
+export function playgroundNumbers(n, k, p, s) {
+  const x = Array.from({ length: n }, (_, r) => Array.from({ length: n }, (__, c) => (r * 7 + c * 3 + r * c) % 10));
+  const mid = (k - 1) / 2;
+  const w = Array.from({ length: k }, () => Array.from({ length: k }, (_, b) => (k === 1 ? 1 : Math.sign(b - mid))));
+  const res = outputSize(n, k, p, s);
+  if (!res.size) return { x, w, y: null, size: null };
+  const at = (r, c) => (r < 0 || c < 0 || r >= n || c >= n ? 0 : x[r][c]);
+  const y = Array.from({ length: res.size }, (_, i) => Array.from({ length: res.size }, (__, j) => {
+    let acc = 0;
+    for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) acc += at(i * s + a - p, j * s + b - p) * w[a][b];
+    return acc;
+  }));
+  return { x, w, y, size: res.size };
+}
+
 // --------------------------------------------------------------- windows
 
 /** Top-left input coordinate of output cell (i, j) (may be negative inside the padding). */
@@ -153,6 +174,27 @@ export function activationString(op, x, y, hyper = {}) {
   if (name.startsWith('gelu')) return `${X}·Φ(${X}) = ${Y}`;
   if (name.startsWith('silu')) return `${X}·σ(${X}) = ${Y}`;
   return `${op}(${X}) = ${Y}`;
+}
+
+/**
+ * The element-wise function of an activation op, for plotting it (null when unknown): ReLU
+ * max(0, x), ReLU6, leaky ReLU (slope `negative_slope`, default 0.01), sigmoid, tanh, SiLU, GELU
+ * (tanh approximation, Hendrycks & Gimpel 2016).
+ */
+export function activationFn(op, hyper = {}) {
+  const name = String(op).toLowerCase();
+  const sig = (x) => 1 / (1 + Math.exp(-x));
+  if (name.startsWith('relu6')) return (x) => Math.min(Math.max(0, x), 6);
+  if (name.startsWith('leakyrelu') || name === 'leaky_relu') {
+    const a = hyper.negative_slope ?? 0.01;
+    return (x) => (x >= 0 ? x : a * x);
+  }
+  if (name.startsWith('relu')) return (x) => Math.max(0, x);
+  if (name.startsWith('sigmoid')) return sig;
+  if (name.startsWith('tanh')) return Math.tanh;
+  if (name.startsWith('silu') || name.startsWith('swish')) return (x) => x * sig(x);
+  if (name.startsWith('gelu')) return (x) => 0.5 * x * (1 + Math.tanh(0.7978845608 * (x + 0.044715 * x ** 3)));
+  return null;
 }
 
 // --------------------------------------------------------------- flatten and softmax

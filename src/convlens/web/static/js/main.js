@@ -22,15 +22,19 @@ async function fullActivations(names) {
   return Object.fromEntries(names.map((n) => [n, full.activations[n]]));
 }
 
-function openNeuron({ layer, channel }) {
+function openNeuron({ layer, channel, target = null }) {
   const model = store.get('model');
   const layers = model.graph.layers;
   const lay = layers.find((l) => l.name === layer);
   store.set('selected', { layer, channel });
   document.querySelectorAll('.neuron.selected').forEach((n) => n.classList.remove('selected'));
-  document.querySelector(`[data-key="${CSS.escape(`${layer}|${channel}`)}"]`)?.classList.add('selected');
+  const from = document.querySelector(`#overview [data-key="${CSS.escape(`${layer}|${channel}`)}"]`);
+  from?.classList.add('selected');
   if (lay.kind === 'input') return;
-  detail.open({ model, trace: store.get('trace'), layer: lay, channel, isLast: lay === layers.at(-1), fullActivations });
+  const openLayer = (name, extra = {}) => openNeuron({ layer: name, channel: 0, ...extra });
+  detail.open({
+    model, trace: store.get('trace'), layer: lay, channel, target, isLast: lay === layers.at(-1), fullActivations, openLayer,
+  }, from);
 }
 
 function redraw() {
