@@ -102,6 +102,7 @@ async function start() {
       // Nothing to show yet: no picture frames (no broken-image icons), just what to do.
       document.querySelector('.input-pair').hidden = true;
       document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
+      document.body.dataset.ready = 'true'; // ready for an upload
     }
   } catch (err) {
     const status = document.getElementById('status');
