@@ -30,7 +30,7 @@ pytestmark = pytest.mark.browser
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "web" / "layout"
 EXPLAINER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
-SIZES = [(1280, 800), (1366, 768), (1920, 1080), (800, 1000)]
+SIZES = [(1280, 800), (1366, 768), (1920, 1080), (800, 1000), (1024, 768)]
 
 if not CHROMIUM.exists():
     pytest.skip("Debian's chromium is not installed at /usr/bin/chromium", allow_module_level=True)

@@ -146,7 +146,10 @@ export async function render(body, ctx) {
   select(0, 0, 0);
   const logit = el('div', { class: 'arith', id: 'flatten-logit-formula' });
   const edges = await outputEdges(ctx, V, logit);
-  if (edges) body.append(el('h4', {}, 'into the output classes'), edges, logit);
-  if (edges && ctx.target !== null && ctx.target !== undefined) edges.scrollIntoView({ block: 'center' }); // came from a class
+  if (!edges) return null;
+  const part = [el('h4', {}, 'into the output classes'), edges, logit];
+  // Come from an output class: its edges first; otherwise after the maps and the vector.
+  if (ctx.target !== null && ctx.target !== undefined) body.prepend(...part);
+  else body.append(...part);
   return null;
 }

@@ -354,10 +354,14 @@ export function drawOverview(root, model, trace, onOpen) {
     lay = layoutOverview(specs, { ...box, top: labelRoom(cols, mode, details) });
   }
   const room = labelRoom(cols, mode, details);
+  if (mode === 'upright') { // no legends under such narrow columns: only the stacked pagers
+    box.bottom = 30;
+    lay = layoutOverview(specs, { ...box, top: room });
+  }
   // Thumbnails limited by the width leave the height unused: shrink the drawing to its content.
   const rows = cols.at(-1).role === 'output' ? cols.at(-1).count : 0;
   const tallest = Math.max(1, ...cols.map((c) => (c.role === 'maps' ? c.count : 1)));
-  const need = room + 56 + Math.max(tallest * (lay.neuronSize + 6), rows * 22, 160);
+  const need = room + box.bottom + Math.max(tallest * (lay.neuronSize + 6), rows * 22, 160);
   if (need < height) {
     height = need;
     lay = layoutOverview(specs, { ...box, height, top: room });
