@@ -96,7 +96,7 @@ def run_server(
         raise ConvlensError(f"the web explainer needs the web extra: {WEB_EXTRA_HINT}")
     from convlens.web import ServerConfig, create_app, serve
 
-    check_server_args(host, port, max_upload_mb)
+    check_server_args(host, port, max_upload_mb)  # before building the app (fail early)
     config_args: dict[str, Any] = {}
     if max_upload_mb is not None:
         config_args["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
@@ -107,6 +107,9 @@ def run_server(
         scan_data=scan_data,
         config=ServerConfig(**config_args),
     )
+    # Again just before serving: building the app takes a while, and a port taken meanwhile
+    # must still be one line, not the "explainer at ..." line followed by uvicorn's error.
+    check_port_free(host, port)
     serve(app, host, port, open_browser=open_browser)
 
 

@@ -17,6 +17,43 @@ export const DIVERGING = [[179, 88, 6], [241, 163, 64], [254, 224, 182], [247, 2
 export const GRAY = [[0, 0, 0], [255, 255, 255]];
 export const RGB_TINTS = [[[0, 0, 0], [230, 40, 40]], [[0, 0, 0], [40, 180, 60]], [[0, 0, 0], [50, 90, 230]]];
 
+// The explanation maps' colours, the SAME anchors as the server's overlay PNGs
+// (src/convlens/io/color.py `_ANCHORS`: ColorBrewer's RdBu for signed maps, viridis for
+// non-negative ones); tests/test_web_layout.py checks that the two lists stay equal.
+const hex = (h) => [1, 3, 5].map((i) => parseInt(h.slice(i, i + 2), 16));
+export const RDBU = ['#053061', '#2166ac', '#4393c3', '#92c5de', '#d1e5f0', '#f7f7f7',
+  '#fddbc7', '#f4a582', '#d6604d', '#b2182b', '#67001f'].map(hex);
+export const VIRIDIS = ['#440154', '#472c7a', '#3b518b', '#2c718e', '#21908d',
+  '#27ad81', '#5cc863', '#aadc32', '#fde725'].map(hex);
+
+/** A 256-entry table through the stops, built like io/color.py's `lut` (then indexed by rint). */
+export function lut(stops) {
+  return Array.from({ length: 256 }, (_, k) => {
+    const u = (k / 255) * (stops.length - 1);
+    const i = Math.min(stops.length - 2, Math.floor(u));
+    const f = u - i;
+    return [0, 1, 2].map((c) => Math.round(stops[i][c] + (stops[i + 1][c] - stops[i][c]) * f));
+  });
+}
+
+/**
+ * The scale of an explanation map, as the server colours its overlay (io/color.py Scale.fit):
+ * signed maps on RdBu over ±max|v| (white = 0, red raises the score, blue lowers it);
+ * non-negative maps on viridis over [min, max].
+ */
+export function explanationScale(data, signed) {
+  let lo = Infinity;
+  let hi = -Infinity;
+  for (const v of data) if (Number.isFinite(v)) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  if (!(hi >= lo)) { lo = 0; hi = 1; }
+  if (signed) {
+    const m = Math.max(Math.abs(lo), Math.abs(hi)) || 1;
+    return { lo: -m, hi: m, signed: true, mode: 'explanation', stops: RDBU, table: lut(RDBU) };
+  }
+  if (hi <= lo) hi = lo + 1;
+  return { lo, hi, signed: false, mode: 'explanation', stops: VIRIDIS, table: lut(VIRIDIS) };
+}
+
 /** Linear interpolation through evenly spaced colour stops, t in [0, 1]. */
 export function interpolate(stops, t) {
   const u = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (stops.length - 1);
@@ -45,7 +82,9 @@ export function makeScale(lo, hi, { mode = 'layer', stops = null } = {}) {
 }
 
 export function colorOf(scale, v) {
-  return interpolate(scale.stops, (v - scale.lo) / (scale.hi - scale.lo));
+  const t = (v - scale.lo) / (scale.hi - scale.lo);
+  if (scale.table) return scale.table[Math.round(Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0.5)) * 255)];
+  return interpolate(scale.stops, t);
 }
 
 export function cssColor(rgb) {
@@ -54,6 +93,10 @@ export function cssColor(rgb) {
 
 /** What a legend says: the range's extent and how the colours were chosen. */
 export function legendText(scale) {
+  if (scale.mode === 'explanation') {
+    return scale.signed ? 'blue lowers the class score · white = 0 · red raises it'
+      : 'dark violet = least relevant · yellow = most relevant';
+  }
   const kind = scale.signed ? 'diverging around 0' : 'sequential from the minimum';
   return `${MODE_TEXT[scale.mode] || scale.mode} · ${kind}`;
 }

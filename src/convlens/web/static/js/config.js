@@ -2,7 +2,7 @@
 export const API = '/api/v1';
 export const PAGE_SIZE = 10; // neurons per column before paging (CNN Explainer's Tiny VGG has 10)
 export const MAX_NEURON = 56; // px, largest neuron thumbnail
-export const MIN_NEURON = 16;
+export const MIN_NEURON = 4; // a deep network (ResNet-18: 60 columns) at 800 px still fits the width
 export const OVERVIEW_HEIGHT_MIN = 520;
 export const ANIMATION_MS = 350; // one window step in the convolution animation
 export const MAX_INTERMEDIATE = 8; // intermediate maps drawn in the convolution view (per page)

@@ -63,6 +63,27 @@ export function outputSizeFormula(n, k, p, s) {
   return `${lhs} ✗`;
 }
 
+/**
+ * The playground's numbers: an n×n input of digits 0–9 (a fixed pattern), a k×k kernel that
+ * finds vertical edges (−1 left of the centre column, +1 right of it, 0 on it), and their
+ * cross-correlation with zero padding p and stride s, y[i,j] = Σ_a Σ_b x[i·s+a−p, j·s+b−p]·w[a,b].
+ * Returns {x, w, y, size} as arrays of rows (y is null when the setting does not tile).
+ */
+export function playgroundNumbers(n, k, p, s) {
+  const x = Array.from({ length: n }, (_, r) => Array.from({ length: n }, (__, c) => (r * 7 + c * 3 + r * c) % 10));
+  const mid = (k - 1) / 2;
+  const w = Array.from({ length: k }, () => Array.from({ length: k }, (_, b) => (k === 1 ? 1 : Math.sign(b - mid))));
+  const res = outputSize(n, k, p, s);
+  if (!res.size) return { x, w, y: null, size: null };
+  const at = (r, c) => (r < 0 || c < 0 || r >= n || c >= n ? 0 : x[r][c]);
+  const y = Array.from({ length: res.size }, (_, i) => Array.from({ length: res.size }, (__, j) => {
+    let acc = 0;
+    for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) acc += at(i * s + a - p, j * s + b - p) * w[a][b];
+    return acc;
+  }));
+  return { x, w, y, size: res.size };
+}
+
 // --------------------------------------------------------------- windows
 
 /** Top-left input coordinate of output cell (i, j) (may be negative inside the padding). */
@@ -155,6 +176,27 @@ export function activationString(op, x, y, hyper = {}) {
   return `${op}(${X}) = ${Y}`;
 }
 
+/**
+ * The element-wise function of an activation op, for plotting it (null when unknown): ReLU
+ * max(0, x), ReLU6, leaky ReLU (slope `negative_slope`, default 0.01), sigmoid, tanh, SiLU, GELU
+ * (tanh approximation, Hendrycks & Gimpel 2016).
+ */
+export function activationFn(op, hyper = {}) {
+  const name = String(op).toLowerCase();
+  const sig = (x) => 1 / (1 + Math.exp(-x));
+  if (name.startsWith('relu6')) return (x) => Math.min(Math.max(0, x), 6);
+  if (name.startsWith('leakyrelu') || name === 'leaky_relu') {
+    const a = hyper.negative_slope ?? 0.01;
+    return (x) => (x >= 0 ? x : a * x);
+  }
+  if (name.startsWith('relu')) return (x) => Math.max(0, x);
+  if (name.startsWith('sigmoid')) return sig;
+  if (name.startsWith('tanh')) return Math.tanh;
+  if (name.startsWith('silu') || name.startsWith('swish')) return (x) => x * sig(x);
+  if (name.startsWith('gelu')) return (x) => 0.5 * x * (1 + Math.tanh(0.7978845608 * (x + 0.044715 * x ** 3)));
+  return null;
+}
+
 // --------------------------------------------------------------- flatten and softmax
 
 /** Flat index of (c, h, w) in the model's flatten order (PyTorch: C-order; Keras: channels last). */
@@ -240,36 +282,57 @@ export function blockNames(layers) {
 /**
  * Positions for every column and neuron. Pure: from the layers, how many neurons each column
  * shows, and the box to fill. Columns are evenly spaced; a column's neurons are centred
- * vertically; the neuron size is the largest that fits the tallest column.
+ * vertically. The neuron size is the largest that fits both the tallest column into the height
+ * AND every column into the width: a deep network gets smaller thumbnails and narrower gaps
+ * (down to `minColumnGap`'s floor of one thumbnail) rather than a sideways scroll.
  *
- * Returns {columns: [{name, x, width, neurons: [{y, size}]}], neuronSize, width, height}.
+ * Returns {columns: [{name, x, width, neurons: [{y, size}]}], neuronSize, spacing, width, height}.
  */
 export function layoutOverview(cols, box) {
-  const { width, height, top = 40, bottom = 30, minColumnGap = 72, maxNeuron = 56, minNeuron = 14, gap = 6 } = box;
+  const { width, height, top = 40, bottom = 30, minColumnGap = 72, maxNeuron = 56, minNeuron = 4, gap = 6 } = box;
+  const left = box.left ?? 20;
+  const outputWidth = box.outputWidth ?? 150;
   const tallest = Math.max(1, ...cols.map((c) => (c.role === 'maps' ? c.count : 1)));
   const avail = height - top - bottom;
-  const neuron = Math.max(minNeuron, Math.min(maxNeuron, Math.floor((avail - gap * (tallest - 1)) / tallest)));
-  const colW = (c) => (c.role === 'output' ? 150 : c.role === 'vector' ? 14 : neuron);
+  const vGap = (n) => Math.max(1, Math.min(gap, Math.round(n / 6))); // gap between neurons
+  let neuron = Math.min(maxNeuron, Math.floor((avail - gap * (tallest - 1)) / tallest));
+  // Width: the fixed columns (vectors, output) plus the map columns and the gaps between.
+  const nMaps = cols.filter((c) => c.role === 'maps').length;
+  const fixed = cols.reduce((a, c) => a + (c.role === 'output' ? outputWidth : c.role === 'vector' ? 14 : 0), 0);
+  const room = width - 2 * left - fixed;
+  const nGaps = Math.max(1, cols.length - 1);
+  if (nMaps) {
+    const withGap = Math.floor((room - nGaps * minColumnGap) / nMaps);
+    // When the preferred gaps leave thumbnails smaller than they could be, gaps shrink with them.
+    const shared = Math.floor(room / (nMaps + nGaps));
+    neuron = Math.min(neuron, Math.max(withGap, shared));
+  }
+  neuron = Math.max(minNeuron, neuron);
+  const g = vGap(neuron);
+  neuron = Math.max(minNeuron, Math.min(neuron, Math.floor((avail - g * (tallest - 1)) / tallest)));
+  const colW = (c) => (c.role === 'output' ? outputWidth : c.role === 'vector' ? 14 : neuron);
   const natural = cols.reduce((a, c) => a + colW(c), 0);
-  const spacing = Math.max(minColumnGap, (width - natural - 2 * (box.left ?? 20)) / Math.max(1, cols.length - 1));
-  let x = box.left ?? 20;
+  // Evenly spread over the width; only when even the smallest thumbnails do not fit does a
+  // 2-px floor let the drawing grow past it (and the overview scroll).
+  const spacing = Math.max(2, (width - natural - 2 * left) / nGaps);
+  let x = left;
   const columns = cols.map((c) => {
     const w = colW(c);
     const n = c.role === 'maps' ? c.count : 1;
     const rowH = c.role === 'output' ? Math.min(24, avail / Math.max(1, c.count)) : neuron;
     const items = c.role === 'output' ? c.count : n;
-    const colH = c.role === 'maps' ? n * neuron + (n - 1) * gap : c.role === 'output' ? items * rowH : Math.min(avail, 0.8 * avail);
+    const colH = c.role === 'maps' ? n * neuron + (n - 1) * g : c.role === 'output' ? items * rowH : Math.min(avail, 0.8 * avail);
     const y0 = top + (avail - colH) / 2;
     const neurons = [];
     for (let k = 0; k < items; k++) {
-      neurons.push(c.role === 'maps' ? { y: y0 + k * (neuron + gap), size: neuron }
+      neurons.push(c.role === 'maps' ? { y: y0 + k * (neuron + g), size: neuron }
         : c.role === 'output' ? { y: y0 + k * rowH, size: rowH } : { y: y0, size: colH });
     }
     const col = { name: c.name, role: c.role, x, width: w, neurons };
     x += w + spacing;
     return col;
   });
-  return { columns, neuronSize: neuron, width: Math.max(width, x - spacing + 20), height };
+  return { columns, neuronSize: neuron, spacing, width: Math.max(width, x - spacing + left), height };
 }
 
 /** Which neurons of the input column(s) a neuron reads, by channel, for hover highlighting. */

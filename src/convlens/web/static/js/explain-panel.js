@@ -1,7 +1,7 @@
 // Explanations: choose a method, its target class, layer and parameters; see the map over the
 // input; keep earlier results side by side to compare methods.
 import { explain } from './api.js';
-import { makeScale } from './color.js';
+import { explanationScale, legendText } from './color.js';
 import { el, legend, paintMap } from './render.js';
 import * as store from './store.js';
 
@@ -32,15 +32,24 @@ function readParams(box) {
   return params;
 }
 
-function resultCard(res) {
+/**
+ * One result: the server's overlay and the map drawn here, both on ONE colour map (the
+ * server's: RdBu for signed maps, viridis for non-negative ones) with ONE legend saying what the
+ * colours mean, and the image the result belongs to.
+ */
+function resultCard(res, imageId, imageLabel) {
   const [H, W] = res.map.shape;
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of res.map.data) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
-  const scale = makeScale(res.signed ? Math.min(lo, -1e-12) : lo, hi, { mode: 'neuron' });
-  const map = paintMap(el('canvas', { class: 'pixelated', style: { width: '150px', height: `${150 * H / W}px` } }), res.map, 0, scale);
-  return el('div', { class: 'card explain-card', 'data-method': res.method },
-    el('img', { src: res.overlay, alt: `${res.method} overlay` }), map, legend(scale, 150),
+  const scale = explanationScale(res.map.data, res.signed);
+  const map = paintMap(el('canvas', { class: 'pixelated map', style: { height: `${120 * H / W}px` } }), res.map, 0, scale);
+  const key = legend(scale, 246, { caption: false });
+  key.classList.add('explain-legend');
+  key.dataset.lo = String(scale.lo);
+  key.dataset.hi = String(scale.hi);
+  key.dataset.stops = JSON.stringify(scale.stops);
+  return el('div', { class: 'card explain-card', 'data-method': res.method, 'data-image': imageId },
+    el('div', { class: 'card-image', title: `computed for ${imageLabel}` }, `image: ${imageLabel}`),
+    el('div', { class: 'pair' }, el('img', { src: res.overlay, alt: `${res.method} overlay`, class: 'overlay' }), map),
+    key, el('div', { class: 'legend-words' }, legendText(scale)),
     el('div', {}, el('b', {}, res.method), ` → ${res.target_name}`),
     el('div', { class: 'muted' }, `${res.layer ? `layer ${res.layer} · ` : ''}${res.signed ? 'signed' : 'non-negative'}${res.seconds !== undefined ? ` · ${res.seconds.toFixed(2)} s` : ''}`));
 }
@@ -73,12 +82,20 @@ function controls(model, methods) {
 async function runOnce(read, cards, status) {
   status.className = 'muted';
   status.textContent = 'computing…';
+  const imageId = store.get('imageId');
+  const imageLabel = store.get('imageLabel');
+  const ticket = store.latest('explain'); // only the newest click writes the status line
   try {
-    const res = await explain({ image_id: store.get('imageId'), ...read() });
-    cards.prepend(resultCard(res));
+    const res = await explain({ image_id: imageId, ...read() });
+    if (imageId !== store.get('imageId')) { // the image changed meanwhile: not shown with the new one
+      if (ticket.current()) status.textContent = `(a result for ${imageLabel} was dropped: the image changed)`;
+      return;
+    }
+    cards.prepend(resultCard(res, imageId, imageLabel));
     while (cards.children.length > MAX_CARDS) cards.lastChild.remove();
-    status.textContent = '';
+    if (ticket.current()) status.textContent = '';
   } catch (err) {
+    if (!ticket.current()) return;
     status.className = 'error-text';
     status.textContent = String(err.message || err);
   }
@@ -99,6 +116,10 @@ export function install(root) {
       el('div', { class: 'row' },
         el('button', { type: 'button', id: 'explain-run', onclick: () => runOnce(form.read, cards, status) }, 'Explain'),
         el('button', { type: 'button', onclick: () => cards.replaceChildren() }, 'Clear'), status),
-      el('p', { class: 'muted' }, 'Each result is kept beside the earlier ones to compare methods.'), cards);
+      el('p', { class: 'muted' }, 'Each result is kept beside the earlier ones for the same image to compare methods.'), cards);
+  });
+  // Another image: the cards computed for the previous one go (each names its image anyway).
+  store.on('imageId', (id) => {
+    root.querySelectorAll('.explain-card').forEach((c) => { if (c.dataset.image !== id) c.remove(); });
   });
 }

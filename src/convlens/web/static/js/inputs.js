@@ -19,12 +19,20 @@ async function upload(file, onImage) {
     if (!store.isLatest(ticket)) return;
     showPair(res.original, res.processed, `original ${res.width}×${res.height}`);
     document.querySelectorAll('#samples button').forEach((b) => b.setAttribute('aria-selected', 'false'));
-    await onImage(res.image_id, null, ticket);
+    await onImage(res.image_id, null, ticket, `upload ${file.name || 'pasted image'}`);
   } catch (err) {
     if (!store.isLatest(ticket)) return;
-    document.getElementById('prediction').replaceChildren(el('span', { class: 'error-text', id: 'upload-error' }, `Upload failed: ${err.message || err}`));
+    showUploadError(err);
     if (status) status.textContent = '';
   }
+}
+
+/** The error of a failed upload: it wraps inside the input bar and has a close button. */
+function showUploadError(err) {
+  const box = el('div', { class: 'upload-error', role: 'alert' },
+    el('span', { class: 'error-text', id: 'upload-error' }, `Upload failed: ${err.message || err}`),
+    el('button', { type: 'button', class: 'close', 'aria-label': 'dismiss the upload error', onclick: () => box.remove() }, '✕'));
+  document.getElementById('prediction').replaceChildren(box);
 }
 
 function samplePicker(model, onImage) {

@@ -22,15 +22,19 @@ async function fullActivations(names) {
   return Object.fromEntries(names.map((n) => [n, full.activations[n]]));
 }
 
-function openNeuron({ layer, channel }) {
+function openNeuron({ layer, channel, target = null }) {
   const model = store.get('model');
   const layers = model.graph.layers;
   const lay = layers.find((l) => l.name === layer);
   store.set('selected', { layer, channel });
   document.querySelectorAll('.neuron.selected').forEach((n) => n.classList.remove('selected'));
-  document.querySelector(`[data-key="${CSS.escape(`${layer}|${channel}`)}"]`)?.classList.add('selected');
+  const from = document.querySelector(`#overview [data-key="${CSS.escape(`${layer}|${channel}`)}"]`);
+  from?.classList.add('selected');
   if (lay.kind === 'input') return;
-  detail.open({ model, trace: store.get('trace'), layer: lay, channel, isLast: lay === layers.at(-1), fullActivations });
+  const openLayer = (name, extra = {}) => openNeuron({ layer: name, channel: 0, ...extra });
+  detail.open({
+    model, trace: store.get('trace'), layer: lay, channel, target, isLast: lay === layers.at(-1), fullActivations, openLayer,
+  }, from);
 }
 
 function redraw() {
@@ -57,9 +61,19 @@ function showPrediction(model, trace) {
 // views fetch the layers they show at full resolution (fullActivations).
 const overviewTrace = (imageId) => getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
 
-async function loadImage(imageId, pending = null, ticket = store.newImageRequest()) {
+/** A short name for an image, shown on the results that belong to it. */
+function imageLabel(imageId, label) {
+  if (label) return label;
+  const s = store.get('model').samples.find((x) => x.id === imageId);
+  return s ? `sample ${s.name}${s.label_name ? ` (${s.label_name})` : ''}` : imageId;
+}
+
+async function loadImage(imageId, pending = null, ticket = store.newImageRequest(), label = null) {
   const trace = (pending && (await pending)) || (await overviewTrace(imageId));
   if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
+  document.querySelector('.input-pair').hidden = false;
+  detail.close(); // its numbers belong to the previous image
+  store.set('imageLabel', imageLabel(imageId, label));
   store.set('imageId', imageId);
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
@@ -78,16 +92,18 @@ async function start() {
   document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
   let resizeTimer = null;
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 150); });
-  // The first sample's trace is asked for together with the model (one round trip less);
-  // if the model has no 'sample-0' the answer is simply not used.
-  const early = overviewTrace('sample-0').catch(() => null);
   try {
-    const model = await getModel();
+    const model = await getModel(); // (preloaded by index.html)
     store.set('model', model);
     document.getElementById('model-name').textContent = `${model.name} · ${model.input_spec.channels}×${model.input_spec.height}×${model.input_spec.width} · ${model.classes.length} classes`;
     document.title = `convlens · ${model.name}`;
-    if (model.samples.length) await loadImage(model.samples[0].id, model.samples[0].id === 'sample-0' ? early : null);
-    else document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
+    if (model.samples.length) await loadImage(model.samples[0].id);
+    else {
+      // Nothing to show yet: no picture frames (no broken-image icons), just what to do.
+      document.querySelector('.input-pair').hidden = true;
+      document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
+      document.body.dataset.ready = 'true'; // ready for an upload
+    }
   } catch (err) {
     const status = document.getElementById('status');
     status.textContent = `Could not load the model: ${err.message || err}`;

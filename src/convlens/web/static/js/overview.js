@@ -79,24 +79,55 @@ function labelHeight(details) {
   return details ? 50 : 26;
 }
 
-function isTight(lay) {
-  return lay.columns.length > 1 && lay.columns[1].x - lay.columns[0].x < 110;
+/** Column pitch (left edge to left edge) of a layout. */
+function pitch(lay) {
+  return lay.columns.length > 1 ? lay.columns[1].x - lay.columns[0].x : Infinity;
 }
 
-function drawLabels(svg, cols, lay, details) {
-  const tight = isTight(lay);
+/** How labels fit: one row, two staggered rows, or names turned upright for a deep network. */
+function labelMode(lay) {
+  const p = pitch(lay);
+  if (p >= 110) return 'row';
+  return p >= 64 ? 'stagger' : 'upright';
+}
+
+/** Room above the neurons for the labels of `cols` in `mode`. */
+function labelRoom(cols, mode, details) {
+  if (mode === 'row') return labelHeight(details) + 12;
+  if (mode === 'stagger') return 2 * labelHeight(details) + 12;
+  const longest = Math.max(...cols.map((c) => c.layer.name.length));
+  return Math.min(150, 12 + 6.2 * longest);
+}
+
+function drawLabels(svg, cols, lay, details, mode, room) {
   lay.columns.forEach((pos, i) => {
     const { layer } = cols[i];
     const cx = pos.x + pos.width / 2;
-    const dy = tight && i % 2 ? labelHeight(details) : 0;
+    const color = LAYER_COLORS[layer.kind] || LAYER_COLORS.other;
+    const params = layer.params ? ` · ${countText(layer.params)} params` : '';
+    if (mode === 'upright' && cols[i].role !== 'output') {
+      // Read bottom to top, ending just above the column; shape and params in the tooltip.
+      const t = svgEl('text', { x: cx + 4, y: room - 6, class: 'name upright', transform: `rotate(-90 ${cx + 4} ${room - 6})` });
+      t.style.fontSize = `${Math.min(10, Math.max(6, pitch(lay) + 1))}px`; // one line per column
+      t.textContent = layer.name;
+      t.style.fill = color;
+      const tip = svgEl('title', {});
+      tip.textContent = `${layer.name} · ${shapeText(layer.output_shape)}${params}`;
+      t.append(tip);
+      svg.append(t);
+      return;
+    }
+    const dy = mode === 'stagger' && i % 2 ? labelHeight(details) : 0;
+    const anchor = mode === 'upright' ? 'end' : 'middle';
+    const x = mode === 'upright' ? pos.x + pos.width : cx;
+    const y0 = mode === 'upright' ? room - labelHeight(details) - 4 : 0;
     const text = (cls, y, s) => {
-      const t = svgEl('text', { x: cx, y: y + dy, 'text-anchor': 'middle', class: cls });
+      const t = svgEl('text', { x, y: y0 + y + dy, 'text-anchor': anchor, class: cls });
       t.textContent = s;
       svg.append(t);
       return t;
     };
-    text('name', 14, layer.name).style.fill = LAYER_COLORS[layer.kind] || LAYER_COLORS.other;
-    const params = layer.params ? ` · ${countText(layer.params)} params` : '';
+    text('name', 14, layer.name).style.fill = color;
     text('sub', 26, `${shapeText(layer.output_shape)}${params}`);
     if (details) {
       const h = layer.hyper || {};
@@ -273,7 +304,8 @@ function drawLegendAndPager(stage, ctx, col, pos) {
   const last = pos.neurons.at(-1);
   const y = last.y + last.size + 6;
   const isInput = col.layer.kind === 'input';
-  if (col.role === 'maps' && (isInput || store.get('scaleMode') !== 'neuron')) {
+  const roomy = ctx.pitch >= 64; // a legend is 60 px wide: in a deep network the tooltip says it
+  if (roomy && col.role === 'maps' && (isInput || store.get('scaleMode') !== 'neuron')) {
     const w = Math.max(60, pos.width + 20);
     // The input is drawn in pixel units (0..1), grey or one tint per colour channel.
     const scale = isInput ? { ...makeScale(0, 1, { stops: GRAY }), mode: 'input pixels' }
@@ -287,11 +319,17 @@ function drawLegendAndPager(stage, ctx, col, pos) {
       store.get('pages')[col.layer.name] = col.page + d;
       ctx.redraw();
     };
-    const pager = el('div', { class: 'pager', style: { left: `${pos.x - 12}px`, top: `${y + 22}px` } },
-      el('button', { type: 'button', 'aria-label': `previous channels of ${col.layer.name}`, onclick: go(-1), disabled: col.page === 0 }, '‹'),
-      el('span', {}, `${col.page + 1}/${col.pages}`),
-      el('button', { type: 'button', 'aria-label': `next channels of ${col.layer.name}`, onclick: go(1), disabled: col.page === col.pages - 1 }, '›'));
-    pager.title = `most active first; ${col.sent} of ${col.total} channels sent`;
+    const upright = ctx.pitch < 56; // narrow columns: the pager's buttons stacked
+    const w = Math.max(6, Math.min(16, ctx.pitch - 2));
+    const pager = el('div', {
+      class: upright ? 'pager upright' : 'pager',
+      style: upright ? { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${y}px`, width: `${w}px` }
+        : { left: `${pos.x - 12}px`, top: `${roomy ? y + 22 : y}px` },
+    },
+    el('button', { type: 'button', 'aria-label': `previous channels of ${col.layer.name}`, onclick: go(-1), disabled: col.page === 0 }, '‹'),
+    upright ? null : el('span', {}, `${col.page + 1}/${col.pages}`),
+    el('button', { type: 'button', 'aria-label': `next channels of ${col.layer.name}`, onclick: go(1), disabled: col.page === col.pages - 1 }, '›'));
+    pager.title = `page ${col.page + 1} of ${col.pages}, most active first; ${col.sent} of ${col.total} channels sent`;
     stage.append(pager);
   }
 }
@@ -303,20 +341,39 @@ export function drawOverview(root, model, trace, onOpen) {
   const t0 = performance.now();
   const cols = buildColumns(model, trace);
   const details = store.get('showDetails');
-  const height = Math.max(OVERVIEW_HEIGHT_MIN, Math.min(760, window.innerHeight - root.getBoundingClientRect().top - 16));
+  let height = Math.max(OVERVIEW_HEIGHT_MIN, Math.min(760, window.innerHeight - root.getBoundingClientRect().top - 16));
   const specs = cols.map((c) => ({ name: c.layer.name, role: c.role, count: c.count }));
-  const box = { width: root.clientWidth, height, left: 44, bottom: 56, minColumnGap: 46, maxNeuron: MAX_NEURON, minNeuron: MIN_NEURON };
-  // Labels take one row, or two staggered rows when the columns are close together.
-  let lay = layoutOverview(specs, { ...box, top: labelHeight(details) + 12 });
-  if (isTight(lay)) lay = layoutOverview(specs, { ...box, top: 2 * labelHeight(details) + 12 });
+  const box = { width: root.clientWidth, height, left: 24, bottom: 56, minColumnGap: 46, maxNeuron: MAX_NEURON, minNeuron: MIN_NEURON };
+  // Labels take one row, two staggered rows when the columns are close, or stand upright when
+  // they are closer still; the neurons start below whichever room that needs.
+  let mode = 'row';
+  let lay = layoutOverview(specs, { ...box, top: labelRoom(cols, mode, details) });
+  for (const next of ['stagger', 'upright']) {
+    if (labelMode(lay) === mode) break;
+    mode = next;
+    lay = layoutOverview(specs, { ...box, top: labelRoom(cols, mode, details) });
+  }
+  const room = labelRoom(cols, mode, details);
+  if (mode === 'upright') { // no legends under such narrow columns: only the stacked pagers
+    box.bottom = 30;
+    lay = layoutOverview(specs, { ...box, top: room });
+  }
+  // Thumbnails limited by the width leave the height unused: shrink the drawing to its content.
+  const rows = cols.at(-1).role === 'output' ? cols.at(-1).count : 0;
+  const tallest = Math.max(1, ...cols.map((c) => (c.role === 'maps' ? c.count : 1)));
+  const need = room + box.bottom + Math.max(tallest * (lay.neuronSize + 6), rows * 22, 160);
+  if (need < height) {
+    height = need;
+    lay = layoutOverview(specs, { ...box, height, top: room });
+  }
   const stage = el('div', { class: 'stage', style: { width: `${lay.width}px`, height: `${height}px` } });
   const svg = svgEl('svg', { width: lay.width, height });
   stage.append(svg);
   const colOf = new Map(cols.map((c, i) => [c.layer.name, i]));
   const resolve = resolver(model.graph.layers, colOf);
   const index = drawEdges(svg, cols.flatMap((_, i) => edgesInto(cols, lay, i, resolve, colOf)));
-  drawLabels(svg, cols, lay, details);
-  const ctx = { model, trace, index, onOpen, redraw: () => drawOverview(root, model, trace, onOpen) };
+  drawLabels(svg, cols, lay, details, mode, room);
+  const ctx = { model, trace, index, onOpen, pitch: pitch(lay), redraw: () => drawOverview(root, model, trace, onOpen) };
   cols.forEach((col, i) => {
     const pos = lay.columns[i];
     if (col.role === 'maps') drawMaps(stage, ctx, col, pos);
@@ -328,6 +385,8 @@ export function drawOverview(root, model, trace, onOpen) {
   root.replaceChildren(stage);
   root.scrollLeft = scroll;
   root.dataset.columns = String(cols.length);
+  root.dataset.labels = mode;
+  root.dataset.width = String(root.clientWidth); // the width this drawing fits (tests wait on it)
   root.dataset.drawMs = String(Math.round(performance.now() - t0));
   return { columns: cols, layout: lay };
 }

@@ -3,6 +3,7 @@ const state = {
   model: null, // GET /model
   trace: null, // decoded GET /trace
   imageId: null,
+  imageLabel: '', // what the current image is called on the results that belong to it
   scaleMode: 'layer',
   showDetails: false,
   pages: {}, // layer name -> page index
@@ -34,4 +35,15 @@ export function newImageRequest() {
 
 export function isLatest(ticket) {
   return ticket === state.imageRequest;
+}
+
+/**
+ * Tickets for any other kind of request (a unit, an explanation): `latest(kind)` gives a ticket,
+ * `ticket.current()` says whether it is still the newest of its kind.
+ */
+const counters = {};
+export function latest(kind) {
+  counters[kind] = (counters[kind] || 0) + 1;
+  const mine = counters[kind];
+  return { current: () => counters[kind] === mine };
 }

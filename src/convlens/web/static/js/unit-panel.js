@@ -22,11 +22,15 @@ export function install(root) {
   empty();
   store.on('selected', async (sel) => {
     if (!sel) return empty();
+    const ticket = store.latest('unit'); // a slower answer for an earlier click is dropped
     root.replaceChildren(el('h3', {}, `Unit ${sel.layer} · ${sel.channel}`), el('p', { class: 'muted' }, 'loading…'));
+    root.dataset.unit = `${sel.layer}|${sel.channel}`;
     let unit;
     try {
       unit = await getUnit(sel.layer, sel.channel);
+      if (!ticket.current()) return undefined;
     } catch (err) {
+      if (!ticket.current()) return undefined;
       root.replaceChildren(el('h3', {}, `Unit ${sel.layer} · ${sel.channel}`), el('p', { class: 'muted' }, String(err.message || err)));
       return undefined;
     }
@@ -35,7 +39,7 @@ export function install(root) {
     const kernel = unit.kernel ? el('div', { class: 'row' }, ...kernelCanvases(unit.kernel)) : el('p', { class: 'muted' }, 'no kernel (not a convolution)');
     const patches = unit.top_patches?.length ? el('div', { class: 'row' }, ...unit.top_patches.map((src) => el('img', { src, alt: 'top patch', style: { width: '48px', height: '48px' } })))
       : el('p', { class: 'muted' }, 'no dataset scan (start the server with --scan DIR)');
-    root.replaceChildren(el('h3', {}, `Unit ${sel.layer} · channel ${sel.channel}`),
+    root.replaceChildren(el('h3', { id: 'unit-title', 'data-unit': `${sel.layer}|${sel.channel}` }, `Unit ${sel.layer} · channel ${sel.channel}`),
       el('div', { class: 'viewrow' }, el('div', { class: 'viewcol' }, el('span', { class: 'label' }, 'feature visualization'), fv),
         el('div', { class: 'viewcol' }, el('span', { class: 'label' }, 'kernel (one square per input channel)'), kernel)),
       el('span', { class: 'label muted' }, 'top dataset patches'), patches);

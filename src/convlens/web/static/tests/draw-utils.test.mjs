@@ -123,11 +123,16 @@ test('layoutOverview fits columns in the box and centres neurons', () => {
   const first = lay.columns[0].neurons[0];
   assert.ok(first.y > lay.columns[1].neurons[0].y); // shorter column centred
   assert.ok(lay.width <= 1200 + 1e-9);
-  // a deep network scrolls sideways instead of squeezing columns together
-  const deep = Array.from({ length: 40 }, (_, i) => ({ name: `l${i}`, role: 'maps', count: 4 }));
-  const wide = U.layoutOverview(deep, { width: 1200, height: 600, minColumnGap: 72 });
-  assert.ok(wide.columns[1].x - wide.columns[0].x >= 72);
-  assert.ok(wide.width > 1200);
+  // a deep network keeps to the width: smaller thumbnails and gaps, no sideways scroll
+  const deep = Array.from({ length: 60 }, (_, i) => ({ name: `l${i}`, role: 'maps', count: 10 }));
+  deep.push({ name: 'out', role: 'output', count: 10 });
+  for (const w of [800, 1280]) {
+    const fit = U.layoutOverview(deep, { width: w, height: 600, left: 20, minColumnGap: 46 });
+    const end = fit.columns.at(-1);
+    assert.ok(end.x + end.width <= w - 20 + 1e-9, `${w}: last column ends at ${end.x + end.width}`);
+    assert.ok(fit.neuronSize >= 4 && fit.spacing >= 2);
+    assert.equal(fit.width, w);
+  }
 });
 
 test('readsFrom: conv reads all (or its group), element-wise reads its channel', () => {
@@ -189,4 +194,27 @@ test('denseTerms sums every product plus the bias and lists the largest first', 
   assert.equal(d.restCount, 1);
   assert.ok(Math.abs(d.restSum - 1) < 1e-6);
   assert.match(U.denseString(1, d), /^z1 = .* \(1 more: 1\.000\) \+ −1\.000 \(bias\) = −2\.000$/);
+});
+
+test('activationFn: the plotted functions match their definitions', () => {
+  const relu = U.activationFn('ReLU');
+  assert.equal(relu(-2), 0);
+  assert.equal(relu(1.5), 1.5);
+  assert.equal(U.activationFn('relu6')(9), 6);
+  assert.equal(U.activationFn('LeakyReLU', { negative_slope: 0.2 })(-5), -1);
+  assert.ok(Math.abs(U.activationFn('sigmoid')(0) - 0.5) < 1e-12);
+  assert.equal(U.activationFn('BatchNorm2d'), null);
+});
+
+test('playgroundNumbers: a hand-computed corner and the padding', () => {
+  const { x, w, y, size } = U.playgroundNumbers(5, 3, 1, 2);
+  assert.equal(size, 3);
+  assert.deepEqual(w[0], [-1, 0, 1]);
+  // y[0,0] reads rows −1..1, columns −1..1: the padding is 0, so x[0][1] + x[1][1] − 0 − 0
+  assert.equal(y[0][0], x[0][1] + x[1][1]);
+  // y[1,1] reads rows 1..3, columns 1..3
+  let want = 0;
+  for (let a = 0; a < 3; a++) want += x[1 + a][3] - x[1 + a][1];
+  assert.equal(y[1][1], want);
+  assert.equal(U.playgroundNumbers(8, 3, 0, 2).y, null); // does not tile
 });
