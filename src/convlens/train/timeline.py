@@ -204,7 +204,9 @@ class Timeline:
         n = len(self)
         if count >= n:
             return list(range(n))
-        return sorted({round(k * (n - 1) / (count - 1)) for k in range(count)}) if count > 1 else [0]
+        if count == 1:
+            return [0]
+        return sorted({round(k * (n - 1) / (count - 1)) for k in range(count)})
 
     def contact_sheet(self, count: int = 8) -> Image.Image:
         """A still: one row per chosen frame (filters, Grad-CAM, first shown layer), labelled,
@@ -213,15 +215,20 @@ class Timeline:
         first = self.index.plan.show[0] if self.index.plan.show else None
         for i in self.pick(count):
             t = self.tensors(i)
-            parts = [filter_grid(t["filters"], cell=21, gap=1), cam_overlay(self.probe, t["cam"], 64)]
+            parts = [
+                filter_grid(t["filters"], cell=21, gap=1),
+                cam_overlay(self.probe, t["cam"], 64),
+            ]
             if first is not None:
                 parts.append(activation_row(t[f"act/{first}"], cell=36))
             row = hstack(parts, gap=10)
             label = Image.new("RGB", (row.width, 16), BACKGROUND)
             ImageDraw.Draw(label).text((0, 0), frame_label(self.index, i), fill=INK, font=font(11))
             rows.append(vstack([label, row], gap=2))
-        heading = (f"filters of {self.index.plan.filters} · Grad-CAM on the probe "
-                   f"({self.index.probe_class})" + (f" · activations of {first}" if first else ""))  # fmt: skip
+        heading = (
+            f"filters of {self.index.plan.filters} · Grad-CAM on the probe "
+            f"({self.index.probe_class})" + (f" · activations of {first}" if first else "")
+        )
         sheet = vstack(rows, gap=8)
         title = Image.new("RGB", (sheet.width, 22), BACKGROUND)
         ImageDraw.Draw(title).text((0, 2), heading, fill=INK, font=font(13))
