@@ -21,7 +21,17 @@ from PIL import Image, ImageDraw
 from convlens.errors import ConvlensError
 from convlens.io.atomic import output_set, write_bytes_atomic
 from convlens.io.color import Scale, colorize
-from convlens.io.figure import BACKGROUND, INK, MUTED, font, hstack, overlay, save_png, vstack
+from convlens.io.figure import (
+    BACKGROUND,
+    INK,
+    MUTED,
+    font,
+    hstack,
+    overlay,
+    save_png,
+    text_size,
+    vstack,
+)
 from convlens.train.watch import Frame, TimelineIndex, read_frame, read_index, read_probe
 from convlens.train.watch import timeline_dir as _timeline_dir
 
@@ -72,22 +82,33 @@ def activation_row(act: torch.Tensor, cell: int = 40, gap: int = 2) -> Image.Ima
 
 
 def cam_overlay(probe: torch.Tensor, cam: torch.Tensor, size: int = 96) -> Image.Image:
-    """Grad-CAM (at its layer's resolution) blended over the probe image, ``size`` pixels."""
-    img = probe.detach().clamp(0, 1)
-    if img.shape[0] == 1:
-        img = img.expand(3, -1, -1)
-    base = Image.fromarray(np.rint(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8), "RGB")
-    base = base.resize((size, round(size * base.height / base.width)), Image.Resampling.NEAREST)
+    """Grad-CAM (at its layer's resolution) blended over the probe image, ``size`` pixels.
+
+    A map that is zero everywhere (no region raises the class score through that layer) is
+    shown as the plain image marked "0", not as a dark overlay that would read as a map.
+    """
+    base = probe_image(probe, size)
     c = cam.detach().float()
-    scale = Scale("turbo", 0.0, float(c.max()) if float(c.max()) > 0 else 1.0)
-    return overlay(base, c.numpy(), scale, alpha=0.5)
+    if not float(c.max()) > 0:
+        d = ImageDraw.Draw(base)
+        d.rectangle((0, 0, 15, 15), fill=(255, 255, 255))
+        d.text((8, 8), "0", fill=INK, font=font(12), anchor="mm")
+        return base
+    return overlay(base, c.numpy(), Scale("turbo", 0.0, float(c.max())), alpha=0.5)
 
 
 def probe_image(probe: torch.Tensor, size: int = 96) -> Image.Image:
+    """The probe image ``(C, H, W)`` in [0, 1], ``size`` pixels wide (nearest neighbour)."""
     img = probe.detach().clamp(0, 1)
     arr = np.rint(img.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
     pil = Image.fromarray(arr[..., 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
-    return pil.convert("RGB").resize((size, size), Image.Resampling.NEAREST)
+    height = max(1, round(size * pil.height / pil.width))
+    return pil.convert("RGB").resize((size, height), Image.Resampling.NEAREST)
+
+
+def filter_cell(filters: torch.Tensor, smallest: int = 20) -> int:
+    """Pixels per filter: at least ``smallest``, and 4 per kernel pixel (7×7 → 28)."""
+    return max(smallest, 4 * int(filters.shape[-1]))
 
 
 def loss_chart(
@@ -183,7 +204,8 @@ class Timeline:
         t = self.tensors(i)
         plan = self.index.plan
         top = hstack([
-            _titled(filter_grid(t["filters"]), f"filters of {plan.filters}"),
+            _titled(filter_grid(t["filters"], filter_cell(t["filters"], 24)),
+                    f"filters of {plan.filters}"),
             _titled(hstack([probe_image(self.probe), cam_overlay(self.probe, t["cam"])], gap=4),
                     f"probe ({self.index.probe_class}) · Grad-CAM"),
             loss_chart(self.index.frames, i),
@@ -216,7 +238,7 @@ class Timeline:
         for i in self.pick(count):
             t = self.tensors(i)
             parts = [
-                filter_grid(t["filters"], cell=21, gap=1),
+                filter_grid(t["filters"], cell=filter_cell(t["filters"]), gap=1),
                 cam_overlay(self.probe, t["cam"], 64),
             ]
             if first is not None:
@@ -230,7 +252,7 @@ class Timeline:
             f"({self.index.probe_class})" + (f" · activations of {first}" if first else "")
         )
         sheet = vstack(rows, gap=8)
-        title = Image.new("RGB", (sheet.width, 22), BACKGROUND)
+        title = Image.new("RGB", (max(sheet.width, text_size(heading, 13)[0] + 4), 22), BACKGROUND)
         ImageDraw.Draw(title).text((0, 2), heading, fill=INK, font=font(13))
         chart = loss_chart(self.index.frames, None, (min(sheet.width, 420), 110))
         out = vstack([title, chart, sheet], gap=6)
