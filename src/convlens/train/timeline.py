@@ -114,8 +114,9 @@ def filter_cell(filters: torch.Tensor, smallest: int = 20) -> int:
 def loss_chart(
     frames: Sequence[Frame], upto: int | None = None, size: tuple[int, int] = (240, 110)
 ) -> Image.Image:
-    """Training loss (blue) and validation loss at epoch ends (red dots) against the step,
-    with a marker at frame ``upto``; the axes cover the whole run, so frames line up."""
+    """Training loss (blue) and validation loss at epoch ends (red dots) against the step, up
+    to frame ``upto`` (marked) or the whole run; the axes always cover the whole run, so the
+    frames of an animation line up."""
     w, h = size
     out = Image.new("RGB", size, BACKGROUND)
     d = ImageDraw.Draw(out)
@@ -134,10 +135,11 @@ def loss_chart(
     def xy(step: int, v: float) -> tuple[float, float]:
         return left + (right - left) * step / last_step, bottom - (bottom - top) * v / hi
 
-    line = [xy(f.step, f.loss) for f in frames if f.loss is not None]
+    shown = frames if upto is None else frames[: upto + 1]  # what was known at that frame
+    line = [xy(f.step, f.loss) for f in shown if f.loss is not None]
     if len(line) > 1:
         d.line(line, fill=LOSS_COLOR, width=2)
-    for f in frames:
+    for f in shown:
         if f.val_loss is not None:
             x, y = xy(f.step, f.val_loss)
             d.ellipse((x - 3, y - 3, x + 3, y + 3), fill=VAL_COLOR)
@@ -161,9 +163,29 @@ def frame_label(index: TimelineIndex, i: int) -> str:
     return " · ".join(parts)
 
 
+def filter_roughness(filters: torch.Tensor) -> float:
+    """Mean roughness of the filters (:func:`convlens.featurevis.filters.roughness`): about 1
+    for noise, falling as filters grow smooth structure such as edges and blobs."""
+    from convlens.featurevis.filters import roughness
+
+    return float(roughness(filters.detach().float()).mean())
+
+
 def dead_text(index: TimelineIndex, i: int) -> str:
     f = index.frames[i]
     return "dead units: " + ", ".join(f"{n}: {f.dead[n]}/{index.units[n]}" for n in index.plan.dead)
+
+
+def _wrapped(text: str, width: int, size: int) -> list[str]:
+    """``text`` broken after commas into lines at most ``width`` pixels wide."""
+    lines: list[str] = []
+    for part in text.split(", "):
+        trial = f"{lines[-1]}, {part}" if lines else part
+        if lines and text_size(trial, size)[0] <= width:
+            lines[-1] = trial
+        else:
+            lines.append(part)
+    return lines
 
 
 def _titled(img: Image.Image, text: str) -> Image.Image:
@@ -212,10 +234,14 @@ class Timeline:
         ], gap=16, align="top")  # fmt: skip
         rows = [_titled(activation_row(t[f"act/{n}"]), f"{n}") for n in plan.show]
         body = vstack([top, *rows], gap=6)
-        head = Image.new("RGB", (body.width, 40), BACKGROUND)
+        lines = _wrapped(dead_text(self.index, i), body.width, 11)
+        head = Image.new("RGB", (body.width, 24 + 14 * len(lines)), BACKGROUND)
         d = ImageDraw.Draw(head)
-        d.text((0, 2), frame_label(self.index, i), fill=INK, font=font(14))
-        d.text((0, 22), dead_text(self.index, i), fill=MUTED, font=font(11))
+        rough = filter_roughness(t["filters"])
+        d.text((0, 2), f"{frame_label(self.index, i)} · filter roughness {rough:.2f}", fill=INK,
+               font=font(14))  # fmt: skip
+        for k, line in enumerate(lines):
+            d.text((0, 22 + 14 * k), line, fill=MUTED, font=font(11))
         out = vstack([head, body], gap=4)
         framed = Image.new("RGB", (out.width + 16, out.height + 16), BACKGROUND)
         framed.paste(out, (8, 8))
@@ -245,7 +271,8 @@ class Timeline:
                 parts.append(activation_row(t[f"act/{first}"], cell=36))
             row = hstack(parts, gap=10)
             label = Image.new("RGB", (row.width, 16), BACKGROUND)
-            ImageDraw.Draw(label).text((0, 0), frame_label(self.index, i), fill=INK, font=font(11))
+            text = f"{frame_label(self.index, i)} · roughness {filter_roughness(t['filters']):.2f}"
+            ImageDraw.Draw(label).text((0, 0), text, fill=INK, font=font(11))
             rows.append(vstack([label, row], gap=2))
         heading = (
             f"filters of {self.index.plan.filters} · Grad-CAM on the probe "

@@ -30,6 +30,7 @@ from convlens.train.timeline import (
     cam_overlay,
     dead_text,
     filter_grid,
+    filter_roughness,
     frame_label,
     loss_chart,
     probe_image,
@@ -162,7 +163,7 @@ def render_frame(tl: Timeline, i: int) -> dict[str, Any]:
     return {
         "index": i,
         "step": ix.frames[i].step,
-        "label": frame_label(ix, i),
+        "label": f"{frame_label(ix, i)} · filter roughness {filter_roughness(t['filters']):.2f}",
         "dead_text": dead_text(ix, i),
         "filters": png_data_url(upscale(filter_grid(t["filters"], cell=28), 160)),
         "gradcam": png_data_url(cam_overlay(tl.probe, t["cam"], 112)),

@@ -66,6 +66,7 @@ export async function install(root) {
       cache.set(i, frame);
     }
     if (wanted !== i) return; // the slider moved on while this frame loaded
+    label.textContent = frame.label;
     filters.src = frame.filters;
     cam.src = frame.gradcam;
     chart.src = frame.loss_chart;
