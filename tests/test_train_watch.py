@@ -161,7 +161,7 @@ def write_folder(root: Path, n: int, size: int = 28) -> None:
 def test_timeline_survives_kill_9_and_resume_continues_it(tmp_path: Path) -> None:
     write_folder(tmp_path / "imgs", 440)  # 400 training images: 50 steps an epoch
     run = tmp_path / "run"
-    args = ["train", "-d", str(tmp_path / "imgs"), "-m", "tiny-vgg", "--epochs", "4",
+    args = ["train", "-d", str(tmp_path / "imgs"), "-m", "tiny-vgg", "--epochs", "3",
             "--batch-size", "8", "--out", str(run)]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src"),
            "OMP_NUM_THREADS": "1"}  # fmt: skip
@@ -193,7 +193,7 @@ def test_timeline_survives_kill_9_and_resume_continues_it(tmp_path: Path) -> Non
     assert main([*args, "--resume"]) == 0  # --watch and --every 7 come from the timeline
     index = read_index(run)
     steps = [f.step for f in index.frames]
-    assert steps == expected_steps(7, 50, 4)  # no duplicate, no gap
+    assert steps == expected_steps(7, 50, 3)  # no duplicate, no gap
     files = sorted(p.name for p in (timeline_dir(run) / FRAMES_DIR).iterdir())
     assert files == [f"{s:09d}.safetensors" for s in steps]  # no stray frame of the killed run
     history = json.loads((run / "model.json").read_text())["history"]

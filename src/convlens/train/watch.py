@@ -476,34 +476,58 @@ def read_index(run: str | os.PathLike[str]) -> TimelineIndex:
     return index
 
 
+MAX_FILE_BYTES = 64 << 20  # a probe batch or a frame is a few MB at most
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, its header checked against ``MAX_FILE_BYTES`` before loading."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from convlens.model.checkpoint import check_safetensors
+    from convlens.model.formats.safety import Budget
+
+    check_safetensors(path, Budget(MAX_FILE_BYTES))
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ConvlensError(f"{str(path)!r} is corrupt or not safetensors: {e}") from None
+
+
 def read_probe(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The probe batch as floats in [0, 1] and its labels."""
-    from convlens.model.checkpoint import read_safetensors
-
-    t = read_safetensors(folder / PROBE_FILE)
+    t = _read_tensors(folder / PROBE_FILE)
     images, labels = t.get("images"), t.get("labels")
     if (images is None or labels is None or images.dtype != torch.uint8 or images.dim() != 4
-            or labels.shape != (images.shape[0],) or images.shape[0] == 0):  # fmt: skip
+            or images.shape[1] not in (1, 3) or labels.shape != (images.shape[0],)
+            or images.shape[0] == 0):  # fmt: skip
         raise ConvlensError(f"{str(folder / PROBE_FILE)!r} is not a convlens probe batch")
     return images.float() / 255, labels.to(torch.int64)
+
+
+def _fits(t: torch.Tensor | None, dims: int, limits: tuple[int, ...]) -> bool:
+    return (
+        t is not None
+        and t.dim() == dims
+        and all(0 < n <= hi for n, hi in zip(t.shape, limits, strict=True))
+    )
 
 
 def read_frame(
     run: str | os.PathLike[str], index: TimelineIndex, i: int
 ) -> dict[str, torch.Tensor]:
-    """The tensors of frame ``i`` of ``index``, checked against the index's layers."""
-    from convlens.model.checkpoint import read_safetensors
-
+    """The tensors of frame ``i`` of ``index``, checked against the index's layers and the
+    sizes convlens writes (so a hostile file cannot ask a renderer for a huge picture)."""
     n = len(index.frames)
     if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n:
         raise ConvlensError(f"frame {i!r} is out of range: this timeline has {n} frames"
                             + (f" (0..{n - 1})" if n else ""))  # fmt: skip
     path = frame_file(timeline_dir(run), index.frames[i].step)
-    t = read_safetensors(path)
-    filters, cam = t.get("filters"), t.get("cam")
+    t = _read_tensors(path)
     ok = (
-        filters is not None and filters.dim() == 4 and cam is not None and cam.dim() == 2
-        and all(t.get(f"act/{n}") is not None and t[f"act/{n}"].dim() == 3
+        _fits(t.get("filters"), 4, (MAX_FILTERS, 4096, 64, 64))
+        and _fits(t.get("cam"), 2, (4096, 4096))
+        and all(_fits(t.get(f"act/{n}"), 3, (SHOW_CHANNELS, SHOW_SIZE, SHOW_SIZE))
                 for n in index.plan.show)
         and all(t.get(f"dead/{n}") is not None and t[f"dead/{n}"].shape == (index.units[n],)
                 for n in index.plan.dead)
