@@ -207,20 +207,21 @@ def snapshot_tensors(
     if not isinstance(weight, torch.Tensor):
         raise ConvlensError(f"layer {plan.filters!r} has no weight tensor to show")
     tensors: dict[str, torch.Tensor] = {
-        "filters": weight.detach()[:MAX_FILTERS].float().contiguous().clone()
+        "filters": weight.detach()[:MAX_FILTERS].float().cpu().contiguous().clone()
     }
+    probe = probe.to(weight.device)  # the model may train on an accelerator
     maxima = unit_maxima(model, probe, plan.dead)
     shown = _run_reducing(model, probe[:1], dict.fromkeys(plan.show, _shown))
     dead: dict[str, int] = {}
     for name in plan.dead:
         mask = maxima[name] <= 0
-        tensors[f"dead/{name}"] = mask.to(torch.uint8)
+        tensors[f"dead/{name}"] = mask.to(torch.uint8).cpu()
         dead[name] = int(mask.sum())
     for name in plan.show:
-        tensors[f"act/{name}"] = shown[name].half()
+        tensors[f"act/{name}"] = shown[name].half().cpu()
     cam = GradCAM(model, plan.cam)(probe[:1], label)
     assert cam.layer_values is not None
-    tensors["cam"] = cam.layer_values[0, 0].float().contiguous()
+    tensors["cam"] = cam.layer_values[0, 0].float().cpu().contiguous()
     return tensors, dead
 
 
