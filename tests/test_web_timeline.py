@@ -156,3 +156,17 @@ def test_slider_changes_the_pictures(run: Path) -> None:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_serve_passes_a_run_folder_to_the_app(
+    run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from convlens.cli import main
+    from convlens.cli import serve as serve_cli
+
+    seen: list[object] = []
+    monkeypatch.setattr(serve_cli, "run_server", lambda model, **kw: seen.append(kw["run_dir"]))
+    port = str(_free_port())
+    assert main(["serve", "--model", str(run), "--no-browser", "--port", port]) == 0
+    assert main(["serve", "--model", "tiny-vgg", "--no-browser", "--port", port]) == 0
+    assert seen == [str(run), None]
