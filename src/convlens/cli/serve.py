@@ -13,6 +13,7 @@ from convlens.cli.checks import in_range
 from convlens.cli.common import ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.model import Model
+from convlens.model.checkpoint import is_checkpoint
 
 WEB_EXTRA_HINT = "pip install 'convlens[web]'"
 
@@ -90,8 +91,10 @@ def run_server(
     port: int = 8765,
     open_browser: bool = True,
     max_upload_mb: float | None = None,
+    run_dir: str | None = None,
 ) -> None:
-    """Build the app for ``model`` and serve it until Ctrl+C."""
+    """Build the app for ``model`` and serve it until Ctrl+C (``run_dir``: its training run
+    folder, whose ``train --watch`` timeline the explainer then plays back)."""
     if not web_available():
         raise ConvlensError(f"the web explainer needs the web extra: {WEB_EXTRA_HINT}")
     from convlens.web import ServerConfig, create_app, serve
@@ -106,6 +109,7 @@ def run_server(
         scan_dir=scan,
         scan_data=scan_data,
         config=ServerConfig(**config_args),
+        run_dir=run_dir,
     )
     # Again just before serving: building the app takes a while, and a port taken meanwhile
     # must still be one line, not the "explainer at ..." line followed by uvicorn's error.
@@ -159,6 +163,7 @@ def serve_command(
         port=port,
         open_browser=not no_browser,
         max_upload_mb=max_upload_mb,
+        run_dir=model if is_checkpoint(model) else None,
     )
 
 

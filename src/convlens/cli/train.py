@@ -26,6 +26,7 @@ from convlens.train.augment import with_overrides
 from convlens.train.datasets import Subset, for_model
 from convlens.train.loop import OPTIMIZERS, SCHEDULES
 from convlens.train.transfer import with_classes
+from convlens.train.watch import watch_for_run
 
 DatasetOpt = Annotated[
     str,
@@ -202,6 +203,17 @@ def train(
     download: DownloadOpt = False,
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch",
+            help="Record a timeline of snapshots "
+            "(filters, probe, dead units); see `convlens timeline`.",
+        ),
+    ] = False,
+    every: Annotated[
+        int | None, typer.Option(help="Steps between --watch snapshots (default 50).")
+    ] = None,
 ) -> None:
     """Train a model on a data set, validating on its test split and checkpointing each epoch.
 
@@ -215,6 +227,7 @@ def train(
     if threads is not None:
         checks.in_range("--threads", threads, 1, 1024)
     check_out_target(out)
+    watcher = watch_for_run(out, watch, every, resume)
     if threads:
         torch.set_num_threads(threads)
     train_data = open_dataset(dataset, "train", data_dir, download)
@@ -257,7 +270,7 @@ def train(
         try:
             result = run_training(m, train_data, val_data, out, config, resume=resume,
                                   overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
-                                  extra_meta=meta)  # fmt: skip
+                                  extra_meta=meta, watch=watcher)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
             print(e, file=sys.stderr)

@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +44,9 @@ from convlens.model.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint
 from convlens.model.core import Model
 from convlens.train.augment import Augment
 from convlens.train.transfer import TRANSFER_MODES, frozen_norm_layers_eval, param_groups
+
+if TYPE_CHECKING:
+    from convlens.train.watch import Watch
 
 STATE_FILE = "train_state.pt"
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -297,6 +300,7 @@ def train(
     on_step: Callable[[StepInfo], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
+    watch: Watch | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``, validating on ``val_data`` and checkpointing to
     ``out`` after every epoch. Raises :class:`TrainingInterrupted` after saving on Ctrl-C.
@@ -315,7 +319,7 @@ def train(
     folder = prepare_out(out, resume, overwrite)
     try:
         return _run(model, train_data, val_data, folder, config, resume, on_step, on_epoch,
-                    dict(extra_meta or {}))  # fmt: skip
+                    dict(extra_meta or {}), watch)  # fmt: skip
     except TrainingInterrupted:
         raise
     except BaseException:
@@ -334,6 +338,7 @@ def _run(
     on_step: Callable[[StepInfo], None] | None,
     on_epoch: Callable[[dict[str, Any]], None] | None,
     meta: dict[str, Any],
+    watch: Watch | None = None,
 ) -> TrainResult:
     history: list[dict[str, Any]] = []
     pos = _Progress()
@@ -361,6 +366,8 @@ def _run(
 
     n = len(train_data)
     steps = math.ceil(n / config.batch_size)
+    if watch:
+        watch.start(model, folder, val_data or train_data, pos.epoch * steps + pos.step, steps)
     with stop_on_sigint() as stop_asked:
         while pos.epoch < config.epochs:
             order = epoch_order(n, config.seed, pos.epoch).tolist()
@@ -379,15 +386,20 @@ def _run(
                 pos.correct += correct
                 pos.count += len(idx)
                 pos.seconds += time.perf_counter() - t0
+                info = StepInfo(pos.epoch + 1, config.epochs, pos.step, steps,
+                                pos.loss_sum / pos.count, pos.correct / pos.count,
+                                pos.count / max(pos.seconds, 1e-9), lr)  # fmt: skip
                 if on_step:
-                    on_step(StepInfo(pos.epoch + 1, config.epochs, pos.step, steps,
-                                     pos.loss_sum / pos.count, pos.correct / pos.count,
-                                     pos.count / max(pos.seconds, 1e-9), lr))  # fmt: skip
+                    on_step(info)
+                if watch:
+                    watch.after_step(model, info)
                 if stop_asked() and pos.step < steps:
                     save(interrupted=True)
                     raise TrainingInterrupted(folder, pos.epoch + 1, pos.step)
             record = _finish_epoch(model, val_data, config, pos, lr)
             history.append(record)
+            if watch:  # before the state is saved: a resumed run never lacks this frame
+                watch.after_epoch(model, record)
             pos = _Progress(epoch=pos.epoch + 1)
             save(interrupted=False)
             if on_epoch:

@@ -31,6 +31,7 @@ from convlens.web.api import PREFIX, build_router
 from convlens.web.errors import ApiError
 from convlens.web.guard import TOKEN_QUERY, Access, BodyRule, Guard, Rules, is_loopback
 from convlens.web.state import ServerConfig, ServerState
+from convlens.web.timeline import timeline_router
 from convlens.web.uploads import MULTIPART_OVERHEAD
 
 __all__ = ["create_app", "is_loopback", "serve"]
@@ -91,6 +92,7 @@ def create_app(
     config: ServerConfig | None = None,
     static_dir: Path = STATIC,
     access: Access | None = None,
+    run_dir: str | Path | None = None,
 ) -> FastAPI:
     """The web explainer for ``model``: API under ``/api/v1``, front end at ``/``.
 
@@ -98,7 +100,8 @@ def create_app(
     model (``convlens.analysis``) whose top patches ``/units`` shows, cut from its data set
     (``scan_data`` names the data set when the scan's record is not enough, e.g. a folder).
     ``access`` says which ``Host`` names and token the server accepts (default: the loopback
-    names, no token; :func:`serve` sets it for the address it binds).
+    names, no token; :func:`serve` sets it for the address it binds). ``run_dir``, the
+    model's training run folder, adds its ``train --watch`` timeline (``/timeline``).
     """
     images = _given_folder(images_dir, "--images")
     scan = _given_folder(scan_dir, "--scan")
@@ -133,6 +136,7 @@ def create_app(
     )
     app.add_middleware(Guard, access=access, rules=rules)
     _install_error_handlers(app)
+    app.include_router(timeline_router(run_dir))  # before the API's catch-all 404 route
     app.include_router(build_router(state))
     _add_params_schema(app)
     index = static_dir / "index.html"

@@ -7,6 +7,7 @@ import * as inputs from './inputs.js';
 import { drawOverview } from './overview.js';
 import * as playground from './playground.js';
 import * as store from './store.js';
+import * as timeline from './timeline.js';
 import * as unitPanel from './unit-panel.js';
 import { el } from './render.js';
 import { OVERVIEW_MAX_SIZE } from './config.js';
@@ -88,6 +89,7 @@ async function start() {
   explainPanel.install(document.getElementById('explain-panel'));
   unitPanel.install(document.getElementById('unit-panel'));
   playground.install(document.getElementById('playground'));
+  timeline.install(document.getElementById('timeline-panel'));
   document.getElementById('scale-mode').addEventListener('change', (e) => { store.set('scaleMode', e.target.value); redraw(); });
   document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
   let resizeTimer = null;
