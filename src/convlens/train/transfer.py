@@ -36,7 +36,7 @@ from convlens.data.base import ImageDataset
 from convlens.errors import ConvlensError
 from convlens.model.checkpoint import load_state_dict_into
 from convlens.model.core import Model
-from convlens.model.headed import TRANSFER_ARCH, HeadSpec, TransferNet, attach_head
+from convlens.model.headed import TRANSFER_ARCH, HeadSpec, TransferNet, attach_head, cut_layer
 from convlens.model.zoo import ZOO, build
 
 # "feature-extraction" is the older name of "features" (kept for saved runs and the API).
@@ -232,6 +232,7 @@ def new_head(
     elif model.arch is not None:
         where = {"body": arch_text(model.arch), "body_format": "zoo"}
     else:
+        cut_layer(model)  # refuse a model without a layer to cut at before copying anything
         where = {"body": copy_body_files(source, fmt, out), "body_format": fmt}
     return attach_head(model, list(classes), head, where)
 
