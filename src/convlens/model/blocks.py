@@ -151,6 +151,8 @@ def blocks(model: Model, upto: str | None = None) -> list[Block]:
     for i, lay in enumerate(layers):
         if i > starts[-1] and _opens(lay):
             at = _unit_start(layers, i, starts[-1])
+            while at - 1 > starts[-1] and "pad" in layers[at - 1].hyper:
+                at -= 1  # the padding in front of a strided conv (Keras) goes with it
             if at > starts[-1] and _cuttable(layers, at):
                 starts.append(at)
         if _closes(lay) and i + 1 < len(layers) and _cuttable(layers, i + 1):
