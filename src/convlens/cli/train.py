@@ -166,11 +166,6 @@ def mapped(
     return LabelMapped(train_data, mapping, model.classes), val
 
 
-def dataset_name(dataset: str) -> str:
-    """``folder:PATH`` names an image folder explicitly (a bare folder path works too)."""
-    return dataset.removeprefix("folder:") if dataset.startswith("folder:") else dataset
-
-
 def _open_validation(dataset: str, data_dir: str | None, download: bool) -> ImageDataset | None:
     """The test split, or None (with a warning) when a small image folder has no test images."""
     try:
@@ -328,7 +323,6 @@ def train(
     check_out_target(out)
     if threads:
         torch.set_num_threads(threads)
-    dataset = dataset_name(dataset)
     train_data = open_dataset(dataset, "train", data_dir, download)
     val_data = _open_validation(dataset, data_dir, download)
     console = Console(stderr=True, soft_wrap=True, emoji=False)  # "folder:two" is no emoji
