@@ -335,3 +335,27 @@ def test_cli_pretrained_weights_file_then_finetune(
     tuned = load_model(str(tmp_path / "t")).net.state_dict()
     assert torch.equal(tuned["body.layer3.0.conv1.weight"], state["layer3.0.conv1.weight"])
     assert not torch.equal(tuned["body.layer4.0.conv1.weight"], state["layer4.0.conv1.weight"])
+
+
+def test_hostile_transfer_checkpoint_is_refused_in_one_line(tmp_path: Path) -> None:
+    import json
+
+    _, model = transfer("tiny-vgg:input_size=16,padding=1,width=4")
+    train(model, images(8), None, tmp_path / "run", TrainConfig(epochs=1, mode="features"))
+    meta_path = tmp_path / "run" / "model.json"
+    good = json.loads(meta_path.read_text())
+    assert load_model(str(tmp_path / "run")).classes == ["cat", "dog"]
+    cases = [
+        ({"body": "../../evil.onnx", "body_format": "onnx"}, "outside the checkpoint"),
+        ({"body": "body", "body_format": "checkpoint"}, "body format 'checkpoint'"),
+        ({"head": "flatten,dense:65536,dense:65536"}, "over the budget"),
+        ({"cut": "no_such_layer"}, "no_such_layer"),
+        ({"num_classes": 3}, "needs its class names"),
+        ({"body": "tiny-vgg:width=100000000"}, "budget"),
+    ]
+    for change, words in cases:
+        doc = json.loads(json.dumps(good))
+        doc["arch"]["args"] |= change
+        meta_path.write_text(json.dumps(doc))
+        with pytest.raises(ConvlensError, match=words):
+            load_model(str(tmp_path / "run"))

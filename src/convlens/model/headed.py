@@ -42,6 +42,8 @@ TRANSFER_ARCH = "transfer"
 POOLS = ("avg", "max", "flatten")
 MAX_WIDTH = 65_536
 MAX_HEAD_LAYERS = 16
+# Formats whose file a transfer checkpoint may hold as its body (copied into ``body/``).
+FILE_FORMATS = ("onnx", "keras", "keras-h5", "tfjs", "tfjs-graph", "torch-export", "torchscript")
 
 
 # ------------------------------------------------------------------ the head spec
@@ -100,6 +102,18 @@ def parse_head(text: str | None) -> HeadSpec:
     return HeadSpec(pool, tuple(layers))
 
 
+def _check_head_size(spec: HeadSpec, width: int, num_classes: int) -> None:
+    """Charge the head's weights to the model budget before any is allocated (a checkpoint's
+    head spec may come from anyone; ``flatten`` then ``dense:65536`` can be gigabytes)."""
+    from convlens.model.formats.safety import Budget
+
+    budget = Budget()
+    for kind, value in [*spec.layers, ("dense", num_classes)]:
+        if kind == "dense":
+            budget.take((width + 1) * int(value) * 4, f"head layer dense:{int(value)}")
+            width = int(value)
+
+
 class Head(nn.Module):
     """``pool`` (no parameters: what a feature cache stores) then ``layers`` (trained)."""
 
@@ -111,6 +125,7 @@ class Head(nn.Module):
             "flatten": nn.Flatten(),
         }[spec.pool]
         width = flat if spec.pool == "flatten" else channels
+        _check_head_size(spec, width, num_classes)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         for i, (kind, value) in enumerate(spec.layers, 1):
             if kind == "dense":
@@ -307,6 +322,10 @@ def load_transfer(folder: Path, meta: dict[str, Any], trust_pickle: bool = False
         if isinstance(e, ConvlensError):
             raise
         raise ConvlensError(f"{where} has a bad input_spec: {e}") from None
+    if fmt != "zoo" and fmt not in FILE_FORMATS:
+        raise ConvlensError(
+            f"{where}: body format {fmt!r}; accepted: zoo, {', '.join(FILE_FORMATS)}"
+        )
     if fmt == "zoo":
         from convlens.model.zoo import parse_arch
 

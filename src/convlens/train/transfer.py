@@ -233,7 +233,9 @@ def new_head(
         where = {"body": arch_text(model.arch), "body_format": "zoo"}
     else:
         cut_layer(model)  # refuse a model without a layer to cut at before copying anything
-        where = {"body": copy_body_files(source, fmt, out), "body_format": fmt}
+        body = copy_body_files(source, fmt, out)
+        # CNN Explainer's named download is a TF.js model: the copy loads as one.
+        where = {"body": body, "body_format": "tfjs" if fmt == "cnn-explainer" else fmt}
     return attach_head(model, list(classes), head, where)
 
 
