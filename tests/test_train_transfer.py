@@ -262,6 +262,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
         assert words in err and len(lines) == 1 and lines[0].startswith("error:"), err
 
 
+@pytest.mark.slow
 def test_cli_file_body_checkpoint_loads_explains_and_serves(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
