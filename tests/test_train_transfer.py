@@ -360,3 +360,24 @@ def test_hostile_transfer_checkpoint_is_refused_in_one_line(tmp_path: Path) -> N
         meta_path.write_text(json.dumps(doc))
         with pytest.raises(ConvlensError, match=words):
             load_model(str(tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_cli_tfjs_body_finetunes_its_top_block(tmp_path: Path, cnn_explainer_dir: Path) -> None:
+    """CNN Explainer's Tiny VGG (written by TF.js's converter): its model.json and shard are
+    copied into the run; --unfreeze 1 moves its second conv block only."""
+    folder = write_folder(tmp_path / "pets", {"cat": 6, "dog": 6}, size=64)
+    out = tmp_path / "run"
+    args = ["train", "-d", str(folder), "-m", str(cnn_explainer_dir / "model.json"),
+            "--mode", "finetune", "--unfreeze", "1", "--lr", "0.01", "--epochs", "1",
+            "--batch-size", "4", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "body").iterdir()) == ["group1-shard1of1.bin",
+                                                                "model.json"]  # fmt: skip
+    original = load_model(str(cnn_explainer_dir / "model.json")).net.state_dict()
+    tuned = load_model(str(out)).net.state_dict()
+    for k, v in original.items():
+        if k.startswith("conv_1_"):
+            assert torch.equal(tuned["body." + k], v), k
+        elif k.startswith("conv_2_"):
+            assert not torch.equal(tuned["body." + k], v), k
