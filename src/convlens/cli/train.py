@@ -19,18 +19,30 @@ from convlens.data import ImageDataset, open_dataset
 from convlens.errors import ConvlensError
 from convlens.io.figure import grid, save_png
 from convlens.model import Model
+from convlens.model.headed import HEAD_HELP, TransferNet, parse_head
 from convlens.model.zoo import ZOO, build, parse_arch
 from convlens.train import Augment, StepInfo, TrainConfig, TrainingInterrupted, default_augment
 from convlens.train import train as run_training
 from convlens.train.augment import with_overrides
 from convlens.train.datasets import Subset, for_model
-from convlens.train.loop import OPTIMIZERS, SCHEDULES
-from convlens.train.transfer import with_classes
+from convlens.train.features import FeatureCache
+from convlens.train.loop import OPTIMIZERS, SCHEDULES, prepare_out
+from convlens.train.transfer import (
+    LabelMapped,
+    check_classes,
+    class_mapping,
+    new_head,
+    unfrozen_blocks,
+    with_classes,
+)
 from convlens.train.watch import watch_for_run
 
+TRANSFER_CLI_MODES = ("features", "finetune")
 DatasetOpt = Annotated[
     str,
-    typer.Option("--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png"),
+    typer.Option(
+        "--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png (folder:ROOT)"
+    ),
 ]
 DataDirOpt = Annotated[
     str | None, typer.Option("--data-dir", help="Folder holding the data set's files.")
@@ -96,13 +108,63 @@ def _zoo_model(source: str, data: ImageDataset, seed: int) -> Model:
 
 
 def prepare_model(
-    source: str, data: ImageDataset, seed: int, arch: str | None, trust_pickle: bool
+    source: str,
+    data: ImageDataset,
+    seed: int,
+    arch: str | None,
+    trust_pickle: bool,
+    new_last_layer: bool = True,
+    weights: str | None = None,
 ) -> Model:
-    if source.partition(":")[0] in ZOO:
+    """The model to train: a fresh zoo model sized to the data, or a loaded one whose last
+    layer is replaced (``new_last_layer``: --freeze/--finetune) or whose classes must match
+    the data's (then they may come in another order: see :func:`mapped`)."""
+    if source.partition(":")[0] in ZOO and not weights:
         return _zoo_model(source, data, seed)
-    model = open_model(source, arch, None, trust_pickle)
+    model = open_model(source, arch, None, trust_pickle, weights=weights)
     torch.manual_seed(seed)  # the new head's initialisation
-    return with_classes(model, data.classes)
+    if new_last_layer:
+        return with_classes(model, data.classes)
+    class_mapping(model.classes, data.classes)  # a one-line error when they differ
+    return model
+
+
+def transfer_model(
+    source: str,
+    data: ImageDataset,
+    head: str | None,
+    out: str,
+    seed: int,
+    arch: str | None,
+    trust_pickle: bool,
+    weights: str | None,
+) -> Model:
+    """``source`` cut at its last spatial or pooled layer with a new ``head`` for the data's
+    classes; a model file's body is copied into ``out`` so the checkpoint stands alone."""
+    from convlens.model.load import detect_format
+
+    spec = parse_head(head)  # refuse a bad --head before loading anything
+    check_classes(data)
+    model = open_model(source, arch, None, trust_pickle, weights=weights)
+    fmt = "zoo" if model.arch is not None else detect_format(source)
+    torch.manual_seed(seed)  # the new head's initialisation
+    return new_head(model, data.classes, spec, source, fmt, out)
+
+
+def mapped(
+    model: Model, train_data: ImageDataset, val_data: ImageDataset | None, console: Console
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """Renumber the data's labels to the model's outputs when its classes are the model's in
+    another order (and say so)."""
+    mapping = class_mapping(model.classes, train_data.classes)
+    if mapping is None:
+        return train_data, val_data
+    pairs = ", ".join(f"{c} → output {i}" for c, i in zip(train_data.classes, mapping,
+                                                          strict=True))  # fmt: skip
+    console.print(f"the data set's classes are the model's in another order; mapping by name: "
+                  f"{pairs}")  # fmt: skip
+    val = None if val_data is None else LabelMapped(val_data, mapping, model.classes)
+    return LabelMapped(train_data, mapping, model.classes), val
 
 
 def _open_validation(dataset: str, data_dir: str | None, download: bool) -> ImageDataset | None:
@@ -183,13 +245,45 @@ def train(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace an earlier run in --out.")
     ] = False,
+    mode: Annotated[
+        str | None,
+        typer.Option(
+            "--mode",
+            help="Transfer learning: cut the model at its last spatial or pooled layer and fit "
+            "a new head (--head) to the data's classes. features: body frozen, its outputs "
+            "cached once; finetune: the top --unfreeze blocks learn too.",
+        ),
+    ] = None,
+    unfreeze: Annotated[
+        int | None,
+        typer.Option(help="--mode finetune: how many blocks of the body (from the top) learn."),
+    ] = None,
+    head: Annotated[str | None, typer.Option("--head", help="New head: " + HEAD_HELP)] = None,
+    cache: Annotated[
+        bool,
+        typer.Option("--cache/--no-cache", help="--mode features: compute the body once."),
+    ] = True,
+    cache_dir: Annotated[
+        str | None,
+        typer.Option(help="Where cached features too large for memory go (default: temp)."),
+    ] = None,
+    weights: Annotated[
+        str | None,
+        typer.Option(
+            "--weights",
+            help="For a zoo --model: 'imagenet' (published weights) or a weights file.",
+        ),
+    ] = None,
     freeze: Annotated[
-        bool, typer.Option("--freeze", help="Feature extraction: train only the head.")
+        bool,
+        typer.Option("--freeze", help="Replace the last layer (zoo models), train it alone."),
     ] = False,
     finetune: Annotated[
         bool, typer.Option("--finetune", help="Fine-tune all layers, the body at a lower LR.")
     ] = False,
-    body_lr_scale: Annotated[float, typer.Option(help="Body LR = lr × this (--finetune).")] = 0.1,
+    body_lr_scale: Annotated[
+        float, typer.Option(help="Body LR = lr × this (--finetune, --mode finetune).")
+    ] = 0.1,
     limit: Annotated[
         int | None, typer.Option(help="Train on this many images (a seeded subset).")
     ] = None,
@@ -221,6 +315,18 @@ def train(
     """
     if freeze and finetune:
         raise ConvlensError("choose one of --freeze (feature extraction) and --finetune")
+    if mode is not None and mode not in TRANSFER_CLI_MODES:
+        raise ConvlensError(f"--mode {mode!r}; accepted: {', '.join(TRANSFER_CLI_MODES)}")
+    if mode and (freeze or finetune):
+        raise ConvlensError("--mode replaces --freeze/--finetune; give only --mode")
+    if mode != "finetune" and unfreeze is not None:
+        raise ConvlensError("--unfreeze applies to --mode finetune")
+    if head is not None and not mode:
+        raise ConvlensError("--head needs --mode features or --mode finetune")
+    if unfreeze is not None:
+        checks.in_range("--unfreeze", unfreeze, 0, 10_000)
+    if head is not None:
+        parse_head(head)
     check_train_numbers(epochs, batch_size, lr, momentum, weight_decay, body_lr_scale, seed)
     if limit is not None:
         checks.in_range("--limit", limit, 1, 10**9)
@@ -232,22 +338,52 @@ def train(
         torch.set_num_threads(threads)
     train_data = open_dataset(dataset, "train", data_dir, download)
     val_data = _open_validation(dataset, data_dir, download)
-    m = prepare_model(model, train_data, seed, arch, trust_pickle)
+    console = Console(stderr=True, soft_wrap=True, emoji=False)  # "folder:two" is no emoji
+    if mode:
+        prepare_out(out, resume, overwrite)  # before a body file is copied into it
+        m = transfer_model(model, train_data, head, out, seed, arch, trust_pickle, weights)
+        if mode == "finetune" and unfreeze is None:
+            unfreeze = 1
+        if unfreeze is not None:
+            assert isinstance(m.net, TransferNet)
+            names = [n for n, _ in unfrozen_blocks(m.net, unfreeze)]
+            console.print(f"fine-tuning blocks {', '.join(names) or '(none)'} of "
+                          f"{', '.join(n for n, _ in m.net.blocks)} and the head")  # fmt: skip
+    else:
+        m = prepare_model(model, train_data, seed, arch, trust_pickle, freeze or finetune, weights)
+    aug = with_overrides(
+        default_augment(m.spec.shape) if augment else Augment(),
+        vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill,
+    )  # fmt: skip
+    if mode == "features" and cache and aug.active:
+        raise ConvlensError(
+            "augmentation and cached features contradict each other: the cache holds the body's "
+            "outputs for the original images, computed once; add --no-cache to augment (the "
+            "body then runs every step) or use --mode finetune"
+        )
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=lr_schedule, seed=seed,
-        augment=with_overrides(
-            default_augment(m.spec.shape) if augment else Augment(),
-            vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill,
-        ),
-        mode="feature-extraction" if freeze else "finetune" if finetune else "full",
-        body_lr_scale=body_lr_scale, channels_last=channels_last,
+        augment=aug,
+        mode=mode or ("feature-extraction" if freeze else "finetune" if finetune else "full"),
+        body_lr_scale=body_lr_scale, channels_last=channels_last, unfreeze=unfreeze,
     )  # fmt: skip
+    if not (mode or freeze or finetune):
+        train_data, val_data = mapped(m, train_data, val_data, console)
     train_data = for_model(train_data, m.spec.shape)
     val_data = None if val_data is None else for_model(val_data, m.spec.shape)
     if limit is not None:
         train_data = Subset(train_data, limit, seed)
-    console = Console(stderr=True, soft_wrap=True)
+    caches = None
+    if mode == "features" and cache:
+        size = max(batch_size, 64)
+        caches = (
+            FeatureCache(m, train_data, batch_size=size, channels_last=channels_last,
+                         cache_dir=cache_dir),
+            None if val_data is None else FeatureCache(m, val_data, batch_size=size,
+                                                       channels_last=channels_last,
+                                                       cache_dir=cache_dir),
+        )  # fmt: skip
     console.print(
         f"training {m.name} {m.arch['args'] if m.arch else ''} on {train_data.name}: "
         f"{len(train_data):,} images, validating on {len(val_data) if val_data else 'no'} "
@@ -270,11 +406,15 @@ def train(
         try:
             result = run_training(m, train_data, val_data, out, config, resume=resume,
                                   overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
-                                  extra_meta=meta, watch=watcher)  # fmt: skip
+                                  extra_meta=meta, watch=watcher, features=caches)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
             print(e, file=sys.stderr)
             raise SystemExit(130) from None
+        finally:
+            for c in caches or ():
+                if c is not None:
+                    c.close()
     last = result.history[-1] if result.history else {}
     console.print(
         f"done: {len(result.history)} epochs, validation accuracy {last.get('val_acc', 0):.2%}; "

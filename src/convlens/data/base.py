@@ -92,8 +92,10 @@ def open_dataset(
     download: bool = False,
 ) -> ImageDataset:
     """A registered data set by name (``fashion-mnist``, ``cifar10``) or a folder of images
-    with one subfolder per class."""
+    with one subfolder per class (its path, or ``folder:PATH``)."""
     key = os.fspath(name)
+    if key.startswith("folder:") and key not in DATASETS:  # folder:PATH names a folder
+        key, data_dir = "folder", key.removeprefix("folder:")
     if key not in DATASETS and os.path.isdir(key):
         key, data_dir = "folder", key
     source = DATASETS.get(key)

@@ -229,13 +229,21 @@ def _check_arch_size(name: str, args: dict[str, Any], where: str) -> None:
         budget.take(checked_elements(t.shape, pname) * t.element_size(), f"{where}: {pname}")
 
 
-def load_checkpoint(folder: str | os.PathLike[str]) -> Model:
-    """A :class:`Model` from a checkpoint folder written by :func:`save_checkpoint`."""
+def load_checkpoint(folder: str | os.PathLike[str], trust_pickle: bool = False) -> Model:
+    """A :class:`Model` from a checkpoint folder written by :func:`save_checkpoint`.
+
+    A transfer-learning run's checkpoint (arch ``transfer``: a body with a new head) is
+    rebuilt by :func:`convlens.model.headed.load_transfer`.
+    """
     from convlens.model.zoo import build  # zoo imports core; avoid a cycle at import time
 
     folder = Path(folder)
     meta = read_meta(folder)
     arch = meta["arch"]
+    if arch["name"] == "transfer":
+        from convlens.model.headed import load_transfer
+
+        return load_transfer(folder, meta, trust_pickle)
     where = str(folder / META_FILE)
     _check_arch_size(arch["name"], arch.get("args", {}), where)
     check_safetensors(folder / WEIGHTS_FILE)

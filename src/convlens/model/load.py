@@ -77,7 +77,7 @@ def _load_zoo(source: str, opts: LoadOptions) -> Model:
 
 
 def _load_checkpoint(source: str, opts: LoadOptions) -> Model:
-    return load_checkpoint(source)
+    return load_checkpoint(source, opts.trust_pickle)
 
 
 def _one_line(e: BaseException) -> str:

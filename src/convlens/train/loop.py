@@ -46,6 +46,7 @@ from convlens.train.augment import Augment
 from convlens.train.transfer import TRANSFER_MODES, frozen_norm_layers_eval, param_groups
 
 if TYPE_CHECKING:
+    from convlens.train.features import FeatureCache
     from convlens.train.watch import Watch
 
 STATE_FILE = "train_state.pt"
@@ -66,8 +67,9 @@ class TrainConfig:
     schedule: str = "none"  # cosine: lr·½(1 + cos(π t/T)) per step; step: ×0.1 at 50%, 75%
     augment: Augment = field(default_factory=Augment)
     seed: int = 0
-    mode: str = "full"  # or feature-extraction, finetune (convlens.train.transfer)
+    mode: str = "full"  # or features (alias feature-extraction), finetune: train.transfer
     body_lr_scale: float = 0.1
+    unfreeze: int | None = None  # finetune: the top blocks that learn (None: all)
     channels_last: bool = True  # measured faster on CPU (benchmarks/train.py)
     eval_batch_size: int = 1000
 
@@ -157,7 +159,7 @@ def lr_factor(schedule: str, t: float) -> float:
 
 
 def make_optimizer(model: Model, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = param_groups(model.net, config.mode, config.lr, config.body_lr_scale)
+    groups = param_groups(model.net, config.mode, config.lr, config.body_lr_scale, config.unfreeze)
     for g in groups:
         g["base_lr"] = g["lr"]
     if config.optimizer == "sgd":
@@ -301,12 +303,15 @@ def train(
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     extra_meta: dict[str, Any] | None = None,
     watch: Watch | None = None,
+    features: tuple[FeatureCache, FeatureCache | None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``, validating on ``val_data`` and checkpointing to
     ``out`` after every epoch. Raises :class:`TrainingInterrupted` after saving on Ctrl-C.
 
     With ``resume``, the run saved in ``out`` continues with its own settings; only
-    ``config.epochs`` (the new total) is taken from ``config``.
+    ``config.epochs`` (the new total) is taken from ``config``. ``features`` (train and
+    validation caches of a frozen body, :mod:`convlens.train.features`) make each step run
+    the head alone on cached features.
     """
     config = config or TrainConfig()
     if model.arch is None:
@@ -319,7 +324,7 @@ def train(
     folder = prepare_out(out, resume, overwrite)
     try:
         return _run(model, train_data, val_data, folder, config, resume, on_step, on_epoch,
-                    dict(extra_meta or {}), watch)  # fmt: skip
+                    dict(extra_meta or {}), watch, features)  # fmt: skip
     except TrainingInterrupted:
         raise
     except BaseException:
@@ -339,6 +344,7 @@ def _run(
     on_epoch: Callable[[dict[str, Any]], None] | None,
     meta: dict[str, Any],
     watch: Watch | None = None,
+    features: tuple[FeatureCache, FeatureCache | None] | None = None,
 ) -> TrainResult:
     history: list[dict[str, Any]] = []
     pos = _Progress()
@@ -372,15 +378,15 @@ def _run(
         while pos.epoch < config.epochs:
             order = epoch_order(n, config.seed, pos.epoch).tolist()
             model.train()
-            if config.mode == "feature-extraction":
-                frozen_norm_layers_eval(model.net)
+            frozen_norm_layers_eval(model.net)
             lr = 0.0
             while pos.step < steps:
                 t0 = time.perf_counter()
                 idx = order[pos.step * config.batch_size : (pos.step + 1) * config.batch_size]
                 lr = set_lr(opt, lr_factor(config.schedule, (pos.epoch + pos.step / steps)
                                            / config.epochs))  # fmt: skip
-                loss, correct = _step(model, opt, train_data, idx, config, pos)
+                loss, correct = _step(model, opt, train_data, idx, config, pos,
+                                      features[0] if features else None)  # fmt: skip
                 pos.step += 1
                 pos.loss_sum += loss * len(idx)
                 pos.correct += correct
@@ -396,7 +402,8 @@ def _run(
                 if stop_asked() and pos.step < steps:
                     save(interrupted=True)
                     raise TrainingInterrupted(folder, pos.epoch + 1, pos.step)
-            record = _finish_epoch(model, val_data, config, pos, lr)
+            record = _finish_epoch(model, val_data, config, pos, lr,
+                                   features[1] if features else None)  # fmt: skip
             history.append(record)
             if watch:  # before the state is saved: a resumed run never lacks this frame
                 watch.after_epoch(model, record)
@@ -417,8 +424,26 @@ def _step(
     idx: list[int],
     config: TrainConfig,
     pos: _Progress,
+    cache: FeatureCache | None = None,
 ) -> tuple[float, int]:
     """One optimisation step on the images ``idx``; returns (loss, number correct)."""
+    if cache is not None:  # the frozen body's outputs, computed once: only the head runs
+        feats, y = cache.get(idx)
+        torch.manual_seed(seed_for(config.seed, pos.epoch, pos.step, 1))  # the same dropout
+        out = cache.head(feats)
+    else:
+        out, y = _forward(model, data, idx, config, pos)
+    loss = loss_fn(model, out, y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()), int((out.detach().argmax(1) == y).sum())
+
+
+def _forward(
+    model: Model, data: ImageDataset, idx: list[int], config: TrainConfig, pos: _Progress
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The model's outputs on images ``idx`` (augmented when configured) and their labels."""
     x, y = data.get(idx)
     if config.augment.active:
         x = config.augment(x, torch.Generator().manual_seed(seed_for(config.seed, pos.epoch,
@@ -427,15 +452,16 @@ def _step(
         x = x.contiguous(memory_format=torch.channels_last)
     torch.manual_seed(seed_for(config.seed, pos.epoch, pos.step, 1))  # dropout, if any
     out = model(x)
-    loss = loss_fn(model, out, y)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return float(loss.detach()), int((out.detach().argmax(1) == y).sum())
+    return out, y
 
 
 def _finish_epoch(
-    model: Model, val_data: ImageDataset | None, config: TrainConfig, pos: _Progress, lr: float
+    model: Model,
+    val_data: ImageDataset | None,
+    config: TrainConfig,
+    pos: _Progress,
+    lr: float,
+    val_cache: FeatureCache | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {
         "epoch": pos.epoch + 1,
@@ -446,6 +472,9 @@ def _finish_epoch(
         "images_per_s": round(pos.count / max(pos.seconds, 1e-9), 1),
     }
     if val_data is not None:
-        val_loss, val_acc = evaluate(model, val_data, config.eval_batch_size, config.channels_last)
+        val_loss, val_acc = (
+            val_cache.evaluate(config.eval_batch_size) if val_cache is not None else
+            evaluate(model, val_data, config.eval_batch_size, config.channels_last)
+        )  # fmt: skip
         record |= {"val_loss": round(val_loss, 5), "val_acc": round(val_acc, 5)}
     return record
