@@ -342,7 +342,9 @@ def test_cli_train_resume_and_errors(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert meta["arch"]["args"]["input_size"] == 16 and meta["classes"] == CLASSES
     assert main([*args[:5], "--epochs", "2", *args[7:], "--resume"]) == 0
     assert json.loads((out / "model.json").read_text())["epochs_done"] == 2
-    capsys.readouterr()
+    with Image.open(out / "curves.png") as curves:  # the run's learning curves, both epochs
+        assert curves.width > 400
+    assert "learning curves: " in capsys.readouterr().err
     wrong = ["train", "-d", str(tmp_path / "imgs"), "-m", "resnet18:width=4", "--epochs", "3",
              "--out", str(out), "--resume"]  # fmt: skip
     assert main(wrong) == 2

@@ -24,6 +24,7 @@ from convlens.model.zoo import ZOO, build, parse_arch
 from convlens.train import Augment, StepInfo, TrainConfig, TrainingInterrupted, default_augment
 from convlens.train import train as run_training
 from convlens.train.augment import with_overrides
+from convlens.train.curves import curves_figure, read_runs
 from convlens.train.datasets import Subset, for_model
 from convlens.train.features import FeatureCache
 from convlens.train.loop import OPTIMIZERS, SCHEDULES, prepare_out
@@ -420,6 +421,15 @@ def train(
         f"done: {len(result.history)} epochs, validation accuracy {last.get('val_acc', 0):.2%}; "
         f"checkpoint in {result.out} (load with --model {result.out})"
     )
+    if result.history:
+        console.print(f"learning curves: {_write_curves(result.out)}")
+
+
+def _write_curves(run: Path) -> Path:
+    """The run's learning curves as ``RUN/curves.png`` (``convlens curves`` draws several)."""
+    target = Path(run) / "curves.png"
+    save_png(curves_figure(read_runs([run])), target)
+    return target
 
 
 def augment_preview(
