@@ -210,3 +210,67 @@ def test_trace_of_an_untraceable_model() -> None:
         relu = model.net.relu(model.net.conv(x))[0]
     np.testing.assert_allclose(decode_tensor(doc["activations"]["relu"]), relu.numpy(), atol=1e-6)
     np.testing.assert_allclose(doc["logits"], model(x)[0].detach().numpy(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the documents
+
+
+def test_documents_build_without_a_web_server() -> None:
+    """convlens.trace works where FastAPI is missing (a notebook, an HTML export)."""
+    code = (
+        "import sys; sys.modules['fastapi'] = sys.modules['starlette'] = None\n"
+        "import torch\n"
+        "from convlens.model.zoo import build\n"
+        "from convlens import trace\n"
+        "from convlens.trace import schema\n"
+        "m = build('tiny-vgg:in_channels=3,input_size=16', seed=0)\n"
+        "x = torch.rand(1, 3, 16, 16)\n"
+        "schema.ModelDoc.model_validate(trace.model_document(m))\n"
+        "schema.Trace.model_validate(trace.trace_document(m, x))\n"
+        "schema.Explanation.model_validate(trace.explanation_document(m, x, 'saliency', 1))\n"
+        "schema.Unit.model_validate(trace.unit_document(m, 'conv_1_1', 0))\n"
+        "schema.Weights.model_validate(trace.weights_document(m, 'conv_1_1'))\n"
+        "assert 'convlens.web' not in sys.modules\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_explanation_document_equals_autograd(tiny_vgg_rgb: Model) -> None:
+    from convlens.trace import explanation_document
+
+    x = torch.rand(1, 3, tiny_vgg_rgb.spec.height, tiny_vgg_rgb.spec.width)
+    doc = explanation_document(tiny_vgg_rgb, x, "saliency", 2)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(tiny_vgg_rgb(xg)[0, 2], xg)
+    np.testing.assert_allclose(
+        decode_tensor(doc["map"]), grad[0].abs().amax(0).numpy(), rtol=1e-4, atol=1e-7
+    )
+    assert (doc["target"], doc["target_name"]) == (2, tiny_vgg_rgb.classes[2])
+
+
+def test_unit_document_checks_and_sends_the_kernel(small_resnet: Model) -> None:
+    from convlens.trace import unit_document
+
+    conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
+    doc = unit_document(small_resnet, conv.name, 1)
+    weight = small_resnet.net.get_submodule(conv.module).weight[1]
+    np.testing.assert_array_equal(decode_tensor(doc["kernel"]), weight.detach().numpy())
+    with pytest.raises(ConvlensError, match="out of range"):
+        unit_document(small_resnet, conv.name, 10_000)
+    with pytest.raises(NotFoundError):
+        unit_document(small_resnet, "no-such-layer", 0)
+
+
+def test_api_docs_tables_are_generated_from_the_schemas() -> None:
+    from convlens.trace import schema, schema_docs
+
+    text = schema_docs.DOC.read_text(encoding="utf-8")
+    assert schema_docs.render(text) == text, "run: python -m convlens.trace.schema_docs"
+    for doc in schema.DOCUMENTS:  # every document has its generated block
+        assert f"<!-- schema: {doc.__name__} -->" in text

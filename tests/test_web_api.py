@@ -821,3 +821,27 @@ def test_convlens_serve_end_to_end(images_dir: Path) -> None:
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_no_route_function_is_over_60_lines() -> None:
+    """Routes do HTTP work only; the documents are built in convlens.trace."""
+    import ast
+    import inspect
+
+    from convlens.web import api
+
+    tree = ast.parse(inspect.getsource(api))
+    routes = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(
+            isinstance(d, ast.Call)
+            and isinstance(d.func, ast.Attribute)
+            and d.func.attr in ("get", "post", "api_route")
+            for d in node.decorator_list
+        )
+    ]
+    assert len(routes) >= 8
+    lengths = {r.name: (r.end_lineno or r.lineno) - r.lineno + 1 for r in routes}
+    assert max(lengths.values()) <= 60, lengths

@@ -1,6 +1,6 @@
 """The trace document: everything the explainer draws for one model and one image.
 
-``build_trace(model, x)`` runs the model once through its traced graph
+``trace_document(model, x)`` runs the model once through its traced graph
 (:func:`convlens.probe.record_all`) and returns a JSON-ready dict: every layer's output, its
 value range, the logits and the class probabilities. Wide or large layers are capped so the
 document of a big network stays small enough for a browser: at most ``max_channels`` channels
@@ -11,7 +11,7 @@ are sent, and a map larger than ``max_size`` on a side is average-pooled down,
 while the ``stats`` are always taken on the full tensor, so colour scales stay true.
 
 >>> from convlens.model.zoo import build
->>> doc = build_trace(build("tiny-vgg"), torch.rand(1, 3, 64, 64))
+>>> doc = trace_document(build("tiny-vgg"), torch.rand(1, 3, 64, 64))
 >>> doc["activations"]["conv_1_1"]["shape"]
 [10, 62, 62]
 """
@@ -138,6 +138,17 @@ def trace_numbers(model: Model, max_channels: int | None, max_size: int | None) 
     return sum(_capped_size(lay.output_shape, max_channels, max_size) for lay in model.graph)
 
 
+def capped_numbers(model: Model, options: TraceOptions) -> int:
+    """How many numbers a trace under ``options`` sends (its layers only; from the graph)."""
+    graph = model.graph
+    names = graph.names() if options.layers is None else dict.fromkeys(options.layers)
+    return sum(
+        _capped_size(graph[n].output_shape, options.max_channels, options.max_size)
+        for n in names
+        if n in graph
+    )
+
+
 def default_caps(model: Model, budget: int = DEFAULT_BUDGET) -> tuple[int, int]:
     """The most detailed ``(max_channels, max_size)`` of :data:`CAP_LADDER` whose trace of
     every layer sends at most ``budget`` numbers (the last rung if none does)."""
@@ -158,7 +169,7 @@ def _chosen_layers(model: Model, layers: Sequence[str] | None) -> list[str]:
     return [n for n in names if n in wanted]  # graph order, whatever order was asked
 
 
-def build_trace(
+def trace_document(
     model: Model,
     x: torch.Tensor,
     *,
@@ -206,6 +217,9 @@ def build_trace(
         "predicted": predicted,
         "predicted_name": model.classes[predicted],
     }
+
+
+build_trace = trace_document  # its first name, kept for callers
 
 
 def weights_document(model: Model, layer: str) -> dict[str, Any]:
