@@ -337,6 +337,31 @@ def test_upload_store_is_bounded(model: Model) -> None:
         ids = [upload(c, png(Image.new("L", (8, 8), v))).json()["image_id"] for v in (1, 2, 3)]
         assert c.get("/api/v1/trace", params={"image": ids[0]}).status_code == 404
         assert c.get("/api/v1/trace", params={"image": ids[2]}).status_code == 200
+        # least recently USED goes first: reading ids[1] keeps it past the next upload
+        assert c.get("/api/v1/trace", params={"image": ids[1], "layers": "output"}).is_success
+        upload(c, png(Image.new("L", (8, 8), 4)))
+        assert c.get("/api/v1/trace", params={"image": ids[1]}).status_code == 200
+        assert c.get("/api/v1/trace", params={"image": ids[2]}).status_code == 404
+
+
+def test_lru_cache_under_threads() -> None:
+    from convlens.web.cache import LRUCache
+
+    cache: LRUCache[int, int] = LRUCache(50)
+
+    def writer(base: int) -> None:
+        for i in range(2000):
+            cache.put(base + i % 100, i)
+            cache.get(base + (i * 7) % 100)
+
+    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 50 == len(set(cache.keys()))
+    with pytest.raises(ValueError):
+        LRUCache(0)
 
 
 # ----------------------------------------------------------------------------- /trace
