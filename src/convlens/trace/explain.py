@@ -3,7 +3,7 @@
 >>> from convlens.model.zoo import build
 >>> doc = explanation_document(build("tiny-vgg"), torch.rand(1, 3, 64, 64), "grad-cam")
 >>> doc["map"]["shape"], doc["layer"]
-([64, 64], 'conv_2_2')
+([64, 64], 'max_pool_2')
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 >>> from convlens.model.zoo import build
 >>> doc = model_document(build("tiny-vgg"))
->>> doc["graph"]["layers"][1]["name"], doc["limits"]["max_channels"], doc["samples"][0]["id"]
-('conv_1_1', 64, 'sample-0')
+>>> doc["graph"]["layers"][1]["name"], doc["limits"]["max_channels"], doc["samples"]
+('conv_1_1', 64, [])
 """
 
 from __future__ import annotations

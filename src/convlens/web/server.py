@@ -2,7 +2,7 @@
 
 >>> from convlens.model.zoo import build
 >>> app = create_app(build("tiny-vgg"))
->>> sorted(r.path for r in app.routes if r.path.startswith("/api/v1/m"))
+>>> sorted(p for p in app.openapi()["paths"] if p.startswith("/api/v1/m"))
 ['/api/v1/model']
 """
 
