@@ -15,13 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from convlens.cli import checks
 from convlens.cli.common import ArchOpt, TrustOpt, open_model
-from convlens.data import (
-    EmptyDatasetError,
-    ImageDataset,
-    dataset_help,
-    named_datasets,
-    open_dataset,
-)
+from convlens.data import EmptyDatasetError, ImageDataset, open_dataset
+from convlens.data.base import dataset_help, named_datasets
 from convlens.errors import ConvlensError
 from convlens.io.figure import grid, save_png
 from convlens.model import Model

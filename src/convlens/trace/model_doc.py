@@ -15,7 +15,6 @@ from typing import Any
 
 from PIL import Image
 
-from convlens.io.image import MAX_ASPECT, MAX_PIXELS
 from convlens.model.core import Model
 from convlens.trace.document import DEFAULT_BUDGET, default_caps
 from convlens.trace.encode import png_data_url
@@ -23,9 +22,6 @@ from convlens.trace.explain import method_catalogue
 from convlens.trace.schema import Limits
 
 SAMPLE_PREFIX = "sample-"
-UPLOAD_BYTES = 16 * 1024 * 1024  # a server's default limits (``ServerConfig`` uses them too)
-JSON_BYTES = 1024 * 1024
-EXPLAIN_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -50,16 +46,7 @@ def sample_entries(model: Model, extra: Sequence[Path] = ()) -> list[SampleEntry
 def default_limits(model: Model, budget: int = DEFAULT_BUDGET) -> Limits:
     """The limits a default server reports for ``model`` (its trace caps fit ``budget``)."""
     channels, size = default_caps(model, budget)
-    return Limits(
-        max_upload_bytes=UPLOAD_BYTES,
-        max_upload_pixels=MAX_PIXELS,
-        max_channels=channels,
-        max_size=size,
-        max_aspect=MAX_ASPECT,
-        max_json_bytes=JSON_BYTES,
-        trace_max_numbers=4 * budget,
-        explain_seconds=EXPLAIN_SECONDS,
-    )
+    return Limits(max_channels=channels, max_size=size)
 
 
 def model_document(

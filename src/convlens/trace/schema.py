@@ -9,186 +9,284 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict
+
+from convlens.io.image import MAX_ASPECT, MAX_PIXELS
+
+# a server's default limits (``ServerConfig`` takes them too)
+UPLOAD_BYTES = 16 * 1024 * 1024
+JSON_BYTES = 1024 * 1024
+EXPLAIN_SECONDS = 30.0
+TRACE_MAX_NUMBERS = 8_000_000  # four default trace budgets (trace.DEFAULT_BUDGET)
 
 
-class Tensor(BaseModel):
+class Doc(BaseModel):
+    """A document's part; each field's docstring is its description (OpenAPI and docs)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+class Tensor(Doc):
     """A float32 tensor: base64 of its little-endian bytes in C order."""
 
-    shape: list[int] = Field(description="the tensor's shape")
-    dtype: Literal["float32"] = Field("float32", description="always float32")
-    b64: str = Field(description="base64 of the little-endian float32 bytes, C order")
+    shape: list[int]
+    """the tensor's shape"""
+    dtype: Literal["float32"] = "float32"
+    """always float32"""
+    b64: str
+    """base64 of the little-endian float32 bytes, C order"""
 
 
-class Sample(BaseModel):
+class Sample(Doc):
     """One of the server's sample images."""
 
-    id: str = Field(description="the image id, e.g. sample-3")
-    name: str = Field(description="the file's name")
-    label: int | None = Field(description="its class index; null when unknown")
-    label_name: str | None = Field(description="its class name; null when unknown")
-    url: str = Field(description="where the PNG is served")
+    id: str
+    """the image id, e.g. sample-3"""
+    name: str
+    """the file's name"""
+    label: int | None
+    """its class index; null when unknown"""
+    label_name: str | None
+    """its class name; null when unknown"""
+    url: str
+    """where the PNG is served"""
 
 
-class MethodParam(BaseModel):
+class MethodParam(Doc):
     """One constructor parameter of an explanation method."""
 
-    default: Any = Field(description="the default value")
-    type: str = Field(description="int, float, bool, str, or the type as text")
-    choices: list[Any] | None = Field(None, description="only for a fixed set of values")
-    minimum: float | None = Field(None, description="smallest accepted number (bounded params)")
-    maximum: float | None = Field(None, description="largest accepted number (bounded params)")
-    max_items: int | None = Field(None, description="a list of at most this many is accepted")
-    accepts: str | None = Field(None, description="the accepted values in words")
+    default: Any
+    """the default value"""
+    type: str
+    """int, float, bool, str, or the type as text"""
+    choices: list[Any] | None = None
+    """only for a fixed set of values"""
+    minimum: float | None = None
+    """smallest accepted number (bounded params)"""
+    maximum: float | None = None
+    """largest accepted number (bounded params)"""
+    max_items: int | None = None
+    """a list of at most this many is accepted"""
+    accepts: str | None = None
+    """the accepted values in words"""
 
 
-class MethodInfo(BaseModel):
+class MethodInfo(Doc):
     """One registered explanation method."""
 
-    name: str = Field(description="registry name, e.g. grad-cam")
-    title: str = Field(description="human title")
-    paper: str = Field(description="the paper it follows")
-    family: str = Field(description="gradient, cam or perturbation")
-    needs_layer: bool = Field(description="whether it explains a layer")
-    signed: bool = Field(description="whether its maps have a sign")
-    resolution: str = Field(description="input or layer")
-    params: dict[str, MethodParam] = Field(description="constructor parameters but `layer`")
+    name: str
+    """registry name, e.g. grad-cam"""
+    title: str
+    """human title"""
+    paper: str
+    """the paper it follows"""
+    family: str
+    """gradient, cam or perturbation"""
+    needs_layer: bool
+    """whether it explains a layer"""
+    signed: bool
+    """whether its maps have a sign"""
+    resolution: str
+    """input or layer"""
+    params: dict[str, MethodParam]
+    """constructor parameters but `layer`"""
 
 
-class Capabilities(BaseModel):
+class Capabilities(Doc):
     """What this server can do beyond traces."""
 
-    methods: list[MethodInfo] = Field(description="one entry per registered method")
-    scan: bool = Field(description="whether /units has top data-set patches")
-    featurevis: bool = Field(description="whether /units renders feature visualizations")
+    methods: list[MethodInfo]
+    """one entry per registered method"""
+    scan: bool
+    """whether /units has top data-set patches"""
+    featurevis: bool
+    """whether /units renders feature visualizations"""
 
 
-class Limits(BaseModel):
+class Limits(Doc):
     """The server's limits and this model's default trace caps."""
 
-    max_upload_bytes: int = Field(description="largest upload, bytes")
-    max_upload_pixels: int = Field(description="largest upload, pixels")
-    max_channels: int = Field(description="default trace cap on channels per layer")
-    max_size: int = Field(description="default trace cap on a map's longer side")
-    max_aspect: float = Field(description="longest side / shortest side of an upload")
-    max_json_bytes: int = Field(description="largest JSON request body")
-    trace_max_numbers: int = Field(description="most numbers a trace's caps may ask for")
-    explain_seconds: float = Field(description="time budget of one explanation")
+    max_upload_bytes: int = UPLOAD_BYTES
+    """largest upload, bytes"""
+    max_upload_pixels: int = MAX_PIXELS
+    """largest upload, pixels"""
+    max_channels: int
+    """default trace cap on channels per layer"""
+    max_size: int
+    """default trace cap on a map's longer side"""
+    max_aspect: float = MAX_ASPECT
+    """longest side / shortest side of an upload"""
+    max_json_bytes: int = JSON_BYTES
+    """largest JSON request body"""
+    trace_max_numbers: int = TRACE_MAX_NUMBERS
+    """most numbers a trace's caps may ask for"""
+    explain_seconds: float = EXPLAIN_SECONDS
+    """time budget of one explanation"""
 
 
-class ModelDoc(BaseModel):
+class ModelDoc(Doc):
     """``GET /api/v1/model``: the model, its layer graph, samples and capabilities."""
 
-    name: str = Field(description="the model's name")
-    classes: list[str] = Field(description="class names, by index")
-    input_spec: dict[str, Any] = Field(
-        description="channels, height, width, mean, std, resize (`InputSpec.to_dict()`)"
-    )
-    outputs: Literal["logits", "probabilities"] = Field(description="what the model returns")
-    graph: dict[str, Any] = Field(description="`model.graph.to_dict()`: layers in order")
-    samples: list[Sample] = Field(description="the sample images")
-    capabilities: Capabilities = Field(description="explanation methods, scan, featurevis")
-    limits: Limits = Field(description="upload limits, trace caps, time budget")
+    name: str
+    """the model's name"""
+    classes: list[str]
+    """class names, by index"""
+    input_spec: dict[str, Any]
+    """channels, height, width, mean, std, resize (`InputSpec.to_dict()`)"""
+    outputs: Literal["logits", "probabilities"]
+    """what the model returns"""
+    graph: dict[str, Any]
+    """`model.graph.to_dict()`: layers in order"""
+    samples: list[Sample]
+    """the sample images"""
+    capabilities: Capabilities
+    """explanation methods, scan, featurevis"""
+    limits: Limits
+    """upload limits, trace caps, time budget"""
 
 
-class Upload(BaseModel):
+class Upload(Doc):
     """``POST /api/v1/images``: an uploaded image, decoded and fitted to the model."""
 
-    image_id: str = Field(description="the id to use in /trace and /explain")
-    width: int = Field(description="decoded width after EXIF rotation")
-    height: int = Field(description="decoded height after EXIF rotation")
-    original: str = Field(description="data URL (PNG), EXIF-rotated, longer side <= 512")
-    processed: str = Field(description="data URL (PNG) of exactly what the model sees")
+    image_id: str
+    """the id to use in /trace and /explain"""
+    width: int
+    """decoded width after EXIF rotation"""
+    height: int
+    """decoded height after EXIF rotation"""
+    original: str
+    """data URL (PNG), EXIF-rotated, longer side <= 512"""
+    processed: str
+    """data URL (PNG) of exactly what the model sees"""
 
 
-class TraceInput(BaseModel):
+class TraceInput(Doc):
     """The traced image."""
 
-    processed: str = Field(description="data URL (PNG) of what the model sees")
-    tensor: Tensor = Field(description="(C, H, W) in [0, 1], un-normalized")
+    processed: str
+    """data URL (PNG) of what the model sees"""
+    tensor: Tensor
+    """(C, H, W) in [0, 1], un-normalized"""
 
 
-class LayerStats(BaseModel):
+class LayerStats(Doc):
     """A layer's value range on the full, uncapped tensor (null for NaN or infinite)."""
 
-    min: float | None = Field(description="minimum over everything")
-    max: float | None = Field(description="maximum over everything")
-    channel_min: list[float | None] = Field(description="per channel; [] for a vector")
-    channel_max: list[float | None] = Field(description="per channel; [] for a vector")
+    min: float | None
+    """minimum over everything"""
+    max: float | None
+    """maximum over everything"""
+    channel_min: list[float | None]
+    """per channel; [] for a vector"""
+    channel_max: list[float | None]
+    """per channel; [] for a vector"""
 
 
-class Cap(BaseModel):
+class Cap(Doc):
     """What a capped layer sent, and what it had."""
 
-    channels: int = Field(description="channels sent (the first ones)")
-    of_channels: int = Field(description="the layer's channels")
-    size: list[int] = Field(description="[H, W] sent (average-pooled)")
-    of_size: list[int] = Field(description="the layer's [H, W]")
+    channels: int
+    """channels sent (the first ones)"""
+    of_channels: int
+    """the layer's channels"""
+    size: list[int]
+    """[H, W] sent (average-pooled)"""
+    of_size: list[int]
+    """the layer's [H, W]"""
 
 
-class Trace(BaseModel):
+class Trace(Doc):
     """``GET /api/v1/trace``: every layer's output for one image, and the prediction."""
 
-    version: Literal[1] = Field(description="the document's version")
-    image_id: str | None = Field(description="the image traced")
-    input: TraceInput = Field(description="the image as the model sees it")
-    activations: dict[str, Tensor] = Field(
-        description="layer name → output (C, H, W) or (N,), graph order; the input layer "
-        "is the normalized input"
-    )
-    stats: dict[str, LayerStats] = Field(description="layer name → value range (uncapped)")
-    caps: dict[str, Cap] = Field(description="only the layers that were cut or pooled")
-    logits: list[float | None] = Field(description="the model's raw output")
-    probabilities: list[float | None] = Field(description="softmax of the logits")
-    predicted: int = Field(description="the most probable class")
-    predicted_name: str = Field(description="its name")
+    version: Literal[1]
+    """the document's version"""
+    image_id: str | None
+    """the image traced"""
+    input: TraceInput
+    """the image as the model sees it"""
+    activations: dict[str, Tensor]
+    """layer name → output (C, H, W) or (N,), in graph order (the input: normalized)"""
+    stats: dict[str, LayerStats]
+    """layer name → value range (uncapped)"""
+    caps: dict[str, Cap]
+    """only the layers that were cut or pooled"""
+    logits: list[float | None]
+    """the model's raw output"""
+    probabilities: list[float | None]
+    """softmax of the logits"""
+    predicted: int
+    """the most probable class"""
+    predicted_name: str
+    """its name"""
 
 
-class Weights(BaseModel):
+class Weights(Doc):
     """``GET /api/v1/weights/{layer}``: a conv or linear layer's parameters."""
 
-    layer: str = Field(description="the layer's name")
-    weight: Tensor = Field(description="conv (out, in/groups, kH, kW); linear (out, in)")
-    bias: Tensor | None = Field(description="(out,), or null")
+    layer: str
+    """the layer's name"""
+    weight: Tensor
+    """conv (out, in/groups, kH, kW); linear (out, in)"""
+    bias: Tensor | None
+    """(out,), or null"""
 
 
-class Explanation(BaseModel):
+class Explanation(Doc):
     """``POST /api/v1/explain``: one attribution map."""
 
-    method: str = Field(description="the method's name")
-    target: int = Field(description="the class explained")
-    target_name: str = Field(description="its name")
-    layer: str | None = Field(description="the layer explained; null for input methods")
-    map: Tensor = Field(description="(H, W) at the input resolution: `Attribution.heat()`")
-    signed: bool = Field(description="whether the map has a sign")
-    overlay: str = Field(description="data URL (PNG): the map blended over the input")
-    seconds: float = Field(description="compute time on the server")
+    method: str
+    """the method's name"""
+    target: int
+    """the class explained"""
+    target_name: str
+    """its name"""
+    layer: str | None
+    """the layer explained; null for input methods"""
+    map: Tensor
+    """(H, W) at the input resolution: `Attribution.heat()`"""
+    signed: bool
+    """whether the map has a sign"""
+    overlay: str
+    """data URL (PNG): the map blended over the input"""
+    seconds: float
+    """compute time on the server"""
 
 
-class Hit(BaseModel):
+class Hit(Doc):
     """One of a unit's top data-set activations."""
 
-    value: float = Field(description="the activation")
-    image: int = Field(description="data-set image index")
-    row: int = Field(description="grid row in the layer's map")
-    col: int = Field(description="grid column in the layer's map")
+    value: float
+    """the activation"""
+    image: int
+    """data-set image index"""
+    row: int
+    """grid row in the layer's map"""
+    col: int
+    """grid column in the layer's map"""
 
 
-class Unit(BaseModel):
+class Unit(Doc):
     """``GET /api/v1/units/{layer}/{channel}``: one channel of one layer."""
 
-    layer: str = Field(description="the layer's name")
-    channel: int = Field(description="the channel")
-    featurevis: str | None = Field(description="data URL (PNG) of its feature visualization")
-    kernel: Tensor | None = Field(description="its filter (in/groups, kH, kW) for a conv")
-    top_patches: list[str] | None = Field(description="data URLs of its top data-set crops")
-    top_hits: list[Hit] | None = Field(description="the matching hits, best first")
+    layer: str
+    """the layer's name"""
+    channel: int
+    """the channel"""
+    featurevis: str | None
+    """data URL (PNG) of its feature visualization"""
+    kernel: Tensor | None
+    """its filter (in/groups, kH, kW) for a conv"""
+    top_patches: list[str] | None
+    """data URLs of its top data-set crops"""
+    top_hits: list[Hit] | None
+    """the matching hits, best first"""
 
 
-class Error(BaseModel):
+class Error(Doc):
     """Every error answer."""
 
-    error: str = Field(description="what was wrong and what is accepted")
+    error: str
+    """what was wrong and what is accepted"""
 
 
 DOCUMENTS: tuple[type[BaseModel], ...] = (ModelDoc, Upload, Trace, Weights, Explanation, Unit)

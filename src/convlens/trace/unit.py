@@ -9,6 +9,7 @@ data-set patches that excite it most.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +100,7 @@ def top_patches(
         warnings.simplefilter("ignore")  # whole-image "patches" of non-spatial layers
         crops, hits = unit_patches(scan.result, scan.dataset, model, layer, channel, n=n)
     images = [upscale(tensor_to_image(c), PATCH_SIDE) for c in crops]
-    return images, [{"value": h.value, "image": h.image, "row": h.row, "col": h.col} for h in hits]
+    return images, [dataclasses.asdict(h) for h in hits]  # value, image, row, col
 
 
 def unit_document(

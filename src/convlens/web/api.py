@@ -78,16 +78,22 @@ _UPLOAD_BODY = {
     }
 }
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": schemas.Error, "description": "bad parameter or corrupt image"},
-    401: {"model": schemas.Error, "description": "this server needs its access token"},
-    403: {"model": schemas.Error, "description": "Host or Origin is not this server"},
-    404: {"model": schemas.Error, "description": "unknown image, layer or sample"},
-    413: {"model": schemas.Error, "description": "request body too large"},
-    415: {"model": schemas.Error, "description": "wrong Content-Type for this route"},
-    422: {"model": schemas.Error, "description": "malformed request or value out of range"},
-    503: {"model": schemas.Error, "description": "busy: too many requests of this kind"},
-}
+
+def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for error statuses given as ``e404="what it means"``."""
+    return {int(k[1:]): {"model": schemas.Error, "description": v} for k, v in described.items()}
+
+
+_ERRORS = _errors(
+    e400="bad parameter or corrupt image",
+    e401="this server needs its access token",
+    e403="Host or Origin is not this server",
+    e404="unknown image, layer or sample",
+    e413="request body too large",
+    e415="wrong Content-Type for this route",
+    e422="malformed request or value out of range",
+    e503="busy: too many requests of this kind",
+)
 
 
 def _statused(e: ConvlensError) -> ApiError:
@@ -189,10 +195,7 @@ def build_router(state: ServerState) -> APIRouter:
         summary="Upload an image (multipart/form-data, form field 'file')",
         openapi_extra=_UPLOAD_BODY,
         response_model=schemas.Upload,
-        responses={
-            413: {"model": schemas.Error, "description": "too many bytes or pixels"},
-            415: {"model": schemas.Error, "description": "not an image, or not multipart"},
-        },
+        responses=_errors(e413="too many bytes or pixels", e415="not an image, or not multipart"),
     )
     async def post_image(request: Request) -> dict[str, Any]:
         content_type = request.headers.get("content-type", "")
@@ -260,13 +263,10 @@ def build_router(state: ServerState) -> APIRouter:
         "/explain",
         summary="An explanation map for an image, a method and a target class",
         response_model=schemas.Explanation,
-        responses={
-            422: {
-                "model": schemas.Error,
-                "description": "a parameter out of its range, or the explanation ran past "
-                "the server's time budget",
-            },
-        },
+        responses=_errors(
+            e422="a parameter out of its range, or the explanation ran past the server's time "
+            "budget"
+        ),
     )
     async def post_explain(req: Annotated[ExplainRequest, Body()]) -> dict[str, Any]:
         budget = state.config.explain_seconds

@@ -22,8 +22,7 @@ from PIL import Image
 from convlens.io.image import MAX_ASPECT, WEB_FORMATS, DecodeLimits
 from convlens.model.core import Model
 from convlens.trace import DEFAULT_BUDGET, default_caps, model_document, open_scan
-from convlens.trace.model_doc import EXPLAIN_SECONDS, JSON_BYTES, UPLOAD_BYTES
-from convlens.trace.schema import Limits, ModelDoc
+from convlens.trace.schema import EXPLAIN_SECONDS, JSON_BYTES, UPLOAD_BYTES, Limits, ModelDoc
 from convlens.trace.unit import Patches, render_unit, top_patches
 from convlens.web.cache import LRUCache
 from convlens.web.errors import ApiError
@@ -295,17 +294,9 @@ class ServerState:
 
     @property
     def limits(self) -> Limits:
-        cfg = self.config
-        return Limits(
-            max_upload_bytes=cfg.max_upload_bytes,
-            max_upload_pixels=cfg.max_upload_pixels,
-            max_channels=self.trace_max_channels,
-            max_size=self.trace_max_size,
-            max_aspect=cfg.max_aspect,
-            max_json_bytes=cfg.max_json_bytes,
-            trace_max_numbers=cfg.trace_max_numbers,
-            explain_seconds=cfg.explain_seconds,
-        )
+        # the config's own limits go by the same names (its caps may be None: chosen per model)
+        own = {k: getattr(self.config, k) for k in Limits.model_fields if hasattr(self.config, k)}
+        return Limits(**own, max_channels=self.trace_max_channels, max_size=self.trace_max_size)
 
     def model_body(self) -> bytes:
         """``GET /model``'s body, built, checked against its schema and encoded once."""
