@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -274,3 +275,95 @@ def test_api_docs_tables_are_generated_from_the_schemas() -> None:
     assert schema_docs.render(text) == text, "run: python -m convlens.trace.schema_docs"
     for doc in schema.DOCUMENTS:  # every document has its generated block
         assert f"<!-- schema: {doc.__name__} -->" in text
+
+
+# ----------------------------------------------------------------------------- quantized maps
+
+
+def test_quantized_trace_is_within_half_a_step_and_a_quarter_of_the_size(
+    small_resnet: Model,
+) -> None:
+    from convlens.trace import trace_document
+
+    x = torch.rand(1, *small_resnet.spec.shape)
+    exact = trace_document(small_resnet, x, options=TraceOptions(None, None))
+    small = trace_document(small_resnet, x, options=TraceOptions(None, None, encoding="uint8"))
+    for name, t in exact["activations"].items():
+        q = small["activations"][name]
+        values = decode_tensor(t)
+        if values.ndim != 3:  # vectors (the logits among them) stay exact
+            assert q == t
+            continue
+        assert q["dtype"] == "uint8" and q["shape"] == t["shape"]
+        per_channel = values.reshape(values.shape[0], -1)
+        np.testing.assert_allclose(q["offset"], per_channel.min(1), rtol=1e-6)
+        step = (per_channel.max(1) - per_channel.min(1)) / 255
+        error = np.abs(decode_tensor(q) - values).reshape(values.shape[0], -1).max(1)
+        assert (error <= step / 2 + 1e-6 * (1 + np.abs(per_channel).max(1))).all(), name
+        assert abs(len(q["b64"]) / len(t["b64"]) - 0.25) < 0.01  # one byte a number, not four
+
+
+def test_quantized_non_finite_and_constant_channels() -> None:
+    from convlens.trace import encode_quantized
+
+    t = torch.tensor([[[1.0, float("nan")], [float("inf"), 3.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    q = encode_quantized(t)
+    out = decode_tensor(q)
+    assert out[0, 0, 0] == 1.0 and out[0, 1, 1] == pytest.approx(3.0)
+    assert out[0, 0, 1] == 1.0 and out[0, 1, 0] == 1.0  # not representable: the minimum
+    assert q["scale"][1] == 0.0 and (out[1] == 2.0).all()
+
+
+def test_channel_document_is_the_exact_layer_output(small_resnet: Model) -> None:
+    from convlens.trace import channel_document
+
+    x = torch.rand(1, *small_resnet.spec.shape)
+    conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
+    doc = channel_document(small_resnet, x, conv.name, 2)
+    with torch.no_grad():  # the first conv by hand, on the normalized input
+        expected = small_resnet.net.get_submodule(conv.module)(small_resnet.normalize(x))[0, 2]
+    np.testing.assert_allclose(decode_tensor(doc["map"]), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert doc["map"]["dtype"] == "float32"
+    with pytest.raises(ConvlensError, match="out of range"):
+        channel_document(small_resnet, x, conv.name, 10_000)
+    with pytest.raises(ConvlensError, match="no maps"):
+        channel_document(small_resnet, x, small_resnet.graph.names()[-1], 0)
+
+
+def test_the_front_end_decodes_quantized_maps_like_python(tmp_path: Path) -> None:
+    """api.js's decodeTensor (in node) against decode_tensor, on the server's own encoding."""
+    import shutil
+    import subprocess
+
+    from convlens.trace import encode_quantized
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    t = torch.randn(3, 5, 7) * torch.tensor([1.0, 100.0, 0.01])[:, None, None]
+    q = encode_quantized(t)
+    api = Path(__file__).resolve().parents[1] / "src/convlens/web/static/js/api.js"
+    script = tmp_path / "decode.mjs"
+    script.write_text(
+        f"import {{ decodeTensor }} from {json.dumps(api.as_uri())};\n"
+        f"const t = decodeTensor({json.dumps(q)});\n"
+        "console.log(JSON.stringify(Array.from(t.data)));\n"
+    )
+    run = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_allclose(
+        np.asarray(json.loads(run.stdout), dtype=np.float32).reshape(3, 5, 7),
+        decode_tensor(q),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_quantized_input_of_an_8_bit_image_is_exact(tiny_vgg_rgb: Model) -> None:
+    from convlens.trace import trace_document
+
+    q = torch.randint(0, 256, (1, 3, tiny_vgg_rgb.spec.height, tiny_vgg_rgb.spec.width))
+    x = q.float() / 255
+    doc = trace_document(tiny_vgg_rgb, x, options=TraceOptions(encoding="uint8"))
+    assert doc["input"]["tensor"]["dtype"] == "uint8"
+    np.testing.assert_allclose(decode_tensor(doc["input"]["tensor"]), x[0].numpy(), atol=1e-7)

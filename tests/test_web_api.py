@@ -862,3 +862,29 @@ def test_no_route_function_is_over_60_lines() -> None:
     assert len(routes) >= 8
     lengths = {r.name: (r.end_lineno or r.lineno) - r.lineno + 1 for r in routes}
     assert max(lengths.values()) <= 60, lengths
+
+
+def test_quantized_trace_and_exact_channel(client: TestClient) -> None:
+    plain = client.get("/api/v1/trace", params={"image": "sample-0"})
+    exact = plain.json()
+    r = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
+    assert r.status_code == 200 and len(r.content) < 0.5 * len(plain.content)
+    small = r.json()
+    conv = decode_tensor(exact["activations"]["conv_1_1"])  # (10, 30, 30), uncapped here
+    approx = decode_tensor(small["activations"]["conv_1_1"])
+    step = np.asarray(small["activations"]["conv_1_1"]["scale"])[:, None, None]
+    assert (np.abs(approx - conv) <= step / 2 + 1e-6).all()
+    assert small["logits"] == exact["logits"]
+    doc = client.get("/api/v1/activations/conv_1_1/3", params={"image": "sample-0"}).json()
+    np.testing.assert_array_equal(decode_tensor(doc["map"]), conv[3])
+    assert (doc["layer"], doc["channel"], doc["image_id"]) == ("conv_1_1", 3, "sample-0")
+    bad = {
+        "/api/v1/activations/conv_1_1/99?image=sample-0": 400,
+        "/api/v1/activations/output/0?image=sample-0": 400,  # a vector has no maps
+        "/api/v1/activations/conv_9/0?image=sample-0": 404,
+        "/api/v1/activations/conv_1_1/0?image=nope": 404,
+        "/api/v1/activations/conv_1_1/x?image=sample-0": 422,
+        "/api/v1/trace?image=sample-0&encoding=int4": 422,
+    }
+    for url, status in bad.items():
+        assert client.get(url).status_code == status, url

@@ -1,7 +1,7 @@
 """Every JSON document the web explainer reads, built from a ``Model`` without a server.
 
 One function a document (shapes: :mod:`convlens.trace.schema`; contract: ``docs/web-api.md``):
-:func:`model_document`, :func:`image_document`, :func:`trace_document`,
+:func:`model_document`, :func:`image_document`, :func:`trace_document`, :func:`channel_document`,
 :func:`explanation_document`, :func:`unit_document`, :func:`weights_document`.
 The web server adds only HTTP around them (routes, uploads, locks, caches, status codes).
 """
@@ -14,6 +14,7 @@ from convlens.trace.document import (
     build_trace,
     cap_activation,
     capped_numbers,
+    channel_document,
     default_caps,
     kernel_of,
     layer_stats,
@@ -21,7 +22,13 @@ from convlens.trace.document import (
     trace_numbers,
     weights_document,
 )
-from convlens.trace.encode import decode_tensor, display_copy, encode_tensor, png_data_url
+from convlens.trace.encode import (
+    decode_tensor,
+    display_copy,
+    encode_quantized,
+    encode_tensor,
+    png_data_url,
+)
 from convlens.trace.explain import (
     UnusableMapError,
     check_request,
@@ -50,12 +57,14 @@ __all__ = [
     "build_trace",
     "cap_activation",
     "capped_numbers",
+    "channel_document",
     "check_request",
     "class_index",
     "decode_tensor",
     "default_caps",
     "default_limits",
     "display_copy",
+    "encode_quantized",
     "encode_tensor",
     "explanation_document",
     "image_document",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from convlens.errors import ConvlensError, unknown_name
 from convlens.io.image import tensor_to_image
 from convlens.model.core import Model
 from convlens.probe import record_all
-from convlens.trace.encode import TensorJSON, encode_tensor, png_data_url
+from convlens.trace.encode import TensorJSON, encode_quantized, encode_tensor, png_data_url
 
 TRACE_VERSION = 1
 
@@ -41,11 +41,16 @@ class TraceOptions:
     """Caps on what a trace sends per layer; ``None`` means no cap.
 
     ``layers`` restricts ``activations`` to the named layers (all when ``None``).
+    ``encoding`` ``"uint8"`` sends each map ``(C, H, W)`` quantized per channel
+    (:func:`~convlens.trace.encode.encode_quantized`: a quarter of the bytes, error at most
+    half a step of 1/255 of the channel's range); vectors stay float32. Exact values of one
+    channel: :func:`channel_document`.
     """
 
     max_channels: int | None = 64
     max_size: int | None = 128
     layers: Sequence[str] | None = None
+    encoding: Literal["float32", "uint8"] = "float32"
 
     def __post_init__(self) -> None:
         for name in ("max_channels", "max_size"):
@@ -169,6 +174,21 @@ def _chosen_layers(model: Model, layers: Sequence[str] | None) -> list[str]:
     return [n for n in names if n in wanted]  # graph order, whatever order was asked
 
 
+def check_image(x: torch.Tensor) -> None:
+    """Refuse anything but one image ``(1, C, H, W)``."""
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ConvlensError(f"a document takes one image (1, C, H, W); got {tuple(x.shape)}")
+
+
+def check_unit(model: Model, layer: str, channel: int) -> None:
+    """Refuse an unknown layer (``NotFoundError``) or a channel out of its range."""
+    channels = model.graph[layer].output_shape[0]
+    if not 0 <= channel < channels:
+        raise ConvlensError(
+            f"channel {channel} is out of range for layer {layer!r} (0..{channels - 1})"
+        )
+
+
 def trace_document(
     model: Model,
     x: torch.Tensor,
@@ -183,8 +203,7 @@ def trace_document(
     ``x`` otherwise). See ``docs/web-api.md`` (``GET /api/v1/trace``) for the layout.
     """
     options = options or TraceOptions()
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ConvlensError(f"a trace takes one image (1, C, H, W); got {tuple(x.shape)}")
+    check_image(x)
     names = _chosen_layers(model, options.layers)
     outputs, out = record_all(model, x)
     logits = out[0].float()
@@ -192,22 +211,26 @@ def trace_document(
     activations: dict[str, TensorJSON] = {}
     stats: dict[str, dict[str, Any]] = {}
     caps: dict[str, dict[str, Any]] = {}
+    quantize_all = options.encoding == "uint8"
     for name in names:
         if name not in outputs:
             continue  # a layer the fallback hooks could not see (untraceable model)
         act = outputs[name][0]
         stats[name] = layer_stats(act)
         sent, info = cap_activation(act, options.max_channels, options.max_size)
-        activations[name] = encode_tensor(sent)
+        quantize = quantize_all and sent.dim() == 3
+        activations[name] = encode_quantized(sent) if quantize else encode_tensor(sent)
         if info:
             caps[name] = info
     predicted = int(probs.argmax())
+    # an 8-bit image in [0, 1] is exact at one byte a number (scale 1/255)
+    image = encode_quantized(x[0], unit_range=True) if quantize_all else encode_tensor(x[0])
     return {
         "version": TRACE_VERSION,
         "image_id": image_id,
         "input": {
             "processed": processed_url or png_data_url(tensor_to_image(x[0])),
-            "tensor": encode_tensor(x[0]),
+            "tensor": image,
         },
         "activations": activations,
         "stats": stats,
@@ -220,6 +243,28 @@ def trace_document(
 
 
 build_trace = trace_document  # its first name, kept for callers
+
+
+def channel_document(
+    model: Model, x: torch.Tensor, layer: str, channel: int, *, image_id: str | None = None
+) -> dict[str, Any]:
+    """The exact float32 map of one channel of ``layer`` ``(H, W)`` at its full size, for an
+    image ``x`` ``(1, C, H, W)`` (what a detail view needs when the trace was capped or
+    quantized)."""
+    check_image(x)
+    check_unit(model, layer, channel)
+    shape = model.graph[layer].output_shape
+    if len(shape) != 3:
+        raise ConvlensError(f"layer {layer!r} has no maps (output {shape}); see the trace")
+    outputs, _ = record_all(model, x)
+    if layer not in outputs:
+        raise ConvlensError(f"layer {layer!r} could not be recorded in this model")
+    return {
+        "image_id": image_id,
+        "layer": layer,
+        "channel": channel,
+        "map": encode_tensor(outputs[layer][0, channel]),
+    }
 
 
 def weights_document(model: Model, layer: str) -> dict[str, Any]:

@@ -37,6 +37,22 @@ class Tensor(Doc):
     """base64 of the little-endian float32 bytes, C order"""
 
 
+class QuantizedTensor(Doc):
+    """A (C, ...) map at one byte a number (`/trace?encoding=uint8`): value = offset[c] +
+    scale[c] × q, q in 0..255; the error is at most scale[c] / 2."""
+
+    shape: list[int]
+    """the tensor's shape"""
+    dtype: Literal["uint8"]
+    """always uint8"""
+    b64: str
+    """base64 of the bytes q, C order"""
+    offset: list[float]
+    """per channel: the value of q = 0 (the channel's minimum)"""
+    scale: list[float]
+    """per channel: the step, (max − min) / 255"""
+
+
 class Sample(Doc):
     """One of the server's sample images."""
 
@@ -165,8 +181,8 @@ class TraceInput(Doc):
 
     processed: str
     """data URL (PNG) of what the model sees"""
-    tensor: Tensor
-    """(C, H, W) in [0, 1], un-normalized"""
+    tensor: Tensor | QuantizedTensor
+    """(C, H, W) in [0, 1], un-normalized (uint8 with scale 1/255 under encoding=uint8)"""
 
 
 class LayerStats(Doc):
@@ -204,7 +220,7 @@ class Trace(Doc):
     """the image traced"""
     input: TraceInput
     """the image as the model sees it"""
-    activations: dict[str, Tensor]
+    activations: dict[str, Tensor | QuantizedTensor]
     """layer name → output (C, H, W) or (N,), in graph order (the input: normalized)"""
     stats: dict[str, LayerStats]
     """layer name → value range (uncapped)"""
@@ -218,6 +234,19 @@ class Trace(Doc):
     """the most probable class"""
     predicted_name: str
     """its name"""
+
+
+class Channel(Doc):
+    """`GET /api/v1/activations/{layer}/{channel}`: one channel's exact map."""
+
+    image_id: str | None
+    """the image traced"""
+    layer: str
+    """the layer's name"""
+    channel: int
+    """the channel"""
+    map: Tensor
+    """(H, W) float32 at the layer's full size, neither capped nor quantized"""
 
 
 class Weights(Doc):
@@ -289,4 +318,6 @@ class Error(Doc):
     """what was wrong and what is accepted"""
 
 
-DOCUMENTS: tuple[type[BaseModel], ...] = (ModelDoc, Upload, Trace, Weights, Explanation, Unit)
+DOCUMENTS: tuple[type[BaseModel], ...] = (
+    ModelDoc, Upload, Trace, Channel, Weights, Explanation, Unit
+)  # fmt: skip

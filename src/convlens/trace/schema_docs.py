@@ -82,7 +82,8 @@ def render(text: str) -> str:
     shown: set[str] = set()
 
     def title(model: type[BaseModel]) -> str:
-        return f"**{model.__name__}**: {(model.__doc__ or '').replace('``', '`')}".strip()
+        doc = " ".join((model.__doc__ or "").split()).replace("``", "`")
+        return f"**{model.__name__}**: {doc}".strip()
 
     def fill(match: re.Match[str]) -> str:
         model = getattr(schema, match.group(2))

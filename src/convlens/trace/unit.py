@@ -26,22 +26,13 @@ from convlens.errors import ConvlensError
 from convlens.io.figure import upscale
 from convlens.io.image import tensor_to_image
 from convlens.model.core import Model
-from convlens.trace.document import kernel_of
+from convlens.trace.document import check_unit, kernel_of
 from convlens.trace.encode import png_data_url
 
 FEATUREVIS_SIDE = 128  # a feature visualization is upscaled (nearest) to at least this
 PATCH_SIDE = 64  # a top patch likewise
 
 Patches = tuple[list[Image.Image], list[dict[str, Any]]]
-
-
-def check_unit(model: Model, layer: str, channel: int) -> None:
-    """Refuse an unknown layer (``NotFoundError``) or a channel out of its range."""
-    channels = model.graph[layer].output_shape[0]
-    if not 0 <= channel < channels:
-        raise ConvlensError(
-            f"channel {channel} is out of range for layer {layer!r} (0..{channels - 1})"
-        )
 
 
 def render_unit(model: Model, layer: str, channel: int, steps: int = 128) -> Image.Image | None:

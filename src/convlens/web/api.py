@@ -10,7 +10,7 @@ the model under a time budget; traces share the served model under the read lock
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -24,6 +24,7 @@ from convlens.trace import (
     TraceOptions,
     UnusableMapError,
     capped_numbers,
+    channel_document,
     check_request,
     class_index,
     explanation_document,
@@ -32,13 +33,14 @@ from convlens.trace import (
     unit_document,
     weights_document,
 )
-from convlens.trace.unit import check_unit
+from convlens.trace.document import check_unit
 from convlens.web import schemas
 from convlens.web.errors import ApiError
 from convlens.web.state import ServerState, TimeBudgetExceededError, time_budget
 from convlens.web.uploads import MULTIPART_OVERHEAD, decode_upload, multipart_file, read_body
 
 PREFIX = "/api/v1"
+Encoding = Literal["float32", "uint8"]
 MAX_CAP = 4096  # largest max_channels / max_size a trace may name
 
 
@@ -146,13 +148,18 @@ def check_trace_caps(state: ServerState, options: TraceOptions) -> None:
 
 
 def trace_options(
-    state: ServerState, max_channels: int | None, max_size: int | None, layers: str | None
+    state: ServerState,
+    max_channels: int | None,
+    max_size: int | None,
+    layers: str | None,
+    encoding: Encoding = "float32",
 ) -> TraceOptions:
     """The request's caps (the model's defaults where not given), checked against the budget."""
     options = TraceOptions(
         max_channels=max_channels or state.trace_max_channels,
         max_size=max_size or state.trace_max_size,
         layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
+        encoding=encoding,
     )
     check_trace_caps(state, options)
     return options
@@ -237,8 +244,11 @@ def build_router(state: ServerState) -> APIRouter:
         layers: Annotated[
             str | None, Query(max_length=100_000, description="comma-separated layer names")
         ] = None,
+        encoding: Annotated[
+            Encoding, Query(description="uint8: maps quantized per channel, 4× smaller")
+        ] = "float32",
     ) -> Response:
-        options = trace_options(state, max_channels, max_size, layers)
+        options = trace_options(state, max_channels, max_size, layers, encoding)
 
         def work() -> bytes:
             stored = state.store.get(image)
@@ -250,6 +260,27 @@ def build_router(state: ServerState) -> APIRouter:
             return json_bytes(doc)
 
         return Response(await state.trace_pool.run(work), media_type="application/json")
+
+    @router.get(
+        "/activations/{layer:path}/{channel}",
+        summary="One channel's exact float32 map for an image (neither capped nor quantized)",
+        response_model=schemas.Channel,
+    )
+    async def get_channel(
+        layer: str,
+        channel: int,
+        image: Annotated[
+            str, Query(max_length=200, description="image id: sample-N or from POST /images")
+        ],
+    ) -> dict[str, Any]:
+        check_unit(model, layer, channel)
+
+        def work() -> dict[str, Any]:
+            stored = state.store.get(image)
+            with state.trace_lock():
+                return channel_document(model, stored.tensor, layer, channel, image_id=image)
+
+        return await state.trace_pool.run(work)
 
     @router.get(
         "/weights/{layer:path}",

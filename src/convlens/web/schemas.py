@@ -4,6 +4,7 @@
 from convlens.trace.schema import (
     Cap,
     Capabilities,
+    Channel,
     Error,
     Explanation,
     Hit,
@@ -24,6 +25,7 @@ from convlens.trace.schema import (
 __all__ = [
     "Cap",
     "Capabilities",
+    "Channel",
     "Error",
     "Explanation",
     "Hit",
