@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,9 @@ from convlens.web.uploads import MULTIPART_OVERHEAD, decode_upload, multipart_fi
 
 PREFIX = "/api/v1"
 Encoding = Literal["float32", "uint8"]
+ImageId = Annotated[
+    str, Query(max_length=200, description="image id: sample-N or from POST /images")
+]
 MAX_CAP = 4096  # largest max_channels / max_size a trace may name
 
 
@@ -115,6 +118,16 @@ def check_explain(state: ServerState, req: ExplainRequest) -> int | None:
         return None if req.target is None else class_index(state.model, req.target)
     except ConvlensError as e:
         raise _statused(e) from None
+
+
+def unit_path(request: Request, layer: str, channel: int) -> tuple[str, int]:
+    """A layer and one of its channels from the path (404 unknown layer, 400 out of range;
+    FastAPI answers 422 for a channel that is not an integer)."""
+    check_unit(request.app.state.convlens.model, layer, channel)
+    return layer, channel
+
+
+UnitPath = Annotated[tuple[str, int], Depends(unit_path)]
 
 
 def check_chunk(state: ServerState, params: dict[str, Any]) -> None:
@@ -232,9 +245,7 @@ def build_router(state: ServerState) -> APIRouter:
         responses={200: {"model": schemas.Trace, "content": {"application/json": {}}}},
     )
     async def get_trace(
-        image: Annotated[
-            str, Query(max_length=200, description="image id: sample-N or from POST /images")
-        ],
+        image: ImageId,
         max_channels: Annotated[
             int | None, Query(ge=1, le=MAX_CAP, description="channels per layer")
         ] = None,
@@ -266,14 +277,8 @@ def build_router(state: ServerState) -> APIRouter:
         summary="One channel's exact float32 map for an image (neither capped nor quantized)",
         response_model=schemas.Channel,
     )
-    async def get_channel(
-        layer: str,
-        channel: int,
-        image: Annotated[
-            str, Query(max_length=200, description="image id: sample-N or from POST /images")
-        ],
-    ) -> dict[str, Any]:
-        check_unit(model, layer, channel)
+    async def get_channel(unit: UnitPath, image: ImageId) -> dict[str, Any]:
+        layer, channel = unit
 
         def work() -> dict[str, Any]:
             stored = state.store.get(image)
@@ -324,13 +329,12 @@ def build_router(state: ServerState) -> APIRouter:
         response_model=schemas.Unit,
     )
     async def get_unit(
-        layer: str,
-        channel: int,
+        unit: UnitPath,
         featurevis: Annotated[
             bool, Query(description="render the feature visualization (slow the first time)")
         ] = True,
     ) -> dict[str, Any]:
-        check_unit(model, layer, channel)
+        layer, channel = unit
         image = (
             await state.explain_pool.run(lambda: state.render(layer, channel))
             if featurevis
