@@ -8,6 +8,11 @@ can draw). The issue's target: the demo model's overview within one second of th
 There is no peer to compare with (CNN Explainer's page is not installed here).
 
     .venv/bin/python benchmarks/page.py [--repeats 5] [--vgg] [--json out.json]
+    .venv/bin/python benchmarks/page.py --traces-only --vgg   # trace bytes and time, no browser
+
+``--traces-only`` measures, per model, the default trace (the server's caps) as float32 and
+as ``encoding=uint8`` (maps quantized per channel): bytes on the wire and time over loopback
+HTTP, and one channel's exact values (``GET /activations/...``) as a detail view fetches them.
 
 Medians over the repeats, each in a fresh page. The machine is shared (2 cores, other work
 running), so the numbers are noisy; compare within one run.
@@ -110,12 +115,54 @@ def measure(browser: Any, srv: Server, repeats: int) -> dict[str, float]:
     }
 
 
+def measure_traces(srv: Server, model: Model, repeats: int) -> dict[str, float]:
+    """Default trace as float32 and as uint8, and one exact channel: bytes and medians (ms)."""
+    out: dict[str, float] = {}
+    conv = next((lay.name for lay in model.graph if lay.kind == "conv"), None)
+    with httpx.Client(timeout=300) as client:
+        for encoding in ("float32", "uint8"):
+            times, size = [], 0
+            for _ in range(repeats):
+                t = time.perf_counter()
+                r = client.get(
+                    f"{srv.url}api/v1/trace", params={"image": "sample-0", "encoding": encoding}
+                )
+                times.append(1000 * (time.perf_counter() - t))
+                size = len(r.content)
+            out[f"trace_{encoding}_mb"] = size / 1e6
+            out[f"trace_{encoding}_ms"] = statistics.median(times)
+        if conv is not None:
+            t = time.perf_counter()
+            r = client.get(f"{srv.url}api/v1/activations/{conv}/0", params={"image": "sample-0"})
+            out["exact_channel_ms"] = 1000 * (time.perf_counter() - t)
+            out["exact_channel_kb"] = len(r.content) / 1e3
+    return out
+
+
+def traces_only(args: argparse.Namespace) -> None:
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model in models(Path(tmp), args.vgg).items():
+            srv = Server(model)
+            try:
+                results[name] = measure_traces(srv, model, args.repeats)
+            finally:
+                srv.stop()
+    print(json.dumps(results, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vgg", action="store_true", help="also VGG-16 at 224×224 (slow)")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--traces-only", action="store_true", help="trace sizes and times only")
     args = ap.parse_args()
+    if args.traces_only:
+        traces_only(args)
+        return
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(

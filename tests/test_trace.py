@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,3 +211,159 @@ def test_trace_of_an_untraceable_model() -> None:
         relu = model.net.relu(model.net.conv(x))[0]
     np.testing.assert_allclose(decode_tensor(doc["activations"]["relu"]), relu.numpy(), atol=1e-6)
     np.testing.assert_allclose(doc["logits"], model(x)[0].detach().numpy(), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- the documents
+
+
+def test_documents_build_without_a_web_server() -> None:
+    """convlens.trace works where FastAPI is missing (a notebook, an HTML export)."""
+    code = (
+        "import sys; sys.modules['fastapi'] = sys.modules['starlette'] = None\n"
+        "import torch\n"
+        "from convlens.model.zoo import build\n"
+        "from convlens import trace\n"
+        "from convlens.trace import schema\n"
+        "m = build('tiny-vgg:in_channels=3,input_size=16', seed=0)\n"
+        "x = torch.rand(1, 3, 16, 16)\n"
+        "schema.ModelDoc.model_validate(trace.model_document(m))\n"
+        "schema.Trace.model_validate(trace.trace_document(m, x))\n"
+        "schema.Explanation.model_validate(trace.explanation_document(m, x, 'saliency', 1))\n"
+        "schema.Unit.model_validate(trace.unit_document(m, 'conv_1_1', 0))\n"
+        "schema.Weights.model_validate(trace.weights_document(m, 'conv_1_1'))\n"
+        "assert 'convlens.web' not in sys.modules\n"
+    )
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_explanation_document_equals_autograd(tiny_vgg_rgb: Model) -> None:
+    from convlens.trace import explanation_document
+
+    x = torch.rand(1, 3, tiny_vgg_rgb.spec.height, tiny_vgg_rgb.spec.width)
+    doc = explanation_document(tiny_vgg_rgb, x, "saliency", 2)
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(tiny_vgg_rgb(xg)[0, 2], xg)
+    np.testing.assert_allclose(
+        decode_tensor(doc["map"]), grad[0].abs().amax(0).numpy(), rtol=1e-4, atol=1e-7
+    )
+    assert (doc["target"], doc["target_name"]) == (2, tiny_vgg_rgb.classes[2])
+
+
+def test_unit_document_checks_and_sends_the_kernel(small_resnet: Model) -> None:
+    from convlens.trace import unit_document
+
+    conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
+    doc = unit_document(small_resnet, conv.name, 1)
+    weight = small_resnet.net.get_submodule(conv.module).weight[1]
+    np.testing.assert_array_equal(decode_tensor(doc["kernel"]), weight.detach().numpy())
+    with pytest.raises(ConvlensError, match="out of range"):
+        unit_document(small_resnet, conv.name, 10_000)
+    with pytest.raises(NotFoundError):
+        unit_document(small_resnet, "no-such-layer", 0)
+
+
+def test_api_docs_tables_are_generated_from_the_schemas() -> None:
+    from convlens.trace import schema, schema_docs
+
+    text = schema_docs.DOC.read_text(encoding="utf-8")
+    assert schema_docs.render(text) == text, "run: python -m convlens.trace.schema_docs"
+    for doc in schema.DOCUMENTS:  # every document has its generated block
+        assert f"<!-- schema: {doc.__name__} -->" in text
+
+
+# ----------------------------------------------------------------------------- quantized maps
+
+
+def test_quantized_trace_is_within_half_a_step_and_a_quarter_of_the_size(
+    small_resnet: Model,
+) -> None:
+    from convlens.trace import trace_document
+
+    x = torch.rand(1, *small_resnet.spec.shape)
+    exact = trace_document(small_resnet, x, options=TraceOptions(None, None))
+    small = trace_document(small_resnet, x, options=TraceOptions(None, None, encoding="uint8"))
+    for name, t in exact["activations"].items():
+        q = small["activations"][name]
+        values = decode_tensor(t)
+        if values.ndim != 3:  # vectors (the logits among them) stay exact
+            assert q == t
+            continue
+        assert q["dtype"] == "uint8" and q["shape"] == t["shape"]
+        per_channel = values.reshape(values.shape[0], -1)
+        np.testing.assert_allclose(q["offset"], per_channel.min(1), rtol=1e-6)
+        step = (per_channel.max(1) - per_channel.min(1)) / 255
+        error = np.abs(decode_tensor(q) - values).reshape(values.shape[0], -1).max(1)
+        assert (error <= step / 2 + 1e-6 * (1 + np.abs(per_channel).max(1))).all(), name
+        assert abs(len(q["b64"]) / len(t["b64"]) - 0.25) < 0.01  # one byte a number, not four
+
+
+def test_quantized_non_finite_and_constant_channels() -> None:
+    from convlens.trace import encode_quantized
+
+    t = torch.tensor([[[1.0, float("nan")], [float("inf"), 3.0]], [[2.0, 2.0], [2.0, 2.0]]])
+    q = encode_quantized(t)
+    out = decode_tensor(q)
+    assert out[0, 0, 0] == 1.0 and out[0, 1, 1] == pytest.approx(3.0)
+    assert out[0, 0, 1] == 1.0 and out[0, 1, 0] == 1.0  # not representable: the minimum
+    assert q["scale"][1] == 0.0 and (out[1] == 2.0).all()
+
+
+def test_channel_document_is_the_exact_layer_output(small_resnet: Model) -> None:
+    from convlens.trace import channel_document
+
+    x = torch.rand(1, *small_resnet.spec.shape)
+    conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
+    doc = channel_document(small_resnet, x, conv.name, 2)
+    with torch.no_grad():  # the first conv by hand, on the normalized input
+        expected = small_resnet.net.get_submodule(conv.module)(small_resnet.normalize(x))[0, 2]
+    np.testing.assert_allclose(decode_tensor(doc["map"]), expected.numpy(), rtol=1e-5, atol=1e-6)
+    assert doc["map"]["dtype"] == "float32"
+    with pytest.raises(ConvlensError, match="out of range"):
+        channel_document(small_resnet, x, conv.name, 10_000)
+    with pytest.raises(ConvlensError, match="no maps"):
+        channel_document(small_resnet, x, small_resnet.graph.names()[-1], 0)
+
+
+def test_the_front_end_decodes_quantized_maps_like_python(tmp_path: Path) -> None:
+    """api.js's decodeTensor (in node) against decode_tensor, on the server's own encoding."""
+    import shutil
+    import subprocess
+
+    from convlens.trace import encode_quantized
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    t = torch.randn(3, 5, 7) * torch.tensor([1.0, 100.0, 0.01])[:, None, None]
+    q = encode_quantized(t)
+    api = Path(__file__).resolve().parents[1] / "src/convlens/web/static/js/api.js"
+    script = tmp_path / "decode.mjs"
+    script.write_text(
+        f"import {{ decodeTensor }} from {json.dumps(api.as_uri())};\n"
+        f"const t = decodeTensor({json.dumps(q)});\n"
+        "console.log(JSON.stringify(Array.from(t.data)));\n"
+    )
+    run = subprocess.run([node, str(script)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    np.testing.assert_allclose(
+        np.asarray(json.loads(run.stdout), dtype=np.float32).reshape(3, 5, 7),
+        decode_tensor(q),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+def test_quantized_input_of_an_8_bit_image_is_exact(tiny_vgg_rgb: Model) -> None:
+    from convlens.trace import trace_document
+
+    q = torch.randint(0, 256, (1, 3, tiny_vgg_rgb.spec.height, tiny_vgg_rgb.spec.width))
+    x = q.float() / 255
+    doc = trace_document(tiny_vgg_rgb, x, options=TraceOptions(encoding="uint8"))
+    assert doc["input"]["tensor"]["dtype"] == "uint8"
+    np.testing.assert_allclose(decode_tensor(doc["input"]["tensor"]), x[0].numpy(), atol=1e-7)

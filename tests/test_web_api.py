@@ -337,6 +337,31 @@ def test_upload_store_is_bounded(model: Model) -> None:
         ids = [upload(c, png(Image.new("L", (8, 8), v))).json()["image_id"] for v in (1, 2, 3)]
         assert c.get("/api/v1/trace", params={"image": ids[0]}).status_code == 404
         assert c.get("/api/v1/trace", params={"image": ids[2]}).status_code == 200
+        # least recently USED goes first: reading ids[1] keeps it past the next upload
+        assert c.get("/api/v1/trace", params={"image": ids[1], "layers": "output"}).is_success
+        upload(c, png(Image.new("L", (8, 8), 4)))
+        assert c.get("/api/v1/trace", params={"image": ids[1]}).status_code == 200
+        assert c.get("/api/v1/trace", params={"image": ids[2]}).status_code == 404
+
+
+def test_lru_cache_under_threads() -> None:
+    from convlens.web.cache import LRUCache
+
+    cache: LRUCache[int, int] = LRUCache(50)
+
+    def writer(base: int) -> None:
+        for i in range(2000):
+            cache.put(base + i % 100, i)
+            cache.get(base + (i * 7) % 100)
+
+    threads = [threading.Thread(target=writer, args=(k * 1000,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(cache) == 50 == len(set(cache.keys()))
+    with pytest.raises(ValueError):
+        LRUCache(0)
 
 
 # ----------------------------------------------------------------------------- /trace
@@ -456,7 +481,6 @@ def test_units(client: TestClient, model: Model) -> None:
 
 
 def test_unit_feature_visualization_is_rendered_once(model: Model) -> None:
-    pytest.importorskip("convlens.featurevis")
     with TestClient(
         create_app(model, config=ServerConfig(featurevis_steps=1)), base_url=LOCAL
     ) as c:
@@ -471,7 +495,7 @@ def test_unit_feature_visualization_is_rendered_once(model: Model) -> None:
 @pytest.fixture(scope="module")
 def scanned(model: Model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A class-folder data set of 6 noise images and a scan of two layers over it."""
-    analysis = pytest.importorskip("convlens.analysis")
+    from convlens import analysis
     from convlens.data import open_dataset
 
     root = tmp_path_factory.mktemp("scan")
@@ -531,8 +555,7 @@ def test_scan_problems(model: Model, scanned: tuple[Path, Path], tmp_path: Path)
 
 def test_explain_catalogue(client: TestClient) -> None:
     methods = client.get("/api/v1/model").json()["capabilities"]["methods"]
-    if not methods:
-        pytest.skip("convlens.methods is not available in this build")
+    assert len(methods) >= 10  # the methods package always ships with convlens
     by_name = {m["name"]: m for m in methods}
     assert by_name["saliency"]["params"]["reduce"]["default"] == "max-abs"
     assert by_name["grad-cam"]["needs_layer"] is True
@@ -543,8 +566,6 @@ def test_explain_saliency_equals_autograd(client: TestClient, model: Model) -> N
     r = client.post(
         "/api/v1/explain", json={"image_id": "sample-0", "method": "saliency", "target": 3}
     )
-    if r.status_code == 503:
-        pytest.skip(r.json()["error"])
     assert r.status_code == 200, r.text
     doc = r.json()
     x = decode_tensor(client.get("/api/v1/trace?image=sample-0").json()["input"]["tensor"])
@@ -561,8 +582,6 @@ def test_explain_defaults_to_predicted_class_and_last_layer(
     client: TestClient, model: Model
 ) -> None:
     r = client.post("/api/v1/explain", json={"image_id": "sample-1", "method": "grad-cam"})
-    if r.status_code == 503:
-        pytest.skip(r.json()["error"])
     doc = r.json()
     predicted = client.get("/api/v1/trace?image=sample-1&layers=output").json()["predicted"]
     assert doc["target"] == predicted
@@ -586,8 +605,6 @@ def test_explain_bad_requests(
     client: TestClient, body: dict[str, object], status: int, words: str
 ) -> None:
     r = client.post("/api/v1/explain", json=body)
-    if r.status_code == 503:
-        pytest.skip(r.json()["error"])
     assert r.status_code == status, r.text
     assert words in r.json()["error"]
 
@@ -821,3 +838,53 @@ def test_convlens_serve_end_to_end(images_dir: Path) -> None:
         proc.terminate()
         out = proc.communicate(timeout=20)[0]
     assert f"http://127.0.0.1:{port}/" in out
+
+
+def test_no_route_function_is_over_60_lines() -> None:
+    """Routes do HTTP work only; the documents are built in convlens.trace."""
+    import ast
+    import inspect
+
+    from convlens.web import api
+
+    tree = ast.parse(inspect.getsource(api))
+    routes = [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and any(
+            isinstance(d, ast.Call)
+            and isinstance(d.func, ast.Attribute)
+            and d.func.attr in ("get", "post", "api_route")
+            for d in node.decorator_list
+        )
+    ]
+    assert len(routes) >= 8
+    lengths = {r.name: (r.end_lineno or r.lineno) - r.lineno + 1 for r in routes}
+    assert max(lengths.values()) <= 60, lengths
+
+
+def test_quantized_trace_and_exact_channel(client: TestClient) -> None:
+    plain = client.get("/api/v1/trace", params={"image": "sample-0"})
+    exact = plain.json()
+    r = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
+    assert r.status_code == 200 and len(r.content) < 0.5 * len(plain.content)
+    small = r.json()
+    conv = decode_tensor(exact["activations"]["conv_1_1"])  # (10, 30, 30), uncapped here
+    approx = decode_tensor(small["activations"]["conv_1_1"])
+    step = np.asarray(small["activations"]["conv_1_1"]["scale"])[:, None, None]
+    assert (np.abs(approx - conv) <= step / 2 + 1e-6).all()
+    assert small["logits"] == exact["logits"]
+    doc = client.get("/api/v1/activations/conv_1_1/3", params={"image": "sample-0"}).json()
+    np.testing.assert_array_equal(decode_tensor(doc["map"]), conv[3])
+    assert (doc["layer"], doc["channel"], doc["image_id"]) == ("conv_1_1", 3, "sample-0")
+    bad = {
+        "/api/v1/activations/conv_1_1/99?image=sample-0": 400,
+        "/api/v1/activations/output/0?image=sample-0": 400,  # a vector has no maps
+        "/api/v1/activations/conv_9/0?image=sample-0": 404,
+        "/api/v1/activations/conv_1_1/0?image=nope": 404,
+        "/api/v1/activations/conv_1_1/x?image=sample-0": 422,
+        "/api/v1/trace?image=sample-0&encoding=int4": 422,
+    }
+    for url, status in bad.items():
+        assert client.get(url).status_code == status, url

@@ -702,3 +702,37 @@ def test_server_memory_stays_bounded_under_hostile_images(
     # display/model copies (the issue measured 5.7 GB peak, 5.1 GB kept)
     assert peak < 700 * 1024
     assert kept < 400 * 1024
+
+
+# ----------------------------------------------------------------------------- image kinds
+
+
+def test_image_errors_carry_their_kind(tmp_path: Path) -> None:
+    """Callers (the upload route among them) branch on ``kind``, never on the message."""
+    from convlens.io.image import DecodeLimits, ImageError, ImageProblem, decode_image
+    from convlens.web.errors import ApiError
+    from convlens.web.uploads import STATUS, decode_upload
+
+    buf = io.BytesIO()
+    Image.new("RGB", (40, 30), (9, 9, 9)).save(buf, "PNG")
+    good = buf.getvalue()
+    buf = io.BytesIO()
+    Image.effect_noise((20, 20), 50).save(buf, "PNG")  # 400 pixels: within the limit
+    small = buf.getvalue()
+    limits = DecodeLimits(max_bytes=10_000, max_pixels=1000, formats=("PNG",))
+    cases = {
+        b"": ImageProblem.EMPTY,
+        good: ImageProblem.TOO_LARGE,  # 1200 pixels > 1000
+        b"x" * 20_000: ImageProblem.TOO_LARGE,  # bytes
+        b"GIF89a" + bytes(40): ImageProblem.NOT_AN_IMAGE,  # a format not accepted here
+        small[: len(small) // 2]: ImageProblem.CORRUPT,  # a PNG cut in half
+        tmp_path / "absent.png": ImageProblem.MISSING,
+    }
+    for source, kind in cases.items():
+        with pytest.raises(ImageError) as info:
+            decode_image(source, limits)
+        assert info.value.kind is kind, (source, info.value)
+        if isinstance(source, bytes):
+            with pytest.raises(ApiError) as api:
+                decode_upload(source, limits)
+            assert api.value.status == STATUS.get(kind, 400)

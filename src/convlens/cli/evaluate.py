@@ -10,7 +10,7 @@ import typer
 
 from convlens.cli.checks import in_range
 from convlens.cli.common import ModelFlags, with_model_flags
-from convlens.data import open_dataset
+from convlens.data import dataset_help, open_dataset
 from convlens.train.datasets import Subset, for_model
 from convlens.train.evaluation import evaluate_model, write_report
 
@@ -20,9 +20,7 @@ def evaluate(
     model: Annotated[str, typer.Argument(help="'demo', a checkpoint or model file.")],
     dataset: Annotated[
         str,
-        typer.Option(
-            "--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png"
-        ),
+        typer.Option("--dataset", "-d", help=dataset_help()),
     ],
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for metrics.json and the figures.")

@@ -30,7 +30,7 @@ from convlens.analysis.report import UnitReport, report_figure, unit_report
 from convlens.analysis.scan import MAX_BATCH, MAX_TOP_K
 from convlens.cli import checks
 from convlens.cli.common import ModelFlags, with_model_flags
-from convlens.data import FolderImages, ImageDataset, open_dataset
+from convlens.data import FolderImages, ImageDataset, dataset_help, named_datasets, open_dataset
 from convlens.errors import ConvlensError
 from convlens.io.atomic import output_set, write_text_atomic
 from convlens.io.figure import save_png
@@ -38,7 +38,7 @@ from convlens.model import Model
 
 DatasetOpt = Annotated[
     str,
-    typer.Option("--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png"),
+    typer.Option("--dataset", "-d", help=dataset_help()),
 ]
 SplitOpt = Annotated[str, typer.Option("--split", help="train, test (or all for a folder).")]
 DataDirOpt = Annotated[
@@ -50,7 +50,7 @@ def open_data(
     model: Model, dataset: str, split: str, data_dir: str | None
 ) -> tuple[ImageDataset, dict[str, Any]]:
     """The data set fitted to the model's input, and how to reopen it (for the scan record)."""
-    if os.path.isdir(dataset) and dataset not in ("fashion-mnist", "cifar10"):
+    if os.path.isdir(dataset) and dataset not in named_datasets():
         root = str(Path(dataset).resolve())
         if split not in ("train", "test", "all"):
             raise ConvlensError(

@@ -15,7 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from convlens.cli import checks
 from convlens.cli.common import ArchOpt, TrustOpt, open_model
-from convlens.data import ImageDataset, open_dataset
+from convlens.data import EmptyDatasetError, ImageDataset, open_dataset
+from convlens.data.base import dataset_help, named_datasets
 from convlens.errors import ConvlensError
 from convlens.io.figure import grid, save_png
 from convlens.model import Model
@@ -41,9 +42,7 @@ from convlens.train.watch import watch_for_run
 TRANSFER_CLI_MODES = ("features", "finetune")
 DatasetOpt = Annotated[
     str,
-    typer.Option(
-        "--dataset", "-d", help="fashion-mnist, cifar10, or a folder ROOT/CLASS/*.png (folder:ROOT)"
-    ),
+    typer.Option("--dataset", "-d", help=dataset_help()),
 ]
 DataDirOpt = Annotated[
     str | None, typer.Option("--data-dir", help="Folder holding the data set's files.")
@@ -172,9 +171,8 @@ def _open_validation(dataset: str, data_dir: str | None, download: bool) -> Imag
     """The test split, or None (with a warning) when a small image folder has no test images."""
     try:
         return open_dataset(dataset, "test", data_dir, download)
-    except ConvlensError as e:
-        if "is empty" not in str(e):
-            raise
+    except EmptyDatasetError:
+        pass
     print("warning: the data set has no test images; training without validation", file=sys.stderr)
     return None
 
@@ -390,7 +388,7 @@ def train(
         f"{len(train_data):,} images, validating on {len(val_data) if val_data else 'no'} "
         f"test images; writing {out}"
     )
-    meta = {"dataset": {"name": dataset if dataset in ("fashion-mnist", "cifar10") else "folder",
+    meta = {"dataset": {"name": dataset if dataset in named_datasets() else "folder",
                         "train_images": len(train_data)},
             "command": "convlens train " + " ".join(sys.argv[2:])}  # fmt: skip
     with _progress(console) as progress:

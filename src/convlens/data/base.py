@@ -83,6 +83,21 @@ class DatasetSource:
 
 
 DATASETS: Registry[DatasetSource] = Registry("data set")
+FOLDER = "folder"  # the source that reads a folder of class subfolders; the rest go by name
+
+
+class EmptyDatasetError(ConvlensError):
+    """A data set split without images (a caller may go on without it, e.g. validation)."""
+
+
+def named_datasets() -> list[str]:
+    """The data sets opened by name alone (every registered source but the folder reader)."""
+    return [n for n in DATASETS.names() if n != FOLDER]
+
+
+def dataset_help() -> str:
+    """What a ``--dataset`` option accepts, in words."""
+    return f"{', '.join(named_datasets())}, or a folder ROOT/CLASS/*.png (or folder:ROOT)"
 
 
 def open_dataset(
@@ -97,11 +112,11 @@ def open_dataset(
     if key.startswith("folder:") and key not in DATASETS:  # folder:PATH names a folder
         key, data_dir = "folder", key.removeprefix("folder:")
     if key not in DATASETS and os.path.isdir(key):
-        key, data_dir = "folder", key
+        key, data_dir = FOLDER, key
     source = DATASETS.get(key)
     if split not in source.splits:
         raise ConvlensError(f"{key} has no split {split!r}; accepted: {', '.join(source.splits)}")
     dataset = source.open(split, data_dir, download)
     if len(dataset) == 0:
-        raise ConvlensError(f"data set {key!r} ({split}) is empty")
+        raise EmptyDatasetError(f"data set {key!r} ({split}) is empty")
     return dataset

@@ -26,12 +26,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from convlens.data.base import DATASETS, DatasetSource, ImageDataset
+from convlens.data.base import DATASETS, FOLDER, DatasetSource, ImageDataset
 from convlens.errors import ConvlensError
-from convlens.io.image import decode_image, fit_to_spec, image_to_tensor
+from convlens.io.image import IMAGE_SUFFIXES, decode_image, fit_to_spec, image_to_tensor
 from convlens.io.spec import InputSpec
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_DIRS = {"train": ("train",), "test": ("test", "val", "valid", "validation")}
 TEST_EVERY = 10  # without split folders, 1 image in 10 (by path hash) is held out as "test"
 
@@ -157,7 +156,7 @@ def open_folder(split: str, data_dir: str | None, download: bool) -> FolderImage
 
 
 DATASETS.add(
-    "folder",
+    FOLDER,
     DatasetSource(
         open_folder,
         "a folder of images with one subfolder per class (optionally train/ and test/)",

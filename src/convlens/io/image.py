@@ -11,6 +11,7 @@ region to the model's size: its memory never depends on the aspect ratio.
 
 from __future__ import annotations
 
+import enum
 import io
 import math
 import os
@@ -28,10 +29,65 @@ from convlens.io.spec import InputSpec
 MAX_BYTES = 32 * 1024 * 1024
 MAX_PIXELS = 40_000_000
 MAX_ASPECT = 50.0  # longer side / shorter side; a 1×1,000,000 strip is no photograph
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 # Pillow format names: files on disk (data sets, samples) may also be TIFF; uploads may not
 WEB_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 FILE_FORMATS = (*WEB_FORMATS, "TIFF")
+_SUFFIXES = {
+    "PNG": (".png",),
+    "JPEG": (".jpg", ".jpeg"),
+    "BMP": (".bmp",),
+    "GIF": (".gif",),
+    "WEBP": (".webp",),
+    "TIFF": (".tif", ".tiff"),
+}
+
+
+def suffixes(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The file name endings of Pillow ``formats`` (lower case, with the dot).
+
+    >>> suffixes(("PNG", "JPEG"))
+    ('.png', '.jpg', '.jpeg')
+    """
+    return tuple(s for f in formats for s in _SUFFIXES[f])
+
+
+IMAGE_SUFFIXES = suffixes(FILE_FORMATS)  # every image file convlens reads
+WEB_SUFFIXES = suffixes(WEB_FORMATS)  # the ones a browser shows too
+
+
+class ImageProblem(enum.Enum):
+    """Why an image was refused; callers branch on it (the web API maps it to a status)."""
+
+    MISSING = "missing"  # no such file
+    EMPTY = "empty"  # 0 bytes, or a header of 0 pixels
+    TOO_LARGE = "too large"  # bytes, pixels or aspect ratio over the limits; a bomb
+    NOT_AN_IMAGE = "not an image"  # no accepted format's decoder recognizes it
+    CORRUPT = "corrupt"  # truncated or damaged
+
+
+class ImageError(ConvlensError):
+    """An image refused while reading or decoding it; :attr:`kind` says why."""
+
+    kind = ImageProblem.CORRUPT
+
+    def __init__(self, message: str, kind: ImageProblem | None = None) -> None:
+        super().__init__(message)
+        if kind is not None:
+            self.kind = kind
+
+
+class ImageTooLargeError(ImageError):
+    """An image over the byte, pixel or aspect budget (the web API answers 413)."""
+
+    kind = ImageProblem.TOO_LARGE
+
+
+class NotAnImageError(ImageError):
+    """Bytes that no accepted format's decoder recognizes (the web API answers 415)."""
+
+    kind = ImageProblem.NOT_AN_IMAGE
+
+
 _BLOCK_PIXELS = 1 << 20  # pixels converted per block (about 4 MB of float32)
 
 
@@ -49,10 +105,17 @@ class DecodeLimits:
         """The formats as a user reads them: ``PNG, JPEG, BMP, GIF, WebP``."""
         return ", ".join("WebP" if f == "WEBP" else f for f in self.formats)
 
+    def check_bytes(self, size: int, name: str = "image") -> None:
+        """Refuse a file of ``size`` bytes before it is read (empty, or over ``max_bytes``)."""
+        if size > self.max_bytes:
+            raise ImageTooLargeError(f"{name} is {size:,} bytes; the limit is {self.max_bytes:,}")
+        if size == 0:
+            raise ImageError(f"{name} is empty (0 bytes)", ImageProblem.EMPTY)
+
     def check_size(self, width: int, height: int) -> None:
         """Refuse a header's size before any pixel is decoded (:class:`ImageTooLargeError`)."""
         if width < 1 or height < 1:
-            raise ConvlensError(f"image is {width}×{height}: it has no pixels")
+            raise ImageError(f"image is {width}×{height}: it has no pixels", ImageProblem.EMPTY)
         pixels = width * height
         if pixels > self.max_pixels:
             raise ImageTooLargeError(
@@ -66,31 +129,19 @@ class DecodeLimits:
             )
 
 
-class ImageTooLargeError(ConvlensError):
-    """An image over the pixel or aspect budget (the web API answers 413)."""
-
-
-class NotAnImageError(ConvlensError):
-    """Bytes that no accepted format's decoder recognizes (the web API answers 415)."""
-
-
 def read_image_bytes(source: str | os.PathLike[str] | bytes, limits: DecodeLimits) -> bytes:
+    """The bytes of an image file (checked for size before it is read) or the bytes given."""
     if isinstance(source, bytes):
-        data = source
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise ConvlensError(f"image file {str(path)!r} does not exist or is not a file")
-        size = path.stat().st_size
-        if size > limits.max_bytes:
-            raise ConvlensError(
-                f"image {path.name!r} is {size:,} bytes; the limit is {limits.max_bytes:,}"
-            )
-        data = path.read_bytes()
-    if len(data) > limits.max_bytes:
-        raise ConvlensError(f"image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
-    if not data:
-        raise ConvlensError("image is empty (0 bytes)")
+        limits.check_bytes(len(source))
+        return source
+    path = Path(source)
+    if not path.is_file():
+        raise ImageError(
+            f"image file {str(path)!r} does not exist or is not a file", ImageProblem.MISSING
+        )
+    limits.check_bytes(path.stat().st_size, f"image {path.name!r}")
+    data = path.read_bytes()
+    limits.check_bytes(len(data), f"image {path.name!r}")  # it may have grown meanwhile
     return data
 
 
@@ -157,8 +208,8 @@ def decode_image(
 ) -> Image.Image:
     """Decode an image file or bytes into an 8-bit ``L`` or ``RGB`` Pillow image.
 
-    Raises :class:`ConvlensError` for a missing, empty, truncated, non-image or oversized
-    input, naming what was wrong.
+    Raises :class:`ImageError` for a missing, empty, truncated, non-image or oversized input,
+    naming what was wrong; its ``kind`` (:class:`ImageProblem`) says which, for callers.
 
     >>> decode_image(b"not an image", DecodeLimits(formats=("PNG", "JPEG")))
     Traceback (most recent call last):
@@ -181,7 +232,7 @@ def decode_image(
     except UnidentifiedImageError:
         raise NotAnImageError(f"not a readable image (accepted: {limits.accepted})") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ConvlensError(f"image is truncated or corrupt: {e}") from None
+        raise ImageError(f"image is truncated or corrupt: {e}") from None
     img = _upright(img)
     if img.mode == "CMYK":
         img = img.convert("RGB")

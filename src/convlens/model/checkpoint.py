@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save
 
 from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir, write_bytes_atomic, write_text_atomic
+from convlens.io.image import WEB_SUFFIXES
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model, Sample
 
@@ -274,7 +275,7 @@ def _samples(folder: Path) -> list[Sample]:
         return []
     samples = []
     for p in sorted(folder.iterdir()):
-        if p.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        if p.suffix.lower() not in WEB_SUFFIXES:
             continue
         parts = p.stem.split("_")
         label = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None

@@ -1,6 +1,6 @@
 """The trace document: everything the explainer draws for one model and one image.
 
-``build_trace(model, x)`` runs the model once through its traced graph
+``trace_document(model, x)`` runs the model once through its traced graph
 (:func:`convlens.probe.record_all`) and returns a JSON-ready dict: every layer's output, its
 value range, the logits and the class probabilities. Wide or large layers are capped so the
 document of a big network stays small enough for a browser: at most ``max_channels`` channels
@@ -11,7 +11,7 @@ are sent, and a map larger than ``max_size`` on a side is average-pooled down,
 while the ``stats`` are always taken on the full tensor, so colour scales stay true.
 
 >>> from convlens.model.zoo import build
->>> doc = build_trace(build("tiny-vgg"), torch.rand(1, 3, 64, 64))
+>>> doc = trace_document(build("tiny-vgg"), torch.rand(1, 3, 64, 64))
 >>> doc["activations"]["conv_1_1"]["shape"]
 [10, 62, 62]
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from convlens.errors import ConvlensError, unknown_name
 from convlens.io.image import tensor_to_image
 from convlens.model.core import Model
 from convlens.probe import record_all
-from convlens.trace.encode import TensorJSON, encode_tensor, png_data_url
+from convlens.trace.encode import TensorJSON, encode_quantized, encode_tensor, png_data_url
 
 TRACE_VERSION = 1
 
@@ -41,11 +41,16 @@ class TraceOptions:
     """Caps on what a trace sends per layer; ``None`` means no cap.
 
     ``layers`` restricts ``activations`` to the named layers (all when ``None``).
+    ``encoding`` ``"uint8"`` sends each map ``(C, H, W)`` quantized per channel
+    (:func:`~convlens.trace.encode.encode_quantized`: a quarter of the bytes, error at most
+    half a step of 1/255 of the channel's range); vectors stay float32. Exact values of one
+    channel: :func:`channel_document`.
     """
 
     max_channels: int | None = 64
     max_size: int | None = 128
     layers: Sequence[str] | None = None
+    encoding: Literal["float32", "uint8"] = "float32"
 
     def __post_init__(self) -> None:
         for name in ("max_channels", "max_size"):
@@ -138,6 +143,17 @@ def trace_numbers(model: Model, max_channels: int | None, max_size: int | None) 
     return sum(_capped_size(lay.output_shape, max_channels, max_size) for lay in model.graph)
 
 
+def capped_numbers(model: Model, options: TraceOptions) -> int:
+    """How many numbers a trace under ``options`` sends (its layers only; from the graph)."""
+    graph = model.graph
+    names = graph.names() if options.layers is None else dict.fromkeys(options.layers)
+    return sum(
+        _capped_size(graph[n].output_shape, options.max_channels, options.max_size)
+        for n in names
+        if n in graph
+    )
+
+
 def default_caps(model: Model, budget: int = DEFAULT_BUDGET) -> tuple[int, int]:
     """The most detailed ``(max_channels, max_size)`` of :data:`CAP_LADDER` whose trace of
     every layer sends at most ``budget`` numbers (the last rung if none does)."""
@@ -158,7 +174,22 @@ def _chosen_layers(model: Model, layers: Sequence[str] | None) -> list[str]:
     return [n for n in names if n in wanted]  # graph order, whatever order was asked
 
 
-def build_trace(
+def check_image(x: torch.Tensor) -> None:
+    """Refuse anything but one image ``(1, C, H, W)``."""
+    if x.dim() != 4 or x.shape[0] != 1:
+        raise ConvlensError(f"a document takes one image (1, C, H, W); got {tuple(x.shape)}")
+
+
+def check_unit(model: Model, layer: str, channel: int) -> None:
+    """Refuse an unknown layer (``NotFoundError``) or a channel out of its range."""
+    channels = model.graph[layer].output_shape[0]
+    if not 0 <= channel < channels:
+        raise ConvlensError(
+            f"channel {channel} is out of range for layer {layer!r} (0..{channels - 1})"
+        )
+
+
+def trace_document(
     model: Model,
     x: torch.Tensor,
     *,
@@ -172,8 +203,7 @@ def build_trace(
     ``x`` otherwise). See ``docs/web-api.md`` (``GET /api/v1/trace``) for the layout.
     """
     options = options or TraceOptions()
-    if x.dim() != 4 or x.shape[0] != 1:
-        raise ConvlensError(f"a trace takes one image (1, C, H, W); got {tuple(x.shape)}")
+    check_image(x)
     names = _chosen_layers(model, options.layers)
     outputs, out = record_all(model, x)
     logits = out[0].float()
@@ -181,22 +211,26 @@ def build_trace(
     activations: dict[str, TensorJSON] = {}
     stats: dict[str, dict[str, Any]] = {}
     caps: dict[str, dict[str, Any]] = {}
+    quantize_all = options.encoding == "uint8"
     for name in names:
         if name not in outputs:
             continue  # a layer the fallback hooks could not see (untraceable model)
         act = outputs[name][0]
         stats[name] = layer_stats(act)
         sent, info = cap_activation(act, options.max_channels, options.max_size)
-        activations[name] = encode_tensor(sent)
+        quantize = quantize_all and sent.dim() == 3
+        activations[name] = encode_quantized(sent) if quantize else encode_tensor(sent)
         if info:
             caps[name] = info
     predicted = int(probs.argmax())
+    # an 8-bit image in [0, 1] is exact at one byte a number (scale 1/255)
+    image = encode_quantized(x[0], unit_range=True) if quantize_all else encode_tensor(x[0])
     return {
         "version": TRACE_VERSION,
         "image_id": image_id,
         "input": {
             "processed": processed_url or png_data_url(tensor_to_image(x[0])),
-            "tensor": encode_tensor(x[0]),
+            "tensor": image,
         },
         "activations": activations,
         "stats": stats,
@@ -205,6 +239,31 @@ def build_trace(
         "probabilities": [_number(v) for v in probs],
         "predicted": predicted,
         "predicted_name": model.classes[predicted],
+    }
+
+
+build_trace = trace_document  # its first name, kept for callers
+
+
+def channel_document(
+    model: Model, x: torch.Tensor, layer: str, channel: int, *, image_id: str | None = None
+) -> dict[str, Any]:
+    """The exact float32 map of one channel of ``layer`` ``(H, W)`` at its full size, for an
+    image ``x`` ``(1, C, H, W)`` (what a detail view needs when the trace was capped or
+    quantized)."""
+    check_image(x)
+    check_unit(model, layer, channel)
+    shape = model.graph[layer].output_shape
+    if len(shape) != 3:
+        raise ConvlensError(f"layer {layer!r} has no maps (output {shape}); see the trace")
+    outputs, _ = record_all(model, x)
+    if layer not in outputs:
+        raise ConvlensError(f"layer {layer!r} could not be recorded in this model")
+    return {
+        "image_id": image_id,
+        "layer": layer,
+        "channel": channel,
+        "map": encode_tensor(outputs[layer][0, channel]),
     }
 
 

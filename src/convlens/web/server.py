@@ -2,7 +2,7 @@
 
 >>> from convlens.model.zoo import build
 >>> app = create_app(build("tiny-vgg"))
->>> sorted(r.path for r in app.routes if r.path.startswith("/api/v1/m"))
+>>> sorted(p for p in app.openapi()["paths"] if p.startswith("/api/v1/m"))
 ['/api/v1/model']
 """
 
@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from convlens import __version__
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.model.core import Model
-from convlens.web import features
+from convlens.trace import params_schema
 from convlens.web.api import PREFIX, build_router
 from convlens.web.errors import ApiError
 from convlens.web.guard import TOKEN_QUERY, Access, BodyRule, Guard, Rules, is_loopback
@@ -171,7 +171,7 @@ def _add_params_schema(app: FastAPI) -> None:
         if app.openapi_schema is None:
             doc = plain()
             props = doc["components"]["schemas"]["ExplainRequest"]["properties"]
-            props["params"] = {**props["params"], **features.params_schema()}
+            props["params"] = {**props["params"], **params_schema()}
             props["params"].pop("additionalProperties", None)
             props["params"].pop("type", None) if "anyOf" in props["params"] else None
             app.openapi_schema = doc

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import logging
 import threading
 import time
@@ -16,12 +17,15 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+from PIL import Image
 
 from convlens.io.image import MAX_ASPECT, WEB_FORMATS, DecodeLimits
 from convlens.model.core import Model
-from convlens.trace import DEFAULT_BUDGET, default_caps
+from convlens.trace import DEFAULT_BUDGET, default_caps, model_document, open_scan
+from convlens.trace.schema import EXPLAIN_SECONDS, JSON_BYTES, UPLOAD_BYTES, Limits, ModelDoc
+from convlens.trace.unit import Patches, render_unit, top_patches
+from convlens.web.cache import LRUCache
 from convlens.web.errors import ApiError
-from convlens.web.features import open_scan
 from convlens.web.store import ImageStore, sample_catalogue
 
 log = logging.getLogger("convlens.web")
@@ -31,7 +35,7 @@ log = logging.getLogger("convlens.web")
 class ServerConfig:
     """Limits and defaults of a server (see ``docs/web-api.md``)."""
 
-    max_upload_bytes: int = 16 * 1024 * 1024
+    max_upload_bytes: int = UPLOAD_BYTES
     max_upload_pixels: int = 40_000_000
     store_capacity: int = 64
     trace_max_channels: int | None = None  # None: chosen per model to fit trace_budget
@@ -40,9 +44,9 @@ class ServerConfig:
     featurevis_steps: int = 128
     top_patches: int = 8
     max_aspect: float = MAX_ASPECT  # longest side / shortest side of an upload
-    max_json_bytes: int = 1024 * 1024  # any body but an upload's
+    max_json_bytes: int = JSON_BYTES  # any body but an upload's
     trace_max_numbers: int = 4 * DEFAULT_BUDGET  # the most a client's trace caps may ask for
-    explain_seconds: float = 30.0  # time budget of one explanation
+    explain_seconds: float = EXPLAIN_SECONDS  # time budget of one explanation
     max_chunk_pixels: int = 4 * 2**20  # images per pass × pixels per image, for chunk_size
     decode_workers: int = 2  # uploads decoded at once (each may take ~4 bytes per pixel)
     trace_workers: int = 2  # traces computed at once
@@ -52,6 +56,7 @@ class ServerConfig:
     header_timeout: float = 10.0  # seconds a connection may take to send its request head
     keep_alive: int = 5  # seconds an idle keep-alive connection is kept
     max_connections: int = 1024  # uvicorn's limit_concurrency (open connections): 503 beyond
+    renders_kept: int = 256  # feature visualizations cached per server
 
     @property
     def decode_limits(self) -> DecodeLimits:
@@ -64,6 +69,14 @@ class ServerConfig:
 
 
 T = TypeVar("T")
+
+
+def busy(what: str, count: int, limit: int) -> ApiError:
+    """The ``503`` of a kind of request past its limit."""
+    return ApiError(
+        503,
+        f"the server is busy: {count} {what} (at most {limit}); try again shortly",
+    )
 
 
 class WorkPool:
@@ -91,10 +104,8 @@ class WorkPool:
     async def run(self, fn: Callable[[], T]) -> T:
         with self._lock:
             if self._pending >= self.limit:
-                raise ApiError(
-                    503,
-                    f"the server is busy: {self._pending} {self.kind} requests are running or "
-                    f"waiting (at most {self.limit}); try again shortly",
+                raise busy(
+                    f"{self.kind} requests are running or waiting", self._pending, self.limit
                 )
             self._pending += 1
             if self._pool is None:
@@ -131,11 +142,7 @@ class Admission:
     def __call__(self) -> Iterator[None]:
         with self._lock:
             if self._inside >= self.limit:
-                raise ApiError(
-                    503,
-                    f"the server is busy: {self._inside} {self.kind}s are in progress (at most "
-                    f"{self.limit}); try again shortly",
-                )
+                raise busy(f"{self.kind}s are in progress", self._inside, self.limit)
             self._inside += 1
         try:
             yield
@@ -260,8 +267,10 @@ class ServerState:
         if self.scan is not None and self.scan.problem:
             log.warning("--scan %s: %s; top patches are off", scan_dir, self.scan.problem)
         self.model_lock = ReadWriteLock()
-        self.cache: dict[Any, Any] = {}  # small per-server caches (model document, renders)
-        self.cache_lock = threading.Lock()
+        self._model_body: bytes | None = None
+        self._renders: LRUCache[tuple[str, int], Image.Image | None] = LRUCache(
+            self.config.renders_kept
+        )
         self._work_model: Model | None = None
         self.work_lock = threading.Lock()
         self.scan_lock = threading.Lock()
@@ -282,6 +291,49 @@ class ServerState:
             with self.model_lock.write():
                 self._work_model = copy.deepcopy(self.model)
         return self._work_model
+
+    @property
+    def limits(self) -> Limits:
+        # the config's own limits go by the same names (its caps may be None: chosen per model)
+        own = {k: getattr(self.config, k) for k in Limits.model_fields if hasattr(self.config, k)}
+        return Limits(**own, max_channels=self.trace_max_channels, max_size=self.trace_max_size)
+
+    def model_body(self) -> bytes:
+        """``GET /model``'s body, built, checked against its schema and encoded once."""
+        if self._model_body is None:
+            doc = model_document(
+                self.model,
+                samples=list(self.store.samples.values()),
+                limits=self.limits,
+                scan=self.scan is not None and self.scan.dataset is not None,
+            )
+            checked = ModelDoc.model_validate(doc).model_dump(mode="json")
+            self._model_body = json.dumps(checked, separators=(",", ":")).encode()
+        return self._model_body
+
+    def trace_lock(self) -> contextlib.AbstractContextManager[None]:
+        """A traced graph runs without hooks, so traces share the model (read lock); an
+        untraceable model is recorded with hooks (probe.record_all's fallback) and needs it
+        alone (write lock)."""
+        shared = self.model.graph.traced is not None
+        return self.model_lock.read() if shared else self.model_lock.write()
+
+    def render(self, layer: str, channel: int) -> Image.Image | None:
+        """The unit's feature visualization, rendered once per server on the private copy."""
+        key = (layer, channel)
+        if key in self._renders:
+            return self._renders.get(key)
+        with self.work_lock:
+            if key in self._renders:  # rendered by another request while we waited
+                return self._renders.get(key)
+            image = render_unit(self.work_model(), layer, channel, self.config.featurevis_steps)
+            self._renders.put(key, image)
+        return image
+
+    def top_patches(self, layer: str, channel: int) -> Patches | None:
+        """The unit's top data-set patches (``None`` without a usable scan)."""
+        with self.scan_lock:  # data sets read files and may cache; one reader at a time
+            return top_patches(self.scan, self.model, layer, channel, n=self.config.top_patches)
 
     def shutdown(self) -> None:
         for pool in (self.decode_pool, self.trace_pool, self.explain_pool):

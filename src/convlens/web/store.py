@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -29,21 +28,13 @@ from convlens.io.image import (
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.trace.encode import display_copy, png_data_url
+from convlens.trace.model_doc import SAMPLE_PREFIX, SampleEntry, sample_entries
+from convlens.web.cache import LRUCache
 
-SAMPLE_PREFIX = "sample-"
 UPLOAD_PREFIX = "upload-"
 DISPLAY_SIDE = 512  # longer side of the "original" copy sent back for display
 SAMPLE_SIDE = 1024  # longer side of a sample served as PNG
-
-
-@dataclass(frozen=True)
-class SampleEntry:
-    """A sample image known at start-up: a file the server was given, by id only."""
-
-    id: str
-    name: str
-    path: Path
-    label: int | None
+SAMPLES_KEPT = 256  # decoded samples kept ready
 
 
 @dataclass(frozen=True)
@@ -88,13 +79,7 @@ def folder_images(folder: Path) -> list[Path]:
 
 def sample_catalogue(model: Model, images_dir: Path | None = None) -> list[SampleEntry]:
     """The model's samples, then the images of ``images_dir``, numbered ``sample-0``, ..."""
-    entries = [(s.path, s.label) for s in model.samples]
-    if images_dir is not None:
-        entries += [(p, None) for p in folder_images(images_dir)]
-    return [
-        SampleEntry(f"{SAMPLE_PREFIX}{i}", path.name, path, label)
-        for i, (path, label) in enumerate(entries)
-    ]
+    return sample_entries(model, folder_images(images_dir) if images_dir is not None else ())
 
 
 class ImageStore:
@@ -114,9 +99,10 @@ class ImageStore:
         # samples are files the server was given: any format an image folder may hold
         self.sample_limits = replace(self.limits, formats=FILE_FORMATS)
         self._sample_decoding = threading.BoundedSemaphore(2)  # bounded like uploads' pool
-        self._uploads: OrderedDict[str, StoredImage] = OrderedDict()
-        self._decoded: dict[str, StoredImage] = {}
-        self._lock = threading.Lock()
+        self._uploads: LRUCache[str, StoredImage] = LRUCache(capacity)
+        # decoded samples: bounded too (a --images folder may hold thousands); re-decoded
+        # from their files when evicted
+        self._decoded: LRUCache[str, StoredImage] = LRUCache(max(capacity, SAMPLES_KEPT))
 
     def sample(self, sample_id: str) -> SampleEntry:
         try:
@@ -138,26 +124,19 @@ class ImageStore:
     def add_upload(self, img: Image.Image) -> StoredImage:
         image_id = UPLOAD_PREFIX + secrets.token_hex(8)
         stored = prepare(image_id, img, self.spec)
-        with self._lock:
-            self._uploads[image_id] = stored
-            while len(self._uploads) > self.capacity:
-                self._uploads.popitem(last=False)
+        self._uploads.put(image_id, stored)
         return stored
 
     def get(self, image_id: str) -> StoredImage:
         """An upload or a sample by id; :class:`NotFoundError` when unknown or evicted."""
-        with self._lock:
-            if image_id in self._uploads:
-                self._uploads.move_to_end(image_id)
-                return self._uploads[image_id]
-            if image_id in self._decoded:
-                return self._decoded[image_id]
+        known = self._uploads.get(image_id) or self._decoded.get(image_id)
+        if known is not None:
+            return known
         if image_id.startswith(SAMPLE_PREFIX):
             entry = self.sample(image_id)
             with self._sample_decoding:
                 stored = prepare(image_id, decode_image(entry.path, self.sample_limits), self.spec)
-            with self._lock:
-                self._decoded[image_id] = stored
+            self._decoded.put(image_id, stored)
             return stored
         raise NotFoundError(
             f"unknown image id {image_id!r} (uploads are kept for the {self.capacity} most "

@@ -18,8 +18,7 @@ from PIL import Image
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from convlens.errors import ConvlensError
-from convlens.io.image import DecodeLimits, ImageTooLargeError, NotAnImageError, decode_image
+from convlens.io.image import DecodeLimits, ImageError, ImageProblem, decode_image
 from convlens.web.errors import ApiError
 
 FIELD = b"file"
@@ -96,17 +95,12 @@ def multipart_file(body: bytes, content_type: str) -> bytes:
     raise ApiError(400, f"no form field 'file' in the upload (fields sent: {names})")
 
 
+STATUS = {ImageProblem.TOO_LARGE: 413, ImageProblem.NOT_AN_IMAGE: 415}  # others: 400
+
+
 def decode_upload(data: bytes, limits: DecodeLimits) -> Image.Image:
     """Decode uploaded bytes to an 8-bit ``L``/``RGB`` image, or raise :class:`ApiError`."""
-    if not data:
-        raise ApiError(400, "the upload is empty (0 bytes); send an image file")
-    if len(data) > limits.max_bytes:
-        raise ApiError(413, f"image is {len(data):,} bytes; the limit is {limits.max_bytes:,}")
     try:
         return decode_image(data, limits)
-    except ImageTooLargeError as e:
-        raise ApiError(413, str(e)) from None
-    except NotAnImageError as e:
-        raise ApiError(415, str(e)) from None
-    except ConvlensError as e:
-        raise ApiError(400, str(e)) from None
+    except ImageError as e:
+        raise ApiError(STATUS.get(e.kind, 400), str(e)) from None

@@ -19,13 +19,12 @@ from typing import Any
 from torch import nn
 
 from convlens.errors import ConvlensError
+from convlens.io.image import WEB_SUFFIXES
 from convlens.io.spec import InputSpec
 from convlens.model.core import Model, OutputKind, Sample
 from convlens.model.formats.safety import parse_json, read_bounded, read_json
 
 MAX_CLASSES_BYTES = 16 << 20  # ImageNet-21k's names take 0.5 MB
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
 def sidecar_path(source: str | os.PathLike[str]) -> Path | None:
@@ -99,7 +98,7 @@ def find_samples(folder: Path, classes: list[str] | None) -> list[Sample]:
     return [
         Sample(p, label_from_name(p, classes) if classes else None)
         for p in sorted(images.iterdir())
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+        if p.suffix.lower() in WEB_SUFFIXES and p.is_file()
     ]
 
 

@@ -1,11 +1,21 @@
 // Talking to the server (docs/web-api.md) and decoding its tensors.
 import { API } from './config.js';
 
-/** {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order). */
+/** {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order);
+ * a "uint8" map (C, ...) is dequantized: value = offset[c] + scale[c] * q. */
 export function decodeTensor(t) {
   if (!t) return null;
-  if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
   const bytes = Uint8Array.from(atob(t.b64), (ch) => ch.charCodeAt(0));
+  if (t.dtype === 'uint8') {
+    const data = new Float32Array(bytes.length);
+    const per = bytes.length / t.shape[0];
+    for (let c = 0, i = 0; c < t.shape[0]; c++) {
+      const offset = t.offset[c], scale = t.scale[c];
+      for (const end = i + per; i < end; i++) data[i] = offset + scale * bytes[i];
+    }
+    return { shape: t.shape, data };
+  }
+  if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
   return { shape: t.shape, data: new Float32Array(bytes.buffer) };
 }
 
