@@ -39,7 +39,7 @@ from convlens.data import ImageDataset
 from convlens.errors import ConvlensError, unknown_name
 from convlens.io.atomic import write_bytes_atomic, write_text_atomic
 from convlens.io.color import category_colors
-from convlens.io.figure import caption, grid, scatter
+from convlens.io.figure import RichDisplay, caption, grid, scatter
 from convlens.model import Model
 from convlens.probe import capture
 
@@ -225,7 +225,7 @@ def grid_side(n: int, max_side: int = 40) -> int:
 
 
 @dataclass
-class CodeMap:
+class CodeMap(RichDisplay):
     """Codes of ``indices`` (data-set indices) with their labels and 2-D embedding."""
 
     indices: torch.Tensor  # (N,) int64
@@ -233,6 +233,10 @@ class CodeMap:
     codes: torch.Tensor  # (N, D) float32
     points: torch.Tensor  # (N, 2) float64
     meta: dict[str, Any]
+
+    def _display_figure(self) -> tuple[Image.Image, str]:
+        m = self.meta
+        return scatter_figure(self), f"{m['method']} map of {m['layer']!r} on {m['dataset']}"
 
     def save(self, folder: str | os.PathLike[str]) -> None:
         """``map.json`` (metadata) and ``codes.safetensors`` (the tensors), both atomic."""

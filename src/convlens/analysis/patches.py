@@ -24,7 +24,7 @@ from PIL import Image
 from convlens.analysis.scan import Hit, ScanResult
 from convlens.data import ImageDataset
 from convlens.errors import ConvlensError
-from convlens.io.figure import caption, grid, hstack, save_png, vstack
+from convlens.io.figure import bars, caption, grid, hstack, save_png, vstack
 from convlens.model import Model
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
@@ -185,3 +185,31 @@ def write_patch_figures(
                     save_png(unit_figure(result, dataset, model, layer, u), p)
                     written.append(p)
     return written
+
+
+DISPLAY_LAYERS = 2  # layers a notebook's display of a scan draws
+DISPLAY_UNITS = 8  # units per layer it draws
+
+
+def scan_figure(result: ScanResult) -> tuple[Image.Image, str]:
+    """A notebook's picture of a scan: the top patches of the first units of its first layers
+    when the model and data set are known (a fresh :func:`scan`), else each unit's maximum."""
+    layers = result.layers[:DISPLAY_LAYERS]
+    text = f"scan of {result.meta.images_done:,} images, layers {', '.join(result.layers)}"
+    if result.source is None:
+        charts = []
+        for layer in layers:
+            peak = result.stats(layer)["max"].float().clamp_min(0)
+            top = float(peak.max()) or 1.0
+            charts.append(bars(peak.tolist(), [(70, 110, 200)] * len(peak), f"{layer}: max "
+                               "activation per unit", vmax=top))  # fmt: skip
+        return vstack(charts, gap=12), text + " (patches need the data set: scan_figure after scan)"
+    model, dataset = result.source
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a global layer's 'patches' are whole images: fine here
+        parts = [
+            layer_overview(result, dataset, model, layer,
+                           units=range(min(DISPLAY_UNITS, result.layer(layer).channels)))
+            for layer in layers
+        ]  # fmt: skip
+    return vstack(parts, gap=16), text

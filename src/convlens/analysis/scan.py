@@ -22,7 +22,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,6 +31,7 @@ from convlens.analysis.state import LayerState, ScanState, map_candidates, merge
 from convlens.analysis.store import ScanMeta, has_scan, load_scan, save_scan
 from convlens.data import ImageDataset
 from convlens.errors import ConvlensError
+from convlens.io.figure import RichDisplay
 from convlens.model import Model
 from convlens.probe import Capture, capture
 
@@ -52,11 +53,18 @@ class Hit:
 
 
 @dataclass
-class ScanResult:
-    """A scan's metadata and per-layer state, with per-channel statistics derived from it."""
+class ScanResult(RichDisplay):
+    """A scan's metadata and per-layer state, with per-channel statistics derived from it.
+    ``source`` (model and data set, set by :func:`scan`) lets a notebook show the patches."""
 
     meta: ScanMeta
     state: ScanState
+    source: tuple[Model, ImageDataset] | None = field(default=None, repr=False, compare=False)
+
+    def _display_figure(self) -> tuple[Any, str]:
+        from convlens.analysis.patches import scan_figure  # patches imports this module
+
+        return scan_figure(self)
 
     @classmethod
     def load(cls, folder: str | os.PathLike[str]) -> ScanResult:
@@ -344,7 +352,7 @@ def scan(
                 "delete it"
             )
         if old.complete:
-            return ScanResult(old, old_state)
+            return ScanResult(old, old_state, (model, dataset))
         if not resume:
             raise ConvlensError(
                 f"{os.fspath(out)!r} holds an unfinished scan ({old.images_done} of "
@@ -368,7 +376,7 @@ def scan(
         save_scan(out, meta, state)
     if meta.skipped:
         warnings.warn(skipped_summary(meta.skipped), stacklevel=2)
-    return ScanResult(meta, state)
+    return ScanResult(meta, state, (model, dataset))
 
 
 def skipped_summary(skipped: list[dict[str, Any]], show: int = 5) -> str:

@@ -32,13 +32,13 @@ from convlens.errors import ConvlensError
 from convlens.featurevis import objectives as obj
 from convlens.featurevis.param import ImageParam, image_param
 from convlens.featurevis.transforms import Compose, standard_transforms, strong_transforms
-from convlens.io.figure import grid, png_bytes
+from convlens.io.figure import RichDisplay, grid
 from convlens.model.core import Model
 from convlens.probe import capture, preserved_modes
 
 
 @dataclass
-class RenderResult:
+class RenderResult(RichDisplay):
     """Images ``(B, C, H, W)`` in ``[0, 1]``, the objective per step ``(steps, B)`` (as seen
     through the random transforms, regularizers included) and the starting images."""
 
@@ -52,9 +52,10 @@ class RenderResult:
         """A labelled grid of the images."""
         return grid(list(self.images), ncols, self.labels, title=title, cell_size=cell_size)
 
-    def _repr_png_(self) -> bytes:
+    def _display_figure(self) -> tuple[Image.Image, str]:
         """Notebooks show a render as its labelled grid."""
-        return png_bytes(self.figure(self.objective))
+        text = f"{len(self.images)} image(s) maximizing {self.objective}"
+        return self.figure(self.objective), text
 
 
 # ---------------------------------------------------------------- ReLU gradient override

@@ -8,6 +8,8 @@ from convlens.io.atomic import (
 )
 from convlens.io.color import Scale, colorize, colormap_names
 from convlens.io.figure import (
+    Figure,
+    RichDisplay,
     caption,
     colorbar,
     grid,
@@ -31,7 +33,9 @@ from convlens.io.spec import InputSpec
 
 __all__ = [
     "DecodeLimits",
+    "Figure",
     "InputSpec",
+    "RichDisplay",
     "Scale",
     "atomic_write",
     "caption",

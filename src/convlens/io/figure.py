@@ -6,6 +6,8 @@ spacing and colour-bar conventions.
 
 from __future__ import annotations
 
+import base64
+import html
 import io
 import os
 from collections.abc import Sequence
@@ -298,3 +300,72 @@ def hbars(
         )
     draw.line((label_w, 0, label_w, out.height - 1), fill=MUTED)
     return caption(out, title, size=12) if title else out
+
+
+# ------------------------------------------------------------------ notebook displays
+
+MAX_DISPLAY_SIDE = 1600  # a notebook cell shows at most this many pixels across
+
+
+def _display_image(image: Image.Image) -> Image.Image:
+    """``image`` shrunk (never enlarged) so its longer side fits a notebook cell."""
+    side = max(image.size)
+    if side <= MAX_DISPLAY_SIDE:
+        return image
+    factor = MAX_DISPLAY_SIDE / side
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def figure_png(image: Image.Image) -> bytes:
+    """The PNG a notebook shows for ``image``."""
+    return png_bytes(_display_image(image), compact_gray=True)
+
+
+def figure_html(image: Image.Image, text: str = "") -> str:
+    """An HTML ``<figure>`` embedding ``image`` as a PNG data URL, with ``text`` as its caption
+    (escaped), so the figure survives in exported notebooks and needs no file beside it."""
+    shown = _display_image(image)
+    data = base64.b64encode(figure_png(shown)).decode("ascii")
+    alt = html.escape(text or "convlens figure", quote=True)
+    cap = f"<figcaption>{html.escape(text)}</figcaption>" if text else ""
+    return (
+        '<figure class="convlens-figure" style="margin:0">'
+        f'<img src="data:image/png;base64,{data}" alt="{alt}" width="{shown.width}" '
+        f'height="{shown.height}" style="max-width:100%;height:auto">{cap}</figure>'
+    )
+
+
+class RichDisplay:
+    """Mixin giving a result PNG and HTML reprs in notebooks, all drawn by one method.
+
+    A subclass implements :meth:`_display_figure`, returning its picture and a one-line
+    caption; Jupyter then calls ``_repr_png_`` or ``_repr_html_``.
+    """
+
+    def _display_figure(self) -> tuple[Image.Image, str]:
+        raise NotImplementedError
+
+    def _repr_png_(self) -> bytes:
+        return figure_png(self._display_figure()[0])
+
+    def _repr_html_(self) -> str:
+        return figure_html(*self._display_figure())
+
+
+class Figure(RichDisplay):
+    """A finished picture with its caption, for functions that return a PIL image (filter
+    grids, learning curves): ``Figure(filter_figure(model, "conv_1_1"), "first layer")``."""
+
+    def __init__(self, image: Image.Image, text: str = "") -> None:
+        self.image = image
+        self.text = text
+
+    def _display_figure(self) -> tuple[Image.Image, str]:
+        return self.image, self.text
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        save_png(self.image, path)
+
+    def __repr__(self) -> str:
+        return f"Figure({self.image.width}×{self.image.height}, {self.text!r})"

@@ -23,6 +23,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from convlens.errors import ConvlensError
+from convlens.io.figure import RichDisplay
 from convlens.model.core import Model
 from convlens.model.graph import Layer
 from convlens.probe import capture, preserved_modes
@@ -35,7 +36,7 @@ Resolution = Literal["input", "layer"]
 
 
 @dataclass
-class Attribution:
+class Attribution(RichDisplay):
     """An explanation of a batch: ``values`` plus what produced them.
 
     ``values`` is ``(B, C, H, W)`` at the input's resolution (``C`` is 1 for maps that are
@@ -44,7 +45,8 @@ class Attribution:
     ``targets`` the class of each example (``None`` for a callable target). ``extra`` holds
     method-specific tensors (integrated gradients' ``delta``, occlusion's per-window ``grid``),
     ``notes`` what the method changed or assumed (e.g. which activations guided backprop
-    rewrote).
+    rewrote). ``inputs`` and ``class_names`` (set by :meth:`Method.__call__`) let a notebook
+    draw the map over its image with the target class named.
     """
 
     values: torch.Tensor
@@ -57,6 +59,8 @@ class Attribution:
     params: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    inputs: torch.Tensor | None = field(default=None, repr=False)
+    class_names: list[str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return self.values.shape[0]
@@ -66,6 +70,16 @@ class Attribution:
         maximum (unsigned maps), the usual way of showing a per-channel attribution."""
         v = self.values.detach()
         return v.sum(dim=1) if self.signed else v.max(dim=1).values
+
+    def __repr__(self) -> str:  # a summary, not a tensor dump
+        shape = "×".join(map(str, self.values.shape))
+        at = f", layer={self.layer!r}" if self.layer else ""
+        return f"Attribution({self.method!r}, values {shape}, targets={self.targets}{at})"
+
+    def _display_figure(self) -> tuple[Any, str]:
+        from .figures import attribution_figure  # figures imports this module
+
+        return attribution_figure(self)
 
 
 class ParamError(ConvlensError):
@@ -193,7 +207,9 @@ class Method:
     def __call__(self, images: torch.Tensor, target: TargetSpec = None) -> Attribution:
         x = prepare_images(self.model, images)
         with preserved_modes(self.model):
-            return self.attribute(x, target)
+            result = self.attribute(x, target)
+        result.inputs, result.class_names = x.detach(), list(self.model.classes)
+        return result
 
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
         raise NotImplementedError

@@ -13,7 +13,15 @@ import torch
 from PIL import Image
 
 from convlens.io.color import Scale
-from convlens.io.figure import caption, hstack, overlay_panel, to_pil, upscale
+from convlens.io.figure import (
+    caption,
+    heatmap,
+    hstack,
+    overlay_panel,
+    to_pil,
+    upscale,
+    vstack,
+)
 
 from .base import METHODS, Attribution
 
@@ -50,3 +58,40 @@ def side_by_side(
     first = caption(base, image_caption or "input", size=12)
     panels = [first, *(panel(a, index, image, size) for a in attrs)]
     return caption(hstack(panels, gap=14, align="top"), header, size=14)
+
+
+MAX_SHOWN = 4  # examples drawn by a notebook's display of an Attribution
+
+
+def target_text(attr: Attribution, index: int) -> str:
+    """``class 'koala' (#3), score 2.31`` for example ``index`` (the class index alone when
+    the names are unknown; ``custom target`` for a callable)."""
+    score = f"score {float(attr.scores[index]):.3g}" if attr.scores.numel() > index else ""
+    if attr.targets is None:
+        return f"custom target, {score}".rstrip(", ")
+    t = attr.targets[index]
+    names = attr.class_names
+    name = f"class {names[t]!r} (#{t})" if names and 0 <= t < len(names) else f"class #{t}"
+    return f"{name}, {score}".rstrip(", ")
+
+
+def attribution_figure(attr: Attribution, size: int = 160) -> tuple[Image.Image, str]:
+    """Each example (at most :data:`MAX_SHOWN`) as a row: the input, the map over it, and the
+    map alone with its colour bar, the target class named; plus a one-line caption."""
+    rows = []
+    for i in range(min(len(attr), MAX_SHOWN)):
+        scale = display_scale(attr, i)
+        heat = attr.heat()[i]
+        alone = overlay_panel(heatmap(heat, scale), heat, scale, "map", size, alpha=0.0)
+        cells = [alone]
+        if attr.inputs is not None and i < attr.inputs.shape[0]:
+            image = attr.inputs[i]
+            base = upscale(to_pil(image).convert("RGB"), size)
+            base = base.resize((size, round(size * base.height / base.width)))
+            over = overlay_panel(image, heat, scale, "overlay", size)
+            cells = [caption(base, "input", size=12), over, alone]
+        rows.append(caption(hstack(cells, gap=14, align="top"), target_text(attr, i), size=13))
+    more = f" (first {MAX_SHOWN} of {len(attr)} shown)" if len(attr) > MAX_SHOWN else ""
+    what = target_text(attr, 0) if len(attr) == 1 else f"{len(attr)} examples{more}"
+    text = f"{title(attr)}: {what}; colour bar in map units"
+    return caption(vstack(rows, gap=12), title(attr), size=14), text

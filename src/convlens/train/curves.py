@@ -25,7 +25,17 @@ from PIL import Image, ImageDraw
 
 from convlens.errors import ConvlensError
 from convlens.io.color import category_colors
-from convlens.io.figure import BACKGROUND, INK, MUTED, caption, font, hstack, text_size, vstack
+from convlens.io.figure import (
+    BACKGROUND,
+    INK,
+    MUTED,
+    RichDisplay,
+    caption,
+    font,
+    hstack,
+    text_size,
+    vstack,
+)
 from convlens.model.checkpoint import META_FILE, read_meta
 
 MAX_EPOCHS = 100_000  # a history longer than this is not one convlens wrote
@@ -35,7 +45,7 @@ MARGIN_LEFT, MARGIN_BOTTOM, MARGIN_TOP, MARGIN_RIGHT = 58, 40, 8, 14
 
 
 @dataclass(frozen=True)
-class RunHistory:
+class RunHistory(RichDisplay):
     """One run's per-epoch numbers (``None`` where a value was not recorded)."""
 
     name: str
@@ -45,6 +55,9 @@ class RunHistory:
     @property
     def has_validation(self) -> bool:
         return any(v is not None for v in self.values["val_loss"])
+
+    def _display_figure(self) -> tuple[Image.Image, str]:
+        return curves_figure([self]), f"learning curves of {self.name}"
 
 
 def overfit_epoch(epochs: Sequence[int], val_loss: Sequence[float | None]) -> int | None:

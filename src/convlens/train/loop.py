@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from convlens.data.base import ImageDataset
 from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir, write_bytes_atomic
+from convlens.io.figure import RichDisplay
 from convlens.model.checkpoint import META_FILE, WEIGHTS_FILE, save_checkpoint
 from convlens.model.core import Model
 from convlens.train.augment import Augment
@@ -116,10 +117,15 @@ class StepInfo:
 
 
 @dataclass
-class TrainResult:
+class TrainResult(RichDisplay):
     history: list[dict[str, Any]]
     out: Path
     interrupted: bool = False
+
+    def _display_figure(self) -> tuple[Any, str]:
+        from convlens.train.curves import read_history  # curves reads what this module writes
+
+        return read_history(self.out)._display_figure()
 
 
 class TrainingInterrupted(KeyboardInterrupt):
