@@ -1,8 +1,8 @@
 """Options and helpers shared by several commands.
 
 A command that opens a model takes its source (``--model`` or an argument) and is decorated
-with :func:`with_model_flags`, which adds the nine flags every command shares (``--arch``,
-``--format``, ``--trust-pickle``, ``--weights`` for zoo names and, for files that do not say
+with :func:`with_model_flags`, which adds the ten flags every command shares (``--arch``,
+``--format``, ``--trust-pickle``, ``--weights`` for zoo names, ``--device`` and, for files that do not say
 everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``, ``--channels``) and
 hands them to the command as one :class:`ModelFlags`; ``flags.open(source)`` then calls
 :func:`open_model`.
@@ -75,6 +75,20 @@ WeightsOpt = Annotated[
         "--weights",
         help="For a zoo name: 'imagenet' (the published torchvision weights, downloaded once "
         "and checksum-checked) or a weights file such as resnet18-f37072fd.pth.",
+    ),
+]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where to compute: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="float32, or bfloat16/float16 under torch.autocast (faster on GPUs, less exact).",
     ),
 ]
 # For commands whose own --channels means something else (visualize: which units to render).
@@ -174,6 +188,7 @@ def open_model(
     mean: str | None = None,
     std: str | None = None,
     channels: int | None = None,
+    device: str = "cpu",
     **extra: Any,
 ) -> Model:
     """Load the model named on the command line (errors are ConvlensError, shown cleanly).
@@ -191,6 +206,7 @@ def open_model(
         format=fmt,
         classes=classes_file(classes) if classes is not None else None,
         input_spec=spec or None,
+        device=device,
         **options,
     )
 
@@ -208,19 +224,20 @@ class ModelFlags:
     std: str | None = None
     channels: int | None = None
     weights: str | None = None
+    device: str = "cpu"
 
     def open(self, source: str) -> Model:
         return open_model(
             source, self.arch, self.fmt, self.trust_pickle, classes=self.classes,
             input_size=self.input_size, mean=self.mean, std=self.std, channels=self.channels,
-            weights=self.weights,
+            weights=self.weights, device=self.device,
         )  # fmt: skip
 
 
 _FLAG_OPTIONS: dict[str, Any] = {
     "arch": ArchOpt, "fmt": FormatOpt, "trust_pickle": TrustOpt, "classes": ClassesOpt,
     "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt,
-    "weights": WeightsOpt,
+    "weights": WeightsOpt, "device": DeviceOpt,
 }  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])
