@@ -2,10 +2,10 @@
 
 A command that opens a model takes its source (``--model`` or an argument) and is decorated
 with :func:`with_model_flags`, which adds the ten flags every command shares (``--arch``,
-``--format``, ``--trust-pickle``, ``--weights`` for zoo names, ``--device`` and, for files that do not say
-everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``, ``--channels``) and
-hands them to the command as one :class:`ModelFlags`; ``flags.open(source)`` then calls
-:func:`open_model`.
+``--format``, ``--trust-pickle``, ``--device``, ``--weights`` for zoo names and, for files
+that do not say everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
+``--channels``) and hands them to the command as one :class:`ModelFlags`;
+``flags.open(source)`` then calls :func:`open_model`.
 """
 
 from __future__ import annotations
@@ -91,6 +91,36 @@ PrecisionOpt = Annotated[
         help="float32, or bfloat16/float16 under torch.autocast (faster on GPUs, less exact).",
     ),
 ]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this process) or ray (Ray Data workers; needs convlens[scale]).",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --engine ray: a running cluster (HOST:PORT, ray://HOST:PORT or auto); "
+        "default: a local Ray started for the command.",
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", help="With --engine ray: worker processes (one model each).")
+]
+
+
+def check_engine(engine: str, address: str | None, workers: int) -> None:
+    """``--engine`` is local or ray; ``--address``/``--workers`` belong to ray."""
+    if engine not in ("local", "ray"):
+        raise ConvlensError(f"unknown --engine {engine!r}; accepted: local, ray")
+    if engine == "local" and address is not None:
+        raise ConvlensError("--address needs --engine ray")
+    if not 1 <= workers <= 4096:
+        raise ConvlensError(f"--workers must be at least 1 and at most 4096, got {workers}")
+
+
 # For commands whose own --channels means something else (visualize: which units to render).
 InputChannelsOpt = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]
 
