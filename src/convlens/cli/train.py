@@ -14,8 +14,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convlens.cli import checks
-from convlens.cli.common import ArchOpt, TrustOpt, open_model
+from convlens.cli.common import ArchOpt, DeviceOpt, PrecisionOpt, TrustOpt, open_model
 from convlens.data import ImageDataset, open_dataset
+from convlens.device import autocast, parse_precision, resolve_device
 from convlens.errors import ConvlensError
 from convlens.io.figure import grid, save_png
 from convlens.model import Model
@@ -202,6 +203,8 @@ def train(
     download: DownloadOpt = False,
     arch: ArchOpt = None,
     trust_pickle: TrustOpt = False,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "float32",
 ) -> None:
     """Train a model on a data set, validating on its test split and checkpointing each epoch.
 
@@ -215,11 +218,17 @@ def train(
     if threads is not None:
         checks.in_range("--threads", threads, 1, 1024)
     check_out_target(out)
+    target = resolve_device(device)
+    if parse_precision(precision) == torch.float16:
+        raise ConvlensError(
+            "--precision float16 needs loss scaling to train, which convlens does not do; use "
+            "bfloat16 (same speed on recent GPUs, no underflow) or float32"
+        )
     if threads:
         torch.set_num_threads(threads)
     train_data = open_dataset(dataset, "train", data_dir, download)
     val_data = _open_validation(dataset, data_dir, download)
-    m = prepare_model(model, train_data, seed, arch, trust_pickle)
+    m = prepare_model(model, train_data, seed, arch, trust_pickle).to(target)
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
         weight_decay=weight_decay, schedule=lr_schedule, seed=seed,
@@ -255,9 +264,10 @@ def train(
             progress.console.print(_epoch_line(rec, config.epochs))
 
         try:
-            result = run_training(m, train_data, val_data, out, config, resume=resume,
-                                  overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
-                                  extra_meta=meta)  # fmt: skip
+            with autocast(target, precision):
+                result = run_training(m, train_data, val_data, out, config, resume=resume,
+                                      overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
+                                      extra_meta=meta)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
             print(e, file=sys.stderr)
