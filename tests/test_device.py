@@ -41,7 +41,7 @@ def test_device_names_are_parsed_in_one_place() -> None:
 def test_cuda_without_cuda_is_one_line_naming_what_is_there(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with pytest.raises(ConvlensError, match="no CUDA device.*available: cpu"):
+    with pytest.raises(ConvlensError, match=r"no CUDA device.*available: cpu"):
         load_model("tiny-vgg", device="cuda")
     with pytest.raises(ConvlensError, match="no CUDA device"):
         build("tiny-vgg").to("cuda:1")
