@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -52,6 +53,8 @@ DataFactory = Callable[[Model], ImageDataset]  # opens the data set on a worker,
 ProgressFn = Callable[[int, int], None]
 RETRIES = 3  # restarts of a dead worker and reruns of its shard before the scan gives up
 CONNECT_TIMEOUT_S = 5.0
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_H2_EMPTY_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # length 0, type 4, stream 0
 
 
 # --------------------------------------------------------------------------- Ray itself
@@ -80,14 +83,48 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
             f"--address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379, ray://head:10001 or auto)"
         )
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+            # Ray's GCS and Ray Client speak gRPC: an HTTP/2 server answers the client preface
+            # with a SETTINGS frame at once. A proxy or another service accepting the TCP
+            # connection does not, where Ray itself would wait for minutes.
+            sock.sendall(_H2_PREFACE + _H2_EMPTY_SETTINGS)
+            frame = sock.recv(9)
     except OSError as e:
         raise ConvlensError(
             f"cannot reach a Ray cluster at {address!r} within {timeout:g} s "
             f"({e.strerror or type(e).__name__}); start one with `ray start --head` or check "
             "the address"
         ) from None
+    why = "it does not answer as gRPC" if len(frame) < 9 or frame[3] != 0x4 else None
+    if why is None and not address.startswith("ray://"):
+        why = _gcs_problem(host_port, timeout)
+    if why is not None:
+        raise ConvlensError(
+            f"no Ray cluster answers at {address!r}: {why}; check the address and port (the "
+            "head's GCS port, 6379 by default, or ray://HOST:10001 for Ray Client)"
+        )
+
+
+def _gcs_problem(address: str, timeout: float) -> str | None:
+    """Ask the GCS at ``address`` for its session name, in a thread bounded by ``timeout``
+    (Ray's own connection retries run for minutes); ``None`` when it answers."""
+    try:
+        from ray._raylet import GcsClient  # Ray's own client; internal, so guarded
+    except ImportError:
+        return None
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            GcsClient(address=address).internal_kv_get(b"session_name", b"session", timeout)
+            outcome.append(None)
+        except Exception as e:
+            outcome.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    thread.join(timeout + 1.0)
+    return outcome[0] if outcome else f"no answer from its GCS within {timeout:g} s"
 
 
 @contextlib.contextmanager
@@ -113,7 +150,8 @@ def ray_session(address: str | None = None, workers: int = 2) -> Iterator[Any]:
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # Ray Data logs a worker's failure with its full traceback; the scan raises it as one line.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
     try:
         with warnings.catch_warnings():
             # Ray Data's own deprecation notices (its config's renamed fields) are not the
@@ -138,7 +176,8 @@ def _worker_error(e: BaseException) -> ConvlensError:
     # An actor that died in its constructor reports the remote error's text, last line last.
     for line in reversed(text.splitlines()):
         if "ConvlensError:" in line:
-            return ConvlensError(f"a Ray worker failed: {line.split('ConvlensError:', 1)[1]}")
+            cause = line.split("ConvlensError:", 1)[1].strip()
+            return ConvlensError(f"a Ray worker failed: {cause}")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     return ConvlensError(
         f"the Ray engine failed: {type(e).__name__}: {lines[-1][:300] if lines else 'no message'}"
