@@ -24,6 +24,7 @@ and the scan ends with that worker's one-line error.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -108,15 +109,15 @@ def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
 def _gcs_problem(address: str, timeout: float) -> str | None:
     """Ask the GCS at ``address`` for its session name, in a thread bounded by ``timeout``
     (Ray's own connection retries run for minutes); ``None`` when it answers."""
-    try:
-        from ray._raylet import GcsClient  # Ray's own client; internal, so guarded
-    except ImportError:
+    try:  # Ray's own client; internal, so guarded
+        gcs_client = importlib.import_module("ray._raylet").GcsClient
+    except (ImportError, AttributeError):
         return None
     outcome: list[str | None] = []
 
     def ask() -> None:
         try:
-            GcsClient(address=address).internal_kv_get(b"session_name", b"session", timeout)
+            gcs_client(address=address).internal_kv_get(b"session_name", b"session", timeout)
             outcome.append(None)
         except Exception as e:
             outcome.append(f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")

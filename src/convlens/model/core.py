@@ -101,7 +101,7 @@ class Model(nn.Module):
         """Where the network's weights are (see :meth:`to`)."""
         return self.mean.device
 
-    def to(self, *args: Any, **kwargs: Any) -> Model:  # type: ignore[override]
+    def to(self, *args: Any, **kwargs: Any) -> Model:
         """``nn.Module.to``, also taking convlens's device names: ``model.to("auto")`` picks
         CUDA, then MPS, then the CPU; a device this machine lacks is refused in one line."""
         if args and isinstance(args[0], str | torch.device):
