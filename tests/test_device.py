@@ -133,3 +133,37 @@ def test_cuda_scan_codes_and_evaluation_match_the_cpu() -> None:
     la, acc_a = evaluate(cpu, data, 8)
     lb, acc_b = evaluate(gpu, data, 8)
     assert abs(la - lb) < 1e-3 and acc_a == acc_b
+
+
+def test_every_method_runs_on_the_models_device(small_resnet: Model) -> None:
+    """Each attribution method, given CPU images and a model on ``meta``, computes on the
+    model's device to the end (a tensor made on the CPU and mixed in would raise here as it
+    would on CUDA): the right shapes, nothing read back."""
+    from convlens.methods import METHODS, explain
+
+    vgg = build("tiny-vgg:input_size=32", seed=0).to("meta")
+    resnet = small_resnet.to("meta")
+    for name in METHODS.names():
+        for m in (vgg, resnet):
+            x = torch.rand(2, *m.spec.shape)
+            try:
+                a = explain(m, x, name, target=1)
+            except ConvlensError:  # CAM needs a GAP + linear head: the ResNet has one
+                continue
+            assert a.values.is_meta and a.values.shape[0] == 2, name
+            assert a.values.shape[-2:] == x.shape[-2:], name
+            break
+        else:
+            pytest.fail(f"{name} ran on neither model")
+
+
+def test_model_pickles_without_its_traced_graph(small_resnet: Model) -> None:
+    """Shipping a model to a worker pickles it; its cached layer graph (an fx trace for a
+    ResNet, which does not pickle) is left out and rebuilt."""
+    import pickle
+
+    small_resnet.graph  # noqa: B018  (build the cache)
+    copy = pickle.loads(pickle.dumps(small_resnet))
+    x = torch.rand(2, *small_resnet.spec.shape)
+    torch.testing.assert_close(copy(x), small_resnet(x))
+    assert [lay.name for lay in copy.graph] == [lay.name for lay in small_resnet.graph]

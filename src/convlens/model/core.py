@@ -133,6 +133,13 @@ class Model(nn.Module):
         """Decode an image and fit it to this model's input: ``(1, C, H, W)``."""
         return load_image(source, self.spec)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. shipped to a Ray worker) without the cached layer graph, which may
+        hold an fx trace that does not pickle; it is rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.pop("graph", None)
+        return state
+
     # -------------------------------------------------------------- structure
 
     @cached_property
