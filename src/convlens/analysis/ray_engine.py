@@ -27,6 +27,7 @@ import contextlib
 import importlib
 import json
 import logging
+import math
 import os
 import socket
 import threading
@@ -316,8 +317,11 @@ def run_shards(
             f"--device {device} asks for GPUs but the Ray cluster has none; use --device cpu "
             "or auto"
         )
-    # Inside a Ray worker the GPU it was given is its only visible one.
+    # Inside a Ray worker the GPU it was given is its only visible one. Workers beyond the
+    # GPU count share them (fractional GPUs): each worker decodes its images on its own CPU,
+    # so several per GPU keep it fed.
     worker_device = "cuda" if use_gpu else device
+    gpu_share = 1.0 / math.ceil(workers / gpus) if use_gpu else 0.0  # every worker fits
     ds = ray.data.from_items([{"shard": s} for s in todo], override_num_blocks=len(todo))
     with warnings.catch_warnings():
         # Recent Ray Data deprecates passing remote arguments this way, yet has no other way
@@ -329,7 +333,7 @@ def run_shards(
             batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_cpus=1,
-            num_gpus=1 if use_gpu else 0,
+            num_gpus=gpu_share,
             batch_format="numpy",
             fn_constructor_args=(
                 make_model,
