@@ -158,7 +158,7 @@ def neighbors_command(
         indices = kept.tolist()
         if skipped:
             Console(stderr=True).print(f"[yellow]warning[/yellow]: {skipped_summary(skipped)}")
-    q = codes_of(net, query, layer, pool)[0]
+    q = codes_of(net, query, layer, pool)[0].cpu()  # the data set's codes are on the CPU
     rows, dist = nearest(codes, q, k, metric)
     found = [indices[int(r)] for r in rows]
     _, labels = data.get(found)
