@@ -95,7 +95,7 @@ EngineOpt = Annotated[
     str,
     typer.Option(
         "--engine",
-        help="local (this process) or ray (Ray Data workers; needs convlens[scale]).",
+        help="local (this process) or ray (Ray Data workers; needs pip install convlens\\[scale]).",
     ),
 ]
 AddressOpt = Annotated[
