@@ -35,7 +35,15 @@ from convlens.model.checkpoint import save_checkpoint
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
 
-from convlens.analysis.ray_engine import check_address, ray_read_codes, ray_scan  # noqa: E402
+from convlens.analysis.ray_engine import (  # noqa: E402
+    check_address,
+    decode_state,
+    encode_state,
+    ray_read_codes,
+    ray_scan,
+    tree_merge,
+)
+from convlens.analysis.state import map_batch, merge_states  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -290,3 +298,29 @@ def test_bad_addresses_and_devices_are_fast_one_line_errors(
                      "--device", "cuda"]) == 2  # fmt: skip
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and "cuda" in err and ("no CUDA" in err or "has none" in err)
+
+
+def test_state_transfer_and_tree_merge_match_a_sequential_fold() -> None:
+    """Shard states survive the safetensors round trip bit for bit, and the tree merge of 37
+    of them (three levels at fan-in 4) equals a left fold of :func:`merge_states`."""
+    g = torch.Generator().manual_seed(1)
+    parts = []
+    for i in range(37):
+        acts = torch.randn(5, 6, 3, 3, generator=g).relu()  # many exact zeros: ties
+        parts.append({"a": map_batch(acts, torch.arange(5) + 5 * i, 7),
+                      "v": map_batch(acts.flatten(1), torch.arange(5) + 5 * i, 7)})  # fmt: skip
+    shipped = [decode_state(encode_state(p)) for p in parts]
+    for p, q in zip(parts, shipped, strict=True):
+        for name in p:
+            assert p[name].grid == q[name].grid and p[name].n_images == q[name].n_images
+            for key, t in p[name].tensors().items():
+                assert torch.equal(t, q[name].tensors()[key])
+    fold = parts[0]
+    for p in parts[1:]:
+        fold = merge_states(fold, p)
+    tree = tree_merge(shipped, fanin=4)
+    for name in fold:
+        for key in ("values", "images", "positions", "maximum", "positive", "fired"):
+            assert torch.equal(getattr(tree[name], key), getattr(fold[name], key))
+        torch.testing.assert_close(tree[name].total, fold[name].total, rtol=1e-13, atol=0)
+        assert tree[name].n_images == 185

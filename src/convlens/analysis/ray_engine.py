@@ -455,8 +455,9 @@ class RayScan:
                     meta.skipped.extend(part_skipped)
                     meta.images_done = shards[nxt].stop
                     nxt += 1
-                if run:
-                    state = tree_merge([state, *run] if state else run)
+                parts = [s for s in (state, *run) if s]  # a shard of unreadable images is {}
+                if run and parts:
+                    state = tree_merge(parts)
                 if out is not None and run and time.monotonic() - last_save >= save_every:
                     save_scan(out, meta, state)
                     last_save = time.monotonic()
