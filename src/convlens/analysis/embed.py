@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,12 +106,19 @@ def read_codes(
             if len(idx) == 0:
                 continue
             model(images)
-            codes.append(_pool(cap[name].float(), pool))
+            codes.append(_pool(cap[name].float(), pool).cpu())  # stored and embedded on the CPU
             labels.append(labs.long())
             kept.append(idx)
     if not codes:
         raise ConvlensError(f"none of the {len(indices)} images could be read to compute codes")
     return torch.cat(codes), torch.cat(labels), torch.cat(kept), skipped
+
+
+# (model, dataset, indices, layer, pool) -> codes, labels, indices kept, skipped images
+CodeReader = Callable[
+    [Model, ImageDataset, Sequence[int], str | None, str],
+    tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[dict[str, Any]]],
+]
 
 
 def compute_codes(
@@ -279,15 +286,17 @@ def code_map(
     pool: str = "mean",
     seed: int = 0,
     n_jobs: int = 1,
+    reader: CodeReader | None = None,
 ) -> CodeMap:
-    """Codes of ``n`` sampled images embedded in 2-D by ``method``."""
+    """Codes of ``n`` sampled images embedded in 2-D by ``method``; ``reader`` computes them
+    (default :func:`read_codes`, in this process; the Ray engine passes its own)."""
     if method not in METHODS:
         raise unknown_name("embedding method", method, METHODS)
     if len(dataset) == 0:
         raise ConvlensError(f"data set {dataset.name!r} is empty: there is nothing to map")
     name = layer or code_layer(model)
     sample = sample_indices(len(dataset), n, seed)
-    codes, labels, kept, skipped = read_codes(model, dataset, sample, name, pool)
+    codes, labels, kept, skipped = (reader or read_codes)(model, dataset, sample, name, pool)
     if skipped:
         warnings.warn(skipped_summary(skipped), stacklevel=2)
     points = torch.from_numpy(embed(codes, method, seed, n_jobs))

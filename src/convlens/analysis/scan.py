@@ -36,6 +36,13 @@ from convlens.model import Model
 from convlens.probe import Capture, capture
 
 ProgressFn = Callable[[int, int], None]  # (images done, total)
+# An engine running the scan's loop: (model, dataset, layers, meta, state, out, save_every,
+# progress) -> the final state, saving resumable progress in ``out`` as :func:`_run` does.
+Runner = Callable[
+    [Model, ImageDataset, list[str], ScanMeta, ScanState, str | os.PathLike[str] | None,
+     float, ProgressFn | None],
+    ScanState,
+]  # fmt: skip
 # Each unit keeps k hits (value, image, row, col): 10,000 per unit is far past any figure and
 # still small for a layer of thousands of channels; 10⁹ would ask for terabytes.
 MAX_TOP_K = 10_000
@@ -269,7 +276,9 @@ def merge_batch(
     with torch.inference_mode():
         model(images)
         for name, act in cap.activations.items():
-            folder.add(name, map_candidates(act, indices, k))
+            # The state lives on the CPU (it is stored and merged there); on a GPU the forward
+            # pass ran on the device and only the layer's output crosses over.
+            folder.add(name, map_candidates(act.cpu(), indices, k))
     cap.activations.clear()
 
 
@@ -322,6 +331,7 @@ def scan(
     save_every: float = 30.0,
     progress: bool | ProgressFn = True,
     source: dict[str, Any] | None = None,
+    runner: Runner | None = None,
 ) -> ScanResult:
     """Scan ``dataset`` (in index order) through ``model``, keeping every channel's top ``k``
     activations of ``layers`` and its statistics.
@@ -331,6 +341,8 @@ def scan(
     The state is saved every ``save_every`` seconds (0: after every batch). ``source``
     (``{"name": ..., "split": ..., "data_dir": ...}``) records how to reopen the data set, so a
     web app or notebook can cut patches later; by default the data set's own name is kept.
+    ``runner`` replaces the in-process loop (:func:`_run`'s signature) with another engine
+    (:mod:`convlens.analysis.ray_engine`) sharing this function's checks, store and resume.
     """
     if not 1 <= k <= MAX_TOP_K:
         raise ConvlensError(f"--top-k must be at least 1 and at most {MAX_TOP_K}, got {k}")
@@ -368,7 +380,7 @@ def scan(
     elif callable(progress):
         report = progress
     try:
-        state = _run(model, dataset, names, meta, state, out, save_every, report)
+        state = (runner or _run)(model, dataset, names, meta, state, out, save_every, report)
     finally:
         close()
     meta.complete = True

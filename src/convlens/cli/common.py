@@ -1,11 +1,11 @@
 """Options and helpers shared by several commands.
 
 A command that opens a model takes its source (``--model`` or an argument) and is decorated
-with :func:`with_model_flags`, which adds the nine flags every command shares (``--arch``,
-``--format``, ``--trust-pickle``, ``--weights`` for zoo names and, for files that do not say
-everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``, ``--channels``) and
-hands them to the command as one :class:`ModelFlags`; ``flags.open(source)`` then calls
-:func:`open_model`.
+with :func:`with_model_flags`, which adds the ten flags every command shares (``--arch``,
+``--format``, ``--trust-pickle``, ``--device``, ``--weights`` for zoo names and, for files
+that do not say everything, ``--classes``, ``--input-size``, ``--mean``, ``--std``,
+``--channels``) and hands them to the command as one :class:`ModelFlags`;
+``flags.open(source)`` then calls :func:`open_model`.
 """
 
 from __future__ import annotations
@@ -76,6 +76,50 @@ WeightsOpt = Annotated[
         "and checksum-checked) or a weights file such as resnet18-f37072fd.pth.",
     ),
 ]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where to compute: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.",
+    ),
+]
+PrecisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--precision",
+        help="float32, or bfloat16/float16 under torch.autocast (faster on GPUs, less exact).",
+    ),
+]
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="local (this process) or ray (Ray Data workers; needs pip install convlens\\[scale]).",
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        help="With --engine ray: a running cluster (HOST:PORT, ray://HOST:PORT or auto); "
+        "default: a local Ray started for the command.",
+    ),
+]
+WorkersOpt = Annotated[
+    int, typer.Option("--workers", help="With --engine ray: worker processes (one model each).")
+]
+
+
+def check_engine(engine: str, address: str | None, workers: int) -> None:
+    """``--engine`` is local or ray; ``--address``/``--workers`` belong to ray."""
+    if engine not in ("local", "ray"):
+        raise ConvlensError(f"unknown --engine {engine!r}; accepted: local, ray")
+    if engine == "local" and address is not None:
+        raise ConvlensError("--address needs --engine ray")
+    if not 1 <= workers <= 4096:
+        raise ConvlensError(f"--workers must be at least 1 and at most 4096, got {workers}")
+
+
 # For commands whose own --channels means something else (visualize: which units to render).
 InputChannelsOpt = Annotated[int | None, typer.Option("--input-channels", help=_CHANNELS_HELP)]
 
@@ -164,6 +208,7 @@ def open_model(
     mean: str | None = None,
     std: str | None = None,
     channels: int | None = None,
+    device: str = "cpu",
     **extra: Any,
 ) -> Model:
     """Load the model named on the command line (errors are ConvlensError, shown cleanly).
@@ -181,6 +226,7 @@ def open_model(
         format=fmt,
         classes=classes_file(classes) if classes is not None else None,
         input_spec=spec or None,
+        device=device,
         **options,
     )
 
@@ -198,19 +244,20 @@ class ModelFlags:
     std: str | None = None
     channels: int | None = None
     weights: str | None = None
+    device: str = "cpu"
 
     def open(self, source: str) -> Model:
         return open_model(
             source, self.arch, self.fmt, self.trust_pickle, classes=self.classes,
             input_size=self.input_size, mean=self.mean, std=self.std, channels=self.channels,
-            weights=self.weights,
+            weights=self.weights, device=self.device,
         )  # fmt: skip
 
 
 _FLAG_OPTIONS: dict[str, Any] = {
     "arch": ArchOpt, "fmt": FormatOpt, "trust_pickle": TrustOpt, "classes": ClassesOpt,
     "input_size": InputSizeOpt, "mean": MeanOpt, "std": StdOpt, "channels": ChannelsOpt,
-    "weights": WeightsOpt,
+    "weights": WeightsOpt, "device": DeviceOpt,
 }  # fmt: skip
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import functools
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -27,8 +29,15 @@ from convlens.analysis.embed import (
 )
 from convlens.analysis.scan import skipped_summary
 from convlens.cli import checks
-from convlens.cli.common import ModelFlags, with_model_flags
-from convlens.cli.scan import DataDirOpt, DatasetOpt, SplitOpt, open_data
+from convlens.cli.common import (
+    AddressOpt,
+    EngineOpt,
+    ModelFlags,
+    WorkersOpt,
+    check_engine,
+    with_model_flags,
+)
+from convlens.cli.scan import DataDirOpt, DatasetOpt, OpenData, OpenModel, SplitOpt, open_data
 from convlens.errors import ConvlensError
 from convlens.io.atomic import output_set
 from convlens.io.figure import save_png
@@ -58,6 +67,9 @@ def map_command(
     jobs: Annotated[int, typer.Option("--jobs", help="Threads for t-SNE (-1: all).")] = 1,
     split: SplitOpt = "train",
     data_dir: DataDirOpt = None,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = 2,
     *,
     flags: ModelFlags,
 ) -> None:
@@ -71,13 +83,23 @@ def map_command(
     if jobs != -1:
         checks.in_range("--jobs", jobs, 1, 1024)
     checks.seed(seed)
+    check_engine(engine, address, workers)
     console = Console(stderr=True)
-    net = flags.open(model)
+    net = flags.open(model) if engine == "local" else replace(flags, device="cpu").open(model)
     data, _ = open_data(net, dataset, split, data_dir)
+    reader = None
+    if engine == "ray":  # the codes on Ray workers, each opening the model and data itself
+        from convlens.analysis.ray_engine import ray_read_codes
+
+        reader = functools.partial(
+            ray_read_codes, make_model=OpenModel(flags, model),
+            open_data=OpenData(dataset, split, data_dir), address=address, workers=workers,
+            device=flags.device,
+        )  # fmt: skip
     status = f"computing codes and the {method} embedding of {min(n, len(data))} images"
     with console.status(status), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        cmap = code_map(net, data, n, method, layer, pool, seed, jobs)
+        cmap = code_map(net, data, n, method, layer, pool, seed, jobs, reader=reader)
     for w in caught:
         console.print(f"[yellow]warning[/yellow]: {w.message}")
     cmap.meta["dataset_source"] = {"name": dataset, "split": split, "data_dir": data_dir}
@@ -136,7 +158,7 @@ def neighbors_command(
         indices = kept.tolist()
         if skipped:
             Console(stderr=True).print(f"[yellow]warning[/yellow]: {skipped_summary(skipped)}")
-    q = codes_of(net, query, layer, pool)[0]
+    q = codes_of(net, query, layer, pool)[0].cpu()  # the data set's codes are on the CPU
     rows, dist = nearest(codes, q, k, metric)
     found = [indices[int(r)] for r in rows]
     _, labels = data.get(found)

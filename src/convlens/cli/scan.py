@@ -9,6 +9,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,8 +30,17 @@ from convlens.analysis.patches import write_patch_figures
 from convlens.analysis.report import UnitReport, report_figure, unit_report
 from convlens.analysis.scan import MAX_BATCH, MAX_TOP_K
 from convlens.cli import checks
-from convlens.cli.common import ModelFlags, with_model_flags
+from convlens.cli.common import (
+    AddressOpt,
+    EngineOpt,
+    ModelFlags,
+    PrecisionOpt,
+    WorkersOpt,
+    check_engine,
+    with_model_flags,
+)
 from convlens.data import FolderImages, ImageDataset, dataset_help, named_datasets, open_dataset
+from convlens.device import autocast, parse_precision
 from convlens.errors import ConvlensError
 from convlens.io.atomic import output_set, write_text_atomic
 from convlens.io.figure import save_png
@@ -102,6 +112,29 @@ def progress_bar(console: Console, total: int, what: str) -> Iterator[Any]:
         yield lambda done, _total: bar.update(task, completed=done)
 
 
+@dataclass(frozen=True)
+class OpenModel:
+    """The command line's model, opened again on a Ray worker (picklable)."""
+
+    flags: ModelFlags
+    source: str
+
+    def __call__(self) -> Model:
+        return replace(self.flags, device="cpu").open(self.source)
+
+
+@dataclass(frozen=True)
+class OpenData:
+    """The command line's data set, opened on a Ray worker for its model (picklable)."""
+
+    dataset: str
+    split: str
+    data_dir: str | None
+
+    def __call__(self, model: Model) -> ImageDataset:
+        return open_data(model, self.dataset, self.split, self.data_dir)[0]
+
+
 def default_layers(model: Model) -> list[str]:
     """The deepest spatial layer that a hook can capture (a module, not a functional call)."""
     found = [lay.name for lay in model.graph.spatial() if lay.module is not None]
@@ -140,6 +173,10 @@ def scan_command(
     patches: Annotated[
         bool, typer.Option("--patches/--no-patches", help="Write the top-patch figures.")
     ] = True,
+    engine: EngineOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = 2,
+    precision: PrecisionOpt = "float32",
     *,
     flags: ModelFlags,
 ) -> None:
@@ -147,15 +184,31 @@ def scan_command(
     write the scan (resumable), top-patch figures and a unit report into --out."""
     checks.in_range("--top-k", top_k, 1, MAX_TOP_K)
     checks.in_range("--batch-size", batch_size, 1, MAX_BATCH)
+    check_engine(engine, address, workers)
+    dtype = parse_precision(precision)
     console = Console(stderr=True)
-    net = flags.open(model)
+    # With Ray the driver only checks, describes and crops patches: it opens the model on the
+    # CPU and each worker opens its own on --device.
+    net = flags.open(model) if engine == "local" else replace(flags, device="cpu").open(model)
     names = [s.strip() for s in layers.split(",") if s.strip()] if layers else default_layers(net)
     data, source = open_data(net, dataset, split, data_dir)
+    options: dict[str, Any] = {"k": top_k, "batch_size": batch_size, "out": out, "resume": resume,
+               "source": source}  # fmt: skip
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         with progress_bar(console, len(data), "scan") as update:
-            result = scan(net, data, names, k=top_k, batch_size=batch_size, out=out,
-                          resume=resume, progress=update, source=source)  # fmt: skip
+            if engine == "ray":
+                from convlens.analysis.ray_engine import ray_scan
+
+                result = ray_scan(
+                    net, data, names, make_model=OpenModel(flags, model),
+                    open_data=OpenData(dataset, split, data_dir), address=address,
+                    workers=workers, device=flags.device, precision=precision, progress=update,
+                    **options,
+                )  # fmt: skip
+            else:
+                with autocast(net.device, dtype):
+                    result = scan(net, data, names, progress=update, **options)
         report = unit_report(result)
         # The scan state is saved atomically as it goes (resumable); the figures made from it
         # are staged and moved in together, so a full disk keeps the previous set whole.

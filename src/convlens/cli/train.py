@@ -14,9 +14,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from convlens.cli import checks
-from convlens.cli.common import ArchOpt, TrustOpt, open_model
+from convlens.cli.common import ArchOpt, DeviceOpt, PrecisionOpt, TrustOpt, open_model
 from convlens.data import EmptyDatasetError, ImageDataset, open_dataset
 from convlens.data.base import dataset_help, named_datasets
+from convlens.device import autocast, parse_precision, resolve_device
 from convlens.errors import ConvlensError
 from convlens.io.figure import grid, save_png
 from convlens.model import Model
@@ -307,6 +308,8 @@ def train(
     every: Annotated[
         int | None, typer.Option(help="Steps between --watch snapshots (default 50).")
     ] = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "float32",
 ) -> None:
     """Train a model on a data set, validating on its test split and checkpointing each epoch.
 
@@ -332,6 +335,12 @@ def train(
     if threads is not None:
         checks.in_range("--threads", threads, 1, 1024)
     check_out_target(out)
+    target = resolve_device(device)
+    if parse_precision(precision) == torch.float16:
+        raise ConvlensError(
+            "--precision float16 needs loss scaling to train, which convlens does not do; use "
+            "bfloat16 (same speed on recent GPUs, no underflow) or float32"
+        )
     watcher = watch_for_run(out, watch, every, resume)
     if threads:
         torch.set_num_threads(threads)
@@ -350,6 +359,7 @@ def train(
                           f"{', '.join(n for n, _ in m.net.blocks)} and the head")  # fmt: skip
     else:
         m = prepare_model(model, train_data, seed, arch, trust_pickle, freeze or finetune, weights)
+    m = m.to(target)
     aug = with_overrides(
         default_augment(m.spec.shape) if augment else Augment(),
         vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill,
@@ -403,9 +413,11 @@ def train(
             progress.console.print(_epoch_line(rec, config.epochs))
 
         try:
-            result = run_training(m, train_data, val_data, out, config, resume=resume,
-                                  overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
-                                  extra_meta=meta, watch=watcher, features=caches)  # fmt: skip
+            with autocast(target, precision):
+                result = run_training(m, train_data, val_data, out, config, resume=resume,
+                                      overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
+                                      extra_meta=meta, watch=watcher,
+                                      features=caches)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
             print(e, file=sys.stderr)

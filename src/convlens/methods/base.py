@@ -242,7 +242,8 @@ def register(cls: M) -> M:
 
 
 def prepare_images(model: Model, images: torch.Tensor) -> torch.Tensor:
-    """A detached float copy ``(B, C, H, W)`` of the caller's images (never modified)."""
+    """A detached float copy ``(B, C, H, W)`` of the caller's images (never modified), on the
+    model's device, so a method's own tensors derived from it live there too."""
     if not isinstance(images, torch.Tensor):
         raise ConvlensError(
             f"images must be a float tensor (B, C, H, W) in [0, 1]; got {type(images).__name__}"
@@ -255,7 +256,7 @@ def prepare_images(model: Model, images: torch.Tensor) -> torch.Tensor:
     model.check_input(x)
     if x.shape[0] == 0:
         raise ConvlensError("no images given (the batch is empty)")
-    return x.clone().float()
+    return x.to(model.device, torch.float32, copy=True)
 
 
 def parse_pair(value: int | tuple[int, int] | list[int], what: str) -> tuple[int, int]:

@@ -316,8 +316,8 @@ class ScoreCAM(CamMethod):
         hi = masks.amax(dim=(2, 3), keepdim=True)
         masks = torch.where(hi > lo, (masks - lo) / (hi - lo), torch.zeros_like(masks))
         masks = masks.flatten(0, 1).unsqueeze(1)  # (B*K, 1, H, W), row r is example r // K
-        example = torch.arange(B).repeat_interleave(K)
-        scores = torch.empty(B * K)
+        example = torch.arange(B, device=x.device).repeat_interleave(K)
+        scores = torch.empty(B * K, device=x.device)
         for r0, r1 in chunks(B * K, self.chunk_size):
             rows = example[r0:r1]
             o = self.model(x[rows] * masks[r0:r1])

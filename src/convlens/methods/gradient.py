@@ -364,7 +364,7 @@ class IntegratedGradients(SampledGradientMethod):
         tgt, out = predicted_target(self.model, x, target)
         ref = make_baseline(self.model, x, self.baseline)
         diff = x - ref
-        alphas = self.alphas.to(x.dtype)
+        alphas = self.alphas.to(x)  # the images' dtype and device
 
         def make(s0: int, s1: int) -> torch.Tensor:
             return ref.unsqueeze(0) + alphas[s0:s1].view(-1, 1, 1, 1, 1) * diff.unsqueeze(0)

@@ -451,7 +451,10 @@ def _gather(
                 i * B : (i + 1) * B, :, p0:p1, q0:q1
             ]
             continue
-        rows = (torch.tensor(members)[:, None] * B + torch.arange(B)).flatten()
+        dev = out.device
+        rows = (
+            torch.tensor(members, device=dev)[:, None] * B + torch.arange(B, device=dev)
+        ).flatten()
         view = out[:, :, a0:a1, c0:c1]
         view.index_copy_(0, rows, src.patch[rows, :, p0:p1, q0:q1])
     return out

@@ -175,7 +175,7 @@ class Occlusion(Method):
                 raise ConvlensError(
                     f"unknown fill {self.fill!r}; accepted: 'mean', a number or one per channel"
                 )
-            return self.model.mean.detach().view(-1, 1, 1).float().cpu()
+            return self.model.mean.detach().view(-1, 1, 1).float().clone()
         vals = [float(self.fill)] if isinstance(self.fill, int | float) else list(self.fill)
         if len(vals) not in (1, channels):
             raise ConvlensError(f"fill needs 1 or {channels} values; got {len(vals)}")

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from convlens.device import resolve_device
 from convlens.errors import ConvlensError, unknown_name
 from convlens.io.image import load_image
 from convlens.io.spec import InputSpec
@@ -95,8 +96,26 @@ class Model(nn.Module):
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are (see :meth:`to`)."""
+        return self.mean.device
+
+    def to(self, *args: Any, **kwargs: Any) -> Model:
+        """``nn.Module.to``, also taking convlens's device names: ``model.to("auto")`` picks
+        CUDA, then MPS, then the CPU; a device this machine lacks is refused in one line."""
+        if args and isinstance(args[0], str | torch.device):
+            args = (resolve_device(args[0]), *args[1:])
+        if isinstance(kwargs.get("device"), str | torch.device):
+            kwargs["device"] = resolve_device(kwargs["device"])
+        return super().to(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
+        # Inputs arrive from decoders and data sets on the CPU; the copy is differentiable, so
+        # gradients with respect to the caller's CPU tensor still flow back to it.
+        if x.device != self.mean.device:
+            x = x.to(self.mean.device, non_blocking=True)
         return self.net(self.normalize(x))
 
     @torch.inference_mode()
@@ -113,6 +132,13 @@ class Model(nn.Module):
     def load_image(self, source: str | os.PathLike[str] | bytes) -> torch.Tensor:
         """Decode an image and fit it to this model's input: ``(1, C, H, W)``."""
         return load_image(source, self.spec)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (e.g. shipped to a Ray worker) without the cached layer graph, which may
+        hold an fx trace that does not pickle; it is rebuilt on first use."""
+        state = dict(self.__dict__)
+        state.pop("graph", None)
+        return state
 
     # -------------------------------------------------------------- structure
 

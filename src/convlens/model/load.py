@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from convlens.device import module_device, resolve_device
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model.checkpoint import (
@@ -228,24 +229,31 @@ def load_model(
     format: str | None = None,
     input_spec: InputSpec | dict[str, Any] | None = None,
     classes: list[str] | None = None,
+    device: str | torch.device | None = None,
     **options: Any,
 ) -> Model:
     """Load a model from a zoo name, ``"demo"``, a file or folder, or a live ``nn.Module``.
 
-    A live module needs its ``input_spec`` (an :class:`InputSpec` or a dict).
+    A live module needs its ``input_spec`` (an :class:`InputSpec` or a dict). ``device``
+    (``"auto"``, ``"cpu"``, ``"cuda:1"``, ``"mps"``) is where it runs; files are always read on
+    the CPU first, then moved; ``None`` leaves a given model where it is (files: the CPU).
 
     >>> load_model("tiny-vgg:input_size=32").graph.output.output_shape
     (10,)
     """
+    # An unavailable device fails before any reading.
+    target = None if device is None else resolve_device(device)
     if isinstance(source, Model):
-        return source
+        return source if target is None else source.to(target)
     if isinstance(source, nn.Module):
         if input_spec is None:
             raise ConvlensError(
                 "a live nn.Module needs input_spec=InputSpec(channels, height, width, mean, std)"
             )
         spec = input_spec if isinstance(input_spec, InputSpec) else InputSpec.from_dict(input_spec)
-        return Model(source, spec, classes, name=type(source).__name__)
+        model = Model(source, spec, classes, name=type(source).__name__)
+        # The wrapper's mean/std buffers join the live network where it already is.
+        return model.to(target or module_device(source))
     overrides = input_spec.to_dict() if isinstance(input_spec, InputSpec) else input_spec
     try:
         opts = LoadOptions(classes=classes, input_spec=dict(overrides or {}), **options)
@@ -259,7 +267,8 @@ def load_model(
             f"{src!r} is a {name} model"
         )
     model = _read_untrusted(name, src, opts)
-    return _apply_overrides(model, replace(opts, classes=classes))
+    model = _apply_overrides(model, replace(opts, classes=classes))
+    return model if target is None else model.to(target)
 
 
 def _read_untrusted(name: str, src: str, opts: LoadOptions) -> Model:

@@ -124,7 +124,7 @@ def evaluate_model(model: Model, data: ImageDataset, batch_size: int = 256) -> E
     preds, confs, labels = [], [], []
     try:
         for _, x, y in data.batches(batch_size):
-            out = model(x).float()
+            out = model(x).float().cpu()  # counted and drawn on the CPU
             prob = out if model.outputs == "probabilities" else out.softmax(dim=1)
             conf, idx = prob.max(dim=1)
             preds.append(mapping[idx])

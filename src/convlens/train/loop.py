@@ -183,6 +183,7 @@ def set_lr(opt: torch.optim.Optimizer, factor: float) -> float:
 
 
 def loss_fn(model: Model, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    y = y.to(out.device)  # labels come from the data set on the CPU; out is on the model's device
     if model.outputs == "probabilities":
         return F.nll_loss(out.clamp_min(1e-12).log(), y)
     return F.cross_entropy(out, y)
@@ -202,7 +203,7 @@ def evaluate(
                 x = x.contiguous(memory_format=torch.channels_last)
             out = model(x)
             total_loss += float(loss_fn(model, out, y)) * len(y)
-            correct += int((out.argmax(1) == y).sum())
+            correct += int((out.argmax(1).cpu() == y).sum())
             count += len(y)
     finally:
         model.train(was_training)
@@ -443,7 +444,7 @@ def _step(
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
-    return float(loss.detach()), int((out.detach().argmax(1) == y).sum())
+    return float(loss.detach()), int((out.detach().argmax(1).cpu() == y.cpu()).sum())
 
 
 def _forward(
