@@ -17,6 +17,7 @@ torch.Size([10, 4])
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -27,12 +28,12 @@ from typing import Any
 
 import torch
 
-from convlens.analysis.state import LayerState, ScanState, map_candidates, merge_many
+from convlens.analysis.state import LayerState, ScanState, _as_grid, map_sorted, merge_many
 from convlens.analysis.store import ScanMeta, has_scan, load_scan, save_scan
 from convlens.data import ImageDataset
 from convlens.errors import ConvlensError
 from convlens.model import Model
-from convlens.probe import Capture, capture
+from convlens.probe import preserved_modes
 
 ProgressFn = Callable[[int, int], None]  # (images done, total)
 # Each unit keeps k hits (value, image, row, col): 10,000 per unit is far past any figure and
@@ -235,8 +236,20 @@ class Folder:
     def add(self, name: str, part: LayerState) -> None:
         queue = self.pending.setdefault(name, [])
         queue.append(part)
-        if len(queue) >= self.every:
+        # The first batch is folded at once: its k-th values give later batches their floor.
+        if len(queue) >= self.every or name not in self.state:
             self.fold()
+
+    def floor(self, name: str, indices: torch.Tensor) -> torch.Tensor | None:
+        """Per channel, the value a new hit of images ``indices`` must exceed to enter the top
+        k: the folded state's k-th value, when every one of its hits comes from an earlier
+        image (a tie then goes to the state); ``None`` when that does not hold."""
+        lay = self.state.get(name)
+        if lay is None or len(indices) == 0:
+            return None
+        if int(lay.images.max()) >= int(indices.min()):
+            return None
+        return lay.values[:, -1]
 
     def fold(self) -> ScanState:
         for name, queue in self.pending.items():
@@ -247,22 +260,57 @@ class Folder:
         return self.state
 
 
-def merge_batch(
-    model: Model,
-    cap: Capture,
-    images: torch.Tensor,
-    indices: torch.Tensor,
-    k: int,
-    folder: Folder,
-) -> None:
-    """One forward pass (inside ``capture``), each captured layer mapped into ``folder``."""
-    if len(indices) == 0:
-        return
-    with torch.inference_mode():
-        model(images)
-        for name, act in cap.activations.items():
-            folder.add(name, map_candidates(act, indices, k))
-    cap.activations.clear()
+class _Mapper:
+    """Forward hooks that map each scanned layer's output into a :class:`Folder` the moment
+    the layer produces it: no copy of the activations is kept (a later in-place op cannot
+    change what was already mapped), and the map reads the tensor while it is still in cache.
+    """
+
+    def __init__(self, model: Model, names: list[str], k: int, folder: Folder) -> None:
+        self.model, self.names, self.k, self.folder = model, names, k, folder
+        self.indices = torch.empty(0, dtype=torch.long)
+        self.calls: dict[str, int] = {}
+        self.scratch: dict[str, torch.Tensor] = {}  # per layer, reused by every batch
+
+    def hook(self, name: str, call: int) -> Callable[..., None]:
+        def run(module: torch.nn.Module, args: Any, output: Any) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] != call or not isinstance(output, torch.Tensor):
+                return  # a shared module's other calls (torchvision's one ReLU per block)
+            floor = self.folder.floor(name, self.indices)
+            x = _as_grid(output.detach()).float()
+            scratch = self.scratch.get(name)
+            if scratch is None or scratch.numel() < x.numel():
+                scratch = self.scratch[name] = torch.empty(x.numel())
+            self.folder.add(name, map_sorted(x, self.indices, self.k, floor, scratch))
+
+        return run
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Mapper]:
+        handles = [self.model.net.register_forward_pre_hook(lambda m, a: self.calls.clear())]
+        try:
+            for name in self.names:
+                lay = self.model.graph[name]
+                module = self.model.net.get_submodule(str(lay.module))
+                handles.append(module.register_forward_hook(self.hook(name, lay.call)))
+            with preserved_modes(self.model):
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        """One forward pass; each hooked layer's output is mapped as it is produced."""
+        if len(indices) == 0:
+            return
+        indices = indices.to(torch.long)
+        if bool((indices.diff() < 0).any()):  # ties resolve by index order: sort the batch
+            indices, order = indices.sort()
+            images = images[order]
+        self.indices = indices
+        with torch.inference_mode():
+            self.model(images)
 
 
 def scan_indices(
@@ -282,9 +330,9 @@ def scan_indices(
     names = check_layers(model, layers)
     skipped: list[dict[str, Any]] = []
     folder = Folder()
-    with capture(model, names) as cap:
+    with _Mapper(model, names, k, folder).installed() as mapper:
         for images, _, idx, _ in read_batches(dataset, indices, batch_size, skipped):
-            merge_batch(model, cap, images, idx, k, folder)
+            mapper(images, idx)
     return folder.fold(), skipped
 
 
@@ -393,11 +441,11 @@ def _run(
     meta.skipped = [s for s in meta.skipped if s["index"] < first]  # re-read after a crash
     last_save = time.monotonic()
     folder = Folder(state)
-    with capture(model, names) as cap:
+    with _Mapper(model, names, meta.k, folder).installed() as mapper:
         for images, _, idx, consumed in read_batches(
             dataset, range(first, total), meta.batch_size, meta.skipped
         ):
-            merge_batch(model, cap, images, idx, meta.k, folder)
+            mapper(images, idx)
             meta.images_done = first + consumed
             if out is not None and time.monotonic() - last_save >= save_every:
                 if folder.fold():
