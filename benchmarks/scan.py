@@ -202,7 +202,7 @@ def main() -> None:
         print(json.dumps(run_one(case, int(n), int(bs))))
         return
     sizes = {"fmnist": (6000, 60000), "fmnist-all": (6000,), "resnet": (32, 320),
-             "resnet-all": (64,)}  # fmt: skip
+             "resnet-all": (96,)}  # fmt: skip
     if args.quick:
         sizes = {"fmnist": (600, 6000), "fmnist-all": (600,), "resnet": (4, 40),
                  "resnet-all": (8,)}  # fmt: skip
