@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import warnings
 from pathlib import Path
@@ -101,19 +102,23 @@ def test_streaming_topk_equals_exhaustive(tiny_vgg: Model, images: TensorImages)
     assert [h.value for h in hits] == sorted((h.value for h in hits), reverse=True)
 
 
-@pytest.mark.parametrize("row_units, block", [(1, 1 << 17), (64, 2048)])
+@pytest.mark.parametrize("row_units, block, gather", [(1, 1 << 17, 1), (64, 2048, 1 << 20)])
 def test_streaming_scan_search_paths_equal_exhaustive(
     tiny_vgg: Model,
     images: TensorImages,
     monkeypatch: pytest.MonkeyPatch,
     row_units: int,
     block: int,
+    gather: int,
 ) -> None:
     """The scan's shortcuts (a floor from the running state, row-sized search units, stats a
-    block of rows at a time), forced on small maps, against the numpy lexsort of everything;
-    the fixture's dead ReLU units and duplicated image give the tie cases."""
+    block of rows at a time, small outputs gathered over batches or not), forced on small
+    maps, against the numpy lexsort of everything; the fixture's dead ReLU units and
+    duplicated image give the tie cases."""
+    scan_module = importlib.import_module("convlens.analysis.scan")  # the function shadows it
     import convlens.analysis.state as state_module
 
+    monkeypatch.setattr(scan_module, "GATHER", gather)
     monkeypatch.setattr(state_module, "ROW_UNITS", row_units)
     monkeypatch.setattr(state_module, "BLOCK", block)
     k = 6

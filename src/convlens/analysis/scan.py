@@ -260,31 +260,65 @@ class Folder:
         return self.state
 
 
+# A layer output smaller than this (floats) is copied aside and mapped together with the next
+# batches' until this much has gathered: every map call has a fixed cost of some 40 small
+# tensor operations, which on a small layer (the demo model's 8×8 maps, the logits) costs more
+# than the work itself.
+GATHER = 1 << 20
+
+
 class _Mapper:
     """Forward hooks that map each scanned layer's output into a :class:`Folder` the moment
-    the layer produces it: no copy of the activations is kept (a later in-place op cannot
-    change what was already mapped), and the map reads the tensor while it is still in cache.
-    """
+    the layer produces it, from the tensor itself (a later in-place op cannot change what was
+    already mapped, and the map reads it while it is still in cache). Small outputs are copied
+    and mapped a few batches at a time (:data:`GATHER`); :meth:`flush` maps what is left."""
 
     def __init__(self, model: Model, names: list[str], k: int, folder: Folder) -> None:
         self.model, self.names, self.k, self.folder = model, names, k, folder
         self.indices = torch.empty(0, dtype=torch.long)
         self.calls: dict[str, int] = {}
         self.scratch: dict[str, torch.Tensor] = {}  # per layer, reused by every batch
+        self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def hook(self, name: str, call: int) -> Callable[..., None]:
         def run(module: torch.nn.Module, args: Any, output: Any) -> None:
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] != call or not isinstance(output, torch.Tensor):
                 return  # a shared module's other calls (torchvision's one ReLU per block)
-            floor = self.folder.floor(name, self.indices)
             x = _as_grid(output.detach()).float()
-            scratch = self.scratch.get(name)
-            if scratch is None or scratch.numel() < x.numel():
-                scratch = self.scratch[name] = torch.empty(x.numel())
-            self.folder.add(name, map_sorted(x, self.indices, self.k, floor, scratch))
+            if x.numel() >= GATHER:
+                self.map(name, x, self.indices)
+                return
+            queue = self.gathered.setdefault(name, [])
+            queue.append((x.clone(), self.indices))
+            if sum(part.numel() for part, _ in queue) >= GATHER:
+                self.flush_layer(name)
 
         return run
+
+    def map(self, name: str, x: torch.Tensor, indices: torch.Tensor) -> None:
+        floor = self.folder.floor(name, indices)
+        scratch = self.scratch.get(name)
+        if scratch is None or scratch.numel() < x.numel():
+            scratch = self.scratch[name] = torch.empty(x.numel())
+        self.folder.add(name, map_sorted(x, indices, self.k, floor, scratch))
+
+    def flush_layer(self, name: str) -> None:
+        queue = self.gathered.pop(name, [])
+        if not queue:
+            return
+        x = torch.cat([part for part, _ in queue]) if len(queue) > 1 else queue[0][0]
+        indices = torch.cat([idx for _, idx in queue])
+        if bool((indices.diff() < 0).any()):  # batches out of order (a shard's own order)
+            indices, order = indices.sort()
+            x = x[order]
+        self.map(name, x, indices)
+
+    def flush(self) -> None:
+        """Map every gathered output: call before reading or saving the folder's state."""
+        with torch.inference_mode():  # as in the hooks: the scratch buffers are inference tensors
+            for name in list(self.gathered):
+                self.flush_layer(name)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Mapper]:
@@ -333,6 +367,7 @@ def scan_indices(
     with _Mapper(model, names, k, folder).installed() as mapper:
         for images, _, idx, _ in read_batches(dataset, indices, batch_size, skipped):
             mapper(images, idx)
+        mapper.flush()
     return folder.fold(), skipped
 
 
@@ -448,11 +483,13 @@ def _run(
             mapper(images, idx)
             meta.images_done = first + consumed
             if out is not None and time.monotonic() - last_save >= save_every:
+                mapper.flush()  # the saved state must cover exactly images_done
                 if folder.fold():
                     save_scan(out, meta, folder.state)
                 last_save = time.monotonic()
             if report is not None:
                 report(meta.images_done, total)
+        mapper.flush()
     state = folder.fold()
     if not state:
         raise ConvlensError(
