@@ -277,7 +277,8 @@ class _Mapper:
         self.model, self.names, self.k, self.folder = model, names, k, folder
         self.indices = torch.empty(0, dtype=torch.long)
         self.calls: dict[str, int] = {}
-        self.scratch: dict[str, torch.Tensor] = {}  # per layer, reused by every batch
+        # one buffer for every layer and batch (the layers are mapped one after the other)
+        self.scratch = torch.empty(0)
         self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
 
     def hook(self, name: str, call: int) -> Callable[..., None]:
@@ -298,10 +299,9 @@ class _Mapper:
 
     def map(self, name: str, x: torch.Tensor, indices: torch.Tensor) -> None:
         floor = self.folder.floor(name, indices)
-        scratch = self.scratch.get(name)
-        if scratch is None or scratch.numel() < x.numel():
-            scratch = self.scratch[name] = torch.empty(x.numel())
-        self.folder.add(name, map_sorted(x, indices, self.k, floor, scratch))
+        if self.scratch.numel() < x.numel():
+            self.scratch = torch.empty(x.numel())
+        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch))
 
     def flush_layer(self, name: str) -> None:
         queue = self.gathered.pop(name, [])
