@@ -1,7 +1,8 @@
 """Time and peak memory of every attribution method, next to the limits and the peers.
 
-Two models: CNN Explainer's Tiny VGG (64×64, batch 32; the zoo's tiny-vgg with random weights
-if the fixture is absent) and ResNet-18 (224×224, batch 8, random weights). For each:
+Three models: CNN Explainer's Tiny VGG (64×64, batch 32; the zoo's tiny-vgg with random weights
+if the fixture is absent), ResNet-18 and MobileNetV2 (224×224, batch 8, random weights; the
+zoo's torchvision-layout networks, ``--models mobilenet``). For each:
 
 - the limits: one forward pass (inference mode) and one forward + backward to the input;
 - every convlens method (``convlens.explain``);
@@ -108,6 +109,10 @@ def load(name: str) -> tuple[Any, torch.Tensor, str]:
             return model, x, "CNN Explainer Tiny VGG, 64×64, batch 32"
         model = build("tiny-vgg", seed=0).eval()
         return model, torch.rand(32, 3, 64, 64, generator=gen), "tiny-vgg (random), 64×64, b32"
+    if name == "mobilenet":
+        model = build("mobilenet_v2", seed=0).eval()
+        x = torch.rand(8, 3, 224, 224, generator=gen)
+        return model, x, "MobileNetV2 (random), 224×224, b8"
     model = build("resnet18", seed=0).eval()
     return model, torch.rand(8, 3, 224, 224, generator=gen), "ResNet-18 (random), 224×224, b8"
 
@@ -125,7 +130,12 @@ PARAMS: dict[str, dict[str, dict[str, Any]]] = {
         "occlusion": {"window": 56, "stride": 56},
     },
 }
-SCORECAM_BATCH = {"tiny": 32, "resnet": 1}  # Score-CAM on ResNet: 512 passes per image
+PARAMS["mobilenet"] = PARAMS["resnet"]
+SCORECAM_BATCH = {
+    "tiny": 32,
+    "resnet": 1,
+    "mobilenet": 1,
+}  # Score-CAM on ResNet: 512 passes per image
 
 
 def limits(model: Any, x: torch.Tensor, repeat: int) -> dict[str, Any]:
@@ -209,7 +219,7 @@ def ours(
         params = PARAMS[key].get(name, {})
         if name == "cam" and key == "tiny":
             continue  # Tiny VGG has no global-average-pooled head
-        if name == "score-cam" and key == "resnet" and not with_scorecam:
+        if name == "score-cam" and key != "tiny" and not with_scorecam:
             continue
         fn = lambda n=name, xs=xs, p=params: convlens.explain(model, xs, n, **p)  # noqa: E731
         r = measure(fn, repeat, name)
@@ -324,16 +334,19 @@ def sweep(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- occlusion goal
 
 # Issue #15's setting: (model key, image size, batch, window, stride)
-OCCLUSION_GOAL = {"resnet": (224, 2, 32, 16), "tiny": (64, 32, 8, 4)}
+OCCLUSION_GOAL = {"resnet": (224, 2, 32, 16), "mobilenet": (224, 2, 32, 16), "tiny": (64, 32, 8, 4)}
 
 
-def occlusion_goal(model: Any, key: str, repeat: int) -> dict[str, Any]:
+def occlusion_goal(
+    model: Any, key: str, repeat: int, rows: list[str] | None = None
+) -> dict[str, Any]:
     """Occlusion side by side on the same model and images: ours exact (incremental), ours
     approximate (default and ``tau=0.4``), ours with full passes, Captum's default
     (``perturbations_per_eval=1``) and Captum with ``perturbations_per_eval=64``. After one
     warm-up run of each (which also gives its peak memory) the rows run round-robin
     ``repeat`` times; speed-ups are medians of the per-round ratios, so drift on the busy
-    machine hits both sides of a ratio alike."""
+    machine hits both sides of a ratio alike. ``rows`` keeps only the named rows; with
+    ``repeat=0`` the warm-up runs alone give the seconds and ratios."""
     import warnings
 
     import convlens
@@ -372,11 +385,15 @@ def occlusion_goal(model: Any, key: str, repeat: int) -> dict[str, Any]:
 
         runs["captum default"] = captum(1)
         runs["captum ppe=64"] = captum(64)
+    if rows:
+        runs = {name: fn for name, fn in runs.items() if name in rows}
     out: dict[str, Any] = {"setting": f"{size}×{size}, batch {batch}, window {window}, "
                            f"stride {stride}, {torch.get_num_threads()} threads"}  # fmt: skip
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for name, fn in runs.items():  # warm-up, peak memory
         out[name] = measure(fn, 0, f"occlusion goal {name}")
-    times: dict[str, list[float]] = {name: [] for name in runs}
+        if repeat == 0:
+            times[name].append(out[name]["seconds"])
     for _ in range(repeat):
         for name, fn in runs.items():
             t0 = time.perf_counter()
@@ -389,7 +406,7 @@ def occlusion_goal(model: Any, key: str, repeat: int) -> dict[str, Any]:
     ratios: dict[str, float] = {}
     for peer in ("captum default", "captum ppe=64", "ours full passes"):
         for mine in ("ours exact", "ours approx", "ours approx tau=0.4"):
-            if times.get(peer):
+            if times.get(peer) and times.get(mine):
                 r = [p / m for p, m in zip(times[peer], times[mine], strict=True)]
                 ratios[f"{peer} / {mine}"] = round(statistics.median(r), 2)
     out["speed-ups"] = ratios
@@ -516,8 +533,15 @@ def main() -> None:
         action="store_true",
         help="only issue #15's occlusion comparison (ours exact/approx vs Captum), paired",
     )
+    ap.add_argument(
+        "--goal-rows",
+        default="",
+        help="with --occlusion-goal: only these rows (comma-separated, e.g. 'ours exact,"
+        "ours approx,captum default,captum ppe=64'); --repeat 0 times the warm-up runs only",
+    )
     args = ap.parse_args()
     only = [m for m in args.methods.split(",") if m]
+    goal_rows = [r.strip() for r in args.goal_rows.split(",") if r.strip()]
     if args.threads:
         torch.set_num_threads(args.threads)
     results: dict[str, Any] = {}
@@ -526,7 +550,7 @@ def main() -> None:
         if args.occlusion_goal:
             results[key] = {
                 "title": title,
-                "occlusion goal": occlusion_goal(model, key, args.repeat),
+                "occlusion goal": occlusion_goal(model, key, args.repeat, goal_rows),
             }
             continue
         res: dict[str, Any] = {"title": title, "limits": limits(model, x, args.repeat)}

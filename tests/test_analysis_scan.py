@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import warnings
 from pathlib import Path
@@ -62,6 +63,7 @@ def exhaustive(
     flat = a.transpose(1, 0, 2, 3).reshape(C, -1).astype(np.float64)
     res = {key: np.stack(vals) for key, vals in out.items()}
     res["mean"] = flat.mean(1)
+    res["std"] = flat.std(1)
     res["max"] = flat.max(1)
     res["frac_positive"] = (flat > 0).mean(1)
     res["frac_silent"] = (a.reshape(B, C, -1).max(2) <= 0).mean(0)
@@ -98,6 +100,41 @@ def test_streaming_topk_equals_exhaustive(tiny_vgg: Model, images: TensorImages)
     assert not bool(dead.all())  # the fixture has live units ...
     hits = res.hits("conv_2_2", 0)
     assert [h.value for h in hits] == sorted((h.value for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize("row_units, block, gather", [(1, 1 << 17, 1), (64, 2048, 1 << 20)])
+def test_streaming_scan_search_paths_equal_exhaustive(
+    tiny_vgg: Model,
+    images: TensorImages,
+    monkeypatch: pytest.MonkeyPatch,
+    row_units: int,
+    block: int,
+    gather: int,
+) -> None:
+    """The scan's shortcuts (a floor from the running state, row-sized search units, stats a
+    block of rows at a time, small outputs gathered over batches or not), forced on small
+    maps, against the numpy lexsort of everything; the fixture's dead ReLU units and
+    duplicated image give the tie cases."""
+    scan_module = importlib.import_module("convlens.analysis.scan")  # the function shadows it
+    import convlens.analysis.state as state_module
+
+    monkeypatch.setattr(scan_module, "GATHER", gather)
+    monkeypatch.setattr(state_module, "ROW_UNITS", row_units)
+    monkeypatch.setattr(state_module, "BLOCK", block)
+    k = 6
+    res = scan(tiny_vgg, images, LAYERS, k=k, batch_size=5, progress=False)
+    for layer in LAYERS:
+        ref = exhaustive(tiny_vgg, images, layer, k, 5)
+        lay = res.state[layer]
+        np.testing.assert_array_equal(lay.values.numpy(), ref["values"])
+        np.testing.assert_array_equal(lay.images.numpy(), ref["images"])
+        np.testing.assert_array_equal(lay.positions.numpy(), ref["positions"])
+        st = res.stats(layer)
+        np.testing.assert_allclose(st["mean"].numpy(), ref["mean"], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(st["std"].numpy(), ref["std"], rtol=1e-5, atol=1e-7)
+        np.testing.assert_array_equal(st["max"].numpy(), ref["max"])
+        np.testing.assert_allclose(st["frac_positive"].numpy(), ref["frac_positive"])
+        np.testing.assert_allclose(st["frac_silent"].numpy(), ref["frac_silent"])
 
 
 def test_topk_ties_prefer_lower_image_and_position() -> None:

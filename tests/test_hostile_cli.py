@@ -97,7 +97,7 @@ CASES: list[tuple[list[str], str]] = [
     (["explain", "IMG", "--target", "-1", "-o", "OUT"], "out of range 0..9"),
     (["explain", "IMG", "--target", "99999999999999999999", "-o", "OUT"], "out of range"),
     (["explain", "FIFO", "-o", "OUT"], "does not exist or is not a file"),
-    (["explain", "DIR", "-o", "OUT"], "does not exist or is not a file"),
+    (["explain", "DIR", "-o", "OUT"], "no images under"),  # a folder: explain FOLDER mode
     (["explain", "EMPTY", "-o", "OUT"], "empty"),
     (["explain", "MISSING", "-o", "OUT"], "does not exist"),
     (["explain", "IMG", "--method", "smoothgrad", "-p", "noise=nan", "-o", "OUT"], "noise"),

@@ -17,6 +17,7 @@ torch.Size([10, 4])
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -27,13 +28,13 @@ from typing import Any
 
 import torch
 
-from convlens.analysis.state import LayerState, ScanState, map_candidates, merge_many
+from convlens.analysis.state import LayerState, ScanState, _as_grid, map_sorted, merge_many
 from convlens.analysis.store import ScanMeta, has_scan, load_scan, save_scan
 from convlens.data import ImageDataset
 from convlens.errors import ConvlensError
 from convlens.io.figure import RichDisplay
 from convlens.model import Model
-from convlens.probe import Capture, capture
+from convlens.probe import preserved_modes
 
 ProgressFn = Callable[[int, int], None]  # (images done, total)
 # An engine running the scan's loop: (model, dataset, layers, meta, state, out, save_every,
@@ -250,8 +251,20 @@ class Folder:
     def add(self, name: str, part: LayerState) -> None:
         queue = self.pending.setdefault(name, [])
         queue.append(part)
-        if len(queue) >= self.every:
+        # The first batch is folded at once: its k-th values give later batches their floor.
+        if len(queue) >= self.every or name not in self.state:
             self.fold()
+
+    def floor(self, name: str, indices: torch.Tensor) -> torch.Tensor | None:
+        """Per channel, the value a new hit of images ``indices`` must exceed to enter the top
+        k: the folded state's k-th value, when every one of its hits comes from an earlier
+        image (a tie then goes to the state); ``None`` when that does not hold."""
+        lay = self.state.get(name)
+        if lay is None or len(indices) == 0:
+            return None
+        if int(lay.images.max()) >= int(indices.min()):
+            return None
+        return lay.values[:, -1]
 
     def fold(self) -> ScanState:
         for name, queue in self.pending.items():
@@ -262,24 +275,93 @@ class Folder:
         return self.state
 
 
-def merge_batch(
-    model: Model,
-    cap: Capture,
-    images: torch.Tensor,
-    indices: torch.Tensor,
-    k: int,
-    folder: Folder,
-) -> None:
-    """One forward pass (inside ``capture``), each captured layer mapped into ``folder``."""
-    if len(indices) == 0:
-        return
-    with torch.inference_mode():
-        model(images)
-        for name, act in cap.activations.items():
+# A layer output smaller than this (floats) is copied aside and mapped together with the next
+# batches' until this much has gathered: every map call has a fixed cost of some 40 small
+# tensor operations, which on a small layer (the demo model's 8×8 maps, the logits) costs more
+# than the work itself.
+GATHER = 1 << 20
+
+
+class _Mapper:
+    """Forward hooks that map each scanned layer's output into a :class:`Folder` the moment
+    the layer produces it, from the tensor itself (a later in-place op cannot change what was
+    already mapped, and the map reads it while it is still in cache). Small outputs are copied
+    and mapped a few batches at a time (:data:`GATHER`); :meth:`flush` maps what is left."""
+
+    def __init__(self, model: Model, names: list[str], k: int, folder: Folder) -> None:
+        self.model, self.names, self.k, self.folder = model, names, k, folder
+        self.indices = torch.empty(0, dtype=torch.long)
+        self.calls: dict[str, int] = {}
+        # one buffer for every layer and batch (the layers are mapped one after the other)
+        self.scratch = torch.empty(0)
+        self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+
+    def hook(self, name: str, call: int) -> Callable[..., None]:
+        def run(module: torch.nn.Module, args: Any, output: Any) -> None:
+            self.calls[name] = self.calls.get(name, 0) + 1
+            if self.calls[name] != call or not isinstance(output, torch.Tensor):
+                return  # a shared module's other calls (torchvision's one ReLU per block)
             # The state lives on the CPU (it is stored and merged there); on a GPU the forward
             # pass ran on the device and only the layer's output crosses over.
-            folder.add(name, map_candidates(act.cpu(), indices, k))
-    cap.activations.clear()
+            x = _as_grid(output.detach()).float().cpu()
+            if x.numel() >= GATHER:
+                self.map(name, x, self.indices)
+                return
+            queue = self.gathered.setdefault(name, [])
+            queue.append((x.clone(), self.indices))
+            if sum(part.numel() for part, _ in queue) >= GATHER:
+                self.flush_layer(name)
+
+        return run
+
+    def map(self, name: str, x: torch.Tensor, indices: torch.Tensor) -> None:
+        floor = self.folder.floor(name, indices)
+        if self.scratch.numel() < x.numel():
+            self.scratch = torch.empty(x.numel())
+        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch))
+
+    def flush_layer(self, name: str) -> None:
+        queue = self.gathered.pop(name, [])
+        if not queue:
+            return
+        x = torch.cat([part for part, _ in queue]) if len(queue) > 1 else queue[0][0]
+        indices = torch.cat([idx for _, idx in queue])
+        if bool((indices.diff() < 0).any()):  # batches out of order (a shard's own order)
+            indices, order = indices.sort()
+            x = x[order]
+        self.map(name, x, indices)
+
+    def flush(self) -> None:
+        """Map every gathered output: call before reading or saving the folder's state."""
+        with torch.inference_mode():  # as in the hooks: the scratch buffers are inference tensors
+            for name in list(self.gathered):
+                self.flush_layer(name)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Mapper]:
+        handles = [self.model.net.register_forward_pre_hook(lambda m, a: self.calls.clear())]
+        try:
+            for name in self.names:
+                lay = self.model.graph[name]
+                module = self.model.net.get_submodule(str(lay.module))
+                handles.append(module.register_forward_hook(self.hook(name, lay.call)))
+            with preserved_modes(self.model):
+                yield self
+        finally:
+            for h in handles:
+                h.remove()
+
+    def __call__(self, images: torch.Tensor, indices: torch.Tensor) -> None:
+        """One forward pass; each hooked layer's output is mapped as it is produced."""
+        if len(indices) == 0:
+            return
+        indices = indices.to(torch.long)
+        if bool((indices.diff() < 0).any()):  # ties resolve by index order: sort the batch
+            indices, order = indices.sort()
+            images = images[order]
+        self.indices = indices
+        with torch.inference_mode():
+            self.model(images)
 
 
 def scan_indices(
@@ -299,9 +381,10 @@ def scan_indices(
     names = check_layers(model, layers)
     skipped: list[dict[str, Any]] = []
     folder = Folder()
-    with capture(model, names) as cap:
+    with _Mapper(model, names, k, folder).installed() as mapper:
         for images, _, idx, _ in read_batches(dataset, indices, batch_size, skipped):
-            merge_batch(model, cap, images, idx, k, folder)
+            mapper(images, idx)
+        mapper.flush()
     return folder.fold(), skipped
 
 
@@ -413,18 +496,20 @@ def _run(
     meta.skipped = [s for s in meta.skipped if s["index"] < first]  # re-read after a crash
     last_save = time.monotonic()
     folder = Folder(state)
-    with capture(model, names) as cap:
+    with _Mapper(model, names, meta.k, folder).installed() as mapper:
         for images, _, idx, consumed in read_batches(
             dataset, range(first, total), meta.batch_size, meta.skipped
         ):
-            merge_batch(model, cap, images, idx, meta.k, folder)
+            mapper(images, idx)
             meta.images_done = first + consumed
             if out is not None and time.monotonic() - last_save >= save_every:
+                mapper.flush()  # the saved state must cover exactly images_done
                 if folder.fold():
                     save_scan(out, meta, folder.state)
                 last_save = time.monotonic()
             if report is not None:
                 report(meta.images_done, total)
+        mapper.flush()
     state = folder.fold()
     if not state:
         raise ConvlensError(

@@ -141,55 +141,146 @@ def sort_hits(
     return values.gather(1, order), images.gather(1, order), positions.gather(1, order)
 
 
-def _count_positive(flat: torch.Tensor) -> torch.Tensor:
-    """Per row, how many entries are above zero. Summing ``sign(max(x, 0))`` in float32 is
-    several times faster than summing a boolean mask, and exact below 2**24 per row."""
+def _count_positive(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, how many entries are above zero: ``x > 0`` written as float32 ones and zeros
+    (one pass) and summed, several times faster than summing a boolean mask, and exact below
+    2**24 per row. ``scratch`` (as many floats as ``flat``, reused across batches) spares
+    allocating and page-faulting a fresh buffer of the layer's size on every call."""
     if flat.shape[1] >= 2**24:
         return (flat > 0).sum(dim=1)
-    return flat.clamp(min=0).sign_().sum(dim=1).round_().long()
+    if scratch is None or scratch.numel() < flat.numel():
+        scratch = torch.empty(flat.numel())
+    ones = torch.gt(flat, 0, out=scratch[: flat.numel()].view(flat.shape))
+    return ones.sum(dim=1).round_().long()
+
+
+# Rows of a large layer (over 8 MiB) are reduced a block of this many floats (512 KiB) at a time, so
+# the four reductions over a block find it in the core's cache instead of streaming the whole
+# layer from memory four times (ResNet-18's first ReLU is 100 MB per batch of 32).
+BLOCK = 1 << 17
+ROW_UNITS = 2048  # maps of at least this many positions are searched row by row
+
+
+def _row_stats(
+    rows: torch.Tensor, width: int, scratch: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row of ``rows`` ``(R, N)``, ``N`` a multiple of ``width``: the maximum of every run
+    of ``width`` entries ``(R, N / width)`` (one image row of a feature map), and the row's
+    float32 sum, float32 sum of squares and count of entries above zero; computed a block of
+    rows at a time for large inputs."""
+    R, N = rows.shape
+    if R * N <= 16 * BLOCK or N >= BLOCK:  # 8 MiB and less: no gain measured
+        return (
+            rows.view(R, N // width, width).amax(dim=2),
+            rows.sum(dim=1),
+            torch.linalg.vector_norm(rows, dim=1).square(),
+            _count_positive(rows, scratch),
+        )
+    step = max(1, BLOCK // N)
+    maximum = torch.empty(R, N // width)
+    total, total_sq = torch.empty(R), torch.empty(R)
+    positive = torch.empty(R, dtype=torch.long)
+    for start in range(0, R, step):
+        block = rows[start : start + step]
+        stop = start + block.shape[0]
+        torch.amax(block.view(-1, N // width, width), dim=2, out=maximum[start:stop])
+        torch.sum(block, dim=1, out=total[start:stop])
+        torch.linalg.vector_norm(block, dim=1, out=total_sq[start:stop])
+        positive[start:stop] = _count_positive(block, scratch)
+    return maximum, total, total_sq.square_(), positive
+
+
+def _search(
+    x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The exact top ``k`` of channels ``ch`` over the units ``sel`` ``(len(ch), m)`` (unit
+    ``u`` is row ``u % H`` of image ``u // H``) of ``x4`` ``(B, C, H, W)``, as (values, unit,
+    offset in the unit); ``sel`` ascends, so a tie between units goes to the earlier one."""
+    H, W = x4.shape[2], x4.shape[3]
+    m = sel.shape[1]
+    cand = x4[sel // H, ch[:, None], sel % H, :].reshape(len(ch), m * W)  # (Cn, m·W)
+    local = _exact_topk(cand, min(k, m * W))
+    return cand.gather(1, local), sel.gather(1, local // W), local % W
 
 
 def _top_hits(
-    xv: torch.Tensor, per_image_max: torch.Tensor, k: int
+    xv: torch.Tensor, unit_max: torch.Tensor, k: int, floor: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per channel, the exact top ``k`` of ``xv`` ``(B, C, HW)`` as (values, batch row,
-    position), ties broken by (row, position).
+    position), ties broken by (row, position); batch row ``-1`` marks an empty slot.
 
-    Only the ``k`` images with the largest maxima can hold a channel's top ``k`` values (the
-    k-th largest value is at least the k-th largest image maximum), so when the (k+1)-th image
-    maximum is strictly smaller the search runs over those ``k`` images alone; channels with
-    a tie there (a dead unit's zeros) search the whole batch.
+    The search runs over *units*, runs of ``W`` consecutive positions (one row of an image's
+    feature map, ``unit_max`` ``(B, C, H)`` their maxima). Only the ``k`` units with the
+    largest maxima can hold a channel's top ``k`` values (the k-th largest value is at least
+    the k-th largest unit maximum), so when the (k+1)-th unit maximum is strictly smaller the
+    search reads those ``k·W`` values alone; channels with a tie there (a dead unit's zeros)
+    search the whole batch.
+
+    ``floor`` ``(C,)``, when given, is a value that only entries *strictly above* it can beat
+    (the k-th value of a running state whose hits all come from earlier images). Then only
+    units whose maximum exceeds ``floor`` are searched: none for most channels once the scan
+    is under way (they are skipped), at most ``k`` for the others. The hits at or below
+    ``floor`` that this returns are not the batch's own top ``k``, but they lose to the
+    state's in any merge, so the merged result is exact.
     """
     B, C, HW = xv.shape
-    kk = min(k, B * HW)
-    values = torch.empty(C, kk)
-    rows = torch.empty(C, kk, dtype=torch.long)
-    positions = torch.empty(C, kk, dtype=torch.long)
-    narrow = torch.zeros(C, dtype=torch.bool)
-    if k < B:
-        best, order = per_image_max.t().topk(k + 1, dim=1)  # (C, k+1)
-        narrow = best[:, k] < best[:, k - 1]
-    if bool(narrow.any()):
-        ch = narrow.nonzero()[:, 0]
-        sel = order[ch, :k].sort(dim=1).values  # (Cn, k) rows in batch order: ties stay exact
-        cand = xv[sel, ch[:, None], :].reshape(len(ch), k * HW)  # (Cn, k·HW)
-        local = _exact_topk(cand, kk)
-        values[ch] = cand.gather(1, local)
-        rows[ch] = sel.gather(1, local // HW)
-        positions[ch] = local % HW
-    if not bool(narrow.all()):
-        ch = (~narrow).nonzero()[:, 0]
+    H = unit_max.shape[2]
+    W = HW // H
+    U = B * H
+    x4 = xv.view(B, C, H, W)
+    umax = unit_max.permute(1, 0, 2).reshape(C, U)  # (C, U), units in (image, row) order
+    width = min(k, B * HW)
+    values = torch.full((C, width), float("-inf"))
+    units = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
+    offsets = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
+    todo = torch.ones(C, dtype=torch.bool)
+
+    def put(ch: torch.Tensor, hits: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
+        n = hits[0].shape[1]
+        for into, part in zip((values, units, offsets), hits, strict=True):
+            into[:, :n].index_copy_(0, ch, part)
+        todo.index_fill_(0, ch, False)
+
+    if floor is not None:
+        above = (umax > floor[:, None]).sum(dim=1)  # (C,) units that can still contribute
+        todo &= above > 0  # the others: nothing this batch can add
+        few = todo & (above <= k)
+        if bool(few.any()):
+            ch = few.nonzero()[:, 0]
+            m = int(above[ch].max())
+            sel = umax[ch].topk(m, dim=1).indices.sort(dim=1).values
+            put(ch, _search(x4, ch, sel, k))
+    if k < U and bool(todo.any()):
+        best, order = umax.topk(k + 1, dim=1)  # (C, k+1)
+        narrow = todo & (best[:, k] < best[:, k - 1])
+        if bool(narrow.any()):
+            ch = narrow.nonzero()[:, 0]
+            put(ch, _search(x4, ch, order[ch, :k].sort(dim=1).values, k))
+    if bool(todo.any()):  # a tie at the k-th unit maximum: search the whole batch
+        ch = todo.nonzero()[:, 0]
         full = xv[:, ch, :].transpose(0, 1).reshape(len(ch), B * HW)  # (Cw, B·HW)
-        local = _exact_topk(full, kk)
-        values[ch] = full.gather(1, local)
-        rows[ch] = local // HW
-        positions[ch] = local % HW
+        local = _exact_topk(full, width)
+        image, pos = local // HW, local % HW
+        put(ch, (full.gather(1, local), image * H + pos // W, pos % W))
+    # back from (unit, offset) to (image, position); empty slots stay -1
+    empty = units < 0
+    rows = torch.where(empty, EMPTY_IMAGE, units // H)
+    positions = torch.where(empty, EMPTY_IMAGE, (units % H) * W + offsets)
     return values, rows, positions
 
 
-def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: int) -> LayerState:
+def map_candidates(
+    activations: torch.Tensor,
+    image_indices: torch.Tensor,
+    k: int,
+    floor: torch.Tensor | None = None,
+) -> LayerState:
     """Like :func:`map_batch` but with the hits left unsorted: the streaming scan sorts many
-    batches' candidates at once in :func:`merge_many` (fewer, larger operations per batch)."""
+    batches' candidates at once in :func:`merge_many` (fewer, larger operations per batch).
+
+    ``floor`` (see :func:`_top_hits`) lets the streaming scan skip channels whose batch cannot
+    reach the running top ``k``; the result is then only valid merged with that state.
+    """
     if k < 1:
         raise ConvlensError(f"top-k needs k of at least 1, got {k}")
     x = _as_grid(activations.detach()).float()
@@ -197,11 +288,33 @@ def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: in
     if bool((image_indices.diff() < 0).any()):  # ties resolve by index order: sort the batch
         image_indices, order = image_indices.sort()
         x = x[order]
+    return map_sorted(x, image_indices, k, floor)
+
+
+def map_sorted(
+    x: torch.Tensor,
+    image_indices: torch.Tensor,
+    k: int,
+    floor: torch.Tensor | None = None,
+    scratch: torch.Tensor | None = None,
+) -> LayerState:
+    """:func:`map_candidates` of a float32 ``(B, C, H, W)`` batch whose ``image_indices``
+    (int64) already ascend: the streaming scan's per-layer call, with no checks to repeat
+    (``scratch``: see :func:`_count_positive`)."""
     B, C, H, W = x.shape
     xv = x.reshape(B, C, H * W)  # every reduction below runs along the contiguous last axis
-    per_image_max = xv.amax(dim=2)  # (B, C)
-    values, rows, positions = _top_hits(xv, per_image_max, k)
-    images = image_indices[rows]
+    # Large maps are searched an image row at a time, small ones a whole image at a time
+    # (a maximum over a few dozen values vectorizes poorly; see _top_hits).
+    rows_h = H if H * W >= ROW_UNITS else 1
+    unit_max, sums, squares, positive = _row_stats(
+        xv.reshape(B * C, H * W), H * W // rows_h, scratch
+    )
+    unit_max = unit_max.view(B, C, rows_h)
+    per_image_max = unit_max.amax(dim=2) if rows_h > 1 else unit_max.view(B, C)  # (B, C)
+    values, rows, positions = _top_hits(xv, unit_max, k, floor)
+    sums, squares, positive = sums.view(B, C), squares.view(B, C), positive.view(B, C)
+    # rows of -1 (empty slots) pick the appended -1
+    images = torch.cat([image_indices, image_indices.new_full((1,), EMPTY_IMAGE)])[rows]
     if values.shape[1] < k:  # fewer positions in this batch than slots: pad with empty slots
         pad = LayerState.empty(C, k - values.shape[1], (H, W))
         values = torch.cat([values, pad.values], 1)
@@ -211,10 +324,11 @@ def map_candidates(activations: torch.Tensor, image_indices: torch.Tensor, k: in
         values=values,
         images=images,
         positions=positions,
-        total=xv.sum(dim=2).sum(dim=0).double(),  # float32 within a batch (fast), float64 across
-        total_sq=torch.linalg.vector_norm(xv, dim=2).square().sum(dim=0).double(),
+        # float32 along each image's map (a vectorized pass each), float64 across images
+        total=sums.double().sum(dim=0),
+        total_sq=squares.double().sum(dim=0),
         maximum=per_image_max.amax(dim=0),
-        positive=_count_positive(xv.reshape(B * C, H * W)).view(B, C).sum(dim=0),
+        positive=positive.sum(dim=0),
         fired=(per_image_max > 0).sum(dim=0),
         n_images=B,
         grid=(H, W),
