@@ -28,10 +28,10 @@ import torch.nn as nn
 pytest.importorskip("anywidget", reason="the notebook extra (anywidget) is not installed")
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 
-import convlens  # noqa: E402
-from convlens.errors import ConvlensError  # noqa: E402
-from convlens.io.spec import InputSpec  # noqa: E402
-from convlens.model import load_model  # noqa: E402
+import convlens
+from convlens.errors import ConvlensError
+from convlens.io.spec import InputSpec
+from convlens.model import load_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
@@ -144,7 +144,9 @@ const fire = (ev, ...args) => (listeners[ev] || []).slice().forEach((f) => f(...
 const b64 = (buf) => {
   const bytes = new Uint8Array(buf);
   let text = '';
-  for (let k = 0; k < bytes.length; k += 8192) text += String.fromCharCode(...bytes.subarray(k, k + 8192));
+  for (let k = 0; k < bytes.length; k += 8192) {
+    text += String.fromCharCode(...bytes.subarray(k, k + 8192));
+  }
   return btoa(text);
 };
 const unb64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
@@ -158,7 +160,11 @@ const model = {
   off: (ev, f) => { listeners[ev] = (listeners[ev] || []).filter((g) => g !== f); },
   send: (content, callbacks, buffers = []) =>
     window.toPython({ method: 'custom', content, buffers: buffers.map(b64) }),
-  save_changes: () => { const s = dirty; dirty = {}; window.toPython({ method: 'update', state: s }); },
+  save_changes: () => {
+    const s = dirty;
+    dirty = {};
+    window.toPython({ method: 'update', state: s });
+  },
 };
 window.fromPython = (m) => {
   if (m.method === 'update' || m.method === 'echo_update') {
@@ -234,12 +240,9 @@ def test_widget_state_and_requests_round_trip(model: Any, browser: Any) -> None:
     page.expose_function("toPython", relay.from_page)
     try:
         page.goto(f"{ORIGIN}/notebook")
-        frame_of = lambda: page.frame_locator("iframe")  # noqa: E731
-        ready = lambda: page.evaluate(  # noqa: E731
-            "() => document.querySelector('iframe')?.contentDocument?.body?.dataset.ready === 'true'"
-        )
-        relay.pump(page, ready)
-        frame = frame_of()
+        ready = "() => document.querySelector('iframe')?.contentDocument?.body?.dataset.ready"
+        relay.pump(page, lambda: page.evaluate(ready) == "true")
+        frame = page.frame_locator("iframe")
         probs = model.probabilities(model.load_image(images[0]))[0]
         assert frame.locator("#predicted-class").inner_text() == model.classes[int(probs.argmax())]
         assert widget.image == "sample-0"

@@ -42,9 +42,9 @@ def export_command(
             show_default=False,
         ),
     ] = None,
-    out: Annotated[
-        Path, typer.Option("--out", "-o", help="The HTML file to write.")
-    ] = Path("explainer.html"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="The HTML file to write.")] = Path(
+        "explainer.html"
+    ),
     methods: Annotated[
         str | None,
         typer.Option(

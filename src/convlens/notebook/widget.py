@@ -26,7 +26,7 @@ def _refusal(message: str) -> ApiResponse:
     return ApiResponse(400, "application/json", json.dumps({"error": message}).encode())
 
 
-class ExplainerWidget(anywidget.AnyWidget):  # type: ignore[misc]
+class ExplainerWidget(anywidget.AnyWidget):
     """The interactive explainer for one model, computed by this kernel."""
 
     _esm = js_asset("widget.js")
@@ -36,9 +36,7 @@ class ExplainerWidget(anywidget.AnyWidget):  # type: ignore[misc]
     height = traitlets.Int(780).tag(sync=True)
 
     def __init__(self, api: InProcessApi, *, image: str = "", height: int = 780) -> None:
-        super().__init__(
-            _page=build_page(js_asset("widget-frame.js")), image=image, height=height
-        )
+        super().__init__(_page=build_page(js_asset("widget-frame.js")), image=image, height=height)
         self._api = api
         self.on_msg(self._on_message)
         self._closer = weakref.finalize(self, api.close)

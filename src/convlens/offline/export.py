@@ -5,7 +5,7 @@ The file is the web front end (:mod:`convlens.offline.page`) with an embedded tr
 answers the page needs were recorded at export time by asking the server's own routes, in
 process (:class:`~convlens.offline.bridge.InProcessApi`), exactly as the page asks them:
 
-- ``GET /model`` (its sample list: the chosen images);
+- ``GET /model`` (its sample list: the chosen images; its methods: those precomputed);
 - one ``GET /trace`` per image at the server's caps (``convlens.trace.default_caps``: the same
   budget of numbers as a served trace), from which the page's overview and detail requests are
   answered layer by layer;
@@ -98,7 +98,7 @@ def _recorded(answer: ApiResponse) -> dict[str, Any]:
 
 def explain_key(image_id: str, method: str) -> str:
     """The key the embedded transport looks an explanation up by (see ``embedded.js``)."""
-    doc = [image_id, method, None, None, {}]
+    doc: list[Any] = [image_id, method, None, None, {}]
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -128,6 +128,9 @@ def record(
             raise ConvlensError(
                 f"unknown method {name!r} for --methods; the methods are {', '.join(catalogue)}"
             )
+    # the page offers only the methods this file holds
+    caps = model_doc["capabilities"]
+    caps["methods"] = [m for m in caps["methods"] if m["name"] in chosen]
     report = ExportReport(Path(), 0, [s["name"] for s in model_doc["samples"]], {}, 0)
     data: dict[str, Any] = {
         "version": 1,
@@ -136,13 +139,13 @@ def record(
         "explanations": {},
         "assets": {},
     }
-    caps = "".join(
+    query = "".join(
         f"&{k}={v}" for k, v in (("max_channels", max_channels), ("max_size", max_size)) if v
     )
     for sample in model_doc["samples"]:
         sid = sample["id"]
         say(f"tracing {sample['name']}")
-        data["traces"][sid] = _ok(api.get(f"/trace?image={sid}{caps}"), f"the trace of {sid}")
+        data["traces"][sid] = _ok(api.get(f"/trace?image={sid}{query}"), f"the trace of {sid}")
         data["assets"][sample["url"]] = _display_url(api, sid)
     for layer in model_doc["graph"]["layers"]:
         if layer["kind"] not in ("conv", "linear"):

@@ -33,7 +33,9 @@ _SPECIFIER = re.compile(
 )
 _LINK_PRELOAD = re.compile(r"""<link\b[^>]*\brel=["'](?:preload|modulepreload)["'][^>]*>\s*""")
 _STYLESHEET = re.compile(r"""<link\b[^>]*\brel=["']stylesheet["'][^>]*>""")
-_SCRIPT = re.compile(r"""<script\b(?P<attrs>[^>]*)\bsrc=["'](?P<src>[^"']+)["'][^>]*>\s*</script>""")
+_SCRIPT = re.compile(
+    r"""<script\b(?P<attrs>[^>]*)\bsrc=["'](?P<src>[^"']+)["'][^>]*>\s*</script>"""
+)
 _HREF = re.compile(r"""\bhref=["'](?P<href>[^"']+)["']""")
 _CSS_URL = re.compile(r"""url\(\s*(?P<q>['"]?)(?P<url>[^'")]+)(?P=q)\s*\)""")
 _LOCAL_REF = re.compile(r"""\b(?:src|href)=["'](?P<url>/[^"']*)["']""")
