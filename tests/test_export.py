@@ -197,7 +197,11 @@ def test_the_export_opens_offline_and_computes_what_the_network_does(
         page.select_option("#explain-method", "grad-cam")
         page.click("#explain-run")
         page.wait_for_selector("#explain-cards .explain-card[data-method=grad-cam]")
-        page.select_option("#explain-method", "occlusion")
+        offered = page.locator("#explain-method option").evaluate_all("os => os.map(o => o.value)")
+        assert offered == METHODS.split(",")  # only what the file holds
+        page.select_option("#explain-method", "saliency")
+        other = page.locator("[data-param=reduce] option").nth(1).get_attribute("value")
+        page.select_option("[data-param=reduce]", other)  # not the default: not precomputed
         page.click("#explain-run")
         page.wait_for_function(
             "() => document.getElementById('explain-status').textContent.includes('not in this')"

@@ -21,6 +21,7 @@ def show(model: object, image: object = None, **options: object) -> object:
 
     return _show(model, image, **options)  # type: ignore[arg-type]
 
+
 __all__ = [
     "Attribution",
     "ConvlensError",
