@@ -216,3 +216,37 @@ def test_the_export_opens_offline_and_computes_what_the_network_does(
         assert not errors, errors
     finally:
         page.close()
+
+
+@pytest.mark.browser
+def test_names_from_the_model_stay_text_in_the_file(tmp_path: Path, browser: Any) -> None:
+    """Class names (and anything else a model file says) are data: a name that closes the
+    script tag it is embedded in neither breaks the page nor runs."""
+    import torch
+    import torch.nn as nn
+    from PIL import Image
+
+    from convlens.io.spec import InputSpec
+    from convlens.offline.export import export_explainer
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 6 * 6, 2))
+    hostile = "</script><script>window.pwned = 1</script><!--"
+    model = load_model(net, input_spec=InputSpec(3, 8, 8), classes=[hostile, "b</style>"])
+    image = tmp_path / "x.png"
+    Image.new("RGB", (8, 8), (200, 30, 90)).save(image)
+    report = export_explainer(model, [image], tmp_path / "e.html", methods=["saliency"])
+    assert report.bytes == (tmp_path / "e.html").stat().st_size
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.route(lambda url: not url.startswith(("file:", "data:", "blob:")), lambda r: r.abort())
+        page.goto((tmp_path / "e.html").as_uri())
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        probs = model.probabilities(model.load_image(image))[0]
+        assert page.locator("#predicted-class").inner_text() == model.classes[int(probs.argmax())]
+        assert page.evaluate("window.pwned") is None
+        assert not errors, errors
+    finally:
+        page.close()

@@ -9,8 +9,8 @@ process (:class:`~convlens.offline.bridge.InProcessApi`), exactly as the page as
 - one ``GET /trace`` per image at the server's caps (``convlens.trace.default_caps``: the same
   budget of numbers as a served trace), from which the page's overview and detail requests are
   answered layer by layer;
-- ``GET /weights/<layer>`` of every conv and linear layer (the conv and softmax views' numbers)
-  up to ``max_weight_numbers`` each;
+- ``GET /weights/<layer>`` of every conv and linear layer whose detail view the file can show
+  (the caps cut neither the layer nor its inputs), up to ``max_weight_numbers`` each;
 - ``POST /explain`` for every image and method at the method's default parameters, for the
   predicted class (an explanation the server refuses is recorded with its error line).
 
@@ -147,8 +147,13 @@ def record(
         say(f"tracing {sample['name']}")
         data["traces"][sid] = _ok(api.get(f"/trace?image={sid}{query}"), f"the trace of {sid}")
         data["assets"][sample["url"]] = _display_url(api, sid)
+    # a detail view needs its layer and the layer's inputs whole: where the caps cut either,
+    # the view says so, and the layer's weights would be dead weight in the file
+    cut = {name for doc in data["traces"].values() for name in doc["caps"]}
     for layer in model_doc["graph"]["layers"]:
         if layer["kind"] not in ("conv", "linear"):
+            continue
+        if cut & {layer["name"], *layer["inputs"]}:
             continue
         if layer.get("params", 0) > max_weight_numbers:
             report.skipped_weights.append(layer["name"])
