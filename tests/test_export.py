@@ -14,6 +14,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 
 from convlens.cli import main
+from convlens.errors import ConvlensError
 from convlens.model import load_model
 from convlens.offline.page import read_front_end
 from convlens.probe import record_all
@@ -49,6 +50,31 @@ def test_the_page_loads_every_module_of_the_front_end() -> None:
     for name, source in parts.modules.items():  # every relative import was rewritten
         assert not re.search(r"""from\s*['"]\.""", source), name
     assert "/static/" not in parts.html and "/api/" not in parts.html
+
+
+def _static(tmp: Path, modules: dict[str, str], head: str = "") -> Path:
+    (tmp / "js").mkdir(parents=True)
+    for name, source in modules.items():
+        (tmp / "js" / name).write_text(source)
+    (tmp / "index.html").write_text(
+        f'<html><head>{head}<script type="module" src="/static/js/main.js"></script></head></html>'
+    )
+    return tmp
+
+
+def test_the_page_builder_refuses_what_a_file_page_cannot_load(tmp_path: Path) -> None:
+    cyclic = {"main.js": "import { b } from './b.js';", "b.js": "import './main.js';"}
+    with pytest.raises(ConvlensError, match=r"cycle: js/main.js → js/b.js → js/main.js"):
+        read_front_end(_static(tmp_path / "a", cyclic))
+    missing = {"main.js": "import { x } from './gone.js';"}
+    with pytest.raises(ConvlensError, match=r"js/main.js imports './gone.js'"):
+        read_front_end(_static(tmp_path / "b", missing))
+    remote = '<link rel="stylesheet" href="https://cdn.example/x.css">'
+    with pytest.raises(ConvlensError, match=r"names 'https://cdn.example/x.css'"):
+        read_front_end(_static(tmp_path / "c", {"main.js": ""}, remote))
+    ok = read_front_end(_static(tmp_path / "d", {"main.js": "import * as u from './u.js';",
+                                                  "u.js": "export const u = 1;"}))  # fmt: skip
+    assert ok.modules["js/main.js"] == "import * as u from 'convlens-module:js/u.js';"
 
 
 # --------------------------------------------------------------------------- the command
