@@ -49,7 +49,7 @@ class ExplainerWidget(anywidget.AnyWidget):
     def _on_message(self, _widget: Any, content: Any, buffers: list[Any] | None) -> None:
         if not isinstance(content, dict) or content.get("kind") != "request":
             return
-        rid = content.get("id")
+        rid = {"view": content.get("view"), "id": content.get("id")}  # echoed to the asker
         answer = self._answer_later(content, buffers or [])
         if isinstance(answer, ApiResponse):
             self._reply(rid, answer)
@@ -71,8 +71,8 @@ class ExplainerWidget(anywidget.AnyWidget):
             return self._api.submit(method, path, body.encode(), "application/json")
         return self._api.submit(method, path)
 
-    def _reply(self, rid: Any, answer: ApiResponse) -> None:
-        meta = {"kind": "response", "id": rid, "status": answer.status}
+    def _reply(self, rid: dict[str, Any], answer: ApiResponse) -> None:
+        meta = {"kind": "response", **rid, "status": answer.status}
         self.send({**meta, "contentType": answer.content_type}, [answer.body])
 
     def close(self) -> None:

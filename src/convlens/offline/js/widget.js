@@ -8,6 +8,9 @@ function render({ model, el }) {
   const size = () => { frame.style.height = `${model.get('height')}px`; };
   size();
 
+  // a widget shown twice has two views on one model, and every custom message reaches both:
+  // each view tags its requests and takes only the answers to its own
+  const view = `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}`;
   const toFrame = (msg, transfer = []) => frame.contentWindow?.postMessage(msg, '*', transfer);
   const state = () => ({ image: model.get('image') || null, selected: model.get('selected') || null });
 
@@ -17,14 +20,15 @@ function render({ model, el }) {
     if (m.convlens === 'request') {
       const buffers = m.file ? [m.file.bytes] : [];
       const file = m.file ? { name: m.file.name, type: m.file.type } : null;
-      model.send({ kind: 'request', id: m.id, method: m.method, path: m.path, body: m.body, file }, undefined, buffers);
+      const request = { kind: 'request', view, id: m.id, method: m.method, path: m.path, body: m.body, file };
+      model.send(request, undefined, buffers);
     } else if (m.convlens === 'state') {
       for (const [k, v] of Object.entries(m.state)) model.set(k, v);
       model.save_changes();
     }
   };
   const onKernel = (msg, buffers) => {
-    if (!msg || msg.kind !== 'response') return;
+    if (!msg || msg.kind !== 'response' || msg.view !== view) return;
     const b = buffers?.[0];
     const body = b ? new Uint8Array(b.buffer, b.byteOffset, b.byteLength).slice().buffer : new ArrayBuffer(0);
     toFrame({ convlens: 'response', id: msg.id, status: msg.status, contentType: msg.contentType, body }, [body]);
