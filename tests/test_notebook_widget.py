@@ -275,6 +275,10 @@ def test_widget_state_and_requests_round_trip(model: Any, browser: Any) -> None:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "widget-conv.png"))
         frame.locator("#detail-close").click()
+        # and a neuron chosen in Python opens its view in the page
+        widget.selected = {"layer": "max_pool_1", "channel": 3}
+        relay.pump(page, lambda: frame.locator("#detail[data-view=pool] .result").count() > 0)
+        frame.locator("#detail-close").click()
 
         # an explanation computed by the kernel (a POST with a JSON body)
         frame.locator("#explain-method").select_option("saliency")

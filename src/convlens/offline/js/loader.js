@@ -26,6 +26,23 @@ function runClassic(name) {
   });
 }
 
+// A module that calls fetch('/api/v1/…') itself instead of going through api.js still reaches
+// the page's transport: a file page has no server to fetch from.
+const transport = globalThis.convlensTransport;
+if (transport) {
+  const networkFetch = globalThis.fetch.bind(globalThis);
+  globalThis.fetch = async (input, init = {}) => {
+    const url = new URL(typeof input === 'string' ? input : input.url, document.baseURI);
+    if (!url.pathname.startsWith('/api/v1/')) return networkFetch(input, init);
+    const json = (doc, status) => new Response(JSON.stringify(doc), { status, headers: { 'Content-Type': 'application/json' } });
+    try {
+      return json(await transport.request(url.pathname.slice('/api/v1'.length) + url.search, init), 200);
+    } catch (err) {
+      return json({ error: String(err.message || err) }, 404);
+    }
+  };
+}
+
 for (const name of table.classic) await runClassic(name);
 await import(moduleUrl(table.entry));
 // a host (the notebook widget) may follow the page's state through the same store instance

@@ -47,7 +47,9 @@
     const now = store.get('selected');
     if (selectedChanged && sel && (sel.layer !== now?.layer || sel.channel !== now?.channel)) {
       const key = `${sel.layer}|${sel.channel}`;
-      document.querySelector(`[data-key="${CSS.escape(key)}"]`)?.dispatchEvent(new MouseEvent('click', { bubbles: true }));
+      const match = `[data-key="${CSS.escape(key)}"]`;
+      const neuron = document.querySelector(`#overview ${match}`) || document.querySelector(match);
+      neuron?.dispatchEvent(new MouseEvent('click', { bubbles: true }));
     }
   }
 
