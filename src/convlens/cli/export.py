@@ -88,6 +88,8 @@ def export_command(
         max_size=max_size,
         progress=None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True)),
     )
+    for line in report.notes:
+        typer.echo(f"note: {line}", err=True)
     for line in report.refused:
         typer.echo(f"note: not precomputed: {line}", err=True)
     if report.skipped_weights:

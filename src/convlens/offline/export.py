@@ -50,6 +50,7 @@ class ExportReport:
     explanations: int  # recorded successfully
     refused: list[str] = field(default_factory=list)  # "method on image: error line"
     skipped_weights: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -201,7 +202,12 @@ def export_explainer(
         raise ConvlensError(
             f"model {model.name!r} has no sample images; name the images to export (--images)"
         )
+    notes = []
     if len(view.samples) > MAX_IMAGES:
+        notes.append(
+            f"the model has {len(view.samples)} sample images; the file holds the first "
+            f"{MAX_IMAGES} (name others with --images)"
+        )
         view = with_samples(model, [s.path for s in model.samples[:MAX_IMAGES]], keep_own=False)
     api = InProcessApi(view)
     try:
@@ -218,6 +224,7 @@ def export_explainer(
     target = Path(out)
     encoded = html.encode("utf-8")
     write_bytes_atomic(target, encoded)
+    report.notes = notes
     report.path = target
     report.bytes = len(encoded)
     report.seconds = time.perf_counter() - start
