@@ -12,6 +12,16 @@ from convlens.methods import Attribution, explain
 from convlens.model import Model, load_model
 
 __version__ = "0.1.0"
+
+
+def show(model: object, image: object = None, **options: object) -> object:
+    """The interactive explainer inline in a notebook (see :func:`convlens.notebook.show`);
+    imported at the first call, so ``import convlens`` needs no notebook packages."""
+    from convlens.notebook import show as _show
+
+    return _show(model, image, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
     "Attribution",
     "ConvlensError",
@@ -20,4 +30,5 @@ __all__ = [
     "__version__",
     "explain",
     "load_model",
+    "show",
 ]

@@ -19,15 +19,43 @@ export function decodeTensor(t) {
   return { shape: t.shape, data: new Float32Array(bytes.buffer) };
 }
 
-async function request(path, options = {}) {
-  const res = await fetch(`${API}${path}`, options);
-  const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
-  if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
-  return body;
+/**
+ * How requests reach the explainer's API. The default is HTTP to the server that served this
+ * page; a page running without a server (the notebook widget, an exported file) sets
+ * `globalThis.convlensTransport` before this module runs, answering the same routes with the
+ * same documents:
+ *   request(path, {method, headers, body}) -> Promise<the JSON body>, rejecting with an Error
+ *     whose message is the API's `error` line;
+ *   asset(url) -> Promise<a URL an <img> can show> (a sample image the API serves).
+ */
+export const httpTransport = {
+  async request(path, options = {}) {
+    const res = await fetch(`${API}${path}`, options);
+    const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
+    if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
+    return body;
+  },
+  async asset(url) {
+    return url;
+  },
+};
+
+export function transport() {
+  return globalThis.convlensTransport || httpTransport;
 }
 
-export function getModel() {
-  return request('/model');
+function request(path, options = {}) {
+  return transport().request(path, options);
+}
+
+/** The model document; its sample URLs made showable by the transport. */
+export async function getModel() {
+  const model = await request('/model');
+  const t = transport();
+  if (t !== httpTransport) {
+    await Promise.all(model.samples.map(async (s) => { s.url = await t.asset(s.url); }));
+  }
+  return model;
 }
 
 /** The trace with every tensor decoded. */
