@@ -239,14 +239,15 @@ def test_leaky_relu_functional_call_changes_gradients() -> None:
 
 
 class ClippedNet(nn.Module):
-    """In-place ReLU6 and a functional, in-place hardtanh whose inputs cross both bounds: the
-    guided rule's mask shortcut (``lo < y < hi`` on the output) must give what the rule
+    """A ReLU6 module and a functional hardtanh (both in place or both not) whose inputs cross
+    both bounds: the guided rule's mask shortcut (``lo < x < hi``) must give what the rule
     computed through each activation's own derivative gives."""
 
-    def __init__(self) -> None:
+    def __init__(self, inplace: bool) -> None:
         super().__init__()
+        self.inplace = inplace
         self.conv1 = nn.Conv2d(1, 4, 3)
-        self.act1 = nn.ReLU6(inplace=True)
+        self.act1 = nn.ReLU6(inplace=inplace)
         self.conv2 = nn.Conv2d(4, 4, 1)
         self.fc = nn.Linear(4, 3)
         with torch.no_grad():
@@ -254,13 +255,14 @@ class ClippedNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.act1(self.conv1(x))
-        h = F.hardtanh(self.conv2(h), -0.5, 0.5, inplace=True)
+        h = F.hardtanh(self.conv2(h), -0.5, 0.5, inplace=self.inplace)
         return self.fc(h.mean((2, 3)))
 
 
-def test_guided_mask_shortcut_on_clipped_activations() -> None:
+@pytest.mark.parametrize("inplace", [True, False])
+def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
     torch.manual_seed(0)
-    model = Model(ClippedNet().eval(), InputSpec(1, 10, 10), name="clipped")
+    model = Model(ClippedNet(inplace).eval(), InputSpec(1, 10, 10), name="clipped")
     x = torch.rand(2, 1, 10, 10)
     a = convlens.explain(model, x, "guided-backprop", target=[0, 2])
     # By hand, layer by layer: R = max(f'(z) · max(g, 0), 0), f' from autograd of f itself.

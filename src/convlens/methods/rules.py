@@ -53,9 +53,9 @@ _MODULES: tuple[type[nn.Module], ...] = (
 # Piecewise-linear activations whose derivative is an indicator ``lo < x < hi`` (``hi`` None:
 # unbounded): ``relu`` (0, ∞), ``relu6`` (0, 6), ``hardtanh`` (min_val, max_val). Their output
 # ``y`` lies strictly inside the interval exactly where ``x`` does, so the guided rule needs
-# only ``y`` (which the forward pass produces anyway) and one fused masking op, the one
-# autograd's own backward uses (strict inequalities, as there), instead of a second pass
-# through ``f`` and its backward.
+# only ``x`` or ``y`` (kept by reference, no copy) and one fused masking op, the one autograd's
+# own backward uses (strict inequalities, as there), instead of a second pass through ``f``
+# and its backward.
 Bounds = tuple[float, float | None]
 
 
@@ -71,7 +71,7 @@ def _bounds(func: Any, arguments: dict[str, Any]) -> Bounds | None:
 
 
 def _masked(g: torch.Tensor, y: torch.Tensor, bounds: Bounds) -> torch.Tensor:
-    """``g`` where ``lo < y < hi``, 0 elsewhere, in one pass."""
+    """``g`` where ``lo < y < hi``, 0 elsewhere, in one pass (``y``: the input or the output)."""
     lo, hi = bounds
     if hi is None:
         return torch.ops.aten.threshold_backward(g, y, lo)
@@ -97,7 +97,11 @@ class _RuleFunction(torch.autograd.Function):
         ctx.fn, ctx.rule, ctx.bounds = fn, rule, bounds
         y = fn(x)
         if rule == "guided":
-            ctx.save_for_backward(y if bounds is not None else x.detach())
+            # What autograd's own backward of f would keep: the output for relu, the input for
+            # hardtanh (either gives the same mask), x for the others; so a caller's later
+            # in-place write trips the same version check as without the rule.
+            keep_y = bounds is not None and bounds[1] is None
+            ctx.save_for_backward(y if keep_y else x.detach() if bounds is None else x)
         return y
 
     @staticmethod
