@@ -236,3 +236,58 @@ def test_leaky_relu_functional_call_changes_gradients() -> None:
     model = Model(Net().eval(), InputSpec(1, 6, 6))
     a = convlens.explain(model, torch.rand(1, 1, 6, 6), "deconvnet", target=0)
     assert "leaky_relu (functional)" in a.notes[0]
+
+
+class ClippedNet(nn.Module):
+    """A ReLU6 module and a functional hardtanh (both in place or both not) whose inputs cross
+    both bounds: the guided rule's mask shortcut (``lo < x < hi``) must give what the rule
+    computed through each activation's own derivative gives."""
+
+    def __init__(self, inplace: bool) -> None:
+        super().__init__()
+        self.inplace = inplace
+        self.conv1 = nn.Conv2d(1, 4, 3)
+        self.act1 = nn.ReLU6(inplace=inplace)
+        self.conv2 = nn.Conv2d(4, 4, 1)
+        self.fc = nn.Linear(4, 3)
+        with torch.no_grad():
+            self.conv1.weight.mul_(30.0)  # spreads conv1's outputs well past 0 and 6
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act1(self.conv1(x))
+        h = F.hardtanh(self.conv2(h), -0.5, 0.5, inplace=self.inplace)
+        return self.fc(h.mean((2, 3)))
+
+
+@pytest.mark.parametrize("inplace", [True, False])
+def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
+    torch.manual_seed(0)
+    model = Model(ClippedNet(inplace).eval(), InputSpec(1, 10, 10), name="clipped")
+    x = torch.rand(2, 1, 10, 10)
+    a = convlens.explain(model, x, "guided-backprop", target=[0, 2])
+    # By hand, layer by layer: R = max(f'(z) · max(g, 0), 0), f' from autograd of f itself.
+    net = model.net
+    xr = x.clone().requires_grad_(True)
+    z1 = net.conv1(model.normalize(xr))
+    a1 = F.relu6(z1)
+    z2 = net.conv2(a1)
+    a2 = F.hardtanh(z2, -0.5, 0.5)
+    for z, lo, hi in ((z1, 0.0, 6.0), (z2, -0.5, 0.5)):  # both bounds are really crossed
+        assert (z <= lo).any() and (z >= hi).any() and ((z > lo) & (z < hi)).any()
+    score = net.fc(a2.mean((2, 3)))[[0, 1], [0, 2]].sum()
+
+    def rule(f, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        zz = z.detach().requires_grad_(True)
+        (local,) = torch.autograd.grad(f(zz), zz, g.clamp(min=0))
+        return local.clamp(min=0)
+
+    (g2,) = torch.autograd.grad(score, a2, retain_graph=True)
+    (g1,) = torch.autograd.grad(z2, a1, rule(lambda t: F.hardtanh(t, -0.5, 0.5), z2, g2))
+    (expected,) = torch.autograd.grad(z1, xr, rule(F.relu6, z1, g1))
+    torch.testing.assert_close(a.values, expected, **TOL)
+    assert "act1" in a.notes[0] and "hardtanh (functional)" in a.notes[0]
+    from convlens.methods.rules import backward_rule
+
+    with backward_rule(model, "guided"):
+        out = model(x.clone().requires_grad_())
+    torch.testing.assert_close(out, model(x))  # the in-place calls keep their forward values

@@ -41,7 +41,7 @@ from .base import (
     spatial_layer,
     upsample,
 )
-from .rules import backward_rule, describe_changes
+from .rules import RULE_NODE_PREFIX, backward_rule, describe_changes
 from .targets import Target, TargetSpec, resolve_target
 
 Interp = Literal["bilinear", "nearest"]
@@ -259,7 +259,7 @@ def rule_between(out: torch.Tensor, layer: torch.Tensor) -> bool:
             stack.extend((c, False) for c in children if c not in reaches)
             continue
         reaches[fn] = any(reaches.get(c, False) for c in children)
-        found = found or (reaches[fn] and type(fn).__name__.startswith("_RuleFunction"))
+        found = found or (reaches[fn] and type(fn).__name__.startswith(RULE_NODE_PREFIX))
     return found
 
 
