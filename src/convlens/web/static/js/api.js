@@ -13,7 +13,7 @@ export function decodeTensor(t) {
       const offset = t.offset[c], scale = t.scale[c];
       for (const end = i + per; i < end; i++) data[i] = offset + scale * bytes[i];
     }
-    return { shape: t.shape, data };
+    return { shape: t.shape, data, quantized: true }; // within scale[c] / 2 of the exact values
   }
   if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
   return { shape: t.shape, data: new Float32Array(bytes.buffer) };
@@ -58,16 +58,39 @@ export async function getModel() {
   return model;
 }
 
-/** The trace with every tensor decoded. */
-export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null } = {}) {
+/**
+ * The trace with every tensor decoded. `encoding: 'uint8'` asks for maps quantized per channel
+ * (a quarter of the bytes; decoded tensors then carry `quantized: true`, and a view showing
+ * numbers fetches the exact ones: getChannel, or this with the default float32).
+ */
+export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null, encoding = null } = {}) {
   const q = new URLSearchParams({ image: imageId });
   if (layers) q.set('layers', layers.join(','));
   if (maxChannels) q.set('max_channels', String(maxChannels));
   if (maxSize) q.set('max_size', String(maxSize));
+  if (encoding && encoding !== 'float32') q.set('encoding', encoding);
   const doc = await request(`/trace?${q}`);
   const activations = {};
   for (const [name, t] of Object.entries(doc.activations)) activations[name] = decodeTensor(t);
   return { ...doc, activations, inputTensor: decodeTensor(doc.input.tensor) };
+}
+
+// Exact channels already fetched, by image, layer and channel (a few, the newest kept).
+const channelCache = new Map();
+const CHANNELS_KEPT = 64;
+
+/** One channel's exact float32 map {shape: [H, W], data} at full size (GET /activations). */
+export function getChannel(imageId, layer, channel) {
+  const key = `${imageId}|${layer}|${channel}`;
+  if (!channelCache.has(key)) {
+    const q = new URLSearchParams({ image: imageId });
+    const pending = request(`/activations/${encodeURIComponent(layer)}/${channel}?${q}`)
+      .then((body) => decodeTensor(body.map));
+    pending.catch(() => channelCache.delete(key)); // a failure is not kept
+    channelCache.set(key, pending);
+    if (channelCache.size > CHANNELS_KEPT) channelCache.delete(channelCache.keys().next().value);
+  }
+  return channelCache.get(key);
 }
 
 const weightCache = new Map();
@@ -90,6 +113,11 @@ export async function explain(body) {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
   });
   return { ...res, map: decodeTensor(res.map) };
+}
+
+/** GET `path` (a route under the API, e.g. '/timeline') through the transport. */
+export function getJSON(path) {
+  return request(path);
 }
 
 export async function getUnit(layer, channel) {

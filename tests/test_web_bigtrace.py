@@ -1,0 +1,156 @@
+"""Big models in the explainer: a quantized overview trace, exact numbers in the detail views.
+
+The page quantizes the overview's trace (``encoding=uint8``) for a model above a size
+threshold; ``?trace=uint8`` forces it here on CNN Explainer's Tiny VGG (a small model, quick
+to serve). The detail views must still print the network's own numbers: they fetch the exact
+maps (``GET /activations``, or the layer uncapped in float32), and the server answers those
+from the forward pass it recorded for the trace (no second pass).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from convlens.model import Model, load_model
+from convlens.probe import record_all
+from convlens.trace.encode import decode_tensor
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = Path("/usr/bin/chromium")
+FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
+
+if not CHROMIUM.exists():
+    pytest.skip("Debian's chromium is not installed at /usr/bin/chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+server_mod = pytest.importorskip("convlens.web.server", reason="the web server is not available")
+api_mod = pytest.importorskip("convlens.web.api")
+
+
+class _Server:
+    """uvicorn in a thread on a free loopback port, counting the forward passes it runs."""
+
+    def __init__(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.model = model
+        self.passes = 0
+        real = api_mod.record
+
+        def counted(m: Model, x: torch.Tensor) -> Any:
+            self.passes += 1
+            return real(m, x)
+
+        monkeypatch.setattr(api_mod, "record", counted)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        config = uvicorn.Config(
+            server_mod.create_app(model), host="127.0.0.1", port=self.port, log_level="warning"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline:
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[_Server]:
+    if not (FIXTURE / "model.json").is_file():
+        pytest.skip(f"CNN Explainer fixture not found at {FIXTURE}")
+    with pytest.MonkeyPatch.context() as mp:
+        srv = _Server(load_model(str(FIXTURE)).eval(), mp)
+        yield srv
+        srv.stop()
+
+
+@pytest.fixture(scope="module")
+def page(served: _Server) -> Iterator[Any]:
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        pg = browser.new_page(viewport={"width": 1280, "height": 720})
+        pg.requests = []
+        pg.errors = []
+        pg.on("request", lambda r: pg.requests.append(r.url))
+        pg.on("pageerror", lambda e: pg.errors.append(str(e)))
+        pg.goto(served.url + "?trace=uint8")
+        pg.wait_for_selector("body[data-ready=true]", timeout=15_000)
+        yield pg
+        browser.close()
+
+
+def _exact(model: Model) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        acts, _ = record_all(model, model.load_image(model.samples[0].path))
+    return {k: v[0] for k, v in acts.items()}
+
+
+def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Server, page: Any) -> None:
+    model = served.model
+    traces = [u for u in page.requests if "/api/v1/trace?" in u]
+    assert traces and "encoding=uint8" in traces[0]  # the overview came quantized
+    page.click("canvas.neuron[data-layer='conv_1_2'][data-channel='4']")
+    page.wait_for_selector("#detail[data-view=conv] #conv-result")
+    for _ in range(5):
+        page.click("#detail button.step")
+    result = page.locator("#conv-result")
+    i, j = int(result.get_attribute("data-row")), int(result.get_attribute("data-col"))
+    exact = _exact(model)
+    expected = float(exact["conv_1_2"][4, i, j])
+    shown = float(result.get_attribute("data-value"))
+    assert shown == pytest.approx(expected, rel=1e-5, abs=1e-6)  # float32 rounding only
+    # the same arithmetic on the overview's quantized input misses by far more than that
+    doc = httpx.get(
+        served.url + "api/v1/trace",
+        params={"image": "sample-0", "encoding": "uint8", "layers": "relu_1_1"},
+    ).json()
+    x_q = torch.from_numpy(decode_tensor(doc["activations"]["relu_1_1"]))
+    conv = model.net.get_submodule(model.graph["conv_1_2"].module)
+    with torch.no_grad():
+        approx = float(F.conv2d(x_q[None], conv.weight, conv.bias)[0, 4, i, j])
+    assert abs(approx - expected) > 100 * max(1e-5 * abs(expected), 1e-6)
+    # the output channel came exact through GET /activations; one forward pass in all
+    assert any("/api/v1/activations/conv_1_2/4?" in u for u in page.requests)
+    assert served.passes == 1
+    page.keyboard.press("Escape")
+    assert not page.errors
+
+
+def test_relu_view_prints_exact_values(served: _Server, page: Any) -> None:
+    page.click("canvas.neuron[data-layer='relu_1_1'][data-channel='2']")
+    page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
+    page.hover("#detail canvas.map >> nth=0", position={"x": 30, "y": 40})
+    plot = page.locator("#relu-plot")
+    exact = _exact(served.model)
+    xs = exact["conv_1_1"][2].numpy()
+    ys = exact["relu_1_1"][2].numpy()
+    x, y = float(plot.get_attribute("data-x")), float(plot.get_attribute("data-y"))
+    # the hovered cell's input and output, both exact (float32 values, printed as float64)
+    hit = np.argwhere(np.abs(xs - np.float32(x)) <= 1e-7 * max(1.0, abs(x)))
+    assert len(hit), f"{x} is not an exact conv_1_1 value of channel 2"
+    r, q = hit[0]
+    assert y == pytest.approx(float(ys[r, q]), abs=1e-7)
+    assert served.passes == 1
+    page.keyboard.press("Escape")
+    assert not page.errors
