@@ -94,7 +94,9 @@ class Server:
 # The trace the page fetched: its URL, bytes and time in the page (Resource Timing).
 _TRACE_ENTRY = """() => {
   const e = performance.getEntriesByType('resource').find((r) => r.name.includes('/api/v1/trace?'));
-  return e ? { url: e.name, bytes: e.encodedBodySize, ms: e.responseEnd - e.startTime, start: e.startTime } : null;
+  if (!e) return null;
+  const ms = e.responseEnd - e.startTime;
+  return { url: e.name, bytes: e.encodedBodySize, ms, start: e.startTime };
 }"""
 
 
