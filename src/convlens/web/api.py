@@ -52,7 +52,8 @@ MAX_CAP = 4096  # largest max_channels / max_size a trace may name
 # for VGG-16 at 224×224, so few) and the last trace bodies. Opening a detail view after the
 # overview's trace then costs no forward pass (its exact channels come from the recording).
 RECORDINGS_KEPT = 2
-TRACES_KEPT = 16
+TRACES_KEPT = 8
+TRACE_KEPT_BYTES = 16 * 2**20  # a larger body (a whole big layer uncapped) is not kept
 TraceKey = tuple[str, int | None, int | None, tuple[str, ...] | None, str]
 
 
@@ -299,7 +300,8 @@ def build_router(state: ServerState) -> APIRouter:
                     recorded=recorded(image, stored.tensor),
                 )  # fmt: skip
                 body = json_bytes(doc)
-                traces.put(key, body)
+                if len(body) <= TRACE_KEPT_BYTES:
+                    traces.put(key, body)
             return body
 
         return Response(await state.trace_pool.run(work), media_type="application/json")
