@@ -12,6 +12,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,28 +22,69 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from convlens.model import Model, load_model
+from convlens.model import Model, build, load_model
+from convlens.model.core import Sample
 from convlens.probe import record_all
 from convlens.trace.encode import decode_tensor
+from convlens.web import api as api_mod
+from convlens.web import create_app
 
-pytestmark = pytest.mark.browser
+with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
 
 CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 
-if not CHROMIUM.exists():
-    pytest.skip("Debian's chromium is not installed at /usr/bin/chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
-server_mod = pytest.importorskip("convlens.web.server", reason="the web server is not available")
-api_mod = pytest.importorskip("convlens.web.api")
+
+def test_exact_channels_and_repeated_traces_reuse_the_recorded_pass(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """API level (no browser): one forward pass per image serves its traces and channels."""
+    model = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        path = tmp_path / f"s{k}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(path)
+        model.samples.append(Sample(path, label=k))
+    passes: list[int] = []
+    real = api_mod.record
+
+    def counted(m: Model, x: torch.Tensor) -> Any:
+        passes.append(1)
+        return real(m, x)
+
+    monkeypatch.setattr(api_mod, "record", counted)
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
+        first = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
+        again = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
+        assert first.status_code == 200 and again.content == first.content
+        layer = next(lay.name for lay in model.graph if lay.kind == "conv")
+        got = client.get(f"/api/v1/activations/{layer}/1", params={"image": "sample-0"})
+        assert len(passes) == 1  # the trace's recording served the channel
+        with torch.no_grad():
+            acts, _ = record_all(model, model.load_image(model.samples[0].path))
+        np.testing.assert_array_equal(decode_tensor(got.json()["map"]), acts[layer][0, 1].numpy())
+        client.get("/api/v1/trace", params={"image": "sample-1"})
+        assert len(passes) == 2  # another image: its own pass
+
+
+def _browser_modules() -> tuple[Any, Any, Any]:
+    if not CHROMIUM.exists():
+        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+    server_mod = pytest.importorskip("convlens.web.server")
+    return sync_api, uvicorn, server_mod
 
 
 class _Server:
     """uvicorn in a thread on a free loopback port, counting the forward passes it runs."""
 
     def __init__(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
+        _, uvicorn, server_mod = _browser_modules()
         self.model = model
         self.passes = 0
         real = api_mod.record
@@ -85,6 +127,7 @@ def served() -> Iterator[_Server]:
 
 @pytest.fixture(scope="module")
 def page(served: _Server) -> Iterator[Any]:
+    sync_api, _, _ = _browser_modules()
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
@@ -106,6 +149,7 @@ def _exact(model: Model) -> dict[str, torch.Tensor]:
     return {k: v[0] for k, v in acts.items()}
 
 
+@pytest.mark.browser
 def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Server, page: Any) -> None:
     model = served.model
     traces = [u for u in page.requests if "/api/v1/trace?" in u]
@@ -137,6 +181,7 @@ def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Server, 
     assert not page.errors
 
 
+@pytest.mark.browser
 def test_relu_view_prints_exact_values(served: _Server, page: Any) -> None:
     page.click("canvas.neuron[data-layer='relu_1_1'][data-channel='2']")
     page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
