@@ -18,8 +18,8 @@ from convlens.errors import ConvlensError
 from convlens.model import load_model
 from convlens.offline.page import read_front_end
 from convlens.probe import record_all
+from web_harness import CHROMIUM, launch_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "export"
 IMAGES = ["panda_1.jpeg", "bus_1.jpeg"]
@@ -139,10 +139,7 @@ def browser() -> Iterator[Any]:
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        b = launch_chromium(p)
         yield b
         b.close()
 

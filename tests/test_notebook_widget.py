@@ -32,8 +32,8 @@ import convlens
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model import load_model
+from web_harness import CHROMIUM, launch_chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "notebook"
 ORIGIN = "http://notebook.test"  # the harness page's origin, answered by the test itself
@@ -195,10 +195,7 @@ def browser() -> Iterator[Any]:
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
-        )
+        b = launch_chromium(p)
         yield b
         b.close()
 

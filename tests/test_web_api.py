@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
-import socket
 import struct
 import threading
 import time
@@ -25,6 +24,7 @@ from convlens.model import Model, build
 from convlens.trace import decode_tensor
 from convlens.web import ServerConfig, create_app
 from convlens.web.server import is_loopback
+from web_harness import free_port
 
 LOCAL = "http://127.0.0.1"  # the server answers only requests addressed to this machine
 
@@ -612,17 +612,11 @@ def test_explain_bad_requests(
 # ----------------------------------------------------------------------------- concurrency
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def live_url(model: Model, images_dir: Path) -> Iterator[str]:
     import uvicorn
 
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(model, images_dir=images_dir), "127.0.0.1", port, log_level="error"
@@ -817,7 +811,7 @@ def test_convlens_serve_end_to_end(images_dir: Path) -> None:
     import subprocess
     import sys
 
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, "-m", "convlens", "serve", "-m", "tiny-vgg:input_size=32"]
     args += ["--images", str(images_dir), "--port", str(port), "--no-browser"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

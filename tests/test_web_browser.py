@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,10 +22,10 @@ from PIL import Image
 
 from convlens.model import Model, build, load_model
 from convlens.model.core import Sample
+from web_harness import CHROMIUM, LiveServer, launch_chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "web"
 PAGE_SIZE = 10  # config.js PAGE_SIZE: neurons per column before paging
 
@@ -39,39 +37,6 @@ server_mod = pytest.importorskip("convlens.web.server", reason="the web server i
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """uvicorn in a thread, stopped cleanly at the end."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-        self.port = _free_port()
-        config = uvicorn.Config(
-            server_mod.create_app(model), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def _demo_model(tmp: Path) -> Model:
@@ -89,18 +54,18 @@ def _demo_model(tmp: Path) -> Model:
 
 
 @pytest.fixture(scope="module")
-def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
-    srv = _Server(_demo_model(tmp_path_factory.mktemp("demo")))
+def demo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    srv = LiveServer.explainer(_demo_model(tmp_path_factory.mktemp("demo")))
     yield srv
     srv.stop()
 
 
 @pytest.fixture(scope="module")
-def explainer_server() -> Iterator[_Server]:
+def explainer_server() -> Iterator[LiveServer]:
     root = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
     if not (root / "model.json").is_file():
         pytest.skip(f"CNN Explainer fixture not found at {root}")
-    srv = _Server(load_model(str(root)).eval())
+    srv = LiveServer.explainer(load_model(str(root)).eval())
     yield srv
     srv.stop()
 
@@ -108,18 +73,12 @@ def explainer_server() -> Iterator[_Server]:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
+        b = launch_chromium(p)
         yield b
         b.close()
 
 
-def _open(browser: Any, server: _Server) -> Any:
+def _open(browser: Any, server: LiveServer) -> Any:
     page = browser.new_page(viewport={"width": 1280, "height": 720})
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -130,7 +89,7 @@ def _open(browser: Any, server: _Server) -> Any:
 
 
 @pytest.fixture(scope="module")
-def explainer_page(explainer_server: _Server, browser: Any) -> Iterator[Any]:
+def explainer_page(explainer_server: LiveServer, browser: Any) -> Iterator[Any]:
     page = _open(browser, explainer_server)
     yield page
     page.close()
@@ -170,7 +129,7 @@ def _expected_counts(model: Model) -> tuple[int, int]:
 def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
     which: str, request: pytest.FixtureRequest, browser: Any
 ) -> None:
-    server: _Server = request.getfixturevalue(which)
+    server: LiveServer = request.getfixturevalue(which)
     page = _open(browser, server)
     columns, neurons = _expected_counts(server.model)
     assert page.get_attribute("#overview", "data-columns") == str(columns)
@@ -195,7 +154,9 @@ def test_overview_has_a_column_per_layer_and_a_neuron_per_channel(
     assert not page.errors
 
 
-def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, browser: Any) -> None:
+def test_conv_view_arithmetic_equals_the_network(
+    explainer_server: LiveServer, browser: Any
+) -> None:
     model = explainer_server.model
     page = _open(browser, explainer_server)
     neuron = "canvas.neuron[data-layer='conv_1_2'][data-channel='4']"
@@ -240,7 +201,7 @@ def test_conv_view_arithmetic_equals_the_network(explainer_server: _Server, brow
     ],
 )
 def test_detail_views_open_show_the_right_numbers_and_close(
-    explainer_server: _Server, explainer_page: Any, selector: str, view: str, result: str | None
+    explainer_server: LiveServer, explainer_page: Any, selector: str, view: str, result: str | None
 ) -> None:
     model = explainer_server.model
     page = explainer_page  # one page for all four: each view must close cleanly for the next
@@ -279,7 +240,7 @@ def test_detail_views_open_show_the_right_numbers_and_close(
 
 
 def test_upload_updates_the_prediction(
-    explainer_server: _Server, browser: Any, tmp_path: Path
+    explainer_server: LiveServer, browser: Any, tmp_path: Path
 ) -> None:
     model = explainer_server.model
     page = _open(browser, explainer_server)
@@ -338,7 +299,7 @@ def test_upload_updates_the_prediction(
 
 
 def test_a_late_answer_never_overwrites_a_newer_choice(
-    explainer_server: _Server, browser: Any, tmp_path: Path
+    explainer_server: LiveServer, browser: Any, tmp_path: Path
 ) -> None:
     """A sample's trace held back by the network arrives after a failed upload: the upload's
     error stays, and the held-back prediction is not drawn over it (it was, under load)."""
@@ -360,7 +321,9 @@ def test_a_late_answer_never_overwrites_a_newer_choice(
     assert page.locator("#predicted-class").count() == 0
 
 
-def test_playground_flags_a_stride_that_does_not_tile(demo_server: _Server, browser: Any) -> None:
+def test_playground_flags_a_stride_that_does_not_tile(
+    demo_server: LiveServer, browser: Any
+) -> None:
     page = _open(browser, demo_server)
     page.fill("#pg-n", "8")
     page.dispatch_event("#pg-n", "change")
@@ -376,7 +339,7 @@ def test_playground_flags_a_stride_that_does_not_tile(demo_server: _Server, brow
     assert "= 4 / 2 + 1 = 3" in page.locator("#pg-formula").inner_text()
 
 
-def test_an_explanation_map_appears(explainer_server: _Server, browser: Any) -> None:
+def test_an_explanation_map_appears(explainer_server: LiveServer, browser: Any) -> None:
     page = _open(browser, explainer_server)
     names = page.eval_on_selector_all("#explain-method option", "os => os.map(o => o.value)")
     if not names:
@@ -407,18 +370,18 @@ def test_an_explanation_map_appears(explainer_server: _Server, browser: Any) -> 
 
 
 @pytest.fixture(scope="module")
-def resnet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+def resnet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     model = build("resnet18:width=8,input_size=32,num_classes=5", seed=0).eval()
     path = tmp_path_factory.mktemp("resnet") / "sample.png"
     rng = np.random.default_rng(1)
     Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
     model.samples.append(Sample(path, label=None))
-    srv = _Server(model)
+    srv = LiveServer.explainer(model)
     yield srv
     srv.stop()
 
 
-def test_branching_model_strided_padded_conv(resnet_server: _Server, browser: Any) -> None:
+def test_branching_model_strided_padded_conv(resnet_server: LiveServer, browser: Any) -> None:
     """ResNet: skip arcs drawn; a stride-2, padding-1 conv's arithmetic at the padded corner."""
     model = resnet_server.model
     page = _open(browser, resnet_server)

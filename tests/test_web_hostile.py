@@ -34,6 +34,7 @@ from convlens.trace import trace_numbers
 from convlens.web import ServerConfig, create_app
 from convlens.web.guard import LOOPBACK_NAMES, Access
 from convlens.web.server import configure_access, uvicorn_options
+from web_harness import free_port
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -430,12 +431,6 @@ def test_chunked_bodies_are_counted_as_they_stream(client: TestClient) -> None:
 # ----------------------------------------------------------------- a live server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def live(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     """uvicorn in a thread with the options ``serve`` uses; ``config`` via indirect param."""
@@ -446,7 +441,7 @@ def live(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
     # 1000 forward+backward passes at 128² take ~10 s here (at 64² a quiet run finished in 2.9 s)
     size = 128 if config.explain_seconds < 30 else 32
     model = build(f"tiny-vgg:in_channels=3,input_size={size}", seed=0).eval()
-    port = _free_port()
+    port = free_port()
     app = create_app(model, config=config)
     options = uvicorn_options(config)
     server = uvicorn.Server(uvicorn.Config(app, "127.0.0.1", port, log_level="error", **options))
@@ -653,7 +648,7 @@ def _status_kb(pid: int, field: str) -> int:
 def test_server_memory_stays_bounded_under_hostile_images(
     strips: dict[str, bytes], deep_png: bytes
 ) -> None:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-c", _SERVER, str(port)], env=env)
     url = f"http://127.0.0.1:{port}"

@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,10 +21,10 @@ from PIL import Image
 
 from convlens.model import Model, build, load_model
 from convlens.model.core import Sample
+from web_harness import CHROMIUM, LiveServer, launch_chromium
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "web" / "layout"
 EXPLAINER = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 SIZES = [(1280, 800), (1366, 768), (1920, 1080), (800, 1000), (1024, 768)]
@@ -37,39 +34,6 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
 server_mod = pytest.importorskip("convlens.web.server", reason="the web server is not available")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _Server:
-    """uvicorn in a thread on a free loopback port."""
-
-    def __init__(self, model: Model) -> None:
-        self.model = model
-        self.port = _free_port()
-        config = uvicorn.Config(
-            server_mod.create_app(model), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
 
 
 def _resnet18(tmp: Path) -> Model:
@@ -90,13 +54,13 @@ def _no_samples() -> Model:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Server]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LiveServer]]:
     if not (EXPLAINER / "model.json").is_file():
         pytest.skip(f"CNN Explainer fixture not found at {EXPLAINER}")
     made = {
-        "demo": _Server(load_model("demo").eval()),
-        "explainer": _Server(load_model(str(EXPLAINER)).eval()),
-        "resnet18": _Server(_resnet18(tmp_path_factory.mktemp("resnet18"))),
+        "demo": LiveServer.explainer(load_model("demo").eval()),
+        "explainer": LiveServer.explainer(load_model(str(EXPLAINER)).eval()),
+        "resnet18": LiveServer.explainer(_resnet18(tmp_path_factory.mktemp("resnet18"))),
     }
     yield made
     for srv in made.values():
@@ -106,18 +70,12 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, _Ser
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--no-first-run",
-            ],
-        )  # fmt: skip
+        b = launch_chromium(p)
         yield b
         b.close()
 
 
-def _open(browser: Any, server: _Server, size: tuple[int, int] = (1280, 800)) -> Any:
+def _open(browser: Any, server: LiveServer, size: tuple[int, int] = (1280, 800)) -> Any:
     page = browser.new_page(viewport={"width": size[0], "height": size[1]})
     page.errors = []
     page.console_errors = []
@@ -179,7 +137,7 @@ def _resize(page: Any, size: tuple[int, int]) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["demo", "explainer", "resnet18"])
 def test_every_class_and_the_whole_overview_fit_each_window(
-    servers: dict[str, _Server], browser: Any, which: str
+    servers: dict[str, LiveServer], browser: Any, which: str
 ) -> None:
     page = _open(browser, servers[which], SIZES[0])
     for size in SIZES:
@@ -202,14 +160,14 @@ def test_every_class_and_the_whole_overview_fit_each_window(
 
 
 @pytest.fixture(scope="module")
-def nosamples_server() -> Iterator[_Server]:
-    srv = _Server(_no_samples())
+def nosamples_server() -> Iterator[LiveServer]:
+    srv = LiveServer.explainer(_no_samples())
     yield srv
     srv.stop()
 
 
 def test_a_failed_upload_keeps_the_layout(
-    servers: dict[str, _Server], browser: Any, tmp_path: Path
+    servers: dict[str, LiveServer], browser: Any, tmp_path: Path
 ) -> None:
     page = _open(browser, servers["demo"], (1280, 800))
     boxes = "() => [...document.querySelectorAll('#samples button')].map((b) => {" \
@@ -247,7 +205,7 @@ _DELAY_JS = """(needle) => {
 
 @pytest.mark.slow
 def test_stale_unit_and_explanation_results_never_show(
-    servers: dict[str, _Server], browser: Any
+    servers: dict[str, LiveServer], browser: Any
 ) -> None:
     page = _open(browser, servers["explainer"], (1280, 800))
     # the unit panel: the first (slow) click's answer comes after the second's and is dropped
@@ -335,7 +293,7 @@ _COLOURS_JS = """async (card) => {
 
 @pytest.mark.slow
 def test_overlay_map_and_legend_share_one_colour_map(
-    servers: dict[str, _Server], browser: Any
+    servers: dict[str, LiveServer], browser: Any
 ) -> None:
     page = _open(browser, servers["demo"], (1280, 800))
     for method, signed in (("occlusion", True), ("saliency", False)):
@@ -356,7 +314,9 @@ def test_overlay_map_and_legend_share_one_colour_map(
 
 
 @pytest.mark.slow
-def test_relu_plot_softmax_steps_flatten_edges(servers: dict[str, _Server], browser: Any) -> None:
+def test_relu_plot_softmax_steps_flatten_edges(
+    servers: dict[str, LiveServer], browser: Any
+) -> None:
     srv = servers["explainer"]
     page = _open(browser, srv, (1280, 800))
     # ReLU: the hovered element sits on the plotted curve y = max(0, x)
@@ -413,7 +373,7 @@ def test_relu_plot_softmax_steps_flatten_edges(servers: dict[str, _Server], brow
 
 
 @pytest.mark.slow
-def test_playground_numbers_up_to_32(servers: dict[str, _Server], browser: Any) -> None:
+def test_playground_numbers_up_to_32(servers: dict[str, LiveServer], browser: Any) -> None:
     page = _open(browser, servers["demo"], (800, 1000))
     page.fill("#pg-n", "40")  # over the cap: held at 32
     page.dispatch_event("#pg-n", "change")
@@ -438,7 +398,7 @@ def test_playground_numbers_up_to_32(servers: dict[str, _Server], browser: Any) 
     page.close()
 
 
-def test_the_detail_view_expands_in_place(servers: dict[str, _Server], browser: Any) -> None:
+def test_the_detail_view_expands_in_place(servers: dict[str, LiveServer], browser: Any) -> None:
     page = _open(browser, servers["explainer"], (1366, 768))
     neuron = page.locator("canvas.neuron[data-layer='conv_2_1']").nth(2)
     box = neuron.bounding_box()
@@ -471,7 +431,7 @@ def test_the_detail_view_expands_in_place(servers: dict[str, _Server], browser: 
 
 
 def test_no_sample_images_no_broken_pictures_no_404(
-    nosamples_server: _Server, browser: Any
+    nosamples_server: LiveServer, browser: Any
 ) -> None:
     page = _open(browser, nosamples_server, (1280, 800))
     assert "upload one" in page.locator("#status").inner_text()

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import socket
-import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +21,11 @@ pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient
 
 from convlens.web.server import create_app
+from web_harness import CHROMIUM, LiveServer, free_port, launch_chromium
 
 ARCH = "tiny-vgg:in_channels=1,input_size=16,width=4,num_classes=4"
 CLASSES = ["dark", "left", "right", "top"]
 LOCAL = "http://127.0.0.1"
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "web"
 
 
@@ -104,34 +101,20 @@ def test_no_timeline_is_reported_not_an_error(tiny_vgg: torch.nn.Module) -> None
 # ------------------------------------------------------------------ in the browser
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.browser
 def test_slider_changes_the_pictures(run: Path) -> None:
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
     sync_api = pytest.importorskip("playwright.sync_api")
-    uvicorn = pytest.importorskip("uvicorn")
-    port = _free_port()
-    app = create_app(load_model(str(run)), run_dir=run)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not server.started and time.time() < deadline:
-        time.sleep(0.05)
+    pytest.importorskip("uvicorn")
+    server = LiveServer.explainer(load_model(str(run)), run_dir=run)
     try:
         with sync_api.sync_playwright() as p:
-            flags = ["--headless", "--no-sandbox", "--disable-gpu"]
-            browser = p.chromium.launch(executable_path=str(CHROMIUM), args=flags)
+            browser = launch_chromium(p)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             errors: list[str] = []
             page.on("pageerror", lambda e: errors.append(str(e)))
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(server.url)
             slider = page.locator("#timeline-slider")
             slider.wait_for(state="visible", timeout=20_000)
             n = len(read_index(run).frames)
@@ -154,8 +137,7 @@ def test_slider_changes_the_pictures(run: Path) -> None:
             assert not errors, errors
             browser.close()
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+        server.stop()
 
 
 def test_serve_passes_a_run_folder_to_the_app(
@@ -166,7 +148,7 @@ def test_serve_passes_a_run_folder_to_the_app(
 
     seen: list[object] = []
     monkeypatch.setattr(serve_cli, "run_server", lambda model, **kw: seen.append(kw["run_dir"]))
-    port = str(_free_port())
+    port = str(free_port())
     assert main(["serve", "--model", str(run), "--no-browser", "--port", port]) == 0
     assert main(["serve", "--model", "tiny-vgg", "--no-browser", "--port", port]) == 0
     assert seen == [str(run), None]

@@ -1,0 +1,67 @@
+"""What the browser and live-server tests share: Debian's Chromium and uvicorn in a thread.
+
+Playwright's own browser download does not work here, so the tests drive the system Chromium
+with the flags that keep it from reaching the network on its own.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from convlens.model import Model
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--no-first-run",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (at the time of asking)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's Chromium under Playwright, headless and quiet."""
+    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+class LiveServer:
+    """An ASGI app served by uvicorn in a thread on a free loopback port; ``stop`` ends it."""
+
+    def __init__(self, app: Any, model: Model | None = None) -> None:
+        import uvicorn
+
+        self.model = model
+        self.port = free_port()
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 20
+        while not self.server.started:
+            if time.time() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+
+    @classmethod
+    def explainer(cls, model: Model, **app_options: Any) -> LiveServer:
+        """convlens's explainer app on ``model``."""
+        from convlens.web.server import create_app
+
+        return cls(create_app(model, **app_options), model)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
