@@ -9,9 +9,6 @@ from the forward pass it recorded for the trace (no second pass).
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,12 +27,12 @@ from convlens.probe import record_all
 from convlens.trace.encode import decode_tensor
 from convlens.web import api as api_mod
 from convlens.web import create_app
+from web_harness import CHROMIUM, LiveServer, launch_chromium
 
 with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-CHROMIUM = Path("/usr/bin/chromium")
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 
 
@@ -71,67 +68,45 @@ def test_exact_channels_and_repeated_traces_reuse_the_recorded_pass(
         assert len(passes) == 2  # another image: its own pass
 
 
-def _browser_modules() -> tuple[Any, Any, Any]:
+def _browser_modules() -> Any:
+    """Playwright's sync API, or a skip when the browser tests cannot run here."""
     if not CHROMIUM.exists():
         pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-    uvicorn = pytest.importorskip("uvicorn", reason="uvicorn is not installed")
-    server_mod = pytest.importorskip("convlens.web.server")
-    return sync_api, uvicorn, server_mod
+    pytest.importorskip("uvicorn", reason="uvicorn is not installed")
+    return pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 
 
-class _Server:
-    """uvicorn in a thread on a free loopback port, counting the forward passes it runs."""
-
-    def __init__(self, model: Model, monkeypatch: pytest.MonkeyPatch) -> None:
-        _, uvicorn, server_mod = _browser_modules()
-        self.model = model
-        self.passes = 0
-        real = api_mod.record
-
-        def counted(m: Model, x: torch.Tensor) -> Any:
-            self.passes += 1
-            return real(m, x)
-
-        monkeypatch.setattr(api_mod, "record", counted)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
-        config = uvicorn.Config(
-            server_mod.create_app(model), host="127.0.0.1", port=self.port, log_level="warning"
-        )
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 20
-        while not self.server.started:
-            if time.time() > deadline:
-                raise RuntimeError("the test server did not start")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
+class _Counted(LiveServer):
+    passes: list[int]  # one entry per forward pass the server ran
 
 
 @pytest.fixture(scope="module")
-def served() -> Iterator[_Server]:
+def served() -> Iterator[_Counted]:
+    """The explainer on CNN Explainer's Tiny VGG, counting its forward passes (``passes``)."""
+    _browser_modules()
     if not (FIXTURE / "model.json").is_file():
         pytest.skip(f"CNN Explainer fixture not found at {FIXTURE}")
     with pytest.MonkeyPatch.context() as mp:
-        srv = _Server(load_model(str(FIXTURE)).eval(), mp)
+        passes: list[int] = []
+        real = api_mod.record
+
+        def counted(m: Model, x: torch.Tensor) -> Any:
+            passes.append(1)
+            return real(m, x)
+
+        mp.setattr(api_mod, "record", counted)
+        model = load_model(str(FIXTURE)).eval()
+        srv = _Counted(create_app(model), model)
+        srv.passes = passes
         yield srv
         srv.stop()
 
 
 @pytest.fixture(scope="module")
-def page(served: _Server) -> Iterator[Any]:
-    sync_api, _, _ = _browser_modules()
+def page(served: _Counted) -> Iterator[Any]:
+    sync_api = _browser_modules()
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+        browser = launch_chromium(p)
         pg = browser.new_page(viewport={"width": 1280, "height": 720})
         pg.requests = []
         pg.errors = []
@@ -143,15 +118,17 @@ def page(served: _Server) -> Iterator[Any]:
         browser.close()
 
 
-def _exact(model: Model) -> dict[str, torch.Tensor]:
+def _exact(model: Model | None) -> dict[str, torch.Tensor]:
+    assert model is not None
     with torch.no_grad():
         acts, _ = record_all(model, model.load_image(model.samples[0].path))
     return {k: v[0] for k, v in acts.items()}
 
 
 @pytest.mark.browser
-def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Server, page: Any) -> None:
+def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Counted, page: Any) -> None:
     model = served.model
+    assert model is not None
     traces = [u for u in page.requests if "/api/v1/trace?" in u]
     assert traces and "encoding=uint8" in traces[0]  # the overview came quantized
     page.click("canvas.neuron[data-layer='conv_1_2'][data-channel='4']")
@@ -176,13 +153,13 @@ def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Server, 
     assert abs(approx - expected) > 100 * max(1e-5 * abs(expected), 1e-6)
     # the output channel came exact through GET /activations; one forward pass in all
     assert any("/api/v1/activations/conv_1_2/4?" in u for u in page.requests)
-    assert served.passes == 1
+    assert served.passes == [1]
     page.keyboard.press("Escape")
     assert not page.errors
 
 
 @pytest.mark.browser
-def test_relu_view_prints_exact_values(served: _Server, page: Any) -> None:
+def test_relu_view_prints_exact_values(served: _Counted, page: Any) -> None:
     page.click("canvas.neuron[data-layer='relu_1_1'][data-channel='2']")
     page.wait_for_selector("#detail[data-view=activation] #elementwise-formula .result")
     page.hover("#detail canvas.map >> nth=0", position={"x": 30, "y": 40})
@@ -196,6 +173,6 @@ def test_relu_view_prints_exact_values(served: _Server, page: Any) -> None:
     assert len(hit), f"{x} is not an exact conv_1_1 value of channel 2"
     r, q = hit[0]
     assert y == pytest.approx(float(ys[r, q]), abs=1e-7)
-    assert served.passes == 1
+    assert served.passes == [1]
     page.keyboard.press("Escape")
     assert not page.errors
