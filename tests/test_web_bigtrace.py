@@ -9,6 +9,7 @@ from the forward pass it recorded for the trace (no second pass).
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,6 +174,29 @@ def test_relu_view_prints_exact_values(served: _Counted, page: Any) -> None:
     assert len(hit), f"{x} is not an exact conv_1_1 value of channel 2"
     r, q = hit[0]
     assert y == pytest.approx(float(ys[r, q]), abs=1e-7)
+    assert served.passes == [1]
+    page.keyboard.press("Escape")
+    assert not page.errors
+
+
+@pytest.mark.browser
+def test_pool_and_flatten_views_print_exact_values(served: _Counted, page: Any) -> None:
+    exact = _exact(served.model)
+    page.click("canvas.neuron[data-layer='max_pool_1'][data-channel='3']")
+    page.wait_for_selector("#detail[data-view=pool] #pool-result")
+    page.click("#detail button.step")
+    text = page.locator("#pool-arith").inner_text()
+    i, j = (int(v) for v in re.findall(r"out\[(\d+), (\d+)\]", text)[0])
+    shown = float(page.locator("#pool-result").get_attribute("data-value") or "nan")
+    assert shown == float(exact["max_pool_1"][3, i, j])  # a max of exact values is exact
+    page.keyboard.press("Escape")
+    page.click("canvas.strip[data-layer='flatten']")
+    page.wait_for_selector("#detail[data-view=flatten] #flatten-result")
+    page.hover("#detail canvas.map >> nth=1", position={"x": 5, "y": 5})
+    line = page.locator("#flatten-formula").inner_text()
+    k = int(page.locator("#flatten-result").get_attribute("data-index") or "-1")
+    value = float(re.findall(r"= ([−\-\d.e+]+)$", line.strip())[0].replace("−", "-"))
+    assert value == pytest.approx(float(exact["flatten"][k]), abs=1.5e-3)  # printed to 3 places
     assert served.passes == [1]
     page.keyboard.press("Escape")
     assert not page.errors
