@@ -35,6 +35,20 @@ from convlens.trace.encode import TensorJSON, encode_quantized, encode_tensor, p
 
 TRACE_VERSION = 1
 
+# Every layer's output for one image and the model's output, as ``probe.record_all`` returns
+# them: what a server keeps per image so a trace and the exact channels a detail view asks
+# for afterwards share one forward pass.
+Recording = tuple[dict[str, torch.Tensor], torch.Tensor]
+
+
+def record(model: Model, x: torch.Tensor) -> Recording:
+    """One forward pass of one image ``x`` ``(1, C, H, W)`` recording every layer (detached,
+    so a cached recording holds no autograd graph)."""
+    check_image(x)
+    with torch.no_grad():
+        outputs, out = record_all(model, x)
+    return {k: v.detach() for k, v in outputs.items()}, out.detach()
+
 
 @dataclass(frozen=True)
 class TraceOptions:
@@ -196,16 +210,18 @@ def trace_document(
     image_id: str | None = None,
     options: TraceOptions | None = None,
     processed_url: str | None = None,
+    recorded: Recording | None = None,
 ) -> dict[str, Any]:
     """The trace document of ``model`` on one image ``x`` ``(1, C, H, W)`` in ``[0, 1]``.
 
     ``processed_url`` is ``x`` as a PNG data URL when the caller already has one (made from
-    ``x`` otherwise). See ``docs/web-api.md`` (``GET /api/v1/trace``) for the layout.
+    ``x`` otherwise); ``recorded`` is :func:`record` of ``x`` when the caller kept one (the
+    forward pass is skipped). See ``docs/web-api.md`` (``GET /api/v1/trace``) for the layout.
     """
     options = options or TraceOptions()
     check_image(x)
     names = _chosen_layers(model, options.layers)
-    outputs, out = record_all(model, x)
+    outputs, out = recorded or record(model, x)
     logits = out[0].float()
     probs = logits if model.outputs == "probabilities" else logits.softmax(dim=0)
     activations: dict[str, TensorJSON] = {}
@@ -246,17 +262,23 @@ build_trace = trace_document  # its first name, kept for callers
 
 
 def channel_document(
-    model: Model, x: torch.Tensor, layer: str, channel: int, *, image_id: str | None = None
+    model: Model,
+    x: torch.Tensor,
+    layer: str,
+    channel: int,
+    *,
+    image_id: str | None = None,
+    recorded: Recording | None = None,
 ) -> dict[str, Any]:
     """The exact float32 map of one channel of ``layer`` ``(H, W)`` at its full size, for an
     image ``x`` ``(1, C, H, W)`` (what a detail view needs when the trace was capped or
-    quantized)."""
+    quantized); ``recorded`` as in :func:`trace_document`."""
     check_image(x)
     check_unit(model, layer, channel)
     shape = model.graph[layer].output_shape
     if len(shape) != 3:
         raise ConvlensError(f"layer {layer!r} has no maps (output {shape}); see the trace")
-    outputs, _ = record_all(model, x)
+    outputs, _ = recorded or record(model, x)
     if layer not in outputs:
         raise ConvlensError(f"layer {layer!r} could not be recorded in this model")
     return {

@@ -70,7 +70,7 @@ function formula(layer, xs, y) {
 export async function render(body, ctx) {
   const { layer, channel: c } = ctx;
   const names = [...layer.inputs, layer.name];
-  const acts = await ctx.fullActivations(names);
+  const acts = await ctx.fullActivations(names, c); // channel c of each, exact
   const Y = acts[layer.name];
   const [, H, W] = Y.shape;
   const px = Math.min(300, Math.max(120, 8 * W));

@@ -3,9 +3,19 @@ import { API } from './config.js';
 
 /** {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order);
  * a "uint8" map (C, ...) is dequantized: value = offset[c] + scale[c] * q. */
+/** Base64 to bytes: the browser's own decoder where it has one (Uint8Array.fromBase64), else
+ * atob and a plain loop (a mapping callback per byte costs ~10× more on a 4 MB trace). */
+export function base64Bytes(b64) {
+  if (typeof Uint8Array.fromBase64 === 'function') return Uint8Array.fromBase64(b64);
+  const text = atob(b64);
+  const bytes = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) bytes[i] = text.charCodeAt(i);
+  return bytes;
+}
+
 export function decodeTensor(t) {
   if (!t) return null;
-  const bytes = Uint8Array.from(atob(t.b64), (ch) => ch.charCodeAt(0));
+  const bytes = base64Bytes(t.b64);
   if (t.dtype === 'uint8') {
     const data = new Float32Array(bytes.length);
     const per = bytes.length / t.shape[0];
@@ -13,7 +23,7 @@ export function decodeTensor(t) {
       const offset = t.offset[c], scale = t.scale[c];
       for (const end = i + per; i < end; i++) data[i] = offset + scale * bytes[i];
     }
-    return { shape: t.shape, data };
+    return { shape: t.shape, data, quantized: true }; // within scale[c] / 2 of the exact values
   }
   if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
   return { shape: t.shape, data: new Float32Array(bytes.buffer) };
@@ -58,16 +68,39 @@ export async function getModel() {
   return model;
 }
 
-/** The trace with every tensor decoded. */
-export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null } = {}) {
+/**
+ * The trace with every tensor decoded. `encoding: 'uint8'` asks for maps quantized per channel
+ * (a quarter of the bytes; decoded tensors then carry `quantized: true`, and a view showing
+ * numbers fetches the exact ones: getChannel, or this with the default float32).
+ */
+export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null, encoding = null } = {}) {
   const q = new URLSearchParams({ image: imageId });
   if (layers) q.set('layers', layers.join(','));
   if (maxChannels) q.set('max_channels', String(maxChannels));
   if (maxSize) q.set('max_size', String(maxSize));
+  if (encoding && encoding !== 'float32') q.set('encoding', encoding);
   const doc = await request(`/trace?${q}`);
   const activations = {};
   for (const [name, t] of Object.entries(doc.activations)) activations[name] = decodeTensor(t);
   return { ...doc, activations, inputTensor: decodeTensor(doc.input.tensor) };
+}
+
+// Exact channels already fetched, by image, layer and channel (a few, the newest kept).
+const channelCache = new Map();
+const CHANNELS_KEPT = 64;
+
+/** One channel's exact float32 map {shape: [H, W], data} at full size (GET /activations). */
+export function getChannel(imageId, layer, channel) {
+  const key = `${imageId}|${layer}|${channel}`;
+  if (!channelCache.has(key)) {
+    const q = new URLSearchParams({ image: imageId });
+    const pending = request(`/activations/${encodeURIComponent(layer)}/${channel}?${q}`)
+      .then((body) => decodeTensor(body.map));
+    pending.catch(() => channelCache.delete(key)); // a failure is not kept
+    channelCache.set(key, pending);
+    if (channelCache.size > CHANNELS_KEPT) channelCache.delete(channelCache.keys().next().value);
+  }
+  return channelCache.get(key);
 }
 
 const weightCache = new Map();
@@ -90,6 +123,11 @@ export async function explain(body) {
     method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
   });
   return { ...res, map: decodeTensor(res.map) };
+}
+
+/** GET `path` (a route under the API, e.g. '/timeline') through the transport. */
+export function getJSON(path) {
+  return request(path);
 }
 
 export async function getUnit(layer, channel) {

@@ -13,3 +13,8 @@ export const LAYER_COLORS = {
 };
 export const OVERVIEW_MAX_SIZE = 64; // trace maps larger than this are pooled down for the overview
 export const MAX_CLASSES = 10; // output rows shown (the most probable first beyond this)
+// A model whose layers hold more numbers than this in all (its full-size activations; VGG-16
+// at 224×224: ~15 M) gets its overview trace quantized to uint8 per channel (a quarter of the
+// bytes); detail views then fetch the exact values they print. `?trace=uint8|float32` in the
+// page's URL overrides the rule.
+export const QUANTIZE_ABOVE = 1_000_000;

@@ -142,9 +142,12 @@ function pager(data, onPage) {
 async function loadData(ctx) {
   const { layer, channel: o } = ctx;
   const inName = layer.inputs[0];
-  const acts = await ctx.fullActivations([inName, layer.name]);
-  const { weight, bias } = await getWeights(layer.name);
+  // exact numbers: every input channel (the sum uses all), and the output's one channel
+  const [inputs, output, { weight, bias }] = await Promise.all([
+    ctx.fullActivations([inName]), ctx.fullActivations([layer.name], o), getWeights(layer.name),
+  ]);
   const hyper = { dilation: [1, 1], groups: 1, ...layer.hyper };
+  const acts = { ...inputs, ...output };
   const Y = acts[layer.name];
   const cinG = weight.shape[1];
   const g = Math.floor(o / (weight.shape[0] / (hyper.groups || 1)));

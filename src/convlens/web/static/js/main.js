@@ -1,5 +1,5 @@
 // Entry point: load the model and the first image, draw the overview, wire the panels.
-import { getModel, getTrace } from './api.js';
+import { getChannel, getModel, getTrace } from './api.js';
 import { legendText, makeScale } from './color.js';
 import * as detail from './detail.js';
 import * as explainPanel from './explain-panel.js';
@@ -10,17 +10,66 @@ import * as store from './store.js';
 import * as timeline from './timeline.js';
 import * as unitPanel from './unit-panel.js';
 import { el } from './render.js';
-import { OVERVIEW_MAX_SIZE } from './config.js';
+import { OVERVIEW_MAX_SIZE, QUANTIZE_ABOVE } from './config.js';
 
 const overviewRoot = () => document.getElementById('overview');
 
-/** Activations of `names` at full resolution: refetched without caps when the trace cut them. */
-async function fullActivations(names) {
+/** Every layer's output size in numbers, summed (what a trace without caps would send). */
+function activationNumbers(model) {
+  return model.graph.layers.reduce((sum, l) => sum + l.output_shape.reduce((a, b) => a * b, 1), 0);
+}
+
+/** The overview trace's encoding: uint8 above QUANTIZE_ABOVE numbers, unless the URL says. */
+function traceEncoding(model) {
+  const asked = new URLSearchParams(window.location.search).get('trace');
+  if (asked === 'uint8' || asked === 'float32') return asked;
+  return activationNumbers(model) > QUANTIZE_ABOVE ? 'uint8' : 'float32';
+}
+
+// Exact layers already refetched for the current image (name -> decoded float32 tensor).
+let exactLayers = { imageId: null, layers: new Map() };
+
+/** Exact, full-size layers: from the trace when it holds them so, else refetched (cached). */
+async function exactLayersOf(names) {
+  const imageId = store.get('imageId');
+  if (exactLayers.imageId !== imageId) exactLayers = { imageId, layers: new Map() };
+  const missing = names.filter((n) => !exactLayers.layers.has(n));
+  if (missing.length) {
+    const full = getTrace(imageId, { layers: missing, maxChannels: 4096, maxSize: 4096 });
+    missing.forEach((n) => exactLayers.layers.set(n, full.then((t) => t.activations[n])));
+    full.catch(() => missing.forEach((n) => exactLayers.layers.delete(n)));
+  }
+  const got = await Promise.all(names.map((n) => exactLayers.layers.get(n)));
+  return Object.fromEntries(names.map((n, k) => [n, got[k]]));
+}
+
+/** Layer `name` as a full-size tensor whose channel `c` holds the exact map (GET
+ * /activations); the other channels are zero: a view asking this way reads only channel c. */
+async function exactChannel(name, c) {
+  const shape = store.get('model').graph.layers.find((l) => l.name === name).output_shape;
+  const map = await getChannel(store.get('imageId'), name, c);
+  const data = new Float32Array(shape.reduce((a, b) => a * b, 1));
+  data.set(map.data, c * map.data.length);
+  return { shape, data };
+}
+
+/**
+ * Activations of `names` with exact values at full resolution, as the detail views print them.
+ * Taken from the trace when it sent the layer whole in float32; otherwise refetched: with
+ * `channel` (a view that reads one channel of each layer) only that channel of a quantized
+ * map (GET /activations, cached by api.js), else whole layers uncapped in float32 (cached).
+ */
+async function fullActivations(names, channel = null) {
   const trace = store.get('trace');
-  const capped = names.filter((n) => trace.caps?.[n] || !trace.activations[n]);
-  if (!capped.length) return Object.fromEntries(names.map((n) => [n, trace.activations[n]]));
-  const full = await getTrace(store.get('imageId'), { layers: names, maxChannels: 4096, maxSize: 4096 });
-  return Object.fromEntries(names.map((n) => [n, full.activations[n]]));
+  const exact = (n) => trace.activations[n] && !trace.caps?.[n] && !trace.activations[n].quantized;
+  const perChannel = (n) => channel !== null && trace.activations[n]?.quantized && trace.activations[n].shape.length === 3;
+  const whole = names.filter((n) => !exact(n) && !perChannel(n));
+  const [layers, channels] = await Promise.all([
+    whole.length ? exactLayersOf(whole) : {},
+    Promise.all(names.filter((n) => !exact(n) && perChannel(n)).map(async (n) => [n, await exactChannel(n, channel)])),
+  ]);
+  const fetched = { ...layers, ...Object.fromEntries(channels) };
+  return Object.fromEntries(names.map((n) => [n, exact(n) ? trace.activations[n] : fetched[n]]));
 }
 
 function openNeuron({ layer, channel, target = null }) {
@@ -58,9 +107,11 @@ function showPrediction(model, trace) {
     el('b', { id: 'predicted-class' }, model.classes[k]), ` (${(100 * trace.probabilities[k]).toFixed(1)} %)`);
 }
 
-// Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast; the detail
-// views fetch the layers they show at full resolution (fullActivations).
-const overviewTrace = (imageId) => getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE });
+// Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast (and a big
+// model's is quantized); the detail views fetch what they show exactly (fullActivations).
+const overviewTrace = (imageId) => getTrace(imageId, {
+  maxSize: OVERVIEW_MAX_SIZE, encoding: traceEncoding(store.get('model')),
+});
 
 /** A short name for an image, shown on the results that belong to it. */
 function imageLabel(imageId, label) {

@@ -16,7 +16,7 @@ export function title(ctx) {
 export async function render(body, ctx) {
   const { layer, channel: c } = ctx;
   const inName = layer.inputs[0];
-  const acts = await ctx.fullActivations([inName, layer.name]);
+  const acts = await ctx.fullActivations([inName, layer.name], c); // channel c of each, exact
   const X = acts[inName];
   const Y = acts[layer.name];
   const [, H, W] = X.shape;

@@ -1,15 +1,8 @@
 // The training timeline (`convlens train --watch`): a slider over the served run's snapshots
 // showing the first layer's filters, the probe image's activations and Grad-CAM, dead units
 // and the loss at each step. Hidden when the served model has no timeline.
-import { API } from './config.js';
+import { getJSON } from './api.js'; // through the transport: the notebook widget sees it too
 import { el } from './render.js';
-
-async function getJSON(path) {
-  const res = await fetch(`${API}${path}`);
-  const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
-  if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
-  return body;
-}
 
 const img = (src, alt, attrs = {}) => el('img', { src, alt, class: 'pixelated', ...attrs });
 const col = (label, ...children) => el('div', { class: 'viewcol' }, el('span', { class: 'label' }, label), ...children);

@@ -57,3 +57,13 @@ test('decodeTensor reads little-endian float32', () => {
   assert.deepEqual([...t.data], [1.5, -2, 0.25]);
   assert.equal(decodeTensor(null), null);
 });
+
+test('mapPixels paints exactly what colorOf gives, value by value', () => {
+  for (const s of [C.makeScale(-2, 3), C.makeScale(0.5, 4), C.makeScale(1, 1)]) {
+    const data = Float32Array.from([-3, -2, -0.7, 0, 0.001, 0.5, 1, 2.2, 3, 9, NaN, Infinity]);
+    const px = C.mapPixels(data, 2, 2, 5, s);
+    for (let k = 0; k < 10; k++) {
+      assert.deepEqual([...px.slice(4 * k, 4 * k + 4)], [...C.colorOf(s, data[2 + k]), 255]);
+    }
+  }
+});
