@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from convlens.cli.checks import in_range
-from convlens.cli.common import ModelFlags, with_model_flags
+from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.model import Model
 from convlens.model.checkpoint import is_checkpoint
@@ -109,14 +109,7 @@ def run_server(
 
 @with_model_flags
 def serve_command(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'demo' (default), a zoo name (tiny-vgg[:args]), a checkpoint folder or a file.",
-        ),
-    ] = "demo",
+    model: ModelArg = "demo",
     images: Annotated[
         Path | None,
         typer.Option("--images", help="A folder whose images are added to the sample picker."),
