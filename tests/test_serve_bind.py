@@ -27,6 +27,14 @@ from convlens.model.zoo import build
 MODEL = "tiny-vgg:input_size=32"
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    """uvicorn.Config reconfigures the process's logging (dictConfig closes every handler
+    registered so far, some of which write to pytest's captured streams); the server these
+    tests build never runs, so its logging is left alone."""
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

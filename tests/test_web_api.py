@@ -809,6 +809,7 @@ def test_serving_beyond_loopback_warns(
     runs: list[tuple[str, int]] = []
     # No real bind to 0.0.0.0 in a test: an unbound socket stands in for the listener.
     monkeypatch.setattr(server, "listen_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     monkeypatch.setattr(
         uvicorn.Server,
         "run",

@@ -204,6 +204,7 @@ def test_serve_prints_the_token_and_configures_uvicorn(
 
     runs: list[uvicorn.Config] = []
     monkeypatch.setattr(server, "listen_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: runs.append(self.config))
     app = create_app(model)
     serve(app, "0.0.0.0", 9003)
