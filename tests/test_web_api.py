@@ -736,8 +736,11 @@ def served(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     """Replace the blocking ``serve`` with a recorder."""
     calls: list[dict[str, object]] = []
 
-    def fake_serve(app: object, host: str, port: int, *, open_browser: bool = False) -> None:
+    def fake_serve(
+        app: object, host: str, port: int, *, open_browser: bool = False, sock: object = None
+    ) -> None:
         calls.append({"app": app, "host": host, "port": port, "open_browser": open_browser})
+        assert isinstance(sock, socket.socket) and sock.getsockname()[1] == port
 
     monkeypatch.setattr("convlens.web.serve", fake_serve)
     return calls
@@ -794,10 +797,18 @@ def test_serving_beyond_loopback_warns(
 ) -> None:
     import uvicorn
 
+    import convlens.web.server as server
     from convlens.web.server import serve
 
     runs: list[tuple[str, int]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, host, port, **kw: runs.append((host, port)))
+    # No real bind to 0.0.0.0 in a test: an unbound socket stands in for the listener.
+    monkeypatch.setattr(server, "listen_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
+    monkeypatch.setattr(
+        uvicorn.Server,
+        "run",
+        lambda self, sockets: runs.append((self.config.host, self.config.port)),
+    )
     serve(create_app(model), "127.0.0.1", 9001)
     assert "warning" not in capsys.readouterr().out
     serve(create_app(model), "0.0.0.0", 9002)

@@ -200,18 +200,22 @@ def test_serve_prints_the_token_and_configures_uvicorn(
 ) -> None:
     import uvicorn
 
+    import convlens.web.server as server
     from convlens.web.server import serve
 
-    runs: list[dict[str, Any]] = []
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: runs.append(kw))
+    runs: list[uvicorn.Config] = []
+    monkeypatch.setattr(server, "listen_socket", lambda host, port: socket.socket())
+    monkeypatch.setattr(uvicorn.Config, "configure_logging", lambda self: None)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: runs.append(self.config))
     app = create_app(model)
     serve(app, "0.0.0.0", 9003)
     out = capsys.readouterr().out
     token = app.state.access.token
     assert token and f"http://127.0.0.1:9003/?token={token}" in out
-    (kw,) = runs
-    assert kw["timeout_keep_alive"] == 5 and kw["h11_max_incomplete_event_size"] == 16 * 1024
-    assert kw["limit_concurrency"] == 1024 and kw["http"].__name__ == "HeaderTimeoutH11"
+    (config,) = runs
+    assert config.timeout_keep_alive == 5 and config.h11_max_incomplete_event_size == 16 * 1024
+    assert config.limit_concurrency == 1024
+    assert isinstance(config.http, type) and config.http.__name__ == "HeaderTimeoutH11"
     assert configure_access(app, "127.0.0.1").token is None  # back on loopback: no token
 
 

@@ -356,16 +356,7 @@ def explain(
     names = [s.strip() for s in method.split(",") if s.strip()]
     if not names:
         raise ConvlensError(f"no method given; choose from: {', '.join(METHODS.names())}")
-    per_method = method_params(names, param or [])
-    if approx or approx_tau != 0.7:
-        if "occlusion" not in names:
-            raise ConvlensError("--approx and --approx-tau apply to occlusion; add it to --method")
-        if not approx:
-            raise ConvlensError("--approx-tau sets the tolerance of --approx; add --approx")
-        per_method["occlusion"]["approx"] = True
-        per_method["occlusion"]["tau"] = check_method_param(
-            "occlusion", METHODS.get("occlusion"), "tau", approx_tau
-        )
+    per_method = method_options(names, param or [], approx, approx_tau)
     target_idx = m.class_index(target) if target is not None else None
     folders = [p for p in images if p.is_dir()]
     if folders:
@@ -379,12 +370,47 @@ def explain(
         report = explain_folder(
             m, folders[0], names, per_method, layer, target_idx, out, batch_size, progress
         )
-        console = wide_console()
-        console.print(f"wrote {len(report.written)} figure(s) and {out / 'index.html'}")
-        console.print(report.speed_line())
-        if report.skipped:
-            console.print(report.skipped_line())
+        print_folder_report(report, out)
         return
+    explain_files(m, images, names, per_method, layer, target_idx, out)
+
+
+def method_options(
+    names: list[str], params: list[str], approx: bool, approx_tau: float
+) -> dict[str, dict[str, Any]]:
+    """Each method's parameters from --param, with --approx / --approx-tau for occlusion."""
+    per_method = method_params(names, params)
+    if approx or approx_tau != 0.7:
+        if "occlusion" not in names:
+            raise ConvlensError("--approx and --approx-tau apply to occlusion; add it to --method")
+        if not approx:
+            raise ConvlensError("--approx-tau sets the tolerance of --approx; add --approx")
+        per_method["occlusion"]["approx"] = True
+        per_method["occlusion"]["tau"] = check_method_param(
+            "occlusion", METHODS.get("occlusion"), "tau", approx_tau
+        )
+    return per_method
+
+
+def print_folder_report(report: FolderReport, out: Path) -> None:
+    console = wide_console()
+    console.print(f"wrote {len(report.written)} figure(s) and {out / 'index.html'}")
+    console.print(report.speed_line())
+    if report.skipped:
+        console.print(report.skipped_line())
+
+
+def explain_files(
+    m: Model,
+    images: list[Path],
+    names: list[str],
+    per_method: dict[str, dict[str, Any]],
+    layer: str | None,
+    target_idx: int | None,
+    out: Path,
+) -> None:
+    """Explain image files given one by one: a figure per method and a side-by-side figure per
+    image, written to ``out`` as one set, and a table of the predictions."""
     x = load_images([str(p) for p in images], m.spec)
     attrs: list[Attribution] = []
     for name in names:

@@ -4,13 +4,16 @@ self-contained HTML file (no server, no network) for the chosen images."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from convlens.cli.checks import in_range
-from convlens.cli.common import ModelFlags, with_model_flags
+from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
+
+if TYPE_CHECKING:
+    from convlens.offline.export import ExportReport
 
 MAX_CAP = 4096  # the largest --max-channels / --max-size (as the server's trace)
 
@@ -25,14 +28,7 @@ def export_command(
             show_default=False,
         ),
     ] = None,
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'demo' (default), a zoo name (tiny-vgg[:args]), a checkpoint folder or a file.",
-        ),
-    ] = "demo",
+    model: ModelArg = "demo",
     images: Annotated[
         list[Path] | None,
         typer.Option(
@@ -73,11 +69,7 @@ def export_command(
             in_range(name, value, 1, MAX_CAP)
     chosen = [*(images or []), *(more_images or [])]
     check_images(chosen)  # an unreadable image is named before the (slow) model load
-    method_list = None
-    if methods is not None:
-        method_list = [m.strip() for m in methods.split(",") if m.strip()]
-        if not method_list:
-            raise ConvlensError("--methods names no method; give e.g. grad-cam,saliency")
+    method_list = parse_methods(methods)
     m = flags.open(model)
     report = export_explainer(
         m,
@@ -88,6 +80,21 @@ def export_command(
         max_size=max_size,
         progress=None if quiet else (lambda msg: typer.echo(f"  {msg}", err=True)),
     )
+    print_report(report)
+
+
+def parse_methods(methods: str | None) -> list[str] | None:
+    """--methods as a list (None: all); a list that names nothing is refused."""
+    if methods is None:
+        return None
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        raise ConvlensError("--methods names no method; give e.g. grad-cam,saliency")
+    return names
+
+
+def print_report(report: ExportReport) -> None:
+    """The export's notes on stderr, then its one-line summary."""
     for line in report.notes:
         typer.echo(f"note: {line}", err=True)
     for line in report.refused:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import errno
+import contextlib
 import socket
 from pathlib import Path
 from typing import Annotated, Any
@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from convlens.cli.checks import in_range
-from convlens.cli.common import ModelFlags, with_model_flags
+from convlens.cli.common import ModelArg, ModelFlags, with_model_flags
 from convlens.errors import ConvlensError
 from convlens.model import Model
 from convlens.model.checkpoint import is_checkpoint
@@ -43,42 +43,33 @@ def web_available() -> bool:
 MAX_UPLOAD_MB = 4096.0
 
 
-def check_server_args(host: str, port: int, max_upload_mb: float | None = None) -> None:
-    """Refuse a bad port or upload limit, and a port that cannot be bound, before any work."""
+def check_server_numbers(port: int, max_upload_mb: float | None = None) -> None:
+    """Refuse a bad port or upload limit."""
     in_range("--port", port, 1, 65535)
     if max_upload_mb is not None:
         in_range("--max-upload-mb", max_upload_mb, 0, MAX_UPLOAD_MB, lo_open=True)
+
+
+def check_server_args(host: str, port: int, max_upload_mb: float | None = None) -> None:
+    """Refuse a bad port or upload limit, and a port that cannot be bound, before any work."""
+    check_server_numbers(port, max_upload_mb)
     check_port_free(host, port)
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Bind ``host:port`` the way uvicorn will, then let it go: a busy port, an unknown host or
-    a privileged port is one clear line before the server prints that it is running.
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket the explainer will answer on (a busy port is one line)."""
+    if not web_available():
+        raise ConvlensError(f"the web explainer needs the web extra: {WEB_EXTRA_HINT}")
+    from convlens.web.server import listen_socket
 
-    (Another program may still take the port in the moment between this check and uvicorn's
-    own bind; that rare race ends with uvicorn's message.)
-    """
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((host, port))
-    except socket.gaierror as e:
-        raise ConvlensError(
-            f"--host {host!r} is not an address of this machine: {e.strerror}"
-        ) from None
-    except OSError as e:
-        if e.errno == errno.EADDRINUSE:
-            raise ConvlensError(
-                f"port {port} on {host} is already in use; stop the other server or choose "
-                "another with --port"
-            ) from None
-        if e.errno == errno.EACCES:
-            raise ConvlensError(
-                f"no permission to listen on port {port}; ports below 1024 need privileges, "
-                "choose one in 1024..65535"
-            ) from None
-        raise ConvlensError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return listen_socket(host, port)
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Bind ``host:port`` and let it go: a busy port, an unknown host or a privileged port is
+    one clear line before slow work. ``convlens serve`` holds its socket from this point on
+    instead (:func:`listen`), so nothing can take the port before the server answers."""
+    listen(host, port).close()
 
 
 def run_server(
@@ -92,41 +83,33 @@ def run_server(
     open_browser: bool = True,
     max_upload_mb: float | None = None,
     run_dir: str | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Build the app for ``model`` and serve it until Ctrl+C (``run_dir``: its training run
-    folder, whose ``train --watch`` timeline the explainer then plays back)."""
-    if not web_available():
-        raise ConvlensError(f"the web explainer needs the web extra: {WEB_EXTRA_HINT}")
-    from convlens.web import ServerConfig, create_app, serve
+    """Build the app for ``model`` and serve it until Ctrl+C on ``sock`` (bound here, before the
+    app is built, when not given); ``run_dir``: its training run folder, whose
+    ``train --watch`` timeline the explainer then plays back."""
+    check_server_numbers(port, max_upload_mb)
+    with contextlib.ExitStack() as stack:
+        listener = sock if sock is not None else stack.enter_context(listen(host, port))
+        from convlens.web import ServerConfig, create_app, serve
 
-    check_server_args(host, port, max_upload_mb)  # before building the app (fail early)
-    config_args: dict[str, Any] = {}
-    if max_upload_mb is not None:
-        config_args["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
-    app = create_app(
-        model,
-        images_dir=images,
-        scan_dir=scan,
-        scan_data=scan_data,
-        config=ServerConfig(**config_args),
-        run_dir=run_dir,
-    )
-    # Again just before serving: building the app takes a while, and a port taken meanwhile
-    # must still be one line, not the "explainer at ..." line followed by uvicorn's error.
-    check_port_free(host, port)
-    serve(app, host, port, open_browser=open_browser)
+        config_args: dict[str, Any] = {}
+        if max_upload_mb is not None:
+            config_args["max_upload_bytes"] = int(max_upload_mb * 1024 * 1024)
+        app = create_app(
+            model,
+            images_dir=images,
+            scan_dir=scan,
+            scan_data=scan_data,
+            config=ServerConfig(**config_args),
+            run_dir=run_dir,
+        )
+        serve(app, host, port, open_browser=open_browser, sock=listener)
 
 
 @with_model_flags
 def serve_command(
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="'demo' (default), a zoo name (tiny-vgg[:args]), a checkpoint folder or a file.",
-        ),
-    ] = "demo",
+    model: ModelArg = "demo",
     images: Annotated[
         Path | None,
         typer.Option("--images", help="A folder whose images are added to the sample picker."),
@@ -153,18 +136,22 @@ def serve_command(
     flags: ModelFlags,
 ) -> None:
     """Open the web explainer: every layer of MODEL on your images, explanations, units."""
-    check_server_args(host, port, max_upload_mb)  # before the (slow) model load
-    run_server(
-        flags.open(model),
-        images=images,
-        scan=scan,
-        scan_data=scan_data,
-        host=host,
-        port=port,
-        open_browser=not no_browser,
-        max_upload_mb=max_upload_mb,
-        run_dir=model if is_checkpoint(model) else None,
-    )
+    check_server_numbers(port, max_upload_mb)
+    # Bound before the (slow) model load and held until the server answers on it: a busy port
+    # is one line before any work, and no other program can take the port meanwhile.
+    with listen(host, port) as sock:
+        run_server(
+            flags.open(model),
+            images=images,
+            scan=scan,
+            scan_data=scan_data,
+            host=host,
+            port=port,
+            open_browser=not no_browser,
+            max_upload_mb=max_upload_mb,
+            run_dir=model if is_checkpoint(model) else None,
+            sock=sock,
+        )
 
 
 def register(app: typer.Typer) -> None:

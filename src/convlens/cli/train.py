@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,7 +24,14 @@ from convlens.io.figure import grid, save_png
 from convlens.model import Model
 from convlens.model.headed import HEAD_HELP, TransferNet, parse_head
 from convlens.model.zoo import ZOO, build, parse_arch
-from convlens.train import Augment, StepInfo, TrainConfig, TrainingInterrupted, default_augment
+from convlens.train import (
+    Augment,
+    StepInfo,
+    TrainConfig,
+    TrainingInterrupted,
+    TrainResult,
+    default_augment,
+)
 from convlens.train import train as run_training
 from convlens.train.augment import with_overrides
 from convlens.train.curves import curves_figure, read_runs
@@ -38,7 +46,7 @@ from convlens.train.transfer import (
     unfrozen_blocks,
     with_classes,
 )
-from convlens.train.watch import watch_for_run
+from convlens.train.watch import Watch, watch_for_run
 
 TRANSFER_CLI_MODES = ("features", "finetune")
 DatasetOpt = Annotated[
@@ -199,208 +207,306 @@ def _epoch_line(rec: dict[str, Any], epochs: int) -> str:
     )
 
 
-def train(
-    dataset: DatasetOpt,
-    out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
-    model: Annotated[
-        str,
-        typer.Option(
-            "--model",
-            "-m",
-            help="A zoo name (tiny-vgg[:args]) trained from scratch, "
-            "or a checkpoint/model file to fine-tune.",
-        ),
-    ] = "tiny-vgg",
-    epochs: Annotated[int, typer.Option(help="Total epochs (with --resume: the new total).")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 128,
-    lr: Annotated[
-        float, typer.Option(help="Learning rate (of the head, when fine-tuning).")
-    ] = 3e-3,
-    optimizer: Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")] = "adam",
-    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
-    weight_decay: Annotated[float, typer.Option(help="L2 weight decay.")] = 0.0,
-    lr_schedule: Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")] = "none",
-    augment: Annotated[
-        bool,
-        typer.Option(
-            "--augment/--no-augment",
-            help="Random crop and flips (+ colour jitter for RGB), see augment-preview.",
-        ),
-    ] = False,
-    vflip: VflipOpt = None,
-    rotation: RotationOpt = None,
-    zoom: ZoomOpt = None,
-    shear: ShearOpt = None,
-    translate: TranslateOpt = None,
-    fill: FillOpt = None,
-    seed: Annotated[int, typer.Option(help="Seed of weights, data order and augmentation.")] = 0,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="Continue the run in --out with its saved settings "
-            "(only --epochs, the new total, may change).",
-        ),
-    ] = False,
-    overwrite: Annotated[
-        bool, typer.Option("--overwrite", help="Replace an earlier run in --out.")
-    ] = False,
-    mode: Annotated[
-        str | None,
-        typer.Option(
-            "--mode",
-            help="Transfer learning: cut the model at its last spatial or pooled layer and fit "
-            "a new head (--head) to the data's classes. features: body frozen, its outputs "
-            "cached once; finetune: the top --unfreeze blocks learn too.",
-        ),
-    ] = None,
-    unfreeze: Annotated[
-        int | None,
-        typer.Option(help="--mode finetune: how many blocks of the body (from the top) learn."),
-    ] = None,
-    head: Annotated[str | None, typer.Option("--head", help="New head: " + HEAD_HELP)] = None,
-    cache: Annotated[
-        bool,
-        typer.Option("--cache/--no-cache", help="--mode features: compute the body once."),
-    ] = True,
-    cache_dir: Annotated[
-        str | None,
-        typer.Option(help="Where cached features too large for memory go (default: temp)."),
-    ] = None,
-    weights: Annotated[
-        str | None,
-        typer.Option(
-            "--weights",
-            help="For a zoo --model: 'imagenet' (published weights) or a weights file.",
-        ),
-    ] = None,
-    freeze: Annotated[
-        bool,
-        typer.Option("--freeze", help="Replace the last layer (zoo models), train it alone."),
-    ] = False,
-    finetune: Annotated[
-        bool, typer.Option("--finetune", help="Fine-tune all layers, the body at a lower LR.")
-    ] = False,
-    body_lr_scale: Annotated[
-        float, typer.Option(help="Body LR = lr × this (--finetune, --mode finetune).")
-    ] = 0.1,
-    limit: Annotated[
-        int | None, typer.Option(help="Train on this many images (a seeded subset).")
-    ] = None,
-    threads: Annotated[
-        int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
-    ] = None,
-    channels_last: Annotated[
-        bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout.")
-    ] = True,
-    data_dir: DataDirOpt = None,
-    download: DownloadOpt = False,
-    arch: ArchOpt = None,
-    trust_pickle: TrustOpt = False,
-    watch: Annotated[
-        bool,
-        typer.Option(
-            "--watch",
-            help="Record a timeline of snapshots "
-            "(filters, probe, dead units); see `convlens timeline`.",
-        ),
-    ] = False,
-    every: Annotated[
-        int | None, typer.Option(help="Steps between --watch snapshots (default 50).")
-    ] = None,
-    device: DeviceOpt = "cpu",
-    precision: PrecisionOpt = "float32",
-) -> None:
-    """Train a model on a data set, validating on its test split and checkpointing each epoch.
+# The options of `convlens train`, one alias each so that the command's signature stays a list.
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A zoo name (tiny-vgg[:args]) trained from scratch, "
+        "or a checkpoint/model file to fine-tune.",
+    ),
+]
+EpochsOpt = Annotated[int, typer.Option(help="Total epochs (with --resume: the new total).")]
+BatchOpt = Annotated[int, typer.Option(help="Images per step.")]
+LrOpt = Annotated[float, typer.Option(help="Learning rate (of the head, when fine-tuning).")]
+OptimizerOpt = Annotated[str, typer.Option(help=f"One of {', '.join(OPTIMIZERS)}.")]
+MomentumOpt = Annotated[float, typer.Option(help="SGD momentum.")]
+DecayOpt = Annotated[float, typer.Option(help="L2 weight decay.")]
+ScheduleOpt = Annotated[str, typer.Option(help=f"One of {', '.join(SCHEDULES)}.")]
+AugmentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--augment/--no-augment",
+        help="Random crop and flips (+ colour jitter for RGB), see augment-preview.",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed of weights, data order and augmentation.")]
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="Continue the run in --out with its saved settings "
+        "(only --epochs, the new total, may change).",
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an earlier run in --out.")]
+ModeOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--mode",
+        help="Transfer learning: cut the model at its last spatial or pooled layer and fit "
+        "a new head (--head) to the data's classes. features: body frozen, its outputs "
+        "cached once; finetune: the top --unfreeze blocks learn too.",
+    ),
+]
+UnfreezeOpt = Annotated[
+    int | None,
+    typer.Option(help="--mode finetune: how many blocks of the body (from the top) learn."),
+]
+HeadOpt = Annotated[str | None, typer.Option("--head", help="New head: " + HEAD_HELP)]
+CacheOpt = Annotated[
+    bool, typer.Option("--cache/--no-cache", help="--mode features: compute the body once.")
+]
+CacheDirOpt = Annotated[
+    str | None,
+    typer.Option(help="Where cached features too large for memory go (default: temp)."),
+]
+TrainWeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", help="For a zoo --model: 'imagenet' (published weights) or a weights file."
+    ),
+]
+FreezeOpt = Annotated[
+    bool, typer.Option("--freeze", help="Replace the last layer (zoo models), train it alone.")
+]
+FinetuneOpt = Annotated[
+    bool, typer.Option("--finetune", help="Fine-tune all layers, the body at a lower LR.")
+]
+BodyLrOpt = Annotated[
+    float, typer.Option(help="Body LR = lr × this (--finetune, --mode finetune).")
+]
+LimitOpt = Annotated[int | None, typer.Option(help="Train on this many images (a seeded subset).")]
+ThreadsOpt = Annotated[
+    int | None, typer.Option(help="CPU threads for torch (default: torch's choice).")
+]
+ChannelsLastOpt = Annotated[
+    bool, typer.Option("--channels-last/--no-channels-last", help="NHWC memory layout.")
+]
+WatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--watch",
+        help="Record a timeline of snapshots (filters, probe, dead units); "
+        "see `convlens timeline`.",
+    ),
+]
+EveryOpt = Annotated[int | None, typer.Option(help="Steps between --watch snapshots (default 50).")]
 
-    Ctrl-C saves the run and exits; the same command with --resume continues it exactly.
-    """
-    if freeze and finetune:
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """The options of one ``convlens train`` call, as typer parsed them (one field each)."""
+
+    dataset: str
+    out: str
+    model: str
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    lr_schedule: str
+    augment: bool
+    vflip: bool | None
+    rotation: float | None
+    zoom: float | None
+    shear: float | None
+    translate: float | None
+    fill: str | None
+    seed: int
+    resume: bool
+    overwrite: bool
+    mode: str | None
+    unfreeze: int | None
+    head: str | None
+    cache: bool
+    cache_dir: str | None
+    weights: str | None
+    freeze: bool
+    finetune: bool
+    body_lr_scale: float
+    limit: int | None
+    threads: int | None
+    channels_last: bool
+    data_dir: str | None
+    download: bool
+    arch: str | None
+    trust_pickle: bool
+    watch: bool
+    every: int | None
+    device: str
+    precision: str
+
+    @property
+    def loop_mode(self) -> str:
+        """The training loop's name for what learns (TrainConfig.mode)."""
+        if self.mode:
+            return self.mode
+        return "feature-extraction" if self.freeze else "finetune" if self.finetune else "full"
+
+
+def check_transfer_options(req: TrainRequest) -> None:
+    """Refuse contradictory --mode / --freeze / --finetune / --unfreeze / --head combinations."""
+    if req.freeze and req.finetune:
         raise ConvlensError("choose one of --freeze (feature extraction) and --finetune")
-    if mode is not None and mode not in TRANSFER_CLI_MODES:
-        raise ConvlensError(f"--mode {mode!r}; accepted: {', '.join(TRANSFER_CLI_MODES)}")
-    if mode and (freeze or finetune):
+    if req.mode is not None and req.mode not in TRANSFER_CLI_MODES:
+        raise ConvlensError(f"--mode {req.mode!r}; accepted: {', '.join(TRANSFER_CLI_MODES)}")
+    if req.mode and (req.freeze or req.finetune):
         raise ConvlensError("--mode replaces --freeze/--finetune; give only --mode")
-    if mode != "finetune" and unfreeze is not None:
+    if req.mode != "finetune" and req.unfreeze is not None:
         raise ConvlensError("--unfreeze applies to --mode finetune")
-    if head is not None and not mode:
+    if req.head is not None and not req.mode:
         raise ConvlensError("--head needs --mode features or --mode finetune")
-    if unfreeze is not None:
-        checks.in_range("--unfreeze", unfreeze, 0, 10_000)
-    if head is not None:
-        parse_head(head)
-    check_train_numbers(epochs, batch_size, lr, momentum, weight_decay, body_lr_scale, seed)
-    if limit is not None:
-        checks.in_range("--limit", limit, 1, 10**9)
-    if threads is not None:
-        checks.in_range("--threads", threads, 1, 1024)
-    check_out_target(out)
+    if req.unfreeze is not None:
+        checks.in_range("--unfreeze", req.unfreeze, 0, 10_000)
+    if req.head is not None:
+        parse_head(req.head)
+
+
+def check_request(req: TrainRequest) -> None:
+    """Every check that needs no data or model, so that a bad call fails before any work."""
+    check_transfer_options(req)
+    check_train_numbers(
+        req.epochs, req.batch_size, req.lr, req.momentum, req.weight_decay,
+        req.body_lr_scale, req.seed,
+    )  # fmt: skip
+    if req.limit is not None:
+        checks.in_range("--limit", req.limit, 1, 10**9)
+    if req.threads is not None:
+        checks.in_range("--threads", req.threads, 1, 1024)
+    check_out_target(req.out)
+
+
+def training_device(device: str, precision: str) -> torch.device:
+    """The device to train on; float16 is refused (it needs loss scaling, which we lack)."""
     target = resolve_device(device)
     if parse_precision(precision) == torch.float16:
         raise ConvlensError(
             "--precision float16 needs loss scaling to train, which convlens does not do; use "
             "bfloat16 (same speed on recent GPUs, no underflow) or float32"
         )
-    watcher = watch_for_run(out, watch, every, resume)
-    if threads:
-        torch.set_num_threads(threads)
-    train_data = open_dataset(dataset, "train", data_dir, download)
-    val_data = _open_validation(dataset, data_dir, download)
-    console = Console(stderr=True, soft_wrap=True, emoji=False)  # "folder:two" is no emoji
-    if mode:
-        prepare_out(out, resume, overwrite)  # before a body file is copied into it
-        m = transfer_model(model, train_data, head, out, seed, arch, trust_pickle, weights)
-        if mode == "finetune" and unfreeze is None:
-            unfreeze = 1
-        if unfreeze is not None:
-            assert isinstance(m.net, TransferNet)
-            names = [n for n, _ in unfrozen_blocks(m.net, unfreeze)]
-            console.print(f"fine-tuning blocks {', '.join(names) or '(none)'} of "
-                          f"{', '.join(n for n, _ in m.net.blocks)} and the head")  # fmt: skip
-    else:
-        m = prepare_model(model, train_data, seed, arch, trust_pickle, freeze or finetune, weights)
-    m = m.to(target)
-    aug = with_overrides(
-        default_augment(m.spec.shape) if augment else Augment(),
-        vflip=vflip, rotation=rotation, zoom=zoom, shear=shear, translate=translate, fill=fill,
+    return target
+
+
+def transfer_for_cli(
+    req: TrainRequest, train_data: ImageDataset, console: Console
+) -> tuple[Model, int | None]:
+    """--mode: the cut model with its new head, and how many blocks learn (finetune: 1 unless
+    --unfreeze says otherwise), which it names."""
+    prepare_out(req.out, req.resume, req.overwrite)  # before a body file is copied into it
+    m = transfer_model(
+        req.model, train_data, req.head, req.out, req.seed, req.arch, req.trust_pickle,
+        req.weights,
     )  # fmt: skip
-    if mode == "features" and cache and aug.active:
+    unfreeze = 1 if req.mode == "finetune" and req.unfreeze is None else req.unfreeze
+    if unfreeze is not None:
+        assert isinstance(m.net, TransferNet)
+        names = [n for n, _ in unfrozen_blocks(m.net, unfreeze)]
+        console.print(f"fine-tuning blocks {', '.join(names) or '(none)'} of "
+                      f"{', '.join(n for n, _ in m.net.blocks)} and the head")  # fmt: skip
+    return m, unfreeze
+
+
+def model_for_request(
+    req: TrainRequest, train_data: ImageDataset, console: Console
+) -> tuple[Model, int | None]:
+    """The model to train (transfer, zoo or loaded) and the number of blocks that learn."""
+    if req.mode:
+        return transfer_for_cli(req, train_data, console)
+    m = prepare_model(
+        req.model, train_data, req.seed, req.arch, req.trust_pickle,
+        req.freeze or req.finetune, req.weights,
+    )  # fmt: skip
+    return m, req.unfreeze
+
+
+def augmentation(req: TrainRequest, shape: tuple[int, int, int]) -> Augment:
+    """--augment's defaults for the model's input with the geometric options on top; refused
+    with cached features, which hold the body's outputs for the original images."""
+    aug = with_overrides(
+        default_augment(shape) if req.augment else Augment(),
+        vflip=req.vflip, rotation=req.rotation, zoom=req.zoom, shear=req.shear,
+        translate=req.translate, fill=req.fill,
+    )  # fmt: skip
+    if req.mode == "features" and req.cache and aug.active:
         raise ConvlensError(
             "augmentation and cached features contradict each other: the cache holds the body's "
             "outputs for the original images, computed once; add --no-cache to augment (the "
             "body then runs every step) or use --mode finetune"
         )
-    config = TrainConfig(
-        epochs=epochs, batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-        weight_decay=weight_decay, schedule=lr_schedule, seed=seed,
-        augment=aug,
-        mode=mode or ("feature-extraction" if freeze else "finetune" if finetune else "full"),
-        body_lr_scale=body_lr_scale, channels_last=channels_last, unfreeze=unfreeze,
+    return aug
+
+
+def train_config(req: TrainRequest, aug: Augment, unfreeze: int | None) -> TrainConfig:
+    return TrainConfig(
+        epochs=req.epochs, batch_size=req.batch_size, lr=req.lr, optimizer=req.optimizer,
+        momentum=req.momentum, weight_decay=req.weight_decay, schedule=req.lr_schedule,
+        seed=req.seed, augment=aug, mode=req.loop_mode, body_lr_scale=req.body_lr_scale,
+        channels_last=req.channels_last, unfreeze=unfreeze,
     )  # fmt: skip
-    if not (mode or freeze or finetune):
+
+
+def data_for_model(
+    req: TrainRequest,
+    m: Model,
+    train_data: ImageDataset,
+    val_data: ImageDataset | None,
+    console: Console,
+) -> tuple[ImageDataset, ImageDataset | None]:
+    """The splits as the model sees them: labels mapped by class name (a model trained as is),
+    resized to its input, and the training split cut to --limit."""
+    if not (req.mode or req.freeze or req.finetune):
         train_data, val_data = mapped(m, train_data, val_data, console)
     train_data = for_model(train_data, m.spec.shape)
     val_data = None if val_data is None else for_model(val_data, m.spec.shape)
-    if limit is not None:
-        train_data = Subset(train_data, limit, seed)
-    caches = None
-    if mode == "features" and cache:
-        size = max(batch_size, 64)
-        caches = (
-            FeatureCache(m, train_data, batch_size=size, channels_last=channels_last,
-                         cache_dir=cache_dir),
-            None if val_data is None else FeatureCache(m, val_data, batch_size=size,
-                                                       channels_last=channels_last,
-                                                       cache_dir=cache_dir),
-        )  # fmt: skip
-    console.print(
-        f"training {m.name} {m.arch['args'] if m.arch else ''} on {train_data.name}: "
-        f"{len(train_data):,} images, validating on {len(val_data) if val_data else 'no'} "
-        f"test images; writing {out}"
-    )
-    meta = {"dataset": {"name": dataset if dataset in named_datasets() else "folder",
-                        "train_images": len(train_data)},
-            "command": "convlens train " + " ".join(sys.argv[2:])}  # fmt: skip
+    if req.limit is not None:
+        train_data = Subset(train_data, req.limit, req.seed)
+    return train_data, val_data
+
+
+FeatureCaches = tuple[FeatureCache, FeatureCache | None]
+
+
+def feature_caches(
+    req: TrainRequest, m: Model, train_data: ImageDataset, val_data: ImageDataset | None
+) -> FeatureCaches | None:
+    """--mode features --cache: the body's outputs for each split, computed once."""
+    if req.mode != "features" or not req.cache:
+        return None
+
+    def cache(data: ImageDataset) -> FeatureCache:
+        size = max(req.batch_size, 64)
+        return FeatureCache(
+            m, data, batch_size=size, channels_last=req.channels_last, cache_dir=req.cache_dir
+        )
+
+    return cache(train_data), None if val_data is None else cache(val_data)
+
+
+def run_meta(req: TrainRequest, train_images: int) -> dict[str, Any]:
+    """What the run's metadata records of the data and the command line."""
+    name = req.dataset if req.dataset in named_datasets() else "folder"
+    return {
+        "dataset": {"name": name, "train_images": train_images},
+        "command": "convlens train " + " ".join(sys.argv[2:]),
+    }
+
+
+def run_with_progress(
+    req: TrainRequest,
+    m: Model,
+    data: tuple[ImageDataset, ImageDataset | None],
+    config: TrainConfig,
+    target: torch.device,
+    watcher: Watch | None,
+    caches: FeatureCaches | None,
+    console: Console,
+) -> TrainResult:
+    """Run the training loop under a progress bar (a line per epoch); Ctrl-C exits 130 after
+    the loop saved the run; the feature caches are closed whatever happens."""
     with _progress(console) as progress:
         task = progress.add_task("train", total=1, epoch="", stats="")
 
@@ -413,11 +519,11 @@ def train(
             progress.console.print(_epoch_line(rec, config.epochs))
 
         try:
-            with autocast(target, precision):
-                result = run_training(m, train_data, val_data, out, config, resume=resume,
-                                      overwrite=overwrite, on_step=on_step, on_epoch=on_epoch,
-                                      extra_meta=meta, watch=watcher,
-                                      features=caches)  # fmt: skip
+            with autocast(target, req.precision):
+                return run_training(m, data[0], data[1], req.out, config, resume=req.resume,
+                                    overwrite=req.overwrite, on_step=on_step, on_epoch=on_epoch,
+                                    extra_meta=run_meta(req, len(data[0])), watch=watcher,
+                                    features=caches)  # fmt: skip
         except TrainingInterrupted as e:
             progress.stop()
             print(e, file=sys.stderr)
@@ -426,6 +532,9 @@ def train(
             for c in caches or ():
                 if c is not None:
                     c.close()
+
+
+def report_done(result: TrainResult, console: Console) -> None:
     last = result.history[-1] if result.history else {}
     console.print(
         f"done: {len(result.history)} epochs, validation accuracy {last.get('val_acc', 0):.2%}; "
@@ -433,6 +542,81 @@ def train(
     )
     if result.history:
         console.print(f"learning curves: {_write_curves(result.out)}")
+
+
+def run_train(req: TrainRequest) -> None:
+    """``convlens train``: checks, data, model, augmentation, caches, then the loop."""
+    check_request(req)
+    target = training_device(req.device, req.precision)
+    watcher = watch_for_run(req.out, req.watch, req.every, req.resume)
+    if req.threads:
+        torch.set_num_threads(req.threads)
+    train_data = open_dataset(req.dataset, "train", req.data_dir, req.download)
+    val_data = _open_validation(req.dataset, req.data_dir, req.download)
+    console = Console(stderr=True, soft_wrap=True, emoji=False)  # "folder:two" is no emoji
+    m, unfreeze = model_for_request(req, train_data, console)
+    m = m.to(target)
+    config = train_config(req, augmentation(req, m.spec.shape), unfreeze)
+    train_data, val_data = data_for_model(req, m, train_data, val_data, console)
+    caches = feature_caches(req, m, train_data, val_data)
+    console.print(
+        f"training {m.name} {m.arch['args'] if m.arch else ''} on {train_data.name}: "
+        f"{len(train_data):,} images, validating on {len(val_data) if val_data else 'no'} "
+        f"test images; writing {req.out}"
+    )
+    data = (train_data, val_data)
+    result = run_with_progress(req, m, data, config, target, watcher, caches, console)
+    report_done(result, console)
+
+
+def train(
+    dataset: DatasetOpt,
+    out: Annotated[str, typer.Option("--out", "-o", help="Checkpoint folder to write.")],
+    model: ModelOpt = "tiny-vgg",
+    epochs: EpochsOpt = 10,
+    batch_size: BatchOpt = 128,
+    lr: LrOpt = 3e-3,
+    optimizer: OptimizerOpt = "adam",
+    momentum: MomentumOpt = 0.9,
+    weight_decay: DecayOpt = 0.0,
+    lr_schedule: ScheduleOpt = "none",
+    augment: AugmentOpt = False,
+    vflip: VflipOpt = None,
+    rotation: RotationOpt = None,
+    zoom: ZoomOpt = None,
+    shear: ShearOpt = None,
+    translate: TranslateOpt = None,
+    fill: FillOpt = None,
+    seed: SeedOpt = 0,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    mode: ModeOpt = None,
+    unfreeze: UnfreezeOpt = None,
+    head: HeadOpt = None,
+    cache: CacheOpt = True,
+    cache_dir: CacheDirOpt = None,
+    weights: TrainWeightsOpt = None,
+    freeze: FreezeOpt = False,
+    finetune: FinetuneOpt = False,
+    body_lr_scale: BodyLrOpt = 0.1,
+    limit: LimitOpt = None,
+    threads: ThreadsOpt = None,
+    channels_last: ChannelsLastOpt = True,
+    data_dir: DataDirOpt = None,
+    download: DownloadOpt = False,
+    arch: ArchOpt = None,
+    trust_pickle: TrustOpt = False,
+    watch: WatchOpt = False,
+    every: EveryOpt = None,
+    device: DeviceOpt = "cpu",
+    precision: PrecisionOpt = "float32",
+) -> None:
+    """Train a model on a data set, validating on its test split and checkpointing each epoch.
+
+    Ctrl-C saves the run and exits; the same command with --resume continues it exactly.
+    """
+    # locals() is exactly the parameters here (nothing else is bound yet): one field each.
+    run_train(TrainRequest(**locals()))
 
 
 def _write_curves(run: Path) -> Path:

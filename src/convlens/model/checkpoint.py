@@ -230,6 +230,16 @@ def _check_arch_size(name: str, args: dict[str, Any], where: str) -> None:
         budget.take(checked_elements(t.shape, pname) * t.element_size(), f"{where}: {pname}")
 
 
+def read_input_spec(meta: dict[str, Any], where: str) -> InputSpec:
+    """The checkpoint's ``input_spec`` (a bad one is one line naming ``where``)."""
+    try:
+        return InputSpec.from_dict(meta["input_spec"])
+    except (TypeError, ValueError) as e:
+        if isinstance(e, ConvlensError):
+            raise
+        raise ConvlensError(f"{where} has a bad input_spec: {e}") from None
+
+
 def load_checkpoint(folder: str | os.PathLike[str], trust_pickle: bool = False) -> Model:
     """A :class:`Model` from a checkpoint folder written by :func:`save_checkpoint`.
 
@@ -249,12 +259,7 @@ def load_checkpoint(folder: str | os.PathLike[str], trust_pickle: bool = False) 
     _check_arch_size(arch["name"], arch.get("args", {}), where)
     check_safetensors(folder / WEIGHTS_FILE)
     model = build(arch["name"], meta.get("classes"), **arch.get("args", {}))
-    try:
-        spec = InputSpec.from_dict(meta["input_spec"])
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConvlensError):
-            raise
-        raise ConvlensError(f"{where} has a bad input_spec: {e}") from None
+    spec = read_input_spec(meta, where)
     model = Model(
         model.net,
         spec,

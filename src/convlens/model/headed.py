@@ -34,7 +34,6 @@ import torch.fx
 from torch import nn
 
 from convlens.errors import ConvlensError
-from convlens.io.spec import InputSpec
 from convlens.model.core import Model
 from convlens.model.graph import Layer
 
@@ -303,6 +302,7 @@ def load_transfer(folder: Path, meta: dict[str, Any], trust_pickle: bool = False
         WEIGHTS_FILE,
         _check_arch_size,
         load_state_dict_into,
+        read_input_spec,
         read_safetensors,
     )
     from convlens.model.load import load_model
@@ -316,12 +316,7 @@ def load_transfer(folder: Path, meta: dict[str, Any], trust_pickle: bool = False
     classes = meta.get("classes")
     if not classes or args.get("num_classes") != len(classes):
         raise ConvlensError(f"{where}: a transfer checkpoint needs its class names")
-    try:
-        spec = InputSpec.from_dict(meta["input_spec"])
-    except (TypeError, ValueError) as e:
-        if isinstance(e, ConvlensError):
-            raise
-        raise ConvlensError(f"{where} has a bad input_spec: {e}") from None
+    spec = read_input_spec(meta, where)
     if fmt != "zoo" and fmt not in FILE_FORMATS:
         raise ConvlensError(
             f"{where}: body format {fmt!r}; accepted: zoo, {', '.join(FILE_FORMATS)}"

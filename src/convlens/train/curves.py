@@ -19,7 +19,6 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -37,6 +36,7 @@ from convlens.io.figure import (
     vstack,
 )
 from convlens.model.checkpoint import META_FILE, read_meta
+from convlens.model.formats.safety import finite_or_none
 
 MAX_EPOCHS = 100_000  # a history longer than this is not one convlens wrote
 FIELDS = ("train_loss", "train_acc", "val_loss", "val_acc")
@@ -71,14 +71,6 @@ def overfit_epoch(epochs: Sequence[int], val_loss: Sequence[float | None]) -> in
     return points[best][0] if any(v > low for _, v in points[best + 1 :]) else None
 
 
-def _number(value: Any, where: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ConvlensError(f"{where} is {str(value)[:40]!r}; accepted: a finite number")
-    return float(value)
-
-
 def read_history(run: str | os.PathLike[str], name: str | None = None) -> RunHistory:
     """The history of the run folder ``run`` (checked record by record: it may come from
     anyone)."""
@@ -111,7 +103,7 @@ def read_history(run: str | os.PathLike[str], name: str | None = None) -> RunHis
             )
         epochs.append(epoch)
         for f in FIELDS:
-            values[f].append(_number(rec.get(f), f"{where} history entry {i} {f}"))
+            values[f].append(finite_or_none(rec.get(f), f"{where} history entry {i} {f}"))
     if all(v is None for v in values["train_loss"]):
         raise ConvlensError(f"{where} history records no training loss")
     return RunHistory(name or folder.name or str(run), epochs, values)

@@ -46,6 +46,7 @@ from convlens.data.base import ImageDataset
 from convlens.errors import ConvlensError
 from convlens.io.atomic import ensure_writable_dir, write_bytes_atomic, write_text_atomic
 from convlens.model.core import Model
+from convlens.model.formats.safety import finite_or_none
 from convlens.model.graph import Layer
 
 if TYPE_CHECKING:
@@ -394,14 +395,6 @@ class Watch:
 # ---------------------------------------------------------------------------- reading
 
 
-def _number(v: Any, what: str) -> float | None:
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
-        raise ConvlensError(f"{what} is {str(v)[:40]!r}; accepted: a finite number or null")
-    return float(v)
-
-
 def _count(v: Any, what: str, hi: int = 10**12) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
         raise ConvlensError(f"{what} is {str(v)[:40]!r}; accepted: a whole number 0..{hi}")
@@ -465,14 +458,15 @@ def read_index(run: str | os.PathLike[str]) -> TimelineIndex:
             raise ConvlensError(f"{at}: step {step} does not follow step {last}")
         last = step
         index.frames.append(Frame(
-            step=step, epoch=_number(f.get("epoch"), f"{at}: epoch") or 0.0,
+            step=step, epoch=finite_or_none(f.get("epoch"), f"{at}: epoch") or 0.0,
             epoch_end=f.get("epoch_end") is True,
-            loss=_number(f.get("loss"), f"{at}: loss"), acc=_number(f.get("acc"), f"{at}: acc"),
-            lr=_number(f.get("lr"), f"{at}: lr"),
+            loss=finite_or_none(f.get("loss"), f"{at}: loss"),
+            acc=finite_or_none(f.get("acc"), f"{at}: acc"),
+            lr=finite_or_none(f.get("lr"), f"{at}: lr"),
             dead={n: _count(f["dead"].get(n), f"{at}: dead[{n!r}]", index.units[n])
                   for n in plan.dead},
-            val_loss=_number(f.get("val_loss"), f"{at}: val_loss"),
-            val_acc=_number(f.get("val_acc"), f"{at}: val_acc"),
+            val_loss=finite_or_none(f.get("val_loss"), f"{at}: val_loss"),
+            val_acc=finite_or_none(f.get("val_acc"), f"{at}: val_acc"),
         ))  # fmt: skip
     return index
 

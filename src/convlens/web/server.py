@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
+import socket
 import threading
 import webbrowser
 from collections.abc import AsyncIterator
@@ -39,6 +41,7 @@ __all__ = ["create_app", "is_loopback", "serve"]
 STATIC = Path(__file__).resolve().parent / "static"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8765
+LISTEN_BACKLOG = 2048  # uvicorn's default
 
 log = logging.getLogger("convlens.web")
 
@@ -254,6 +257,41 @@ def configure_access(app: FastAPI, host: str, token: str | None = None) -> Acces
     return access
 
 
+def _bind_error(host: str, port: int, e: OSError) -> ConvlensError:
+    """One line for a bind that failed: busy port, unknown host, privileged port."""
+    if isinstance(e, socket.gaierror):
+        return ConvlensError(f"--host {host!r} is not an address of this machine: {e.strerror}")
+    if e.errno == errno.EADDRINUSE:
+        return ConvlensError(
+            f"port {port} on {host} is already in use; stop the other server or choose "
+            "another with --port"
+        )
+    if e.errno == errno.EACCES:
+        return ConvlensError(
+            f"no permission to listen on port {port}; ports below 1024 need privileges, "
+            "choose one in 1024..65535"
+        )
+    return ConvlensError(f"cannot listen on {host}:{port}: {e.strerror or e}")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` and listening, made the way uvicorn makes its own.
+
+    The server answers on this very socket (:func:`serve`), so the bind *is* the check: no
+    other program can take the port between a check and the server's start.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(LISTEN_BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise _bind_error(host, port, e) from None
+    return sock
+
+
 def serve(
     app: FastAPI,
     host: str = DEFAULT_HOST,
@@ -262,11 +300,15 @@ def serve(
     open_browser: bool = False,
     log_level: str = "warning",
     token: str | None = None,
+    sock: socket.socket | None = None,
 ) -> None:
-    """Run ``app`` with uvicorn until interrupted; beyond loopback, require a token (``token``,
-    or one made now and printed in the URL, like a notebook server)."""
+    """Run ``app`` with uvicorn until interrupted, on ``sock`` (bound to ``host:port``; bound
+    here when not given, a busy port then being one :class:`ConvlensError` line); beyond
+    loopback, require a token (``token``, or one made now and printed in the URL, like a
+    notebook server)."""
     import uvicorn
 
+    listener = listen_socket(host, port) if sock is None else sock
     access = configure_access(app, host, token)
     if not is_loopback(host):
         log.warning(
@@ -286,7 +328,13 @@ def serve(
     if open_browser:
         threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     state: ServerState = app.state.convlens
-    uvicorn.run(app, host=host, port=port, log_level=log_level, **uvicorn_options(state.config))
+    options = uvicorn_options(state.config)
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, **options)
+    try:
+        uvicorn.Server(config).run(sockets=[listener])
+    finally:
+        if sock is None:
+            listener.close()
 
 
 def app_state(app: FastAPI) -> Any:

@@ -18,6 +18,7 @@ the model budget)
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
 import zipfile
@@ -137,6 +138,16 @@ def parse_json(text: str | bytes, what: str, max_depth: int = MAX_JSON_DEPTH) ->
 def read_json(path: str | os.PathLike[str], what: str = "model JSON") -> Any:
     """A bounded, depth-checked JSON file from a regular file."""
     return parse_json(read_bounded(path, MAX_JSON_BYTES, what), f"{what} {str(path)!r}")
+
+
+def finite_or_none(value: Any, where: str) -> float | None:
+    """A JSON value that must be a finite number or null (JSON allows NaN/Infinity literals
+    through Python's parser, and a bool is an int there: both are refused)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ConvlensError(f"{where} is {str(value)[:40]!r}; accepted: a finite number or null")
+    return float(value)
 
 
 def checked_elements(shape: Iterable[Any], what: str = "tensor") -> int:
