@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -18,6 +20,14 @@ os.environ["KERAS_BACKEND"] = "torch"
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CNN_EXPLAINER = SHARED / "fixtures" / "cnn-explainer"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium under Playwright, shared by a module's browser tests."""
+    from web_harness import chromium_browser
+
+    yield from chromium_browser()
 
 
 @pytest.fixture

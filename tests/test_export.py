@@ -5,7 +5,6 @@ numbers; and the command's bad inputs."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from convlens.errors import ConvlensError
 from convlens.model import load_model
 from convlens.offline.page import read_front_end
 from convlens.probe import record_all
-from web_harness import CHROMIUM, launch_chromium
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "export"
@@ -131,17 +129,6 @@ def test_an_unreadable_image_is_named_and_nothing_is_written(
 
 
 # --------------------------------------------------------------------------- in a browser
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 @pytest.mark.browser

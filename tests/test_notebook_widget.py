@@ -17,7 +17,7 @@ import collections
 import json
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,6 @@ import convlens
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model import load_model
-from web_harness import CHROMIUM, launch_chromium
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "notebook"
@@ -187,17 +186,6 @@ def model() -> Any:
     if not (FIXTURE / "model.json").is_file():
         pytest.skip(f"CNN Explainer fixture not found at {FIXTURE}")
     return load_model(str(FIXTURE)).eval()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.is_file():
-        pytest.skip("Debian's chromium is not installed at /usr/bin/chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def _number(text: str) -> float:

@@ -22,7 +22,7 @@ from PIL import Image
 
 from convlens.model import Model, build, load_model
 from convlens.model.core import Sample
-from web_harness import CHROMIUM, LiveServer, launch_chromium
+from web_harness import CHROMIUM, LiveServer
 
 pytestmark = pytest.mark.browser
 
@@ -68,14 +68,6 @@ def explainer_server() -> Iterator[LiveServer]:
     srv = LiveServer.explainer(load_model(str(root)).eval())
     yield srv
     srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def _open(browser: Any, server: LiveServer) -> Any:

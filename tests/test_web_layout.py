@@ -21,7 +21,7 @@ from PIL import Image
 
 from convlens.model import Model, build, load_model
 from convlens.model.core import Sample
-from web_harness import CHROMIUM, LiveServer, launch_chromium
+from web_harness import CHROMIUM, LiveServer
 
 pytestmark = pytest.mark.browser
 
@@ -65,14 +65,6 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Live
     yield made
     for srv in made.values():
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
 
 
 def _open(browser: Any, server: LiveServer, size: tuple[int, int] = (1280, 800)) -> Any:

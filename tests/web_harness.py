@@ -9,8 +9,11 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from convlens.model import Model
 
@@ -31,6 +34,19 @@ def free_port() -> int:
 def launch_chromium(playwright: Any) -> Any:
     """Debian's Chromium under Playwright, headless and quiet."""
     return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+
+
+def chromium_browser() -> Iterator[Any]:
+    """One Chromium for a test module (the ``browser`` fixture); skips where it cannot run."""
+    if not CHROMIUM.is_file():
+        pytest.skip(f"Debian's chromium is not installed at {CHROMIUM}")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = launch_chromium(p)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 class LiveServer:
