@@ -98,7 +98,8 @@ _LAYOUT_JS = """() => {
   const names = rows.map((r) => r.querySelector('.cls'));
   const bars = rows.map((r) => r.querySelector('.bar'));
   const ov = document.getElementById('overview');
-  const parts = [...ov.querySelectorAll('canvas.neuron, canvas.strip, .outrow, svg text')];
+  const parts = [...ov.querySelectorAll('canvas.neuron, canvas.strip, .outrow, svg text, .stage > .legend')];
+  const legends = [...ov.querySelectorAll('.stage > .legend')].map(box).sort((a, b) => a.left - b.left);
   return {
     W, pageWidth: document.documentElement.scrollWidth, rows: rows.length,
     overviewScroll: ov.scrollWidth - ov.clientWidth,
@@ -109,6 +110,9 @@ _LAYOUT_JS = """() => {
     badParts: parts.filter((p) => { const b = box(p); return b.left < -0.5 || b.right > W + 0.5; })
       .map((p) => p.dataset?.key || p.textContent),
     neurons: ov.querySelectorAll('canvas.neuron').length,
+    mapColumns: new Set([...ov.querySelectorAll('canvas.neuron')].map((n) => n.dataset.layer)).size,
+    legends: legends.length,
+    legendOverlaps: legends.filter((b, i) => i > 0 && b.left < legends[i - 1].right - 0.5).length,
     wide: [...ov.querySelectorAll('.stage > *, svg *')]
       .filter((e) => e.getBoundingClientRect().right > ov.getBoundingClientRect().right)
       .map((e) => e.className.baseVal ?? e.className).slice(0, 5),
@@ -143,6 +147,10 @@ def test_every_class_and_the_whole_overview_fit_each_window(
         assert got["badNames"] == [] and got["badBars"] == 0, f"{where}: {got['badNames']}"
         assert got["badParts"] == [], f"{where}: outside the window: {got['badParts'][:5]}"
         assert got["neurons"] > 0
+        # a colour key under every map column where one fits (not under ResNet-18's 60)
+        if which != "resnet18":
+            assert got["legends"] == got["mapColumns"], f"{where}: {got['legends']} legends"
+        assert got["legendOverlaps"] == 0, where
         _shot(page, f"{which}-{size[0]}x{size[1]}")
     assert not page.errors and not page.console_errors, (page.errors, page.console_errors)
     page.close()

@@ -101,6 +101,16 @@ export function legendText(scale) {
   return `${MODE_TEXT[scale.mode] || scale.mode} · ${kind}`;
 }
 
+/** A scale's range in a few characters: "±2.1" (symmetric) or "0…5.6". */
+export function shortRange(scale) {
+  const short = (x) => {
+    const v = Number(x.toPrecision(2));
+    const s = v !== 0 && (Math.abs(v) >= 1e4 || Math.abs(v) < 1e-3) ? v.toExponential(1) : String(v);
+    return s.replace(/^-/, '−');
+  };
+  return scale.lo === -scale.hi && scale.hi > 0 ? `±${short(scale.hi)}` : `${short(scale.lo)}…${short(scale.hi)}`;
+}
+
 /** The [min, max] of channel `c` of a layer from the trace's stats. */
 function channelRange(stats, c) {
   return [stats.channel_min[c], stats.channel_max[c]];

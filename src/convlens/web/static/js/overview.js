@@ -12,6 +12,7 @@ import * as store from './store.js';
 const SVG = 'http://www.w3.org/2000/svg';
 /* global d3 */ // vendor/d3.min.js, loaded by index.html before the modules
 const WINDOW_KINDS = new Set(['conv', 'maxpool', 'avgpool']);
+const COMPACT_LEGEND_PITCH = 30; // px between columns below which no legend fits ("±2.1" at 9 px)
 const MAX_STRIP = 2048; // rows of a vector strip (a canvas cannot be arbitrarily tall)
 
 /** Resolve a layer name through hidden layers (dropout) to the column that shows it. */
@@ -304,13 +305,16 @@ function drawLegendAndPager(stage, ctx, col, pos) {
   const last = pos.neurons.at(-1);
   const y = last.y + last.size + 6;
   const isInput = col.layer.kind === 'input';
-  const roomy = ctx.pitch >= 64; // a legend is 60 px wide: in a deep network the tooltip says it
-  if (roomy && col.role === 'maps' && (isInput || store.get('scaleMode') !== 'neuron')) {
-    const w = Math.max(60, pos.width + 20);
+  const roomy = ctx.pitch >= 64; // a legend is 60 px wide
+  // Narrower columns get a one-number legend; in a deep network the tooltip says it.
+  const compact = !roomy && ctx.pitch >= COMPACT_LEGEND_PITCH;
+  const drawn = (roomy || compact) && col.role === 'maps' && (isInput || store.get('scaleMode') !== 'neuron');
+  if (drawn) {
+    const w = roomy ? Math.max(60, pos.width + 20) : ctx.pitch - 4;
     // The input is drawn in pixel units (0..1), grey or one tint per colour channel.
     const scale = isInput ? { ...makeScale(0, 1, { stops: GRAY }), mode: 'input pixels' }
       : scaleFor(ctx.model, ctx.trace, col.layer.name, 0);
-    const lg = legend(scale, w);
+    const lg = legend(scale, w, { compact });
     Object.assign(lg.style, { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${y}px` });
     stage.append(lg);
   }
@@ -323,8 +327,8 @@ function drawLegendAndPager(stage, ctx, col, pos) {
     const w = Math.max(6, Math.min(16, ctx.pitch - 2));
     const pager = el('div', {
       class: upright ? 'pager upright' : 'pager',
-      style: upright ? { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${y}px`, width: `${w}px` }
-        : { left: `${pos.x - 12}px`, top: `${roomy ? y + 22 : y}px` },
+      style: upright ? { left: `${pos.x + pos.width / 2 - w / 2}px`, top: `${drawn ? y + 22 : y}px`, width: `${w}px` }
+        : { left: `${pos.x - 12}px`, top: `${drawn ? y + 22 : y}px` },
     },
     el('button', { type: 'button', 'aria-label': `previous channels of ${col.layer.name}`, onclick: go(-1), disabled: col.page === 0 }, '‹'),
     upright ? null : el('span', {}, `${col.page + 1}/${col.pages}`),
@@ -354,8 +358,8 @@ export function drawOverview(root, model, trace, onOpen) {
     lay = layoutOverview(specs, { ...box, top: labelRoom(cols, mode, details) });
   }
   const room = labelRoom(cols, mode, details);
-  if (mode === 'upright') { // no legends under such narrow columns: only the stacked pagers
-    box.bottom = 30;
+  if (mode === 'upright') { // one-number legends (when they fit) above the stacked pagers
+    box.bottom = pitch(lay) >= COMPACT_LEGEND_PITCH ? 52 : 30;
     lay = layoutOverview(specs, { ...box, top: room });
   }
   // Thumbnails limited by the width leave the height unused: shrink the drawing to its content.

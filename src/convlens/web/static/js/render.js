@@ -1,5 +1,5 @@
 // Small DOM helpers shared by the views: a channel as a canvas, a colour legend, the tooltip.
-import { colorOf, cssColor, legendText, mapPixels } from './color.js';
+import { colorOf, cssColor, legendText, mapPixels, shortRange } from './color.js';
 import { fmt } from './draw-utils.js';
 
 /** Create an element with attributes and children. */
@@ -45,16 +45,19 @@ export function cellAt(event, canvas, H, W) {
 }
 
 /** A horizontal gradient bar with its end values and what the scale means. */
-export function legend(scale, width, { caption = true } = {}) {
+export function legend(scale, width, { caption = true, compact = false } = {}) {
   const bar = el('canvas', { width: 64, height: 1 });
   const ctx = bar.getContext('2d');
   for (let x = 0; x < 64; x++) {
     ctx.fillStyle = cssColor(colorOf(scale, scale.lo + ((x + 0.5) / 64) * (scale.hi - scale.lo)));
     ctx.fillRect(x, 0, 1, 1);
   }
-  const node = el('div', { class: 'legend', style: { width: `${width}px` } }, bar,
-    el('div', { class: 'ends' }, el('span', {}, fmt(scale.lo, 2)), el('span', {}, fmt(scale.hi, 2))));
-  if (caption) node.title = legendText(scale);
+  // Under a column too narrow for two numbers the range is written once: ±hi when the scale
+  // is symmetric around 0, lo…hi otherwise (two significant digits; the title has all).
+  const ends = compact ? el('div', { class: 'ends compact' }, el('span', {}, shortRange(scale)))
+    : el('div', { class: 'ends' }, el('span', {}, fmt(scale.lo, 2)), el('span', {}, fmt(scale.hi, 2)));
+  const node = el('div', { class: 'legend', style: { width: `${width}px` } }, bar, ends);
+  if (caption) node.title = `${legendText(scale)}: ${fmt(scale.lo, 3)} to ${fmt(scale.hi, 3)}`;
   return node;
 }
 

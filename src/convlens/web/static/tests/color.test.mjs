@@ -67,3 +67,12 @@ test('mapPixels paints exactly what colorOf gives, value by value', () => {
     }
   }
 });
+
+test('shortRange writes a legend in a few characters', () => {
+  assert.equal(C.shortRange(C.makeScale(-1.3912, 0.5)), '±1.4');
+  assert.equal(C.shortRange(C.makeScale(0, 5.634)), '0…5.6');
+  assert.equal(C.shortRange(C.makeScale(0, 1)), '0…1');
+  assert.equal(C.shortRange(C.makeScale(-0.00012, 0.0003)), '±3.0e-4');
+  assert.equal(C.shortRange(C.makeScale(2, 123456)), '2…1.2e+5');
+  assert.equal(C.shortRange({ lo: -2.5, hi: 7.25 }), '−2.5…7.3');
+});
