@@ -282,6 +282,11 @@ class Folder:
 GATHER = 1 << 20
 
 
+# Modules whose output is never below zero (NaN aside): their count of positive values can
+# count nonzero bytes instead (see state._count_nonzero).
+NONNEG_MODULES: tuple[type[torch.nn.Module], ...] = (torch.nn.ReLU, torch.nn.ReLU6)
+
+
 class _Mapper:
     """Forward hooks that map each scanned layer's output into a :class:`Folder` the moment
     the layer produces it, from the tensor itself (a later in-place op cannot change what was
@@ -295,8 +300,9 @@ class _Mapper:
         # one buffer for every layer and batch (the layers are mapped one after the other)
         self.scratch = torch.empty(0)
         self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        self.nonneg: dict[str, bool] = {}  # layers known to output no value below zero
 
-    def hook(self, name: str, call: int) -> Callable[..., None]:
+    def hook(self, name: str, call: int, nonneg: bool) -> Callable[..., None]:
         def run(module: torch.nn.Module, args: Any, output: Any) -> None:
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] != call or not isinstance(output, torch.Tensor):
@@ -304,6 +310,7 @@ class _Mapper:
             # The state lives on the CPU (it is stored and merged there); on a GPU the forward
             # pass ran on the device and only the layer's output crosses over.
             x = _as_grid(output.detach()).float().cpu()
+            self.nonneg[name] = nonneg
             if x.numel() >= GATHER:
                 self.map(name, x, self.indices)
                 return
@@ -318,7 +325,8 @@ class _Mapper:
         floor = self.folder.floor(name, indices)
         if self.scratch.numel() < x.numel():
             self.scratch = torch.empty(x.numel())
-        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch))
+        nonneg = self.nonneg.get(name, False)
+        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch, nonneg))
 
     def flush_layer(self, name: str) -> None:
         queue = self.gathered.pop(name, [])
@@ -344,7 +352,8 @@ class _Mapper:
             for name in self.names:
                 lay = self.model.graph[name]
                 module = self.model.net.get_submodule(str(lay.module))
-                handles.append(module.register_forward_hook(self.hook(name, lay.call)))
+                nonneg = isinstance(module, NONNEG_MODULES)
+                handles.append(module.register_forward_hook(self.hook(name, lay.call, nonneg)))
             with preserved_modes(self.model):
                 yield self
         finally:

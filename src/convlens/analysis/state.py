@@ -154,6 +154,45 @@ def _count_positive(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> 
     return ones.sum(dim=1).round_().long()
 
 
+# A byte lane of an int64 word holds at most 255 before it carries into the next lane.
+LANE_MAX = 255
+
+
+def _count_nonzero(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, how many entries are not zero, from one pass that writes a byte per entry.
+
+    ``flat`` is copied into a bool buffer (nonzero -> 1) whose rows are padded with zeros to
+    whole int64 words; summing the words as int64 adds eight bytes side by side without a
+    carry as long as no lane passes 255 (rows are summed in groups of at most 255 words), and
+    the eight lane totals add up to the count. The buffer is a quarter of the float32 one
+    :func:`_count_positive` writes and the int64 sum reads an eighth as many elements, which
+    is what costs on a layer that has just left the cache. For a non-negative layer (a ReLU's
+    output) "not zero" is "above zero", except for NaN: the caller checks for it."""
+    R, N = flat.shape
+    words = -(-N // 8)
+    groups = -(-words // LANE_MAX)
+    if groups > 1:
+        words = groups * LANE_MAX
+    padded = words * 8
+    need = R * padded
+    if scratch is None or scratch.numel() * scratch.element_size() < need:
+        buf = torch.empty(need, dtype=torch.bool)
+    else:
+        buf = scratch.view(-1).view(torch.bool)[:need]
+    rows = buf.view(R, padded)
+    if padded > N:
+        rows[:, N:].zero_()
+    rows[:, :N].copy_(flat)
+    lanes = rows.view(torch.int64).view(R, groups, words // groups).sum(dim=2)  # (R, groups)
+    return lanes.view(torch.uint8).view(R, groups * 8).sum(dim=1)
+
+
+def _count_above_zero(
+    flat: torch.Tensor, scratch: torch.Tensor | None, nonneg: bool
+) -> torch.Tensor:
+    return _count_nonzero(flat, scratch) if nonneg else _count_positive(flat, scratch)
+
+
 # Rows of a large layer (over 8 MiB) are reduced a block of this many floats (512 KiB) at a time, so
 # the four reductions over a block find it in the core's cache instead of streaming the whole
 # layer from memory four times (ResNet-18's first ReLU is 100 MB per batch of 32).
@@ -162,19 +201,20 @@ ROW_UNITS = 2048  # maps of at least this many positions are searched row by row
 
 
 def _row_stats(
-    rows: torch.Tensor, width: int, scratch: torch.Tensor | None = None
+    rows: torch.Tensor, width: int, scratch: torch.Tensor | None = None, nonneg: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``rows`` ``(R, N)``, ``N`` a multiple of ``width``: the maximum of every run
     of ``width`` entries ``(R, N / width)`` (one image row of a feature map), and the row's
     float32 sum, float32 sum of squares and count of entries above zero; computed a block of
-    rows at a time for large inputs."""
+    rows at a time for large inputs. ``nonneg``: no entry is below zero (see
+    :func:`_count_nonzero`; rows holding a NaN are then recounted by the caller)."""
     R, N = rows.shape
     if R * N <= 16 * BLOCK or N >= BLOCK:  # 8 MiB and less: no gain measured
         return (
             rows.view(R, N // width, width).amax(dim=2),
             rows.sum(dim=1),
             torch.linalg.vector_norm(rows, dim=1).square(),
-            _count_positive(rows, scratch),
+            _count_above_zero(rows, scratch, nonneg),
         )
     step = max(1, BLOCK // N)
     maximum = torch.empty(R, N // width)
@@ -186,7 +226,7 @@ def _row_stats(
         torch.amax(block.view(-1, N // width, width), dim=2, out=maximum[start:stop])
         torch.sum(block, dim=1, out=total[start:stop])
         torch.linalg.vector_norm(block, dim=1, out=total_sq[start:stop])
-        positive[start:stop] = _count_positive(block, scratch)
+        positive[start:stop] = _count_above_zero(block, scratch, nonneg)
     return maximum, total, total_sq.square_(), positive
 
 
@@ -297,18 +337,23 @@ def map_sorted(
     k: int,
     floor: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
+    nonneg: bool = False,
 ) -> LayerState:
     """:func:`map_candidates` of a float32 ``(B, C, H, W)`` batch whose ``image_indices``
     (int64) already ascend: the streaming scan's per-layer call, with no checks to repeat
-    (``scratch``: see :func:`_count_positive`)."""
+    (``scratch``: see :func:`_count_positive`). ``nonneg``: the caller knows that no value is
+    below zero (a ReLU's output), which allows a cheaper count of the positive ones."""
     B, C, H, W = x.shape
     xv = x.reshape(B, C, H * W)  # every reduction below runs along the contiguous last axis
     # Large maps are searched an image row at a time, small ones a whole image at a time
     # (a maximum over a few dozen values vectorizes poorly; see _top_hits).
     rows_h = H if H * W >= ROW_UNITS else 1
-    unit_max, sums, squares, positive = _row_stats(
-        xv.reshape(B * C, H * W), H * W // rows_h, scratch
-    )
+    flat = xv.reshape(B * C, H * W)
+    unit_max, sums, squares, positive = _row_stats(flat, H * W // rows_h, scratch, nonneg)
+    if nonneg:  # NaN is "not zero" but not above zero; a row holding one sums to NaN
+        nan = sums.isnan()
+        if bool(nan.any()):
+            positive[nan] = _count_positive(flat[nan])
     unit_max = unit_max.view(B, C, rows_h)
     per_image_max = unit_max.amax(dim=2) if rows_h > 1 else unit_max.view(B, C)  # (B, C)
     values, rows, positions = _top_hits(xv, unit_max, k, floor)
