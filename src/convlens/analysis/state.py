@@ -230,15 +230,24 @@ def _row_stats(
     return maximum, total, total_sq.square_(), positive
 
 
+def _unit_rows(sel: torch.Tensor, channels: torch.Tensor, C: int, H: int) -> torch.Tensor:
+    """Flat row indices into a ``(B·C·H, W)`` view of a batch for units ``sel`` (unit ``u`` is
+    row ``u % H`` of image ``u // H``) of ``channels`` (one per row of ``sel``)."""
+    if H == 1:
+        return sel * C + channels[:, None]
+    return ((sel // H) * C + channels[:, None]) * H + sel % H
+
+
 def _search(
     x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact top ``k`` of channels ``ch`` over the units ``sel`` ``(len(ch), m)`` (unit
     ``u`` is row ``u % H`` of image ``u // H``) of ``x4`` ``(B, C, H, W)``, as (values, unit,
     offset in the unit); ``sel`` ascends, so a tie between units goes to the earlier one."""
-    H, W = x4.shape[2], x4.shape[3]
+    B, C, H, W = x4.shape
     m = sel.shape[1]
-    cand = x4[sel // H, ch[:, None], sel % H, :].reshape(len(ch), m * W)  # (Cn, m·W)
+    flat = _unit_rows(sel, ch, C, H).view(-1)
+    cand = x4.view(B * C * H, W).index_select(0, flat).view(len(ch), m * W)  # (Cn, m·W)
     local = _exact_topk(cand, min(k, m * W))
     return cand.gather(1, local), sel.gather(1, local // W), local % W
 
@@ -247,21 +256,25 @@ def _top_hits(
     xv: torch.Tensor, unit_max: torch.Tensor, k: int, floor: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per channel, the exact top ``k`` of ``xv`` ``(B, C, HW)`` as (values, batch row,
-    position), ties broken by (row, position); batch row ``-1`` marks an empty slot.
+    position), ties broken by (row, position); batch row ``-1`` marks an empty slot. Fewer
+    than ``k`` columns come back when the batch has fewer than ``k`` values worth returning.
 
     The search runs over *units*, runs of ``W`` consecutive positions (one row of an image's
     feature map, ``unit_max`` ``(B, C, H)`` their maxima). Only the ``k`` units with the
     largest maxima can hold a channel's top ``k`` values (the k-th largest value is at least
     the k-th largest unit maximum), so when the (k+1)-th unit maximum is strictly smaller the
-    search reads those ``k·W`` values alone; channels with a tie there (a dead unit's zeros)
+    search reads those ``k·W`` values alone; channels with a tie there (a saturated unit, say)
     search the whole batch.
 
     ``floor`` ``(C,)``, when given, is a value that only entries *strictly above* it can beat
     (the k-th value of a running state whose hits all come from earlier images). Then only
-    units whose maximum exceeds ``floor`` are searched: none for most channels once the scan
-    is under way (they are skipped), at most ``k`` for the others. The hits at or below
-    ``floor`` that this returns are not the batch's own top ``k``, but they lose to the
-    state's in any merge, so the merged result is exact.
+    units whose maximum exceeds ``floor`` matter: if no channel has one, nothing is searched;
+    otherwise every channel searches its ``m`` best units, ``m`` the most any channel has
+    above its floor (at most ``k``), and a tie at the k-th unit maximum matters only above the
+    floor. Hits at or below ``floor`` (from channels with fewer such units) are not the
+    batch's own top ``k``, but they lose to the state's in any merge (a tie goes to the
+    state's earlier image), so the merged result is exact. All channels are searched together,
+    so the number of tensor operations does not grow with the number of channels.
     """
     B, C, HW = xv.shape
     H = unit_max.shape[2]
@@ -269,44 +282,50 @@ def _top_hits(
     U = B * H
     x4 = xv.view(B, C, H, W)
     umax = unit_max.permute(1, 0, 2).reshape(C, U)  # (C, U), units in (image, row) order
-    width = min(k, B * HW)
-    values = torch.full((C, width), float("-inf"))
-    units = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
-    offsets = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
-    todo = torch.ones(C, dtype=torch.bool)
-
-    def put(ch: torch.Tensor, hits: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        n = hits[0].shape[1]
-        for into, part in zip((values, units, offsets), hits, strict=True):
-            into[:, :n].index_copy_(0, ch, part)
-        todo.index_fill_(0, ch, False)
-
-    if floor is not None:
-        above = (umax > floor[:, None]).sum(dim=1)  # (C,) units that can still contribute
-        todo &= above > 0  # the others: nothing this batch can add
-        few = todo & (above <= k)
-        if bool(few.any()):
-            ch = few.nonzero()[:, 0]
-            m = int(above[ch].max())
-            sel = umax[ch].topk(m, dim=1).indices.sort(dim=1).values
-            put(ch, _search(x4, ch, sel, k))
-    if k < U and bool(todo.any()):
-        best, order = umax.topk(k + 1, dim=1)  # (C, k+1)
-        narrow = todo & (best[:, k] < best[:, k - 1])
-        if bool(narrow.any()):
-            ch = narrow.nonzero()[:, 0]
-            put(ch, _search(x4, ch, order[ch, :k].sort(dim=1).values, k))
-    if bool(todo.any()):  # a tie at the k-th unit maximum: search the whole batch
-        ch = todo.nonzero()[:, 0]
+    channels = torch.arange(C)
+    if k >= U:  # every unit is searched: no choice to make
+        sel = torch.arange(U).expand(C, U)
+        tie = None
+    else:
+        best, order = umax.topk(k + 1, dim=1)  # (C, k+1), largest first
+        m = k
+        tie = best[:, k] == best[:, k - 1]
+        if floor is not None:
+            live = best[:, :k] > floor[:, None]
+            m = int(live.sum(dim=1).max())
+            if m == 0:  # nothing in this batch can enter any channel's top k
+                empty = torch.full((C, 0), EMPTY_IMAGE, dtype=torch.long)
+                return torch.empty(C, 0), empty, empty
+            tie &= live[:, k - 1]  # a tie at or below the floor cannot matter
+        sel = order[:, :m].sort(dim=1).values
+    values, units, offsets = _search(x4, channels, sel, k)
+    if tie is not None and bool(tie.any()):  # a tie at the k-th unit maximum: search all
+        # such a channel has k units above its floor, so m = k and the search above already
+        # returned k columns (k < U <= B·HW), as many as this one
+        ch = tie.nonzero()[:, 0]
         full = xv[:, ch, :].transpose(0, 1).reshape(len(ch), B * HW)  # (Cw, B·HW)
-        local = _exact_topk(full, width)
+        local = _exact_topk(full, k)
         image, pos = local // HW, local % HW
-        put(ch, (full.gather(1, local), image * H + pos // W, pos % W))
-    # back from (unit, offset) to (image, position); empty slots stay -1
-    empty = units < 0
-    rows = torch.where(empty, EMPTY_IMAGE, units // H)
-    positions = torch.where(empty, EMPTY_IMAGE, (units % H) * W + offsets)
-    return values, rows, positions
+        values[ch] = full.gather(1, local)
+        units[ch] = image * H + pos // W
+        offsets[ch] = pos % W
+    # back from (unit, offset) to (image, position)
+    if H == 1:
+        return values, units, offsets
+    return values, units // H, (units % H) * W + offsets
+
+
+def _pad_hits(
+    values: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hits padded with empty slots (-inf, -1, -1) to ``width`` columns."""
+    n = width - values.shape[1]
+    pad = torch.full((values.shape[0], n), EMPTY_IMAGE, dtype=torch.long)
+    return (
+        torch.cat([values, torch.full((values.shape[0], n), float("-inf"))], 1),
+        torch.cat([images, pad], 1),
+        torch.cat([positions, pad], 1),
+    )
 
 
 def map_candidates(
@@ -358,13 +377,9 @@ def map_sorted(
     per_image_max = unit_max.amax(dim=2) if rows_h > 1 else unit_max.view(B, C)  # (B, C)
     values, rows, positions = _top_hits(xv, unit_max, k, floor)
     sums, squares, positive = sums.view(B, C), squares.view(B, C), positive.view(B, C)
-    # rows of -1 (empty slots) pick the appended -1
-    images = torch.cat([image_indices, image_indices.new_full((1,), EMPTY_IMAGE)])[rows]
-    if values.shape[1] < k:  # fewer positions in this batch than slots: pad with empty slots
-        pad = LayerState.empty(C, k - values.shape[1], (H, W))
-        values = torch.cat([values, pad.values], 1)
-        images = torch.cat([images, pad.images], 1)
-        positions = torch.cat([positions, pad.positions], 1)
+    images = image_indices[rows]
+    if values.shape[1] < k:  # fewer hits than slots: pad with empty slots
+        values, images, positions = _pad_hits(values, images, positions, k)
     return LayerState(
         values=values,
         images=images,
