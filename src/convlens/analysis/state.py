@@ -263,8 +263,9 @@ def _top_hits(
     feature map, ``unit_max`` ``(B, C, H)`` their maxima). Only the ``k`` units with the
     largest maxima can hold a channel's top ``k`` values (the k-th largest value is at least
     the k-th largest unit maximum), so when the (k+1)-th unit maximum is strictly smaller the
-    search reads those ``k·W`` values alone; channels with a tie there (a saturated unit, say)
-    search the whole batch.
+    search reads those ``k·W`` values alone. A channel with a tie there (equal maxima on
+    several images: a saturated unit, or a dead one) needs every unit whose maximum reaches
+    the k-th, and then every channel searches that many.
 
     ``floor`` ``(C,)``, when given, is a value that only entries *strictly above* it can beat
     (the k-th value of a running state whose hits all come from earlier images). Then only
@@ -280,12 +281,9 @@ def _top_hits(
     H = unit_max.shape[2]
     W = HW // H
     U = B * H
-    x4 = xv.view(B, C, H, W)
     umax = unit_max.permute(1, 0, 2).reshape(C, U)  # (C, U), units in (image, row) order
-    channels = torch.arange(C)
     if k >= U:  # every unit is searched: no choice to make
         sel = torch.arange(U).expand(C, U)
-        tie = None
     else:
         best, order = umax.topk(k + 1, dim=1)  # (C, k+1), largest first
         m = k
@@ -297,18 +295,14 @@ def _top_hits(
                 empty = torch.full((C, 0), EMPTY_IMAGE, dtype=torch.long)
                 return torch.empty(C, 0), empty, empty
             tie &= live[:, k - 1]  # a tie at or below the floor cannot matter
+        if bool(tie.any()):
+            # The k-th largest value is at least the k-th unit maximum, so the units whose
+            # maximum reaches it hold the top k: search all of them (k and the tied ones).
+            m = max(m, int((umax[tie] >= best[tie, k - 1 : k]).sum(dim=1).max()))
+            if m > k + 1:
+                order = umax.topk(m, dim=1).indices
         sel = order[:, :m].sort(dim=1).values
-    values, units, offsets = _search(x4, channels, sel, k)
-    if tie is not None and bool(tie.any()):  # a tie at the k-th unit maximum: search all
-        # such a channel has k units above its floor, so m = k and the search above already
-        # returned k columns (k < U <= B·HW), as many as this one
-        ch = tie.nonzero()[:, 0]
-        full = xv[:, ch, :].transpose(0, 1).reshape(len(ch), B * HW)  # (Cw, B·HW)
-        local = _exact_topk(full, k)
-        image, pos = local // HW, local % HW
-        values[ch] = full.gather(1, local)
-        units[ch] = image * H + pos // W
-        offsets[ch] = pos % W
+    values, units, offsets = _search(xv.view(B, C, H, W), torch.arange(C), sel, k)
     # back from (unit, offset) to (image, position)
     if H == 1:
         return values, units, offsets
