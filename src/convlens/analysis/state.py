@@ -282,6 +282,8 @@ def _top_hits(
     W = HW // H
     U = B * H
     umax = unit_max.permute(1, 0, 2).reshape(C, U)  # (C, U), units in (image, row) order
+    x4 = xv.view(B, C, H, W)
+    wide = None  # channels searched over the whole batch
     if k >= U:  # every unit is searched: no choice to make
         sel = torch.arange(U).expand(C, U)
     else:
@@ -298,11 +300,26 @@ def _top_hits(
         if bool(tie.any()):
             # The k-th largest value is at least the k-th unit maximum, so the units whose
             # maximum reaches it hold the top k: search all of them (k and the tied ones).
-            m = max(m, int((umax[tie] >= best[tie, k - 1 : k]).sum(dim=1).max()))
-            if m > k + 1:
+            # Where that is many (a dead unit's zeros, before there is a floor), search the
+            # channel's whole batch on its own rather than that many units of every channel.
+            need = torch.zeros(C, dtype=torch.long)
+            need[tie] = (umax[tie] >= best[tie, k - 1 : k]).sum(dim=1)
+            many = need > 2 * k
+            if bool(many.any()):
+                wide = many.nonzero()[:, 0]
+                need[many] = 0
+            if int(need.max()) > m:
+                m = int(need.max())
                 order = umax.topk(m, dim=1).indices
         sel = order[:, :m].sort(dim=1).values
-    values, units, offsets = _search(xv.view(B, C, H, W), torch.arange(C), sel, k)
+    values, units, offsets = _search(x4, torch.arange(C), sel, k)
+    if wide is not None:  # k < U <= B·HW: k columns, as many as the search above returned
+        full = xv[:, wide, :].transpose(0, 1).reshape(len(wide), B * HW)  # (Cw, B·HW)
+        local = _exact_topk(full, k)
+        pos = local % HW
+        values[wide] = full.gather(1, local)
+        units[wide] = (local // HW) * H + pos // W
+        offsets[wide] = pos % W
     # back from (unit, offset) to (image, position)
     if H == 1:
         return values, units, offsets
