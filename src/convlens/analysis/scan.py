@@ -299,7 +299,8 @@ class _Mapper:
         self.calls: dict[str, int] = {}
         # one buffer for every layer and batch (the layers are mapped one after the other)
         self.scratch = torch.empty(0)
-        self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # small outputs copied aside: per layer a buffer, its rows filled, and their indices
+        self.gathered: dict[str, tuple[torch.Tensor, int, list[torch.Tensor]]] = {}
         self.nonneg: dict[str, bool] = {}  # layers known to output no value below zero
 
     def hook(self, name: str, call: int, nonneg: bool) -> Callable[..., None]:
@@ -314,9 +315,7 @@ class _Mapper:
             if x.numel() >= GATHER:
                 self.map(name, x, self.indices)
                 return
-            queue = self.gathered.setdefault(name, [])
-            queue.append((x.clone(), self.indices))
-            if sum(part.numel() for part, _ in queue) >= GATHER:
+            if self.gather(name, x) >= GATHER:
                 self.flush_layer(name)
 
         return run
@@ -328,12 +327,30 @@ class _Mapper:
         nonneg = self.nonneg.get(name, False)
         self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch, nonneg))
 
+    def gather(self, name: str, x: torch.Tensor) -> int:
+        """Copy ``x`` (a later in-place op may change it) after the layer's gathered rows, in
+        a buffer reused from one flush to the next (no concatenation at the flush); returns
+        how many values have gathered."""
+        buf, filled, indices = self.gathered.get(name, (torch.empty(0), 0, []))
+        B = x.shape[0]
+        if buf.shape[1:] != x.shape[1:] or buf.shape[0] < filled + B:
+            rows = max(filled + B, GATHER // max(x[0].numel(), 1) + B)
+            grown = torch.empty(rows, *x.shape[1:], dtype=x.dtype)
+            if filled:
+                grown[:filled] = buf[:filled]
+            buf = grown
+        buf[filled : filled + B] = x
+        indices.append(self.indices)
+        self.gathered[name] = (buf, filled + B, indices)
+        return (filled + B) * x[0].numel()
+
     def flush_layer(self, name: str) -> None:
-        queue = self.gathered.pop(name, [])
-        if not queue:
+        buf, filled, parts = self.gathered.get(name, (torch.empty(0), 0, []))
+        if filled == 0:
             return
-        x = torch.cat([part for part, _ in queue]) if len(queue) > 1 else queue[0][0]
-        indices = torch.cat([idx for _, idx in queue])
+        self.gathered[name] = (buf, 0, [])  # the buffer is reused; the state keeps no view
+        x = buf[:filled]
+        indices = torch.cat(parts)
         if bool((indices.diff() < 0).any()):  # batches out of order (a shard's own order)
             indices, order = indices.sort()
             x = x[order]

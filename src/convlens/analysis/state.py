@@ -396,8 +396,8 @@ def map_sorted(
         images=images,
         positions=positions,
         # float32 along each image's map (a vectorized pass each), float64 across images
-        total=sums.double().sum(dim=0),
-        total_sq=squares.double().sum(dim=0),
+        total=sums.sum(dim=0, dtype=torch.float64),
+        total_sq=squares.sum(dim=0, dtype=torch.float64),
         maximum=per_image_max.amax(dim=0),
         positive=positive.sum(dim=0),
         fired=(per_image_max > 0).sum(dim=0),
