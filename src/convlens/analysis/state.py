@@ -100,13 +100,14 @@ def _as_grid(x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _exact_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
+def _exact_topk(flat: torch.Tensor, k: int, floor: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the top ``k`` of each row of ``flat``, ties broken by the smaller index.
 
     ``torch.topk`` picks arbitrarily among values equal to the k-th (all the zeros of a dead
     ReLU unit, say). Asking it for ``k + 1`` shows where that can happen: a row whose
     ``(k+1)``-th value equals its k-th. Such rows are redone exactly: everything above the
-    k-th value, then the first equal ones in index order.
+    k-th value, then the first equal ones in index order. With a ``floor`` per row (see
+    :func:`_top_hits`) a tie at or below it is left as it is: those hits lose any merge.
     """
     n = flat.shape[1]
     vals, idx = flat.topk(min(k + 1, n), dim=1, sorted=True)  # (C, k+1)
@@ -114,6 +115,8 @@ def _exact_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
         return idx  # every position is kept: no choice to make
     kth = vals[:, k - 1 : k]
     ambiguous = vals[:, k] == vals[:, k - 1]  # a tie across the edge
+    if floor is not None:
+        ambiguous &= vals[:, k - 1] > floor
     idx = idx[:, :k]
     if bool(ambiguous.any()):
         rows = flat[ambiguous]
@@ -230,16 +233,17 @@ def _row_stats(
     return maximum, total, total_sq.square_(), positive
 
 
-def _unit_rows(sel: torch.Tensor, channels: torch.Tensor, C: int, H: int) -> torch.Tensor:
-    """Flat row indices into a ``(B·C·H, W)`` view of a batch for units ``sel`` (unit ``u`` is
-    row ``u % H`` of image ``u // H``) of ``channels`` (one per row of ``sel``)."""
-    if H == 1:
-        return sel * C + channels[:, None]
-    return ((sel // H) * C + channels[:, None]) * H + sel % H
+def _unit_rows(sel: torch.Tensor, channels: torch.Tensor, n_ch: int, rows: int) -> torch.Tensor:
+    """Flat row indices into a ``(B·C·H, W)`` view of a batch (``n_ch`` = C, ``rows`` = H)
+    for units ``sel`` (unit ``u`` is row ``u % H`` of image ``u // H``) of ``channels`` (one
+    per row of ``sel``)."""
+    if rows == 1:
+        return sel * n_ch + channels[:, None]
+    return ((sel // rows) * n_ch + channels[:, None]) * rows + sel % rows
 
 
 def _search(
-    x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int
+    x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int, floor: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact top ``k`` of channels ``ch`` over the units ``sel`` ``(len(ch), m)`` (unit
     ``u`` is row ``u % H`` of image ``u // H``) of ``x4`` ``(B, C, H, W)``, as (values, unit,
@@ -248,7 +252,7 @@ def _search(
     m = sel.shape[1]
     flat = _unit_rows(sel, ch, C, H).view(-1)
     cand = x4.view(B * C * H, W).index_select(0, flat).view(len(ch), m * W)  # (Cn, m·W)
-    local = _exact_topk(cand, min(k, m * W))
+    local = _exact_topk(cand, min(k, m * W), floor)
     return cand.gather(1, local), sel.gather(1, local // W), local % W
 
 
@@ -312,7 +316,7 @@ def _top_hits(
                 m = int(need.max())
                 order = umax.topk(m, dim=1).indices
         sel = order[:, :m].sort(dim=1).values
-    values, units, offsets = _search(x4, torch.arange(C), sel, k)
+    values, units, offsets = _search(x4, torch.arange(C), sel, k, floor)
     if wide is not None:  # k < U <= B·HW: k columns, as many as the search above returned
         full = xv[:, wide, :].transpose(0, 1).reshape(len(wide), B * HW)  # (Cw, B·HW)
         local = _exact_topk(full, k)
