@@ -282,6 +282,11 @@ class Folder:
 GATHER = 1 << 20
 
 
+# Modules whose output is never below zero (NaN aside): their count of positive values can
+# count nonzero bytes instead (see state._count_nonzero).
+NONNEG_MODULES: tuple[type[torch.nn.Module], ...] = (torch.nn.ReLU, torch.nn.ReLU6)
+
+
 class _Mapper:
     """Forward hooks that map each scanned layer's output into a :class:`Folder` the moment
     the layer produces it, from the tensor itself (a later in-place op cannot change what was
@@ -294,9 +299,11 @@ class _Mapper:
         self.calls: dict[str, int] = {}
         # one buffer for every layer and batch (the layers are mapped one after the other)
         self.scratch = torch.empty(0)
-        self.gathered: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+        # small outputs copied aside: per layer a buffer, its rows filled, and their indices
+        self.gathered: dict[str, tuple[torch.Tensor, int, list[torch.Tensor]]] = {}
+        self.nonneg: dict[str, bool] = {}  # layers known to output no value below zero
 
-    def hook(self, name: str, call: int) -> Callable[..., None]:
+    def hook(self, name: str, call: int, nonneg: bool) -> Callable[..., None]:
         def run(module: torch.nn.Module, args: Any, output: Any) -> None:
             self.calls[name] = self.calls.get(name, 0) + 1
             if self.calls[name] != call or not isinstance(output, torch.Tensor):
@@ -304,12 +311,11 @@ class _Mapper:
             # The state lives on the CPU (it is stored and merged there); on a GPU the forward
             # pass ran on the device and only the layer's output crosses over.
             x = _as_grid(output.detach()).float().cpu()
+            self.nonneg[name] = nonneg
             if x.numel() >= GATHER:
                 self.map(name, x, self.indices)
                 return
-            queue = self.gathered.setdefault(name, [])
-            queue.append((x.clone(), self.indices))
-            if sum(part.numel() for part, _ in queue) >= GATHER:
+            if self.gather(name, x) >= GATHER:
                 self.flush_layer(name)
 
         return run
@@ -318,14 +324,33 @@ class _Mapper:
         floor = self.folder.floor(name, indices)
         if self.scratch.numel() < x.numel():
             self.scratch = torch.empty(x.numel())
-        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch))
+        nonneg = self.nonneg.get(name, False)
+        self.folder.add(name, map_sorted(x, indices, self.k, floor, self.scratch, nonneg))
+
+    def gather(self, name: str, x: torch.Tensor) -> int:
+        """Copy ``x`` (a later in-place op may change it) after the layer's gathered rows, in
+        a buffer reused from one flush to the next (no concatenation at the flush); returns
+        how many values have gathered."""
+        buf, filled, indices = self.gathered.get(name, (torch.empty(0), 0, []))
+        B = x.shape[0]
+        if buf.shape[1:] != x.shape[1:] or buf.shape[0] < filled + B:
+            rows = max(filled + B, GATHER // max(x[0].numel(), 1) + B)
+            grown = torch.empty(rows, *x.shape[1:], dtype=x.dtype)
+            if filled:
+                grown[:filled] = buf[:filled]
+            buf = grown
+        buf[filled : filled + B] = x
+        indices.append(self.indices)
+        self.gathered[name] = (buf, filled + B, indices)
+        return (filled + B) * x[0].numel()
 
     def flush_layer(self, name: str) -> None:
-        queue = self.gathered.pop(name, [])
-        if not queue:
+        buf, filled, parts = self.gathered.get(name, (torch.empty(0), 0, []))
+        if filled == 0:
             return
-        x = torch.cat([part for part, _ in queue]) if len(queue) > 1 else queue[0][0]
-        indices = torch.cat([idx for _, idx in queue])
+        self.gathered[name] = (buf, 0, [])  # the buffer is reused; the state keeps no view
+        x = buf[:filled]
+        indices = torch.cat(parts)
         if bool((indices.diff() < 0).any()):  # batches out of order (a shard's own order)
             indices, order = indices.sort()
             x = x[order]
@@ -344,7 +369,8 @@ class _Mapper:
             for name in self.names:
                 lay = self.model.graph[name]
                 module = self.model.net.get_submodule(str(lay.module))
-                handles.append(module.register_forward_hook(self.hook(name, lay.call)))
+                nonneg = isinstance(module, NONNEG_MODULES)
+                handles.append(module.register_forward_hook(self.hook(name, lay.call, nonneg)))
             with preserved_modes(self.model):
                 yield self
         finally:

@@ -100,13 +100,14 @@ def _as_grid(x: torch.Tensor) -> torch.Tensor:
     )
 
 
-def _exact_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
+def _exact_topk(flat: torch.Tensor, k: int, floor: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the top ``k`` of each row of ``flat``, ties broken by the smaller index.
 
     ``torch.topk`` picks arbitrarily among values equal to the k-th (all the zeros of a dead
     ReLU unit, say). Asking it for ``k + 1`` shows where that can happen: a row whose
     ``(k+1)``-th value equals its k-th. Such rows are redone exactly: everything above the
-    k-th value, then the first equal ones in index order.
+    k-th value, then the first equal ones in index order. With a ``floor`` per row (see
+    :func:`_top_hits`) a tie at or below it is left as it is: those hits lose any merge.
     """
     n = flat.shape[1]
     vals, idx = flat.topk(min(k + 1, n), dim=1, sorted=True)  # (C, k+1)
@@ -114,6 +115,8 @@ def _exact_topk(flat: torch.Tensor, k: int) -> torch.Tensor:
         return idx  # every position is kept: no choice to make
     kth = vals[:, k - 1 : k]
     ambiguous = vals[:, k] == vals[:, k - 1]  # a tie across the edge
+    if floor is not None:
+        ambiguous &= vals[:, k - 1] > floor
     idx = idx[:, :k]
     if bool(ambiguous.any()):
         rows = flat[ambiguous]
@@ -154,6 +157,45 @@ def _count_positive(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> 
     return ones.sum(dim=1).round_().long()
 
 
+# A byte lane of an int64 word holds at most 255 before it carries into the next lane.
+LANE_MAX = 255
+
+
+def _count_nonzero(flat: torch.Tensor, scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Per row, how many entries are not zero, from one pass that writes a byte per entry.
+
+    ``flat`` is copied into a bool buffer (nonzero -> 1) whose rows are padded with zeros to
+    whole int64 words; summing the words as int64 adds eight bytes side by side without a
+    carry as long as no lane passes 255 (rows are summed in groups of at most 255 words), and
+    the eight lane totals add up to the count. The buffer is a quarter of the float32 one
+    :func:`_count_positive` writes and the int64 sum reads an eighth as many elements, which
+    is what costs on a layer that has just left the cache. For a non-negative layer (a ReLU's
+    output) "not zero" is "above zero", except for NaN: the caller checks for it."""
+    R, N = flat.shape
+    words = -(-N // 8)
+    groups = -(-words // LANE_MAX)
+    if groups > 1:
+        words = groups * LANE_MAX
+    padded = words * 8
+    need = R * padded
+    if scratch is None or scratch.numel() * scratch.element_size() < need:
+        buf = torch.empty(need, dtype=torch.bool)
+    else:
+        buf = scratch.view(-1).view(torch.bool)[:need]
+    rows = buf.view(R, padded)
+    if padded > N:
+        rows[:, N:].zero_()
+    rows[:, :N].copy_(flat)
+    lanes = rows.view(torch.int64).view(R, groups, words // groups).sum(dim=2)  # (R, groups)
+    return lanes.view(torch.uint8).view(R, groups * 8).sum(dim=1)
+
+
+def _count_above_zero(
+    flat: torch.Tensor, scratch: torch.Tensor | None, nonneg: bool
+) -> torch.Tensor:
+    return _count_nonzero(flat, scratch) if nonneg else _count_positive(flat, scratch)
+
+
 # Rows of a large layer (over 8 MiB) are reduced a block of this many floats (512 KiB) at a time, so
 # the four reductions over a block find it in the core's cache instead of streaming the whole
 # layer from memory four times (ResNet-18's first ReLU is 100 MB per batch of 32).
@@ -162,19 +204,20 @@ ROW_UNITS = 2048  # maps of at least this many positions are searched row by row
 
 
 def _row_stats(
-    rows: torch.Tensor, width: int, scratch: torch.Tensor | None = None
+    rows: torch.Tensor, width: int, scratch: torch.Tensor | None = None, nonneg: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per row of ``rows`` ``(R, N)``, ``N`` a multiple of ``width``: the maximum of every run
     of ``width`` entries ``(R, N / width)`` (one image row of a feature map), and the row's
     float32 sum, float32 sum of squares and count of entries above zero; computed a block of
-    rows at a time for large inputs."""
+    rows at a time for large inputs. ``nonneg``: no entry is below zero (see
+    :func:`_count_nonzero`; rows holding a NaN are then recounted by the caller)."""
     R, N = rows.shape
     if R * N <= 16 * BLOCK or N >= BLOCK:  # 8 MiB and less: no gain measured
         return (
             rows.view(R, N // width, width).amax(dim=2),
             rows.sum(dim=1),
             torch.linalg.vector_norm(rows, dim=1).square(),
-            _count_positive(rows, scratch),
+            _count_above_zero(rows, scratch, nonneg),
         )
     step = max(1, BLOCK // N)
     maximum = torch.empty(R, N // width)
@@ -186,20 +229,30 @@ def _row_stats(
         torch.amax(block.view(-1, N // width, width), dim=2, out=maximum[start:stop])
         torch.sum(block, dim=1, out=total[start:stop])
         torch.linalg.vector_norm(block, dim=1, out=total_sq[start:stop])
-        positive[start:stop] = _count_positive(block, scratch)
+        positive[start:stop] = _count_above_zero(block, scratch, nonneg)
     return maximum, total, total_sq.square_(), positive
 
 
+def _unit_rows(sel: torch.Tensor, channels: torch.Tensor, n_ch: int, rows: int) -> torch.Tensor:
+    """Flat row indices into a ``(B·C·H, W)`` view of a batch (``n_ch`` = C, ``rows`` = H)
+    for units ``sel`` (unit ``u`` is row ``u % H`` of image ``u // H``) of ``channels`` (one
+    per row of ``sel``)."""
+    if rows == 1:
+        return sel * n_ch + channels[:, None]
+    return ((sel // rows) * n_ch + channels[:, None]) * rows + sel % rows
+
+
 def _search(
-    x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int
+    x4: torch.Tensor, ch: torch.Tensor, sel: torch.Tensor, k: int, floor: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The exact top ``k`` of channels ``ch`` over the units ``sel`` ``(len(ch), m)`` (unit
     ``u`` is row ``u % H`` of image ``u // H``) of ``x4`` ``(B, C, H, W)``, as (values, unit,
     offset in the unit); ``sel`` ascends, so a tie between units goes to the earlier one."""
-    H, W = x4.shape[2], x4.shape[3]
+    B, C, H, W = x4.shape
     m = sel.shape[1]
-    cand = x4[sel // H, ch[:, None], sel % H, :].reshape(len(ch), m * W)  # (Cn, m·W)
-    local = _exact_topk(cand, min(k, m * W))
+    flat = _unit_rows(sel, ch, C, H).view(-1)
+    cand = x4.view(B * C * H, W).index_select(0, flat).view(len(ch), m * W)  # (Cn, m·W)
+    local = _exact_topk(cand, min(k, m * W), floor)
     return cand.gather(1, local), sel.gather(1, local // W), local % W
 
 
@@ -207,66 +260,87 @@ def _top_hits(
     xv: torch.Tensor, unit_max: torch.Tensor, k: int, floor: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per channel, the exact top ``k`` of ``xv`` ``(B, C, HW)`` as (values, batch row,
-    position), ties broken by (row, position); batch row ``-1`` marks an empty slot.
+    position), ties broken by (row, position); batch row ``-1`` marks an empty slot. Fewer
+    than ``k`` columns come back when the batch has fewer than ``k`` values worth returning.
 
     The search runs over *units*, runs of ``W`` consecutive positions (one row of an image's
     feature map, ``unit_max`` ``(B, C, H)`` their maxima). Only the ``k`` units with the
     largest maxima can hold a channel's top ``k`` values (the k-th largest value is at least
     the k-th largest unit maximum), so when the (k+1)-th unit maximum is strictly smaller the
-    search reads those ``k·W`` values alone; channels with a tie there (a dead unit's zeros)
-    search the whole batch.
+    search reads those ``k·W`` values alone. A channel with a tie there (equal maxima on
+    several images: a saturated unit, or a dead one) needs every unit whose maximum reaches
+    the k-th, and then every channel searches that many.
 
     ``floor`` ``(C,)``, when given, is a value that only entries *strictly above* it can beat
     (the k-th value of a running state whose hits all come from earlier images). Then only
-    units whose maximum exceeds ``floor`` are searched: none for most channels once the scan
-    is under way (they are skipped), at most ``k`` for the others. The hits at or below
-    ``floor`` that this returns are not the batch's own top ``k``, but they lose to the
-    state's in any merge, so the merged result is exact.
+    units whose maximum exceeds ``floor`` matter: if no channel has one, nothing is searched;
+    otherwise every channel searches its ``m`` best units, ``m`` the most any channel has
+    above its floor (at most ``k``), and a tie at the k-th unit maximum matters only above the
+    floor. Hits at or below ``floor`` (from channels with fewer such units) are not the
+    batch's own top ``k``, but they lose to the state's in any merge (a tie goes to the
+    state's earlier image), so the merged result is exact. All channels are searched together,
+    so the number of tensor operations does not grow with the number of channels.
     """
     B, C, HW = xv.shape
     H = unit_max.shape[2]
     W = HW // H
     U = B * H
-    x4 = xv.view(B, C, H, W)
     umax = unit_max.permute(1, 0, 2).reshape(C, U)  # (C, U), units in (image, row) order
-    width = min(k, B * HW)
-    values = torch.full((C, width), float("-inf"))
-    units = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
-    offsets = torch.full((C, width), EMPTY_IMAGE, dtype=torch.long)
-    todo = torch.ones(C, dtype=torch.bool)
+    x4 = xv.view(B, C, H, W)
+    wide = None  # channels searched over the whole batch
+    if k >= U:  # every unit is searched: no choice to make
+        sel = torch.arange(U).expand(C, U)
+    else:
+        best, order = umax.topk(k + 1, dim=1)  # (C, k+1), largest first
+        m = k
+        tie = best[:, k] == best[:, k - 1]
+        if floor is not None:
+            live = best[:, :k] > floor[:, None]
+            m = int(live.sum(dim=1).max())
+            if m == 0:  # nothing in this batch can enter any channel's top k
+                empty = torch.full((C, 0), EMPTY_IMAGE, dtype=torch.long)
+                return torch.empty(C, 0), empty, empty
+            tie &= live[:, k - 1]  # a tie at or below the floor cannot matter
+        if bool(tie.any()):
+            # The k-th largest value is at least the k-th unit maximum, so the units whose
+            # maximum reaches it hold the top k: search all of them (k and the tied ones).
+            # Where that is many (a dead unit's zeros, before there is a floor), search the
+            # channel's whole batch on its own rather than that many units of every channel.
+            need = torch.zeros(C, dtype=torch.long)
+            need[tie] = (umax[tie] >= best[tie, k - 1 : k]).sum(dim=1)
+            many = need > 2 * k
+            if bool(many.any()):
+                wide = many.nonzero()[:, 0]
+                need[many] = 0
+            if int(need.max()) > m:
+                m = int(need.max())
+                order = umax.topk(m, dim=1).indices
+        sel = order[:, :m].sort(dim=1).values
+    values, units, offsets = _search(x4, torch.arange(C), sel, k, floor)
+    if wide is not None:  # k < U <= B·HW: k columns, as many as the search above returned
+        full = xv[:, wide, :].transpose(0, 1).reshape(len(wide), B * HW)  # (Cw, B·HW)
+        local = _exact_topk(full, k)
+        pos = local % HW
+        values[wide] = full.gather(1, local)
+        units[wide] = (local // HW) * H + pos // W
+        offsets[wide] = pos % W
+    # back from (unit, offset) to (image, position)
+    if H == 1:
+        return values, units, offsets
+    return values, units // H, (units % H) * W + offsets
 
-    def put(ch: torch.Tensor, hits: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> None:
-        n = hits[0].shape[1]
-        for into, part in zip((values, units, offsets), hits, strict=True):
-            into[:, :n].index_copy_(0, ch, part)
-        todo.index_fill_(0, ch, False)
 
-    if floor is not None:
-        above = (umax > floor[:, None]).sum(dim=1)  # (C,) units that can still contribute
-        todo &= above > 0  # the others: nothing this batch can add
-        few = todo & (above <= k)
-        if bool(few.any()):
-            ch = few.nonzero()[:, 0]
-            m = int(above[ch].max())
-            sel = umax[ch].topk(m, dim=1).indices.sort(dim=1).values
-            put(ch, _search(x4, ch, sel, k))
-    if k < U and bool(todo.any()):
-        best, order = umax.topk(k + 1, dim=1)  # (C, k+1)
-        narrow = todo & (best[:, k] < best[:, k - 1])
-        if bool(narrow.any()):
-            ch = narrow.nonzero()[:, 0]
-            put(ch, _search(x4, ch, order[ch, :k].sort(dim=1).values, k))
-    if bool(todo.any()):  # a tie at the k-th unit maximum: search the whole batch
-        ch = todo.nonzero()[:, 0]
-        full = xv[:, ch, :].transpose(0, 1).reshape(len(ch), B * HW)  # (Cw, B·HW)
-        local = _exact_topk(full, width)
-        image, pos = local // HW, local % HW
-        put(ch, (full.gather(1, local), image * H + pos // W, pos % W))
-    # back from (unit, offset) to (image, position); empty slots stay -1
-    empty = units < 0
-    rows = torch.where(empty, EMPTY_IMAGE, units // H)
-    positions = torch.where(empty, EMPTY_IMAGE, (units % H) * W + offsets)
-    return values, rows, positions
+def _pad_hits(
+    values: torch.Tensor, images: torch.Tensor, positions: torch.Tensor, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hits padded with empty slots (-inf, -1, -1) to ``width`` columns."""
+    n = width - values.shape[1]
+    pad = torch.full((values.shape[0], n), EMPTY_IMAGE, dtype=torch.long)
+    return (
+        torch.cat([values, torch.full((values.shape[0], n), float("-inf"))], 1),
+        torch.cat([images, pad], 1),
+        torch.cat([positions, pad], 1),
+    )
 
 
 def map_candidates(
@@ -297,36 +371,37 @@ def map_sorted(
     k: int,
     floor: torch.Tensor | None = None,
     scratch: torch.Tensor | None = None,
+    nonneg: bool = False,
 ) -> LayerState:
     """:func:`map_candidates` of a float32 ``(B, C, H, W)`` batch whose ``image_indices``
     (int64) already ascend: the streaming scan's per-layer call, with no checks to repeat
-    (``scratch``: see :func:`_count_positive`)."""
+    (``scratch``: see :func:`_count_positive`). ``nonneg``: the caller knows that no value is
+    below zero (a ReLU's output), which allows a cheaper count of the positive ones."""
     B, C, H, W = x.shape
     xv = x.reshape(B, C, H * W)  # every reduction below runs along the contiguous last axis
     # Large maps are searched an image row at a time, small ones a whole image at a time
     # (a maximum over a few dozen values vectorizes poorly; see _top_hits).
     rows_h = H if H * W >= ROW_UNITS else 1
-    unit_max, sums, squares, positive = _row_stats(
-        xv.reshape(B * C, H * W), H * W // rows_h, scratch
-    )
+    flat = xv.reshape(B * C, H * W)
+    unit_max, sums, squares, positive = _row_stats(flat, H * W // rows_h, scratch, nonneg)
+    if nonneg:  # NaN is "not zero" but not above zero; a row holding one sums to NaN
+        nan = sums.isnan()
+        if bool(nan.any()):
+            positive[nan] = _count_positive(flat[nan])
     unit_max = unit_max.view(B, C, rows_h)
     per_image_max = unit_max.amax(dim=2) if rows_h > 1 else unit_max.view(B, C)  # (B, C)
     values, rows, positions = _top_hits(xv, unit_max, k, floor)
     sums, squares, positive = sums.view(B, C), squares.view(B, C), positive.view(B, C)
-    # rows of -1 (empty slots) pick the appended -1
-    images = torch.cat([image_indices, image_indices.new_full((1,), EMPTY_IMAGE)])[rows]
-    if values.shape[1] < k:  # fewer positions in this batch than slots: pad with empty slots
-        pad = LayerState.empty(C, k - values.shape[1], (H, W))
-        values = torch.cat([values, pad.values], 1)
-        images = torch.cat([images, pad.images], 1)
-        positions = torch.cat([positions, pad.positions], 1)
+    images = image_indices[rows]
+    if values.shape[1] < k:  # fewer hits than slots: pad with empty slots
+        values, images, positions = _pad_hits(values, images, positions, k)
     return LayerState(
         values=values,
         images=images,
         positions=positions,
         # float32 along each image's map (a vectorized pass each), float64 across images
-        total=sums.double().sum(dim=0),
-        total_sq=squares.double().sum(dim=0),
+        total=sums.sum(dim=0, dtype=torch.float64),
+        total_sq=squares.sum(dim=0, dtype=torch.float64),
         maximum=per_image_max.amax(dim=0),
         positive=positive.sum(dim=0),
         fired=(per_image_max > 0).sum(dim=0),
