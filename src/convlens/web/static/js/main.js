@@ -122,6 +122,7 @@ function imageLabel(imageId, label) {
 
 async function loadImage(imageId, pending = null, ticket = store.newImageRequest(), label = null) {
   const trace = (pending && (await pending)) || (await overviewTrace(imageId));
+  performance.mark('convlens:trace');
   if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
   document.querySelector('.input-pair').hidden = false;
   detail.close(); // its numbers belong to the previous image
@@ -135,6 +136,7 @@ async function loadImage(imageId, pending = null, ticket = store.newImageRequest
 }
 
 async function start() {
+  performance.mark('convlens:start');
   detail.install();
   inputs.install(loadImage);
   explainPanel.install(document.getElementById('explain-panel'));
@@ -147,6 +149,7 @@ async function start() {
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 150); });
   try {
     const model = await getModel(); // (preloaded by index.html)
+    performance.mark('convlens:model');
     store.set('model', model);
     document.getElementById('model-name').textContent = `${model.name} · ${model.input_spec.channels}×${model.input_spec.height}×${model.input_spec.width} · ${model.classes.length} classes`;
     document.title = `convlens · ${model.name}`;
