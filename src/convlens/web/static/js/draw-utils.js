@@ -349,6 +349,21 @@ export function readsFrom(layer, channel, inputChannels) {
   return channel < inputChannels ? [channel] : [];
 }
 
+/** Whether `readsFrom(layer, channel, inputChannels)` holds `source`, without making the list
+ * (the overview asks for every pair of neurons it may join). */
+export function reads(layer, channel, inputChannels, source) {
+  if (!(source >= 0 && source < inputChannels)) return false;
+  if (layer.kind === 'conv') {
+    const groups = layer.hyper.groups || 1;
+    if (groups === 1) return true;
+    const per = inputChannels / groups;
+    const g = Math.floor(channel / (layer.output_shape[0] / groups));
+    return source >= g * per && source < (g + 1) * per;
+  }
+  if (layer.kind === 'linear' || layer.kind === 'flatten') return true;
+  return source === channel;
+}
+
 /** An SVG path for an edge: a smooth horizontal S-curve, or an arc above for a skip connection. */
 export function edgePath(x0, y0, x1, y1, skip = false, lift = 30) {
   if (skip) {

@@ -238,3 +238,20 @@ test('deviceRect: adjacent boxes share an edge, none is empty', () => {
   assert.equal(a[0] + a[2], b[0]);
   assert.deepEqual(U.deviceRect(0, 0, 0.1, 0.1, 1), [0, 0, 1, 1]);
 });
+
+test('reads agrees with readsFrom on every channel pair', () => {
+  const layers = [
+    { kind: 'conv', hyper: { groups: 1 }, output_shape: [8, 4, 4] },
+    { kind: 'conv', hyper: { groups: 4 }, output_shape: [8, 4, 4] },
+    { kind: 'conv', hyper: { groups: 8 }, output_shape: [8, 4, 4] },
+    { kind: 'linear', hyper: {}, output_shape: [5] },
+    { kind: 'activation', hyper: {}, output_shape: [8, 4, 4] },
+    { kind: 'maxpool', hyper: {}, output_shape: [6, 2, 2] },
+  ];
+  for (const layer of layers) {
+    for (let c = 0; c < layer.output_shape[0]; c++) {
+      const list = U.readsFrom(layer, c, 8);
+      for (let s = -1; s <= 9; s++) assert.equal(U.reads(layer, c, 8, s), list.includes(s), `${layer.kind} ${c} ${s}`);
+    }
+  }
+});
