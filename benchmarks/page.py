@@ -12,6 +12,12 @@ server's ``GET /api/v1/trace`` at the overview's caps over loopback HTTP.
     .venv/bin/python benchmarks/page.py [--repeats 5] [--vgg] [--json out.json]
     .venv/bin/python benchmarks/page.py --traces-only --vgg   # trace bytes and time, no browser
 
+``--start-rounds N`` opens the page on N fresh servers with the start-up warm-up (the first
+trace computed as ``convlens serve`` starts) and N without, alternated, ``--start-delay`` s
+after each answers (``--only vgg`` for one model). The page now asks for its first trace
+during start-up (index.html preloads it), so the time from that request to the drawn
+overview includes the start-up; navigation → drawn compares across versions.
+
 ``--traces-only`` measures, per model, the overview's trace (``max_size=64``, the server's
 channel cap) as float32 and as ``encoding=uint8`` (maps quantized per channel): bytes on the
 wire, the cold time (a freshly uploaded copy of the image: forward pass, encoding, transfer)
