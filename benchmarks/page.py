@@ -12,6 +12,12 @@ server's ``GET /api/v1/trace`` at the overview's caps over loopback HTTP.
     .venv/bin/python benchmarks/page.py [--repeats 5] [--vgg] [--json out.json]
     .venv/bin/python benchmarks/page.py --traces-only --vgg   # trace bytes and time, no browser
 
+``--start-rounds N`` opens the page on N fresh servers with the start-up warm-up (the first
+trace computed as ``convlens serve`` starts) and N without, alternated, ``--start-delay`` s
+after each answers (``--only vgg`` for one model). The page now asks for its first trace
+during start-up (index.html preloads it), so the time from that request to the drawn
+overview includes the start-up; navigation → drawn compares across versions.
+
 ``--traces-only`` measures, per model, the overview's trace (``max_size=64``, the server's
 channel cap) as float32 and as ``encoding=uint8`` (maps quantized per channel): bytes on the
 wire, the cold time (a freshly uploaded copy of the image: forward pass, encoding, transfer)
@@ -59,7 +65,7 @@ def _with_sample(model: Model, tmp: Path) -> Model:
     return model
 
 
-def models(tmp: Path, vgg: bool) -> dict[str, Model]:
+def models(tmp: Path, vgg: bool, only: str | None = None) -> dict[str, Model]:
     out: dict[str, Model] = {}
     try:
         out["demo"] = load_model("demo")
@@ -70,15 +76,22 @@ def models(tmp: Path, vgg: bool) -> dict[str, Model]:
     out["resnet18 w8 64×64"] = build("resnet18:width=8,input_size=64,num_classes=7")
     if vgg:
         out["vgg16 224×224"] = build("vgg16")
-    return {k: _with_sample(m.eval(), tmp) for k, m in out.items()}
+    chosen = {k: m for k, m in out.items() if only is None or only in k}
+    return {k: _with_sample(m.eval(), tmp) for k, m in chosen.items()}
 
 
 class Server:
-    def __init__(self, model: Model) -> None:
+    """The explainer in a thread; ``warm``: start the first trace at once, as ``convlens serve``
+    does (``web.server.serve``), before the server answers."""
+
+    def __init__(self, model: Model, warm: bool = False) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        config = uvicorn.Config(create_app(model), port=self.port, log_level="warning")
+        app = create_app(model)
+        if warm:
+            app.state.convlens.traces.warm()
+        config = uvicorn.Config(app, port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
@@ -143,6 +156,47 @@ def measure(browser: Any, srv: Server, model: Model, repeats: int) -> dict[str, 
     }
 
 
+def load_page(browser: Any, url: str) -> dict[str, float]:
+    """One fresh page (its own context: nothing cached): navigation → drawn, and the trace."""
+    page = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]", timeout=120_000)
+        ready = float(page.get_attribute("body", "data-ready-ms") or "nan")
+        entry = page.evaluate(_TRACE_ENTRY) or {}
+        return {
+            "ready_ms": ready,
+            "trace_start_ms": float(entry.get("start", "nan")),
+            "trace_to_ready_ms": ready - float(entry.get("start", "nan")),
+            "trace_fetch_ms": float(entry.get("ms", "nan")),
+        }
+    finally:
+        page.close()
+
+
+def measure_start(
+    browser: Any, model: Model, rounds: int, delay: float, modes: list[str]
+) -> dict[str, Any]:
+    """Fresh servers, the page opened ``delay`` s after each starts answering: with the start-up
+    warm-up (``convlens serve``) and without it, alternated so both see the same load."""
+    runs: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    for _ in range(rounds):
+        for mode in runs:
+            srv = Server(model, warm=mode == "warm_up")
+            try:
+                time.sleep(delay)
+                runs[mode].append(load_page(browser, srv.url))
+            finally:
+                srv.stop()
+    out: dict[str, Any] = {"rounds": rounds, "delay_s": delay}
+    for mode, loads in runs.items():
+        for k in loads[0]:
+            values = [d[k] for d in loads]
+            out[f"{mode}_{k}_median"] = statistics.median(values)
+            out[f"{mode}_{k}_all"] = [round(v) for v in values]
+    return out
+
+
 def measure_traces(srv: Server, model: Model, repeats: int) -> dict[str, float]:
     """The overview's trace as float32 and as uint8 (bytes, cold and cached ms), and one exact
     channel after it."""
@@ -176,7 +230,7 @@ def measure_traces(srv: Server, model: Model, repeats: int) -> dict[str, float]:
 def traces_only(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model in models(Path(tmp), args.vgg).items():
+        for name, model in models(Path(tmp), args.vgg, args.only).items():
             srv = Server(model)
             try:
                 results[name] = measure_traces(srv, model, args.repeats)
@@ -187,22 +241,59 @@ def traces_only(args: argparse.Namespace) -> None:
         args.json.write_text(json.dumps(results, indent=2))
 
 
+def start_only(args: argparse.Namespace) -> None:
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+        )
+        for name, model in models(Path(tmp), args.vgg, args.only).items():
+            first = Server(model)
+            load_page(browser, first.url)  # torch's and Chromium's first-use costs
+            first.stop()
+            results[name] = measure_start(
+                browser, model, args.start_rounds, args.start_delay, args.start_modes.split(",")
+            )
+        browser.close()
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--vgg", action="store_true", help="also VGG-16 at 224×224 (slow)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--traces-only", action="store_true", help="trace sizes and times only")
+    ap.add_argument("--only", help="only the models whose name contains this")
+    ap.add_argument(
+        "--start-rounds",
+        type=int,
+        default=0,
+        help="also open the page on N fresh servers each with and without the start-up warm-up",
+    )
+    ap.add_argument(
+        "--start-delay",
+        type=float,
+        default=0.0,
+        help="seconds between a fresh server answering and the page opening (default 0)",
+    )
+    ap.add_argument("--start-modes", default="warm_up,no_warm_up", help="which of the two")
     args = ap.parse_args()
     if args.traces_only:
         traces_only(args)
+        return
+    if args.start_rounds:
+        start_only(args)
         return
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
         )
-        for name, model in models(Path(tmp), args.vgg).items():
+        for name, model in models(Path(tmp), args.vgg, args.only).items():
             srv = Server(model)
             try:
                 results[name] = measure(browser, srv, model, args.repeats)

@@ -10,6 +10,8 @@ from the forward pass it recorded for the trace (no second pass).
 from __future__ import annotations
 
 import re
+import threading
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +28,8 @@ from convlens.model import Model, build, load_model
 from convlens.model.core import Sample
 from convlens.probe import record_all
 from convlens.trace.encode import decode_tensor
-from convlens.web import api as api_mod
 from convlens.web import create_app
+from convlens.web import traces as traces_mod
 from web_harness import CHROMIUM, LiveServer, launch_chromium
 
 with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
@@ -48,13 +50,13 @@ def test_exact_channels_and_repeated_traces_reuse_the_recorded_pass(
         Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(path)
         model.samples.append(Sample(path, label=k))
     passes: list[int] = []
-    real = api_mod.record
+    real = traces_mod.record
 
     def counted(m: Model, x: torch.Tensor) -> Any:
         passes.append(1)
         return real(m, x)
 
-    monkeypatch.setattr(api_mod, "record", counted)
+    monkeypatch.setattr(traces_mod, "record", counted)
     with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
         first = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
         again = client.get("/api/v1/trace", params={"image": "sample-0", "encoding": "uint8"})
@@ -89,13 +91,13 @@ def served() -> Iterator[_Counted]:
         pytest.skip(f"CNN Explainer fixture not found at {FIXTURE}")
     with pytest.MonkeyPatch.context() as mp:
         passes: list[int] = []
-        real = api_mod.record
+        real = traces_mod.record
 
         def counted(m: Model, x: torch.Tensor) -> Any:
             passes.append(1)
             return real(m, x)
 
-        mp.setattr(api_mod, "record", counted)
+        mp.setattr(traces_mod, "record", counted)
         model = load_model(str(FIXTURE)).eval()
         srv = _Counted(create_app(model), model)
         srv.passes = passes
@@ -200,3 +202,193 @@ def test_pool_and_flatten_views_print_exact_values(served: _Counted, page: Any) 
     assert served.passes == [1]
     page.keyboard.press("Escape")
     assert not page.errors
+
+
+# ------------------------------------------------------------------ the first trace, early
+
+STATIC = Path(__file__).resolve().parents[1] / "src" / "convlens" / "web" / "static"
+
+
+def _sampled(tmp_path: Path, n: int = 2) -> Model:
+    model = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
+    rng = np.random.default_rng(0)
+    for k in range(n):
+        path = tmp_path / f"s{k}.png"
+        Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(path)
+        model.samples.append(Sample(path, label=k))
+    return model
+
+
+def _slow_counted_record(monkeypatch: pytest.MonkeyPatch, seconds: float) -> list[int]:
+    """Count the server's forward passes, each made to last ``seconds`` (so requests overlap)."""
+    passes: list[int] = []
+    real = traces_mod.record
+
+    def slow(m: Model, x: torch.Tensor) -> Any:
+        passes.append(1)
+        time.sleep(seconds)
+        return real(m, x)
+
+    monkeypatch.setattr(traces_mod, "record", slow)
+    return passes
+
+
+def test_the_page_rule_and_the_server_rule_agree() -> None:
+    """The server prepares and preloads the trace the page will ask for: the same caps and
+    encoding rule on both sides (static/js/config.js and web/traces.py)."""
+    config = (STATIC / "js" / "config.js").read_text()
+
+    def js_number(name: str) -> int:
+        found = re.search(rf"export const {name} = ([\d_]+);", config)
+        assert found, f"{name} not in config.js"
+        return int(found[1].replace("_", ""))
+
+    assert js_number("OVERVIEW_MAX_SIZE") == traces_mod.OVERVIEW_MAX_SIZE
+    assert js_number("QUANTIZE_ABOVE") == traces_mod.QUANTIZE_ABOVE
+    big, small = build("vgg16"), build("tiny-vgg")
+    # main.js's activationNumbers, independently: one forward pass's outputs, counted
+    with torch.no_grad():
+        acts, _ = record_all(small, torch.zeros(1, *small.spec.shape))
+    assert traces_mod.activation_numbers(small) == sum(v[0].numel() for v in acts.values())
+    assert traces_mod.overview_encoding(big) == "uint8"
+    assert traces_mod.overview_encoding(small) == "float32"
+    assert traces_mod.overview_encoding(small, "uint8") == "uint8"
+    assert traces_mod.overview_encoding(big, "float32") == "float32"
+    assert traces_mod.overview_encoding(big, "bogus") == "uint8"
+    # api.js's getTrace puts image, max_size, then encoding (only when not float32)
+    assert traces_mod.overview_trace_query(big, "sample-0") == (
+        "image=sample-0&max_size=64&encoding=uint8"
+    )
+    assert traces_mod.overview_trace_query(small, "sample-0") == "image=sample-0&max_size=64"
+
+
+def test_the_modulepreload_list_is_the_module_graph() -> None:
+    """index.html preloads exactly the modules main.js imports, directly or not (a stale list
+    would fetch a module the page never runs, or leave one to the import waterfall)."""
+    html = (STATIC / "index.html").read_text()
+    listed = re.findall(r'<link rel="modulepreload" href="/static/js/([\w.-]+)">', html)
+    spec = re.compile(r"""(?:\bimport\s*\(\s*|\bimport\s+|\bfrom\s*)['"]\./([\w.-]+)['"]""")
+    seen, todo = set(), ["main.js"]
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo += spec.findall((STATIC / "js" / name).read_text())
+    assert len(listed) == len(set(listed))
+    assert set(listed) == seen
+
+
+def test_a_request_during_the_warm_up_waits_for_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The start-up's first trace and the page's request for it: one forward pass, one body,
+    the same bytes as a server that computed it on request."""
+    model = _sampled(tmp_path)
+    passes = _slow_counted_record(monkeypatch, 0.5)
+    app = create_app(model)
+    state = app.state.convlens
+    flight = state.traces.warm()
+    assert flight is not None and not flight.done()  # in flight while the request comes
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        got = client.get("/api/v1/trace", params={"image": "sample-0", "max_size": 64})
+        assert got.status_code == 200 and flight.done() and got.content == flight.result()
+        assert len(passes) == 1
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as fresh:
+        want = fresh.get("/api/v1/trace", params={"image": "sample-0", "max_size": 64})
+    assert want.content == got.content
+    assert len(passes) == 2  # the fresh server's own pass
+
+
+def test_concurrent_requests_for_one_trace_run_it_once(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = _sampled(tmp_path)
+    passes = _slow_counted_record(monkeypatch, 0.3)
+    app = create_app(model)
+    srv = LiveServer(app, model)
+    try:
+        params = {"image": "sample-1", "encoding": "uint8"}
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(
+                pool.map(lambda _: httpx.get(srv.url + "api/v1/trace", params=params), range(3))
+            )
+    finally:
+        srv.stop()
+    assert [r.status_code for r in answers] == [200] * 3
+    assert answers[0].content == answers[1].content == answers[2].content
+    assert len(passes) == 1
+    # and a channel asked for while a trace of its image records: no second pass either
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        layer = next(lay.name for lay in model.graph if lay.kind == "conv")
+        flight = app.state.convlens.traces.body(
+            "sample-0", traces_mod.TraceOptions(max_channels=4, max_size=8)
+        )
+        got = client.get(f"/api/v1/activations/{layer}/0", params={"image": "sample-0"})
+        assert got.status_code == 200 and flight.result(timeout=30)
+    assert len(passes) == 2
+
+
+def test_the_warm_up_keeps_to_the_budgets(tmp_path: Path) -> None:
+    """No warm-up past the server's number budget (the page's request would be refused), none
+    without samples, none when the trace queue is full; a failed one is not kept."""
+    from convlens.web import ServerConfig
+
+    model = _sampled(tmp_path)
+    tight = create_app(model, config=ServerConfig(trace_max_numbers=10))
+    assert tight.state.convlens.traces.warm() is None
+    bare = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
+    assert create_app(bare).state.convlens.traces.warm() is None
+    full = create_app(model, config=ServerConfig(trace_workers=1, queue=0))
+    state = full.state.convlens
+    gate = threading.Event()
+    blocker = state.trace_pool.submit(gate.wait)
+    try:
+        assert state.traces.warm() is None  # 503 for it: the queue is the requests'
+    finally:
+        gate.set()
+        blocker.result(timeout=10)
+    state.shutdown()
+    # a sample that cannot be read: the warm-up fails, quietly, and the request says why
+    (tmp_path / "s0.png").write_bytes(b"not a png")
+    broken = create_app(model).state.convlens
+    flight = broken.traces.warm()
+    assert flight is not None and flight.exception(timeout=30) is not None
+    again = broken.traces.warm()  # the failure was not kept: tried anew
+    assert again is not None and again is not flight and again.exception(timeout=30)
+    broken.shutdown()
+
+
+def test_the_page_gets_its_first_trace_preloaded(tmp_path: Path) -> None:
+    """``GET /`` names the first trace for the browser to fetch beside ``/model``: the sample
+    and caps the page asks for, the encoding by the page's rule or its ``?trace=``."""
+    model = _sampled(tmp_path)
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
+        html = client.get("/").text
+        assert html.count('rel="preload"') == 2
+        assert (
+            '<link rel="preload" href="/api/v1/trace?image=sample-0&amp;max_size=64" '
+            'as="fetch" crossorigin="anonymous">'
+        ) in html
+        forced = client.get("/", params={"trace": "uint8"}).text
+        assert "/api/v1/trace?image=sample-0&amp;max_size=64&amp;encoding=uint8" in forced
+    bare = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
+    with TestClient(create_app(bare), base_url="http://127.0.0.1") as client:
+        assert "/api/v1/trace" not in client.get("/").text  # no sample: nothing to preload
+
+
+@pytest.mark.browser
+def test_the_preloaded_trace_is_the_one_the_page_uses(served: _Counted, page: Any) -> None:
+    """One trace request at load (the preload, taken by the page's own fetch), and the page
+    drew from it."""
+    html = httpx.get(served.url, params={"trace": "uint8"}).text
+    href = re.search(r'href="(/api/v1/trace\?[^"]+)"', html)
+    assert href is not None
+    traces = [u for u in page.requests if "/api/v1/trace?" in u]
+    assert traces[0] == served.url.rstrip("/") + href[1].replace("&amp;", "&")
+    used = page.evaluate(
+        """() => performance.getEntriesByType('resource')
+            .filter((e) => e.name.includes('/api/v1/trace?')).map((e) => e.initiatorType)"""
+    )
+    assert used[:1] == ["link"] and len(used) == len(set(traces))  # fetched once, by the link

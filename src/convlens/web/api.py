@@ -9,8 +9,8 @@ the model under a time budget; traces share the served model under the read lock
 
 from __future__ import annotations
 
-import json
-from typing import Annotated, Any, Literal
+import asyncio
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query, Request
 from fastapi.concurrency import run_in_threadpool
@@ -21,7 +21,6 @@ from convlens.errors import ConvlensError, NotFoundError
 from convlens.io.figure import png_bytes
 from convlens.methods import ParamError
 from convlens.trace import (
-    Recording,
     TraceOptions,
     UnusableMapError,
     capped_numbers,
@@ -30,31 +29,21 @@ from convlens.trace import (
     class_index,
     explanation_document,
     image_document,
-    record,
-    trace_document,
     unit_document,
     weights_document,
 )
 from convlens.trace.document import check_unit
 from convlens.web import schemas
-from convlens.web.cache import LRUCache
 from convlens.web.errors import ApiError
 from convlens.web.state import ServerState, TimeBudgetExceededError, time_budget
+from convlens.web.traces import Encoding
 from convlens.web.uploads import MULTIPART_OVERHEAD, decode_upload, multipart_file, read_body
 
 PREFIX = "/api/v1"
-Encoding = Literal["float32", "uint8"]
 ImageId = Annotated[
     str, Query(max_length=200, description="image id: sample-N or from POST /images")
 ]
 MAX_CAP = 4096  # largest max_channels / max_size a trace may name
-# Kept per server: the last images' recorded forward passes (every layer, full size: ~120 MB
-# for VGG-16 at 224×224, so few) and the last trace bodies. Opening a detail view after the
-# overview's trace then costs no forward pass (its exact channels come from the recording).
-RECORDINGS_KEPT = 2
-TRACES_KEPT = 8
-TRACE_KEPT_BYTES = 16 * 2**20  # a larger body (a whole big layer uncapped) is not kept
-TraceKey = tuple[str, int | None, int | None, tuple[str, ...] | None, str]
 
 
 class ExplainRequest(BaseModel):
@@ -199,20 +188,7 @@ def _time_budget_error(method: str, budget: float) -> ApiError:
 def build_router(state: ServerState) -> APIRouter:
     router = APIRouter(prefix=PREFIX, responses=_ERRORS)
     model = state.model
-    # keyed by image id and the model's identity: an id names one image for the server's
-    # life (samples by index, uploads by a random token), and the served model never changes
-    recordings: LRUCache[tuple[str, int], Recording] = LRUCache(RECORDINGS_KEPT)
-    traces: LRUCache[TraceKey, bytes] = LRUCache(TRACES_KEPT)
-
-    def recorded(image: str, x: Any) -> Recording:
-        """The image's forward pass, from the cache or run now (under the trace lock)."""
-        key = (image, id(model))
-        kept = recordings.get(key)
-        if kept is None:
-            with state.trace_lock():
-                kept = record(model, x)
-            recordings.put(key, kept)
-        return kept
+    recorded = state.traces.recorded
 
     @router.get(
         "/model",
@@ -284,27 +260,11 @@ def build_router(state: ServerState) -> APIRouter:
         ] = "float32",
     ) -> Response:
         options = trace_options(state, max_channels, max_size, layers, encoding)
-
-        key: TraceKey = (
-            image, options.max_channels, options.max_size,
-            None if options.layers is None else tuple(options.layers), options.encoding,
-        )  # fmt: skip
-
-        def work() -> bytes:
-            stored = state.store.get(image)  # first: an evicted upload is 404, not cached
-            body = traces.get(key)
-            if body is None:
-                doc = trace_document(
-                    model, stored.tensor, image_id=image, options=options,
-                    processed_url=stored.processed_url,
-                    recorded=recorded(image, stored.tensor),
-                )  # fmt: skip
-                body = json_bytes(doc)
-                if len(body) <= TRACE_KEPT_BYTES:
-                    traces.put(key, body)
-            return body
-
-        return Response(await state.trace_pool.run(work), media_type="application/json")
+        # kept, in flight (the start-up's first trace, another page's request) or queued now;
+        # shielded: a client going away does not cancel work that others may be waiting for
+        flight = state.traces.body(image, options)
+        body = await asyncio.shield(asyncio.wrap_future(flight))
+        return Response(body, media_type="application/json")
 
     @router.get(
         "/activations/{layer:path}/{channel}",
@@ -386,8 +346,3 @@ def build_router(state: ServerState) -> APIRouter:
         )
 
     return router
-
-
-def json_bytes(doc: dict[str, Any]) -> bytes:
-    """JSON without FastAPI's validation pass (a trace is large and already plain data)."""
-    return json.dumps(doc, separators=(",", ":"), allow_nan=False).encode()

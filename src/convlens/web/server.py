@@ -12,16 +12,18 @@ import asyncio
 import contextlib
 import errno
 import logging
+import re
 import socket
 import threading
 import webbrowser
 from collections.abc import AsyncIterator
+from html import escape
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -34,6 +36,7 @@ from convlens.web.errors import ApiError
 from convlens.web.guard import TOKEN_QUERY, Access, BodyRule, Guard, Rules, is_loopback
 from convlens.web.state import ServerConfig, ServerState
 from convlens.web.timeline import timeline_router
+from convlens.web.traces import overview_trace_query
 from convlens.web.uploads import MULTIPART_OVERHEAD
 
 __all__ = ["create_app", "is_loopback", "serve"]
@@ -145,15 +148,34 @@ def create_app(
     index = static_dir / "index.html"
 
     @app.get("/", include_in_schema=False)
-    def root() -> Response:
-        if index.is_file():
-            return FileResponse(index, media_type="text/html")
-        return HTMLResponse(_NO_FRONT_END)
+    def root(request: Request) -> Response:
+        if not index.is_file():
+            return HTMLResponse(_NO_FRONT_END)
+        html = index.read_text(encoding="utf-8")
+        return HTMLResponse(with_trace_preload(html, state, request.query_params.get("trace")))
 
     # The front end's own files; the root mount serves index.html's relative URLs (js/, css/).
     app.mount("/static", StaticFiles(directory=static_dir, check_dir=False), name="static")
     app.mount("/", StaticFiles(directory=static_dir, check_dir=False), name="front-end")
     return app
+
+
+_MODEL_PRELOAD = re.compile(r"""<link\b[^>]*\bhref=["']/api/v1/model["'][^>]*>""")
+
+
+def with_trace_preload(html: str, state: ServerState, asked: str | None = None) -> str:
+    """``index.html`` with a preload of the page's first trace (the first sample at the
+    overview's caps; ``asked``: the page URL's ``?trace=``) beside the model's, so the browser
+    fetches it while the modules and ``GET /model`` load instead of after them."""
+    if not state.store.samples:
+        return html
+    image = next(iter(state.store.samples))
+    url = f"{PREFIX}/trace?{overview_trace_query(state.model, image, asked)}"
+    link = f'<link rel="preload" href="{escape(url)}" as="fetch" crossorigin="anonymous">'
+    found = _MODEL_PRELOAD.search(html)
+    if found is None:
+        return html.replace("</head>", f"  {link}\n</head>", 1)
+    return f"{html[: found.end()]}\n  {link}{html[found.end() :]}"
 
 
 def _given_folder(path: str | Path | None, option: str) -> Path | None:
@@ -301,11 +323,13 @@ def serve(
     log_level: str = "warning",
     token: str | None = None,
     sock: socket.socket | None = None,
+    warm: bool = True,
 ) -> None:
     """Run ``app`` with uvicorn until interrupted, on ``sock`` (bound to ``host:port``; bound
     here when not given, a busy port then being one :class:`ConvlensError` line); beyond
     loopback, require a token (``token``, or one made now and printed in the URL, like a
-    notebook server)."""
+    notebook server). ``warm``: compute the page's first trace in the background from now
+    on, so that the first page load finds it ready or in flight."""
     import uvicorn
 
     listener = listen_socket(host, port) if sock is None else sock
@@ -324,15 +348,18 @@ def serve(
     url = browser_url(host, port)
     if access.token is not None:
         url += f"?{TOKEN_QUERY}={access.token}"
-    print(f"convlens explainer at {url}  (Ctrl+C to stop)", flush=True)
-    if open_browser:
-        threading.Timer(1.0, webbrowser.open, args=(url,)).start()
     state: ServerState = app.state.convlens
-    options = uvicorn_options(state.config)
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, **options)
     try:
+        if warm:
+            state.traces.warm()  # on the trace pool; the lifespan's end stops the pool
+        print(f"convlens explainer at {url}  (Ctrl+C to stop)", flush=True)
+        if open_browser:
+            threading.Timer(1.0, webbrowser.open, args=(url,)).start()
+        options = uvicorn_options(state.config)
+        config = uvicorn.Config(app, host=host, port=port, log_level=log_level, **options)
         uvicorn.Server(config).run(sockets=[listener])
     finally:
+        state.shutdown()  # also when uvicorn never started (its lifespan then never ends)
         if sock is None:
             listener.close()
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -27,6 +27,7 @@ from convlens.trace.unit import Patches, render_unit, top_patches
 from convlens.web.cache import LRUCache
 from convlens.web.errors import ApiError
 from convlens.web.store import ImageStore, sample_catalogue
+from convlens.web.traces import Traces
 
 log = logging.getLogger("convlens.web")
 
@@ -101,7 +102,9 @@ class WorkPool:
         with self._lock:
             self._pending -= 1
 
-    async def run(self, fn: Callable[[], T]) -> T:
+    def submit(self, fn: Callable[[], T]) -> Future[T]:
+        """Queue ``fn`` on a worker (``503`` when the pool's limit is reached); it is counted
+        until it ends, even when whoever waits for it goes away meanwhile."""
         with self._lock:
             if self._pending >= self.limit:
                 raise busy(
@@ -118,9 +121,11 @@ class WorkPool:
         except BaseException:
             self._release(None)
             raise
-        # counted until the work itself ends, even when the client goes away meanwhile
         future.add_done_callback(self._release)
-        return await asyncio.wrap_future(future)
+        return future
+
+    async def run(self, fn: Callable[[], T]) -> T:
+        return await asyncio.wrap_future(self.submit(fn))
 
     def shutdown(self) -> None:
         """Stop the threads (the app's lifespan ended); a later request starts new ones."""
@@ -279,6 +284,7 @@ class ServerState:
         self.trace_pool = WorkPool("trace", cfg.trace_workers, cfg.queue)
         self.explain_pool = WorkPool("explanation", cfg.explain_workers, cfg.queue)
         self.upload_slots = Admission("upload", cfg.decode_workers + cfg.upload_queue)
+        self.traces = Traces(self)  # trace bodies and recorded passes, kept and single-flight
 
     def work_model(self) -> Model:
         """A private copy of the model for explanations and feature visualization (call with

@@ -127,18 +127,27 @@ class ImageStore:
         self._uploads.put(image_id, stored)
         return stored
 
+    def check(self, image_id: str) -> None:
+        """:class:`NotFoundError` when ``image_id`` is unknown or evicted (nothing decoded: cheap
+        enough for the event loop)."""
+        if image_id in self._uploads:
+            return
+        if image_id.startswith(SAMPLE_PREFIX):
+            self.sample(image_id)
+            return
+        raise NotFoundError(
+            f"unknown image id {image_id!r} (uploads are kept for the {self.capacity} most "
+            f"recent images; upload it again, or use a sample id like {SAMPLE_PREFIX}0)"
+        )
+
     def get(self, image_id: str) -> StoredImage:
         """An upload or a sample by id; :class:`NotFoundError` when unknown or evicted."""
         known = self._uploads.get(image_id) or self._decoded.get(image_id)
         if known is not None:
             return known
-        if image_id.startswith(SAMPLE_PREFIX):
-            entry = self.sample(image_id)
-            with self._sample_decoding:
-                stored = prepare(image_id, decode_image(entry.path, self.sample_limits), self.spec)
-            self._decoded.put(image_id, stored)
-            return stored
-        raise NotFoundError(
-            f"unknown image id {image_id!r} (uploads are kept for the {self.capacity} most "
-            f"recent images; upload it again, or use a sample id like {SAMPLE_PREFIX}0)"
-        )
+        self.check(image_id)  # a sample not decoded yet, or the error
+        entry = self.sample(image_id)
+        with self._sample_decoding:
+            stored = prepare(image_id, decode_image(entry.path, self.sample_limits), self.spec)
+        self._decoded.put(image_id, stored)
+        return stored

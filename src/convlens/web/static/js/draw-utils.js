@@ -349,6 +349,21 @@ export function readsFrom(layer, channel, inputChannels) {
   return channel < inputChannels ? [channel] : [];
 }
 
+/** Whether `readsFrom(layer, channel, inputChannels)` holds `source`, without making the list
+ * (the overview asks for every pair of neurons it may join). */
+export function reads(layer, channel, inputChannels, source) {
+  if (!(source >= 0 && source < inputChannels)) return false;
+  if (layer.kind === 'conv') {
+    const groups = layer.hyper.groups || 1;
+    if (groups === 1) return true;
+    const per = inputChannels / groups;
+    const g = Math.floor(channel / (layer.output_shape[0] / groups));
+    return source >= g * per && source < (g + 1) * per;
+  }
+  if (layer.kind === 'linear' || layer.kind === 'flatten') return true;
+  return source === channel;
+}
+
 /** An SVG path for an edge: a smooth horizontal S-curve, or an arc above for a skip connection. */
 export function edgePath(x0, y0, x1, y1, skip = false, lift = 30) {
   if (skip) {
@@ -423,4 +438,28 @@ export function denseString(k, d) {
   const parts = d.terms.map((t) => `${fmt(t.x, 2)}×${fmt(t.w, 2)}`);
   if (d.restCount) parts.push(`(${d.restCount} more: ${fmt(d.restSum)})`);
   return `z${k} = ${parts.join(' + ')} + ${fmt(d.bias)} (bias) = ${fmt(d.value)}`;
+}
+
+/**
+ * Channel `c` of a (C, H, W) tensor (or an (H, W) map) sampled to `rows`×`cols` cells the way
+ * CSS `image-rendering: pixelated` scales a canvas (nearest cell to each cell's centre): the
+ * values the overview paints at the thumbnail's own pixel size.
+ */
+export function sampleMap(tensor, c, rows, cols) {
+  const [H, W] = tensor.shape.length === 3 ? tensor.shape.slice(1) : tensor.shape;
+  const offset = c * H * W;
+  const out = new Float32Array(rows * cols);
+  const across = new Int32Array(cols);
+  for (let j = 0; j < cols; j++) across[j] = Math.min(W - 1, Math.floor(((j + 0.5) * W) / cols));
+  for (let i = 0; i < rows; i++) {
+    const from = offset + Math.min(H - 1, Math.floor(((i + 0.5) * H) / rows)) * W;
+    for (let j = 0; j < cols; j++) out[i * cols + j] = tensor.data[from + across[j]];
+  }
+  return out;
+}
+
+/** A box's device pixels: [x, y, width, height], edges rounded so neighbours never overlap. */
+export function deviceRect(x, y, w, h, ratio) {
+  const x0 = Math.round(x * ratio), y0 = Math.round(y * ratio);
+  return [x0, y0, Math.max(1, Math.round((x + w) * ratio) - x0), Math.max(1, Math.round((y + h) * ratio) - y0)];
 }

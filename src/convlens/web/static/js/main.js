@@ -122,6 +122,7 @@ function imageLabel(imageId, label) {
 
 async function loadImage(imageId, pending = null, ticket = store.newImageRequest(), label = null) {
   const trace = (pending && (await pending)) || (await overviewTrace(imageId));
+  performance.mark('convlens:trace');
   if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
   document.querySelector('.input-pair').hidden = false;
   detail.close(); // its numbers belong to the previous image
@@ -134,7 +135,26 @@ async function loadImage(imageId, pending = null, ticket = store.newImageRequest
   document.body.dataset.ready = 'true';
 }
 
+/** The first trace as the server named it in index.html's preload link (the first sample at
+ * the overview's caps, the page's own rule: tests/test_web_bigtrace.py), asked for at once,
+ * beside the model, by the very URL the preload fetched; null without one (an exported page). */
+function preloadedTrace() {
+  const link = document.querySelector('link[rel="preload"][href*="/trace?"]');
+  if (!link) return null;
+  const q = new URL(link.href).searchParams;
+  const imageId = q.get('image');
+  const maxSize = Number(q.get('max_size'));
+  if (!imageId || maxSize !== OVERVIEW_MAX_SIZE) return null;
+  const pending = getTrace(imageId, { maxSize, encoding: q.get('encoding') });
+  pending.catch(() => {}); // its failure shows when loadImage awaits it
+  return { imageId, encoding: q.get('encoding') || 'float32', pending };
+}
+
 async function start() {
+  performance.mark('convlens:start');
+  const modelAnswer = getModel(); // (preloaded by index.html) parsed while the panels install
+  modelAnswer.catch(() => {}); // shown below
+  const firstTrace = preloadedTrace();
   detail.install();
   inputs.install(loadImage);
   explainPanel.install(document.getElementById('explain-panel'));
@@ -146,11 +166,16 @@ async function start() {
   let resizeTimer = null;
   window.addEventListener('resize', () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(redraw, 150); });
   try {
-    const model = await getModel(); // (preloaded by index.html)
+    const model = await modelAnswer;
+    performance.mark('convlens:model');
     store.set('model', model);
     document.getElementById('model-name').textContent = `${model.name} · ${model.input_spec.channels}×${model.input_spec.height}×${model.input_spec.width} · ${model.classes.length} classes`;
     document.title = `convlens · ${model.name}`;
-    if (model.samples.length) await loadImage(model.samples[0].id);
+    if (model.samples.length) {
+      const first = model.samples[0].id;
+      const same = firstTrace && firstTrace.imageId === first && firstTrace.encoding === traceEncoding(model);
+      await loadImage(first, same ? firstTrace.pending : null);
+    }
     else {
       // Nothing to show yet: no picture frames (no broken-image icons), just what to do.
       document.querySelector('.input-pair').hidden = true;

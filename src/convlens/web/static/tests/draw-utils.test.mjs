@@ -218,3 +218,40 @@ test('playgroundNumbers: a hand-computed corner and the padding', () => {
   assert.equal(y[1][1], want);
   assert.equal(U.playgroundNumbers(8, 3, 0, 2).y, null); // does not tile
 });
+
+test('sampleMap takes the nearest cell to each target centre, like pixelated scaling', () => {
+  // 2 channels of 4×6: value = 100·c + 10·row + col, so every sample names its cell
+  const H = 4, W = 6;
+  const data = new Float32Array(2 * H * W).map((_, k) => 100 * Math.floor(k / (H * W)) + 10 * Math.floor((k % (H * W)) / W) + (k % W));
+  const t = { shape: [2, H, W], data };
+  const down = U.sampleMap(t, 1, 2, 3); // centres 0.5/2·4 = 1 → row 1, 3 → row 3; cols 1, 3, 5
+  assert.deepEqual([...down], [111, 113, 115, 131, 133, 135]);
+  const same = U.sampleMap(t, 0, H, W);
+  assert.deepEqual([...same], [...data.slice(0, H * W)]);
+  const up = U.sampleMap({ shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) }, 0, 4, 4);
+  assert.deepEqual([...up], [1, 1, 2, 2, 1, 1, 2, 2, 3, 3, 4, 4, 3, 3, 4, 4]);
+});
+
+test('deviceRect: adjacent boxes share an edge, none is empty', () => {
+  const a = U.deviceRect(10.3, 5, 20.4, 20.4, 1.5);
+  const b = U.deviceRect(10.3 + 20.4, 5, 20.4, 20.4, 1.5);
+  assert.equal(a[0] + a[2], b[0]);
+  assert.deepEqual(U.deviceRect(0, 0, 0.1, 0.1, 1), [0, 0, 1, 1]);
+});
+
+test('reads agrees with readsFrom on every channel pair', () => {
+  const layers = [
+    { kind: 'conv', hyper: { groups: 1 }, output_shape: [8, 4, 4] },
+    { kind: 'conv', hyper: { groups: 4 }, output_shape: [8, 4, 4] },
+    { kind: 'conv', hyper: { groups: 8 }, output_shape: [8, 4, 4] },
+    { kind: 'linear', hyper: {}, output_shape: [5] },
+    { kind: 'activation', hyper: {}, output_shape: [8, 4, 4] },
+    { kind: 'maxpool', hyper: {}, output_shape: [6, 2, 2] },
+  ];
+  for (const layer of layers) {
+    for (let c = 0; c < layer.output_shape[0]; c++) {
+      const list = U.readsFrom(layer, c, 8);
+      for (let s = -1; s <= 9; s++) assert.equal(U.reads(layer, c, 8, s), list.includes(s), `${layer.kind} ${c} ${s}`);
+    }
+  }
+});
