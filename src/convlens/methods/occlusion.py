@@ -238,7 +238,7 @@ class Occlusion(Method):
         per_chunk = max(1, self.chunk_size // B)
         logits, probs = [], []
         if runner is None and self.plan is not None:
-            runner = IncrementalRunner(self.model, self.plan, x, tau)
+            runner = IncrementalRunner(self.model, self.plan, x, tau, self.channels_last)
         for w0, w1 in chunks(len(positions), per_chunk):
             n = w1 - w0
             rows = torch.arange(B).repeat_interleave(n)  # example-major
@@ -278,7 +278,9 @@ class Occlusion(Method):
         nh, nw = grid
         rows, cols = coarse_indices(nh, self.coarse), coarse_indices(nw, self.coarse)
         picked = [r * nw + c for r in rows for c in cols]
-        runner = IncrementalRunner(self.model, self.plan, x, self.tau) if self.plan else None
+        runner = None
+        if self.plan is not None:
+            runner = IncrementalRunner(self.model, self.plan, x, self.tau, self.channels_last)
         logit_c, prob_c = self.occluded_scores(
             x, tgt, [positions[i] for i in picked], self.tau, runner
         )
