@@ -517,6 +517,7 @@ class IncrementalRunner:
             for inp in node.all_input_nodes:
                 self.last_use[inp.name] = i
         self.bases: dict[str, Any] = {}
+        self.output: Any = None
         self.window_ops: dict[str, tuple[WindowOp, torch.Tensor]] = {}
         self.channels_last = channels_last and x.dim() == 4
         h = model.normalize(x)
@@ -532,6 +533,8 @@ class IncrementalRunner:
             if node.op == "placeholder":
                 env[node.name] = h
             elif node.op == "output":
+                # the network's output on the unoccluded images (the caller's reference)
+                self.output = self._args(node, env)[0][0]
                 continue
             else:
                 args, kwargs = self._args(node, env)

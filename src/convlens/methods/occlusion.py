@@ -192,7 +192,12 @@ class Occlusion(Method):
     @torch.inference_mode()
     def attribute(self, x: torch.Tensor, target: TargetSpec) -> Attribution:
         self.check_window(x)
-        out = self.model(x)
+        self.model.check_input(x)
+        runner = None
+        if self.plan is not None:  # its base run gives the unoccluded output too
+            tau = self.tau if self.approx else None
+            runner = IncrementalRunner(self.model, self.plan, x, tau, self.channels_last)
+        out = self.model(x) if runner is None else runner.output
         tgt = resolve_target(self.model, target, out)
         H, W = x.shape[-2:]
         positions = window_positions((H, W), self.window, self.stride)
@@ -201,14 +206,14 @@ class Occlusion(Method):
         notes = []
         if self.approx:
             base = tgt.score(out) if self.measure == "logit" else tgt.probability(out)
-            logit, prob, evaluated = self.drill_down(x, tgt, positions, (nh, nw), base)
+            logit, prob, evaluated = self.drill_down(x, tgt, positions, (nh, nw), base, runner)
             notes.append(
                 f"approximate: τ={self.tau}, drill-down to {self.drill:.0%} of the positions "
                 f"after every {self.coarse}th; {int(evaluated.sum())} of {evaluated.numel()} "
                 "window positions evaluated, the rest interpolated"
             )
         else:
-            logit, prob = self.occluded_scores(x, tgt, positions)  # (B, L) each
+            logit, prob = self.occluded_scores(x, tgt, positions, runner=runner)  # (B, L) each
         base_logit, base_prob = tgt.score(out), tgt.probability(out)
         grids = {
             "grid_logit": (base_logit[:, None] - logit).view(-1, nh, nw),
@@ -268,6 +273,7 @@ class Occlusion(Method):
         positions: list[tuple[int, int]],
         grid: tuple[int, int],
         base: torch.Tensor,
+        runner: IncrementalRunner | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The approximate mode: coarse positions, bilinear interpolation, then the ``drill``
         fraction of positions with the largest interpolated ``|Δ|`` per example (``base``: the
@@ -278,8 +284,7 @@ class Occlusion(Method):
         nh, nw = grid
         rows, cols = coarse_indices(nh, self.coarse), coarse_indices(nw, self.coarse)
         picked = [r * nw + c for r in rows for c in cols]
-        runner = None
-        if self.plan is not None:
+        if runner is None and self.plan is not None:
             runner = IncrementalRunner(self.model, self.plan, x, self.tau, self.channels_last)
         logit_c, prob_c = self.occluded_scores(
             x, tgt, [positions[i] for i in picked], self.tau, runner
