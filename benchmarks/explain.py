@@ -416,11 +416,13 @@ def occlusion_goal(
 
         return run
 
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process time: load-proof-ish
     for name, fn in runs.items():  # warm-up, peak memory, the maps
+        c0 = time.process_time()
         out[name] = measure(keep(name, fn), 0, f"occlusion goal {name}")
         if repeat == 0:
             times[name].append(out[name]["seconds"])
-    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process time: load-proof-ish
+            cpu[name].append(time.process_time() - c0)
     out["load before"] = [round(v, 1) for v in os.getloadavg()]
     for _ in range(repeat):
         for name, fn in runs.items():
