@@ -412,7 +412,7 @@ def occlusion_goal(
         def run() -> None:
             result = fn()
             if name.startswith("ours"):
-                grids[name] = result.extra["grid_probability"]
+                grids[name] = result.extra["grid_logit"]
 
         return run
 
@@ -457,20 +457,22 @@ def occlusion_goal(
     return out
 
 
-def approximation_error(grids: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
-    """Each approximate row's probability-drop grid against the exact one: the worst
-    per-example Pearson correlation and largest error over that example's largest exact drop
-    (the measures of ``tests/test_methods_incremental.py``)."""
+def approximation_error(grids: dict[str, torch.Tensor]) -> dict[str, dict[str, float | None]]:
+    """Each approximate row's logit-drop grid against the exact one: the worst per-example
+    Pearson correlation and largest error over that example's largest exact drop (the
+    measures of ``tests/test_methods_incremental.py``); ``None`` where an exact map is flat."""
     exact = grids.get("ours exact")
-    res: dict[str, dict[str, float]] = {}
+    res: dict[str, dict[str, float | None]] = {}
     for name, grid in grids.items():
         if exact is None or "approx" not in name:
             continue
-        corr, err = 1.0, 0.0
+        corrs, errs = [], []
         for e, a in zip(exact.flatten(1), grid.flatten(1), strict=True):
-            corr = min(corr, float(torch.corrcoef(torch.stack([e, a]))[0, 1]))
-            err = max(err, float((e - a).abs().max() / e.abs().max()))
-        res[name] = {"correlation": round(corr, 3), "max_error": round(err, 3)}
+            corrs.append(float(torch.corrcoef(torch.stack([e, a]))[0, 1]))
+            errs.append(float((e - a).abs().max() / e.abs().max()))
+        ok = all(v == v for v in corrs + errs)  # NaN where an exact map is constant
+        res[name] = {"correlation": round(min(corrs), 3) if ok else None,
+                     "max_error": round(max(errs), 3) if ok else None}  # fmt: skip
     return res
 
 
