@@ -449,14 +449,10 @@ def _gather(
         key = (t - y, b - y, left - x, r - x, t - py, b - py, left - px, r - px)
         groups.setdefault(key, []).append(i)
     for (a0, a1, c0, c1, p0, p1, q0, q1), members in groups.items():
-        if len(members) == src.count:
-            out[:, :, a0:a1, c0:c1] = src.patch[:, :, p0:p1, q0:q1]
-            continue
-        if len(members) == 1:
-            i = members[0]
-            out[i * B : (i + 1) * B, :, a0:a1, c0:c1] = src.patch[
-                i * B : (i + 1) * B, :, p0:p1, q0:q1
-            ]
+        runs = _runs(members)
+        if len(runs) <= _MAX_SLICED_RUNS:  # consecutive positions are consecutive rows
+            for i, j in runs:
+                out[i * B : j * B, :, a0:a1, c0:c1] = src.patch[i * B : j * B, :, p0:p1, q0:q1]
             continue
         dev = out.device
         rows = (
@@ -465,6 +461,22 @@ def _gather(
         view = out[:, :, a0:a1, c0:c1]
         view.index_copy_(0, rows, src.patch[rows, :, p0:p1, q0:q1])
     return out
+
+
+# Up to this many runs of consecutive positions a paste is a slice copy per run; beyond, one
+# indexed copy (which reads the patch rows once more) costs less than the Python loop.
+_MAX_SLICED_RUNS = 8
+
+
+def _runs(members: list[int]) -> list[Pair]:
+    """Sorted indices as ``[start, stop)`` runs of consecutive values."""
+    runs: list[Pair] = []
+    for i in members:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def _whole(region: Region) -> torch.Tensor:
