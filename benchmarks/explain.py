@@ -352,12 +352,14 @@ def occlusion_goal(
     model: Any, key: str, repeat: int, rows: list[str] | None = None
 ) -> dict[str, Any]:
     """Occlusion side by side on the same model and images: ours exact (incremental), ours
-    approximate (default and ``tau=0.4``), ours with full passes, Captum's default
+    approximate (default, ``tau=0.4`` and ``tau=0.3, coarse=3``; their error against the
+    exact map is reported too), ours with full passes, Captum's default
     (``perturbations_per_eval=1``) and Captum with ``perturbations_per_eval=64``. After one
     warm-up run of each (which also gives its peak memory) the rows run round-robin
-    ``repeat`` times; speed-ups are medians of the per-round ratios, so drift on the busy
-    machine hits both sides of a ratio alike. ``rows`` keeps only the named rows; with
-    ``repeat=0`` the warm-up runs alone give the seconds and ratios."""
+    ``repeat`` times; speed-ups are medians of the per-round ratios of wall time and of
+    process (CPU) time, so drift on the busy machine hits both sides of a ratio alike.
+    ``rows`` keeps only the named rows; with ``repeat=0`` the warm-up runs alone give the
+    seconds and ratios."""
     import warnings
 
     import convlens
@@ -376,6 +378,9 @@ def occlusion_goal(
         ),
         "ours approx tau=0.4": lambda: convlens.explain(
             model, x, "occlusion", target=target, approx=True, tau=0.4, **kw
+        ),
+        "ours approx tau=0.3 coarse=3": lambda: convlens.explain(
+            model, x, "occlusion", target=target, approx=True, tau=0.3, coarse=3, **kw
         ),
         "ours full passes": lambda: convlens.explain(
             model, x, "occlusion", target=target, incremental=False, **kw
@@ -401,28 +406,74 @@ def occlusion_goal(
     out: dict[str, Any] = {"setting": f"{size}×{size}, batch {batch}, window {window}, "
                            f"stride {stride}, {torch.get_num_threads()} threads"}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, fn in runs.items():  # warm-up, peak memory
-        out[name] = measure(fn, 0, f"occlusion goal {name}")
+    grids: dict[str, torch.Tensor] = {}
+
+    def keep(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> None:
+            result = fn()
+            if name.startswith("ours"):
+                grids[name] = result.extra["grid_logit"]
+
+        return run
+
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # process time: load-proof-ish
+    for name, fn in runs.items():  # warm-up, peak memory, the maps
+        c0 = time.process_time()
+        out[name] = measure(keep(name, fn), 0, f"occlusion goal {name}")
         if repeat == 0:
             times[name].append(out[name]["seconds"])
+            cpu[name].append(time.process_time() - c0)
+    out["load before"] = [round(v, 1) for v in os.getloadavg()]
     for _ in range(repeat):
         for name, fn in runs.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             fn()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
+    out["load after"] = [round(v, 1) for v in os.getloadavg()]
     for name, ts in times.items():
         if ts:
             out[name]["seconds"] = statistics.median(ts)
             out[name]["all_seconds"] = [round(t, 3) for t in ts]
-    ratios: dict[str, float] = {}
-    for peer in ("captum default", "captum ppe=64", "ours full passes"):
-        for mine in ("ours exact", "ours approx", "ours approx tau=0.4"):
-            if times.get(peer) and times.get(mine):
-                r = [p / m for p, m in zip(times[peer], times[mine], strict=True)]
-                ratios[f"{peer} / {mine}"] = round(statistics.median(r), 2)
+        if cpu[name]:
+            out[name]["cpu_seconds"] = statistics.median(cpu[name])
+            out[name]["all_cpu_seconds"] = [round(t, 3) for t in cpu[name]]
+
+    def speed_ups(ts: dict[str, list[float]]) -> dict[str, float]:
+        ratios: dict[str, float] = {}
+        for peer in ("captum default", "captum ppe=64", "ours full passes"):
+            for mine in [n for n in runs if n.startswith("ours") and n != "ours full passes"]:
+                if ts.get(peer) and ts.get(mine):
+                    r = [p / m for p, m in zip(ts[peer], ts[mine], strict=True)]
+                    ratios[f"{peer} / {mine}"] = round(statistics.median(r), 2)
+        return ratios
+
+    ratios = speed_ups(times)
     out["speed-ups"] = ratios
-    print(json.dumps(ratios, indent=1), file=sys.stderr, flush=True)
+    out["cpu speed-ups"] = speed_ups(cpu)
+    out["approximation error"] = approximation_error(grids)
+    print(json.dumps({k: out[k] for k in ("speed-ups", "cpu speed-ups", "approximation error")},
+                     indent=1), file=sys.stderr, flush=True)  # fmt: skip
     return out
+
+
+def approximation_error(grids: dict[str, torch.Tensor]) -> dict[str, dict[str, float | None]]:
+    """Each approximate row's logit-drop grid against the exact one: the worst per-example
+    Pearson correlation and largest error over that example's largest exact drop (the
+    measures of ``tests/test_methods_incremental.py``); ``None`` where an exact map is flat."""
+    exact = grids.get("ours exact")
+    res: dict[str, dict[str, float | None]] = {}
+    for name, grid in grids.items():
+        if exact is None or "approx" not in name:
+            continue
+        corrs, errs = [], []
+        for e, a in zip(exact.flatten(1), grid.flatten(1), strict=True):
+            corrs.append(float(torch.corrcoef(torch.stack([e, a]))[0, 1]))
+            errs.append(float((e - a).abs().max() / e.abs().max()))
+        ok = all(v == v for v in corrs + errs)  # NaN where an exact map is constant
+        res[name] = {"correlation": round(min(corrs), 3) if ok else None,
+                     "max_error": round(max(errs), 3) if ok else None}  # fmt: skip
+    return res
 
 
 # --------------------------------------------------------------------------- pytorch-grad-cam

@@ -301,3 +301,73 @@ def test_drill_down_with_full_passes_matches_incremental() -> None:
     assert a.params["incremental"] and not b.params["incremental"]
     assert torch.equal(a.extra["evaluated"], b.extra["evaluated"])
     torch.testing.assert_close(a.extra["grid_logit"], b.extra["grid_logit"], **TOL)
+
+
+class SamePadding(nn.Module):
+    """String paddings ("same" with an even kernel puts the odd row last, dilated "same",
+    "valid"), so that a cone fills the map and the layer runs on whole maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 6, 4, padding="same")
+        self.c2 = nn.Conv2d(6, 6, 3, padding="same", dilation=2)
+        self.c3 = nn.Conv2d(6, 4, 3, padding="valid")
+        self.fc = nn.Linear(4 * 14 * 14, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.c3(self.c2(self.c1(x).relu()).relu())
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("net", ["resnet", "mobilenet", "same-padding"])
+def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NHWC engine (the default), the NCHW engine and an NHWC model with NHWC images all
+    give the full passes' maps; the engine's NHWC weights are a private copy."""
+    import copy
+
+    import convlens.methods.incremental as inc
+
+    if net == "resnet":
+        model, size, windows = resnet18(width=8, size=32), 32, [(8, 4), (32, 5)]
+    elif net == "mobilenet":
+        model, size, windows = mobilenet_like(), 48, [(8, 4), (40, 8)]
+    else:
+        torch.manual_seed(3)
+        model, size = Model(SamePadding().eval(), InputSpec(3, 16, 16), name="same"), 16
+        windows = [(4, 3), (12, 4)]
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(9))
+    wholes: list[int] = []  # layers that ran on whole maps through the engine's shortcut
+    conv_op = inc._conv_op
+
+    def counting(*a: object) -> inc.WindowOp:
+        op = conv_op(*a)  # type: ignore[arg-type]
+        whole = op.whole
+        assert whole is not None
+
+        def run(r: torch.Tensor) -> torch.Tensor:
+            wholes.append(1)
+            return whole(r)
+
+        op.whole = run
+        return op
+
+    monkeypatch.setattr(inc, "_conv_op", counting)
+    nhwc_net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)
+    nhwc = Model(nhwc_net, model.spec, name="nhwc")
+    for window, stride in windows:
+        kw = dict(window=window, stride=stride, target=[0, 1], chunk_size=10)
+        full = occlusion(model, x, incremental=False, channels_last=False, **kw)
+        runs = [
+            occlusion(model, x, **kw),
+            occlusion(model, x, channels_last=False, **kw),
+            occlusion(nhwc, x.contiguous(memory_format=torch.channels_last), **kw),
+        ]
+        for run in runs:
+            assert run.params["incremental"]
+            torch.testing.assert_close(run.extra["grid_logit"], full.extra["grid_logit"], **TOL)
+    # the large windows' cones fill some maps: those layers ran whole, with their own padding
+    assert wholes
+    for m in model.net.modules():  # the model's own weights were not converted
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.is_contiguous()

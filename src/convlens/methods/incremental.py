@@ -298,9 +298,10 @@ class WindowOp:
     window: Window
     apply: Callable[[torch.Tensor], torch.Tensor]
     divisor: torch.Tensor | None = None
+    whole: Callable[[torch.Tensor], torch.Tensor] | None = None  # the layer on whole maps
 
 
-def _conv_op(m: nn.Conv2d, size: Pair) -> WindowOp:
+def _conv_op(m: nn.Conv2d, size: Pair, channels_last: bool = False) -> WindowOp:
     k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
     if isinstance(m.padding, str):  # "valid" or "same" (F.conv2d puts the odd row last)
         total = [0, 0] if m.padding == "valid" else [d[ax] * (k[ax] - 1) for ax in (0, 1)]
@@ -311,8 +312,14 @@ def _conv_op(m: nn.Conv2d, size: Pair) -> WindowOp:
         full = (size[0] + 2 * before[0], size[1] + 2 * before[1])
     out = tuple((full[ax] - d[ax] * (k[ax] - 1) - 1) // s[ax] + 1 for ax in (0, 1))
     win = _make_window(k, s, d, before, (out[0], out[1]), size, 0.0)
-    w, b, g = m.weight, m.bias, m.groups
-    return WindowOp(win, lambda r: F.conv2d(r, w, b, s, 0, d, g))
+    w, b, g, pad = m.weight, m.bias, m.groups, m.padding
+    if channels_last:  # a private NHWC copy: the model's own weights stay as they are
+        w = w.detach().contiguous(memory_format=torch.channels_last)
+    return WindowOp(
+        win,
+        lambda r: F.conv2d(r, w, b, s, 0, d, g),
+        whole=lambda r: F.conv2d(r, w, b, s, pad, d, g),
+    )
 
 
 def _max_pool_op(m: nn.MaxPool2d, size: Pair) -> WindowOp:
@@ -345,9 +352,9 @@ def _avg_pool_op(m: nn.AvgPool2d, size: Pair) -> WindowOp:
     return WindowOp(win, lambda r: F.avg_pool2d(r, k, s, 0, divisor_override=1), divisor)
 
 
-def _window_op(module: nn.Module, size: Pair) -> WindowOp:
+def _window_op(module: nn.Module, size: Pair, channels_last: bool = False) -> WindowOp:
     if isinstance(module, nn.Conv2d):
-        return _conv_op(module, size)
+        return _conv_op(module, size, channels_last)
     if isinstance(module, nn.MaxPool2d):
         return _max_pool_op(module, size)
     assert isinstance(module, nn.AvgPool2d)
@@ -442,14 +449,10 @@ def _gather(
         key = (t - y, b - y, left - x, r - x, t - py, b - py, left - px, r - px)
         groups.setdefault(key, []).append(i)
     for (a0, a1, c0, c1, p0, p1, q0, q1), members in groups.items():
-        if len(members) == src.count:
-            out[:, :, a0:a1, c0:c1] = src.patch[:, :, p0:p1, q0:q1]
-            continue
-        if len(members) == 1:
-            i = members[0]
-            out[i * B : (i + 1) * B, :, a0:a1, c0:c1] = src.patch[
-                i * B : (i + 1) * B, :, p0:p1, q0:q1
-            ]
+        runs = _runs(members)
+        if len(runs) <= _MAX_SLICED_RUNS:  # consecutive positions are consecutive rows
+            for i, j in runs:
+                out[i * B : j * B, :, a0:a1, c0:c1] = src.patch[i * B : j * B, :, p0:p1, q0:q1]
             continue
         dev = out.device
         rows = (
@@ -458,6 +461,22 @@ def _gather(
         view = out[:, :, a0:a1, c0:c1]
         view.index_copy_(0, rows, src.patch[rows, :, p0:p1, q0:q1])
     return out
+
+
+# Up to this many runs of consecutive positions a paste is a slice copy per run; beyond, one
+# indexed copy (which reads the patch rows once more) costs less than the Python loop.
+_MAX_SLICED_RUNS = 8
+
+
+def _runs(members: list[int]) -> list[Pair]:
+    """Sorted indices as ``[start, stop)`` runs of consecutive values."""
+    runs: list[Pair] = []
+    for i in members:
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
 
 
 def _whole(region: Region) -> torch.Tensor:
@@ -488,10 +507,17 @@ class IncrementalRunner:
     network on occluded copies of it, chunk by chunk.
 
     ``tau`` (``None`` or 1: exact) caps each node's changed box (approximate mode).
+    ``channels_last`` keeps every activation, region and convolution weight (a private copy)
+    in the NHWC layout, in which this CPU's convolutions on the batched regions ran faster.
     """
 
     def __init__(
-        self, model: Model, plan: IncrementalPlan, x: torch.Tensor, tau: float | None = None
+        self,
+        model: Model,
+        plan: IncrementalPlan,
+        x: torch.Tensor,
+        tau: float | None = None,
+        channels_last: bool = False,
     ) -> None:
         assert plan.gm is not None
         self.model, self.plan, self.gm = model, plan, plan.gm
@@ -503,8 +529,13 @@ class IncrementalRunner:
             for inp in node.all_input_nodes:
                 self.last_use[inp.name] = i
         self.bases: dict[str, Any] = {}
+        self.output: Any = None
         self.window_ops: dict[str, tuple[WindowOp, torch.Tensor]] = {}
-        self._record_bases(model.normalize(x))
+        self.channels_last = channels_last and x.dim() == 4
+        h = model.normalize(x)
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        self._record_bases(h)
 
     # ---------------------------------------------------------------- base run
 
@@ -514,6 +545,8 @@ class IncrementalRunner:
             if node.op == "placeholder":
                 env[node.name] = h
             elif node.op == "output":
+                # the network's output on the unoccluded images (the caller's reference)
+                self.output = self._args(node, env)[0][0]
                 continue
             else:
                 args, kwargs = self._args(node, env)
@@ -525,6 +558,9 @@ class IncrementalRunner:
         args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
         kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
         return args, kwargs
+
+    def _layout(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def _execute(self, node: torch.fx.Node, args: Any, kwargs: Any) -> Any:
         """The node as the model runs it."""
@@ -581,7 +617,8 @@ class IncrementalRunner:
         B, C = base.shape[:2]
         B = B if examples is None else 1
         value = ((fill - self.model.mean[0]) / self.model.std[0]).to(base)
-        patch = value.view(1, C, 1, 1).expand(len(corners) * B, C, *window).contiguous()
+        patch = value.view(1, C, 1, 1).expand(len(corners) * B, C, *window)
+        patch = patch.contiguous(memory_format=self._layout())
         kh, kw = window
         return Region(
             base,
@@ -646,7 +683,7 @@ class IncrementalRunner:
     def _window(self, node: torch.fx.Node, src: Region) -> Region:
         if node.name not in self.window_ops:
             size = (src.base.shape[-2], src.base.shape[-1])
-            op = _window_op(self.modules[str(node.target)], size)
+            op = _window_op(self.modules[str(node.target)], size, self.channels_last)
             w = op.window
             padded = F.pad(src.base, (w.pad[2], w.pad[3], w.pad[0], w.pad[1]), value=w.pad_value)
             self.window_ops[node.name] = (op, padded)
@@ -659,8 +696,7 @@ class IncrementalRunner:
         starts, (oh, ow) = _starts(cones, win.out)
         if (oh, ow) == win.out and self.tau is None and _is_whole(src):
             # the change fills the map here: run the layer itself on the occluded maps
-            module = self.modules[str(node.target)]
-            out = module(src.patch)
+            out = (op.whole or self.modules[str(node.target)])(src.patch)
             return Region(self.bases[node.name], out, starts, cones, centers, src.examples)
         sh, sw = win.stride
         ih, iw = (oh - 1) * sh + win.span(0), (ow - 1) * sw + win.span(1)
