@@ -98,8 +98,10 @@ _LAYOUT_JS = """() => {
   const names = rows.map((r) => r.querySelector('.cls'));
   const bars = rows.map((r) => r.querySelector('.bar'));
   const ov = document.getElementById('overview');
-  const parts = [...ov.querySelectorAll('canvas.neuron, canvas.strip, .outrow, svg text, .stage > .legend')];
-  const legends = [...ov.querySelectorAll('.stage > .legend')].map(box).sort((a, b) => a.left - b.left);
+  const parts = [...ov.querySelectorAll(
+    'canvas.neuron, canvas.strip, .outrow, svg text, .stage > .legend')];
+  const legends = [...ov.querySelectorAll('.stage > .legend')].map(box)
+    .sort((a, b) => a.left - b.left);
   return {
     W, pageWidth: document.documentElement.scrollWidth, rows: rows.length,
     overviewScroll: ov.scrollWidth - ov.clientWidth,
