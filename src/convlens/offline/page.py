@@ -1,8 +1,8 @@
 """The explainer's page as ONE HTML document, built from the web front end's own files.
 
 ``static/index.html`` is read and every file it loads is put inside it: the stylesheet (with
-any ``url()`` it names, e.g. a font, as a data URL), the classic scripts (D3) and the ES
-modules from ``main.js`` down. The modules are not merged into one scope: each keeps its own
+any ``url()`` it names, e.g. a font, as a data URL), any classic scripts (none today) and the
+ES modules from ``main.js`` down. The modules are not merged into one scope: each keeps its own
 source, and a small loader gives each a ``blob:`` URL after its dependencies, rewriting the
 relative specifiers (``'./api.js'``) to those URLs. Module semantics (scope, evaluation order,
 live bindings) therefore stay exactly those of the served page, with no bundler and no node.

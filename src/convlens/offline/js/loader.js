@@ -1,6 +1,6 @@
 // Runs the explainer's modules from the page's own #convlens-modules table (see page.py):
 // each module gets a blob: URL once its dependencies have theirs, so the browser evaluates them
-// exactly as it would the served files. Classic scripts (D3) run first, in order.
+// exactly as it would the served files. Classic scripts, if the page gains any, run first, in order.
 const table = JSON.parse(document.getElementById('convlens-modules').textContent);
 const urls = new Map();
 const blobUrl = (text) => URL.createObjectURL(new Blob([text], { type: 'text/javascript' }));

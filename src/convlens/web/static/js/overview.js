@@ -10,7 +10,6 @@ import { el, hideTip, legend, paintMap, showTip } from './render.js';
 import * as store from './store.js';
 
 const SVG = 'http://www.w3.org/2000/svg';
-/* global d3 */ // vendor/d3.min.js, loaded by index.html before the modules
 const WINDOW_KINDS = new Set(['conv', 'maxpool', 'avgpool']);
 const COMPACT_LEGEND_PITCH = 30; // px between columns below which no legend fits ("±2.1" at 9 px)
 const MAX_STRIP = 2048; // rows of a vector strip (a canvas cannot be arbitrarily tall)
@@ -193,20 +192,24 @@ export function edgesInto(cols, lay, i, resolve, colOf) {
   return edges;
 }
 
-/** Draw every edge with a D3 data join; returns layer → slot → {paths, sources} for hovering. */
+/** Draw every edge as an SVG path (the svg is new at every draw, so there is nothing to
+ * update or remove); returns layer → slot → {paths, sources} for hovering. */
 function drawEdges(svg, edges) {
   const index = new Map();
-  d3.select(svg).selectAll('path.edge').data(edges).join('path')
-    .attr('class', (e) => (e.skip ? 'edge skip' : 'edge'))
-    .attr('d', (e) => e.d)
-    .each(function link(e) {
-      if (e.skip) return;
-      if (!index.has(e.layer)) index.set(e.layer, new Map());
-      const slots = index.get(e.layer);
-      if (!slots.has(e.target)) slots.set(e.target, { paths: [], sources: [] });
-      slots.get(e.target).paths.push(this);
-      slots.get(e.target).sources.push(e.source);
-    });
+  const paths = document.createDocumentFragment();
+  for (const e of edges) {
+    const path = document.createElementNS(SVG, 'path');
+    path.setAttribute('class', e.skip ? 'edge skip' : 'edge');
+    path.setAttribute('d', e.d);
+    paths.append(path);
+    if (e.skip) continue;
+    if (!index.has(e.layer)) index.set(e.layer, new Map());
+    const slots = index.get(e.layer);
+    if (!slots.has(e.target)) slots.set(e.target, { paths: [], sources: [] });
+    slots.get(e.target).paths.push(path);
+    slots.get(e.target).sources.push(e.source);
+  }
+  svg.append(paths);
   return index;
 }
 
