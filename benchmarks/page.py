@@ -227,6 +227,13 @@ def measure_traces(srv: Server, model: Model, repeats: int) -> dict[str, float]:
     return out
 
 
+def launch(playwright: Any) -> Any:
+    """Debian's headless Chromium (Playwright's own browser download fails here)."""
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
+    )
+
+
 def traces_only(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -244,9 +251,7 @@ def traces_only(args: argparse.Namespace) -> None:
 def start_only(args: argparse.Namespace) -> None:
     results: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+        browser = launch(p)
         for name, model in models(Path(tmp), args.vgg, args.only).items():
             first = Server(model)
             load_page(browser, first.url)  # torch's and Chromium's first-use costs
@@ -290,9 +295,7 @@ def main() -> None:
         return
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as tmp, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-        )
+        browser = launch(p)
         for name, model in models(Path(tmp), args.vgg, args.only).items():
             srv = Server(model)
             try:

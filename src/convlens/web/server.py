@@ -36,7 +36,7 @@ from convlens.web.errors import ApiError
 from convlens.web.guard import TOKEN_QUERY, Access, BodyRule, Guard, Rules, is_loopback
 from convlens.web.state import ServerConfig, ServerState
 from convlens.web.timeline import timeline_router
-from convlens.web.traces import overview_trace_query
+from convlens.web.traces import first_image, overview_trace_query
 from convlens.web.uploads import MULTIPART_OVERHEAD
 
 __all__ = ["create_app", "is_loopback", "serve"]
@@ -167,9 +167,9 @@ def with_trace_preload(html: str, state: ServerState, asked: str | None = None) 
     """``index.html`` with a preload of the page's first trace (the first sample at the
     overview's caps; ``asked``: the page URL's ``?trace=``) beside the model's, so the browser
     fetches it while the modules and ``GET /model`` load instead of after them."""
-    if not state.store.samples:
+    image = first_image(state)
+    if image is None:
         return html
-    image = next(iter(state.store.samples))
     url = f"{PREFIX}/trace?{overview_trace_query(state.model, image, asked)}"
     link = f'<link rel="preload" href="{escape(url)}" as="fetch" crossorigin="anonymous">'
     found = _MODEL_PRELOAD.search(html)

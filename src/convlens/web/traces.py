@@ -36,7 +36,7 @@ TRACE_KEPT_BYTES = 16 * 2**20  # a larger body (a whole big layer uncapped) is n
 TraceKey = tuple[str, int | None, int | None, tuple[str, ...] | None, str]
 
 # The page's overview trace, as static/js/config.js asks for it (OVERVIEW_MAX_SIZE,
-# QUANTIZE_ABOVE; tests/test_web_layout.py checks the two files agree).
+# QUANTIZE_ABOVE; tests/test_web_bigtrace.py checks the two files agree).
 OVERVIEW_MAX_SIZE = 64
 QUANTIZE_ABOVE = 1_000_000
 
@@ -64,6 +64,11 @@ def overview_trace_query(model: Model, image: str, asked: str | None = None) -> 
     if encoding != "float32":
         params.append(("encoding", encoding))
     return urlencode(params)
+
+
+def first_image(state: ServerState) -> str | None:
+    """The image the page shows first (the first sample), or ``None`` without samples."""
+    return next(iter(state.store.samples), None)
 
 
 def trace_key(image: str, options: TraceOptions) -> TraceKey:
@@ -139,9 +144,9 @@ class Traces:
         """Start computing the page's first trace (the first sample at the overview's caps) in
         the background; ``None`` when there is nothing to compute or the caps are refused."""
         state = self.state
-        if not state.store.samples:
+        image = first_image(state)
+        if image is None:
             return None
-        image = next(iter(state.store.samples))
         options = TraceOptions(
             max_channels=state.trace_max_channels,
             max_size=OVERVIEW_MAX_SIZE,
