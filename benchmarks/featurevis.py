@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -236,4 +235,4 @@ def print_table(rows: list[dict[str, Any]], value_steps: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -15,6 +15,7 @@ Other work on the machine makes the timings noisy.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -51,7 +52,8 @@ def forward_seconds(model: Model, x: torch.Tensor, repeat: int) -> float:
 
 def paired_forward(a: Model, b: Model, x: torch.Tensor, repeat: int) -> tuple[float, float]:
     """Medians of ``a(x)`` and ``b(x)`` timed alternately, so load drift hits both alike."""
-    ta, tb = [], []
+    ta: list[float] = []
+    tb: list[float] = []
     with torch.inference_mode():
         a(x), b(x)  # warm-up
         for _ in range(repeat):
@@ -97,7 +99,7 @@ def bench_model(key: str, repeat: int) -> list[dict[str, Any]]:
              "forward_vs_original": 1.0, "max_abs_diff": 0.0}]  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for fmt, (path, opts) in write_all(model, Path(tmp)).items():
-            load_s = median_seconds(lambda p=path, o=opts: load_model(p, **o), repeat)
+            load_s = median_seconds(functools.partial(load_model, path, **opts), repeat)
             loaded = load_model(path, **opts)
             orig, fwd = paired_forward(model, loaded, x, repeat)
             with torch.inference_mode():

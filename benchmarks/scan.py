@@ -81,8 +81,8 @@ def setup(case: str, n: int) -> tuple[Any, Any, list[str]]:
             model = build("tiny-vgg:in_channels=1,input_size=28", seed=0)
         full = open_dataset("fashion-mnist", "train")
         reps = -(-n // len(full))  # 10× Fashion-MNIST: the training set repeated
-        images = full.images.repeat(reps, 1, 1, 1)[:n]  # type: ignore[attr-defined]
-        labels = full.labels.repeat(reps)[:n]  # type: ignore[attr-defined]
+        images = full.images.repeat(reps, 1, 1, 1)[:n]
+        labels = full.labels.repeat(reps)[:n]
         data = TensorImages(images, labels, full.classes, "fashion-mnist")
         convs = [lay.name for lay in model.graph if lay.kind == "activation"]
         layers = convs[-1:] if case == "fmnist" else [*convs, model.graph.output.name]

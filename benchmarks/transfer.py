@@ -65,7 +65,7 @@ def body_pass(arch: str, data: FolderImages, head: str, batch: int) -> dict[str,
 def run(arch: str, data: FolderImages, head: str, epochs: int, batch: int, cached: bool
         ) -> list[dict[str, Any]]:  # fmt: skip
     model = make_model(arch, data.classes, head)
-    model.net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.net.to(memory_format=torch.channels_last)
     caches = (FeatureCache(model, data, channels_last=True), None) if cached else None
     walls: list[float] = []
     start = [time.perf_counter()]

@@ -98,7 +98,7 @@ def test_patch_titles_promise_no_more_hits_than_kept(
 
     def spy(image: Image.Image, text: str, *args: object, **kwargs: object) -> Image.Image:
         titles.append(text)
-        return real_caption(image, text, *args, **kwargs)  # type: ignore[arg-type]
+        return real_caption(image, text, *args, **kwargs)
 
     monkeypatch.setattr(patches, "caption", spy)
     argv = ["scan", model_dir, "--dataset", str(folder), "--split", "all", "--layers",

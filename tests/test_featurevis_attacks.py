@@ -94,7 +94,7 @@ def test_budget_below_zero_and_bad_options_raise(tiny_vgg: Model) -> None:
         with pytest.raises(ConvlensError, match="eps must be >= 0"):
             pgd(tiny_vgg, x, eps)
     with pytest.raises(ConvlensError, match="linf, l2"):
-        pgd(tiny_vgg, x, 0.1, norm="l1")  # type: ignore[arg-type]
+        pgd(tiny_vgg, x, 0.1, norm="l1")
     with pytest.raises(ConvlensError, match="out of range"):
         fgsm(tiny_vgg, x, 0.1, target=11)
     with pytest.raises(ConvlensError, match=r"\[0, 1\]"):
@@ -109,7 +109,7 @@ def test_pgd_respects_the_budget_and_beats_fgsm(tiny_vgg: Model, norm: str) -> N
     torch.manual_seed(1)
     x = torch.rand(6, 1, 28, 28)
     eps = 0.02 if norm == "linf" else 0.5
-    r = pgd(tiny_vgg, x, eps, norm=norm, steps=10)  # type: ignore[arg-type]
+    r = pgd(tiny_vgg, x, eps, norm=norm, steps=10)
     d = r.perturbation.flatten(1)
     size = d.abs().amax(1) if norm == "linf" else d.norm(dim=1)
     assert (size <= eps + 1e-5).all()

@@ -91,7 +91,7 @@ def test_pad_fills_the_border_with_gray_and_draws_differ_per_image() -> None:
 
 def test_compose_rejects_unknown_pad_mode() -> None:
     with pytest.raises(ConvlensError, match="constant, reflect, border"):
-        fv.Compose([fv.Pad(1)], pad_mode="wrap")  # type: ignore[arg-type]
+        fv.Compose([fv.Pad(1)], pad_mode="wrap")
 
 
 # ---------------------------------------------------------------- objectives
@@ -294,15 +294,15 @@ def test_stopping_after_the_deepest_layer_changes_nothing(small_resnet: Model) -
 def test_l1_and_l2_pull_toward_the_background(tiny_vgg: Model) -> None:
     objective = O.channel("conv_1_1", 0)
     kw = {"steps": 15, "param": "pixel", "transforms": None, "lr": 0.2, "l1": 50.0, "l2": 50.0}
-    dark = fv.render(tiny_vgg, objective, background=0.0, **kw).images  # type: ignore[arg-type]
-    light = fv.render(tiny_vgg, objective, background=1.0, **kw).images  # type: ignore[arg-type]
+    dark = fv.render(tiny_vgg, objective, background=0.0, **kw).images
+    light = fv.render(tiny_vgg, objective, background=1.0, **kw).images
     assert float(dark.mean()) < 0.3 < 0.7 < float(light.mean())
 
 
 def test_copies_with_diversity_differ_more(tiny_vgg: Model) -> None:
     kw = {"steps": 15, "lr": 0.1, "copies": 3, "seed": 0}
-    plain = fv.render_channels(tiny_vgg, "conv_2_1", [4], **kw)  # type: ignore[arg-type]
-    diverse = fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=5.0, **kw)  # type: ignore[arg-type]
+    plain = fv.render_channels(tiny_vgg, "conv_2_1", [4], **kw)
+    diverse = fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=5.0, **kw)
     assert diverse.labels == ["conv_2_1:4 #0", "conv_2_1:4 #1", "conv_2_1:4 #2"]
     term = O.diversity("conv_2_1")
     spread = float(fv.evaluate(tiny_vgg, term, diverse.images).mean())

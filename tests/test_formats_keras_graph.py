@@ -308,7 +308,7 @@ def test_lambda_layer_refused_with_name_and_position(tmp_path: Path) -> None:
 
 def test_custom_layer_refused(tmp_path: Path) -> None:
     @keras.saving.register_keras_serializable(package="t")
-    class Twice(layers.Layer):  # type: ignore[misc]
+    class Twice(keras.layers.Layer):  # type: ignore[name-defined]
         def call(self, x: Any) -> Any:
             return x * 2
 

@@ -37,7 +37,7 @@ def test_exported_zoo_model_round_trips(tmp_path: Path, arch: str) -> None:
     assert ("conv_1_1" in names) if arch.startswith("tiny") else ("layer1.0.conv1" in names)
 
 
-def _mlp_head_model() -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+def _mlp_head_model() -> tuple[Any, dict[str, np.ndarray]]:  # (onnx.ModelProto, ...)
     """Conv (asymmetric pads) → LeakyRelu → GlobalAveragePool → Flatten → MatMul + Add → Softmax."""
     rng = np.random.default_rng(0)
     w = {
@@ -322,8 +322,9 @@ def export(family: str, exporter: str, folder: Path) -> tuple[Path, torch.nn.Mod
     net = FAMILIES[family]()
     for m in net.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5)  # type: ignore[operator]
-            m.running_var.uniform_(0.5, 2.0)  # type: ignore[operator]
+            assert m.running_mean is not None and m.running_var is not None
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
             m.weight.data.uniform_(0.5, 1.5)
     net.eval()
     path = folder / f"{family}-{exporter}.onnx"
@@ -403,7 +404,7 @@ def test_paddle_model_needs_an_input_size() -> None:
 # ------------------------------------------------------------- hostile and odd files
 
 
-def _save(tmp_path: Path, proto: onnx.ModelProto, name: str = "m.onnx") -> Path:
+def _save(tmp_path: Path, proto: Any, name: str = "m.onnx") -> Path:
     path = tmp_path / name
     path.write_bytes(proto.SerializeToString())
     return path
@@ -465,11 +466,13 @@ def test_only_regular_files_are_read(tmp_path: Path) -> None:
         load_model(junk)
 
 
-def _one_node_model(node: Any, x_shape: list[int], opset: int = 17, **inits: np.ndarray) -> Any:
+def _one_node_model(
+    node: Any, x_shape: list[int], opset: int = 17, inits: dict[str, np.ndarray] | None = None
+) -> Any:
     graph = helper.make_graph(
         [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+        [numpy_helper.from_array(v, k) for k, v in (inits or {}).items()],
     )  # fmt: skip
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
 
@@ -497,7 +500,7 @@ def test_unconvertible_nodes_are_refused_by_name_and_position(
     from convlens.model.formats.onnx_format import convert_graph
 
     with pytest.raises(ConvlensError, match=match):
-        convert_graph(_one_node_model(node, shape, **inits))
+        convert_graph(_one_node_model(node, shape, inits=inits))
 
 
 def test_old_opsets_are_refused() -> None:

@@ -42,6 +42,7 @@ def tiny_res() -> Model:
     torch.manual_seed(0)
     net = TinyRes().eval()
     with torch.no_grad():  # non-trivial running statistics
+        assert net.bn.running_mean is not None and net.bn.running_var is not None
         net.bn.running_mean.uniform_(-0.5, 0.5)
         net.bn.running_var.uniform_(0.5, 2.0)
     return Model(net, InputSpec(3, 16, 16, (0.4,), (0.3,)), name="tiny-res")

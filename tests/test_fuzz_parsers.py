@@ -635,4 +635,4 @@ def test_keras_bad_central_directory(seeds: dict[str, Path], tmp_path: Path) -> 
     _keras_config(seeds)
     blob = bytearray(seeds["keras"].read_bytes())
     blob[_central_directory(blob) + 3] = 0x03  # PK\x01\x02 -> PK\x01\x03
-    _fuzz_file(tmp_path, "m.keras", blob, known_ok=False)
+    _fuzz_file(tmp_path, "m.keras", bytes(blob), known_ok=False)

@@ -458,14 +458,15 @@ def test_mutated_configs_give_one_line_errors(clean_pt2: Path, tmp_path: Path) -
     for trial in range(60):
         target = rnd.choice(sorted(n for n in members if n.endswith(".json")))
         doc = json.loads(members[target])
-        paths, stack = [], [(doc, ())]
+        paths: list[tuple[Any, ...]] = []
+        stack: list[tuple[Any, tuple[Any, ...]]] = [(doc, ())]
         while stack:
-            node, path = stack.pop()
+            node, where = stack.pop()
             items = node.items() if isinstance(node, dict) else enumerate(node)
             for k, v in items:
-                paths.append((*path, k))
+                paths.append((*where, k))
                 if isinstance(v, dict | list):
-                    stack.append((v, (*path, k)))
+                    stack.append((v, (*where, k)))
         *parent, last = rnd.choice(paths)
         holder: Any = doc
         for k in parent:

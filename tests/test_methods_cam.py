@@ -14,11 +14,12 @@ import convlens
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.model import Model
 from convlens.probe import capture
+from tolerance import Tolerance
 
 HAS_CAPTUM = importlib.util.find_spec("captum") is not None
 needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (peers extra)")
 HAS_GRADCAM = importlib.util.find_spec("pytorch_grad_cam") is not None
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def act_and_grad(model: Model, x: torch.Tensor, layer: str, target: list[int]):  # type: ignore[no-untyped-def]

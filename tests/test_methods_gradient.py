@@ -10,13 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 import convlens
+from conftest import FunctionalNet
 from convlens.io.spec import InputSpec
 from convlens.methods.gradient import path_points
 from convlens.model import Model
+from tolerance import Tolerance
 
 HAS_CAPTUM = importlib.util.find_spec("captum") is not None
 needs_captum = pytest.mark.skipif(not HAS_CAPTUM, reason="captum is not installed (peers extra)")
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 pytestmark = pytest.mark.filterwarnings("ignore:Setting backward hooks:UserWarning")
 
 
@@ -100,7 +102,7 @@ def test_smoothgrad_matches_a_loop_over_noise_draws(tiny_vgg: Model) -> None:
 class ModuleReluNet(nn.Module):
     """FunctionalNet of conftest with nn.ReLU modules instead of F.relu (same parameters)."""
 
-    def __init__(self, f: nn.Module) -> None:
+    def __init__(self, f: FunctionalNet) -> None:
         super().__init__()
         self.f = f
         self.r1, self.r2 = nn.ReLU(), nn.ReLU()

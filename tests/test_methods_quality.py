@@ -59,7 +59,7 @@ def test_deletion_and_insertion_by_hand(tiny_vgg: Model) -> None:
             deleted = torch.where(mask, torch.zeros_like(x[b]), x[b])
             inserted = torch.where(mask, x[b], blurred[b])
             with torch.no_grad():
-                t = attr.targets[b]  # type: ignore[index]
+                t = attr.targets[b]
                 p_del = tiny_vgg(deleted).softmax(1)[0, t]
                 p_ins = tiny_vgg(inserted).softmax(1)[0, t]
             assert float(c.deletion[b, s]) == pytest.approx(float(p_del), abs=1e-5)

@@ -131,6 +131,7 @@ def test_receptive_field_box_covers_exactly_the_gradient_support() -> None:
     x = torch.rand(1, 1, 20, 20, requires_grad=True)
     out = model.net[:3](x)
     out[0, 0, 2, 1].backward()
+    assert x.grad is not None
     rows, cols = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
     top, left, bottom, right = layer.rf.box(2, 1)
     assert rows.min() >= top and rows.max() < bottom and cols.min() >= left and cols.max() < right
@@ -168,6 +169,7 @@ def test_squeeze_excite_gate_keeps_the_spatial_branch_field() -> None:
     y = net.conv1(x)
     gate = torch.sigmoid(net.fc(y.mean((2, 3), keepdim=True))).detach()
     net.conv2(gate * y)[0, 0, 3, 4].backward()
+    assert x.grad is not None
     rows, cols = torch.nonzero(x.grad[0, 0].abs() > 0, as_tuple=True)
     box = (int(rows.min()), int(rows.max()) + 1, int(cols.min()), int(cols.max()) + 1)
     top, left, bottom, right = last.rf.box(3, 4)

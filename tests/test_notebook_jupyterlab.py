@@ -110,9 +110,12 @@ def test_show_in_jupyterlab_keeps_state_both_ways(lab: str) -> None:
         outside: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         local = (lab, lab.replace("http", "ws"), "data:", "blob:", "about:")
-        page.route(
-            lambda u: not u.startswith(local), lambda r: (outside.append(r.request.url), r.abort())
-        )
+
+        def refuse(route: Any) -> None:  # the page must not reach outside the lab
+            outside.append(route.request.url)
+            route.abort()
+
+        page.route(lambda u: not u.startswith(local), refuse)
         try:
             page.goto(f"{lab}/lab/tree/show.ipynb")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)

@@ -200,7 +200,7 @@ Outcome = tuple[str, str, str, str]  # (case, variant, outcome, detail)
 @pytest.fixture(scope="session")
 def outcomes(wheel: zipfile.ZipFile) -> list[tuple[str, Outcome]]:
     """``(operator, (case, variant, outcome, detail))`` for every node test, run once."""
-    out = []
+    out: list[tuple[str, Outcome]] = []
     for name in all_cases(wheel):
         op = _op_of(wheel, name)
         out.extend((op, (name, *r)) for r in run_case(wheel, name))

@@ -128,7 +128,7 @@ class Wrapped(ImageDataset):
         return len(self.inner)
 
     def path(self, index: int) -> Path:
-        return self.inner.path(index)  # type: ignore[attr-defined,no-any-return]
+        return self.inner.path(index)
 
     def get(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         return self.inner.get(indices)

@@ -19,7 +19,7 @@ from PIL import Image
 from convlens.cli import main
 from convlens.data import TensorImages
 from convlens.errors import ConvlensError
-from convlens.model import build, load_model
+from convlens.model import Model, build, load_model
 from convlens.train import (
     Augment,
     StepInfo,
@@ -66,7 +66,7 @@ def quadrant_data(n: int = 96, seed: int = 0) -> TensorImages:
     return TensorImages(x.clamp(0, 1), y, CLASSES, name="quadrants")
 
 
-def fresh() -> torch.nn.Module:
+def fresh() -> Model:
     return build(ARCH, CLASSES, seed=0)
 
 
@@ -168,7 +168,7 @@ def test_affine_augment_seeded_batched_and_identity_when_off() -> None:
     for bad, match in ((dict(rotation=200), "rotation"), (dict(zoom=1.0), "zoom"),
                        (dict(shear=-1), "shear"), (dict(fill="wrap"), "nearest")):  # fmt: skip
         with pytest.raises(ConvlensError, match=match):
-            Augment(**bad)  # type: ignore[arg-type]
+            Augment(**bad)
 
 
 def test_lr_schedules() -> None:
@@ -311,7 +311,9 @@ def test_finetune_uses_lower_body_lr_and_new_head(tmp_path: Path) -> None:
     base = fresh()
     model = with_classes(base, ["a", "b"])
     assert model.num_outputs == 2 and model.classes == ["a", "b"]
-    torch.testing.assert_close(model.net.conv_1_1.weight, base.net.conv_1_1.weight)
+    torch.testing.assert_close(
+        model.net.state_dict()["conv_1_1.weight"], base.net.state_dict()["conv_1_1.weight"]
+    )
     from convlens.train.loop import make_optimizer
 
     opt = make_optimizer(model, TrainConfig(lr=0.01, mode="finetune", body_lr_scale=0.1))

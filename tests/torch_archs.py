@@ -202,6 +202,7 @@ def make(name: str) -> nn.Module:
     with torch.no_grad():
         for m in net.modules():
             if isinstance(m, nn.BatchNorm2d):
+                assert m.running_mean is not None and m.running_var is not None
                 m.running_mean.uniform_(-0.3, 0.3)
                 m.running_var.uniform_(0.5, 1.5)
                 m.weight.uniform_(0.5, 1.5)
