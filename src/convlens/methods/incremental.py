@@ -26,6 +26,11 @@ pooling, flatten, linear, reshapes, anything unknown) gets its inputs made whole
 each position's change pasted in) and runs as in the model; past such a node the chunk is
 computed in full. The result equals full forward passes to float rounding.
 
+Two savings that keep the result: an eval-mode batch norm that is the only reader of a
+zero-padded convolution's output is folded into the engine's private copy of that
+convolution's weights and bias (one pass less over every region; the model is untouched), and
+a ReLU whose input no other node reads runs in place on a patch the engine made.
+
 A model is refused (full passes instead) when it cannot be traced or when an in-place op
 writes a tensor that another node also reads (the base could no longer be trusted).
 
