@@ -352,8 +352,9 @@ def occlusion_goal(
     model: Any, key: str, repeat: int, rows: list[str] | None = None
 ) -> dict[str, Any]:
     """Occlusion side by side on the same model and images: ours exact (incremental), ours
-    approximate (default, ``tau=0.4`` and ``tau=0.3, coarse=3``; their error against the
-    exact map is reported too), ours with full passes, Captum's default
+    approximate (default, the earlier default ``drill=0.25``, ``tau=0.4`` and ``tau=0.3,
+    coarse=3``; their error against the exact map is reported too), ours with full passes,
+    Captum's default
     (``perturbations_per_eval=1``) and Captum with ``perturbations_per_eval=64``. After one
     warm-up run of each (which also gives its peak memory) the rows run round-robin
     ``repeat`` times; speed-ups are medians of the per-round ratios of wall time and of
@@ -375,6 +376,9 @@ def occlusion_goal(
         "ours exact": lambda: convlens.explain(model, x, "occlusion", target=target, **kw),
         "ours approx": lambda: convlens.explain(
             model, x, "occlusion", target=target, approx=True, **kw
+        ),
+        "ours approx drill=0.25": lambda: convlens.explain(
+            model, x, "occlusion", target=target, approx=True, drill=0.25, **kw
         ),
         "ours approx tau=0.4": lambda: convlens.explain(
             model, x, "occlusion", target=target, approx=True, tau=0.4, **kw

@@ -27,8 +27,9 @@ def _randomize(net: nn.Module) -> None:
         if isinstance(m, nn.BatchNorm2d):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-            m.bias.data.uniform_(-0.2, 0.2)
+            if m.affine:
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.uniform_(-0.2, 0.2)
 
 
 def resnet18(width: int = 64, size: int = 64) -> Model:
@@ -371,3 +372,89 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
     for m in model.net.modules():  # the model's own weights were not converted
         if isinstance(m, nn.Conv2d):
             assert m.weight.is_contiguous()
+
+
+# --------------------------------------------------------------------------- batch norm folding
+
+
+class FoldCases(nn.Module):
+    """Batch norms that fold into the convolution before them (``c1``/``b1``) and ones that
+    must not: after a ReLU (``b2``), after a conv whose output a residual addition also reads
+    (``b3``), and a train-mode one (``b4``, set by the test). ``c3``'s output also feeds a
+    ReLU whose input has another reader, which must not run in place."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1, self.b1 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c2, self.b2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+        self.c3, self.b3 = nn.Conv2d(8, 8, 3, 2, 1), nn.BatchNorm2d(8, affine=False)
+        self.c4, self.b4 = nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.b1(self.c1(x)))
+        x = self.b2(F.relu(self.c2(x)))
+        y = self.c3(x)
+        x = self.b3(y) + y.relu() + y
+        x = self.b4(self.c4(x)).relu()
+        return self.fc(x.mean((2, 3)))
+
+
+def _runner_vs_full_passes(
+    model: Model, x: torch.Tensor, window: int, stride: int, **kw: object
+) -> tuple[object, torch.Tensor, torch.Tensor]:
+    """The engine's output with a window at every position, and the model's on the occluded
+    images (window-major rows)."""
+    from convlens.methods.incremental import IncrementalRunner
+    from convlens.methods.occlusion import window_positions
+
+    plan = incremental_plan(model)
+    runner = IncrementalRunner(model, plan, x, **kw)  # type: ignore[arg-type]
+    H, W = x.shape[-2:]
+    corners = window_positions((H, W), (window, window), (stride, stride))
+    fill = torch.full((3, 1, 1), 0.3)
+    got = runner.run(corners, (window, window), fill)
+    images = []
+    for t, left in corners:
+        occluded = x.clone()
+        occluded[:, :, t : t + window, left : left + window] = fill
+        images.append(occluded)
+    with torch.inference_mode():
+        want = model(torch.cat(images))
+    return runner, got, want
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batch_norm_folding_equals_full_passes(channels_last: bool) -> None:
+    model = resnet18(width=8, size=32)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(11))
+    for fold in (True, False):
+        runner, got, want = _runner_vs_full_passes(
+            model, x, 8, 4, channels_last=channels_last, fold_batch_norm=fold
+        )
+        # every conv of ResNet-18 is followed by its own batch norm
+        assert len(runner.folds) == (20 if fold else 0)  # type: ignore[attr-defined]
+        torch.testing.assert_close(got, want, **TOL)
+    for m in model.net.modules():  # the model's weights are left as they were
+        if isinstance(m, nn.Conv2d):
+            assert m.bias is None and m.weight.is_contiguous()
+
+
+def test_batch_norm_folds_only_after_a_conv_it_alone_reads() -> None:
+    torch.manual_seed(12)
+    net = FoldCases()
+    _randomize(net)
+    model = Model(net.eval(), InputSpec(3, 16, 16), name="folds")
+    net.b4.train()  # batch statistics: not a per-channel map, never folded
+    x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(13))
+    runner, got, want = _runner_vs_full_passes(model, x, 5, 3, channels_last=True)
+    folds = runner.folds  # type: ignore[attr-defined]
+    assert {conv: bn.name for conv, bn in folds.items()} == {"c1": "b1"}
+    # b4 in train mode normalizes each chunk by its own statistics: compare without it
+    net.b4.eval()
+    runner, got, want = _runner_vs_full_passes(model, x, 5, 3, channels_last=True)
+    assert {conv: bn.name for conv, bn in runner.folds.items()} == {  # type: ignore[attr-defined]
+        "c1": "b1",
+        "c4": "b4",
+    }
+    torch.testing.assert_close(got, want, **TOL)

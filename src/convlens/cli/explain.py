@@ -301,7 +301,7 @@ APPROX_HELP = (
     "--approx-tau plus adaptive drill-down). Its error is measured, not guaranteed: on "
     "random-weight ResNet-18, MobileNetV2-like and Inception-like networks the map keeps a "
     "correlation of at least 0.7 with the exact map and its largest error stays within the "
-    "largest exact drop; on the trained Tiny VGG, correlation 0.96 and largest error 0.41 of "
+    "largest exact drop; on the trained Tiny VGG, correlation 0.94 and largest error 0.47 of "
     "the largest drop. See docs/performance.md."
 )
 APPROX_TAU_HELP = (

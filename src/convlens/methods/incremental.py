@@ -26,6 +26,11 @@ pooling, flatten, linear, reshapes, anything unknown) gets its inputs made whole
 each position's change pasted in) and runs as in the model; past such a node the chunk is
 computed in full. The result equals full forward passes to float rounding.
 
+Two savings that keep the result: an eval-mode batch norm that is the only reader of a
+zero-padded convolution's output is folded into the engine's private copy of that
+convolution's weights and bias (one pass less over every region; the model is untouched), and
+a ReLU whose input no other node reads runs in place on a patch the engine made.
+
 A model is refused (full passes instead) when it cannot be traced or when an in-place op
 writes a tensor that another node also reads (the base could no longer be trusted).
 
@@ -225,6 +230,31 @@ def _aliasing_problem(gm: torch.fx.GraphModule, modules: dict[str, nn.Module]) -
     return None
 
 
+def _batch_norm_folds(
+    nodes: list[torch.fx.Node], modules: dict[str, nn.Module]
+) -> dict[str, torch.fx.Node]:
+    """Convolution node name -> the batch norm node that folds into it: an eval-mode
+    ``BatchNorm2d`` (running statistics) whose input is a zero-padded ``Conv2d`` read by
+    nothing else, both called as modules with one argument."""
+    folds: dict[str, torch.fx.Node] = {}
+    for node in nodes:
+        if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
+            continue
+        bn = modules[str(node.target)]
+        conv = node.args[0]
+        if not isinstance(bn, nn.BatchNorm2d) or _module_kind(bn) != "pointwise":
+            continue
+        if not isinstance(conv, torch.fx.Node) or conv.op != "call_module":
+            continue
+        if len(conv.users) != 1 or len(conv.args) != 1 or conv.kwargs:
+            continue
+        m = modules[str(conv.target)]
+        window = isinstance(m, nn.Conv2d) and _module_kind(m) == "window"
+        if window and m.out_channels == bn.num_features:
+            folds[conv.name] = node
+    return folds
+
+
 # --------------------------------------------------------------------------- windows
 
 
@@ -301,7 +331,29 @@ class WindowOp:
     whole: Callable[[torch.Tensor], torch.Tensor] | None = None  # the layer on whole maps
 
 
-def _conv_op(m: nn.Conv2d, size: Pair, channels_last: bool = False) -> WindowOp:
+def _fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of ``bn(conv(x))`` as one convolution (eval mode, running statistics):
+    ``w · γ/√(σ² + ε)`` and ``(b − μ) · γ/√(σ² + ε) + β``, computed in float64 and rounded once."""
+    assert bn.running_mean is not None and bn.running_var is not None
+    dtype = conv.weight.dtype
+    w = conv.weight.detach().double()
+    var, mean = bn.running_var.detach().double(), bn.running_mean.detach().double()
+    scale = torch.rsqrt(var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.detach().double()
+    b = conv.bias.detach().double() if conv.bias is not None else torch.zeros_like(mean)
+    shift = (b - mean) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.detach().double()
+    return (w * scale.view(-1, 1, 1, 1)).to(dtype), shift.to(dtype)
+
+
+def _conv_op(
+    m: nn.Conv2d,
+    size: Pair,
+    channels_last: bool = False,
+    bn: nn.BatchNorm2d | None = None,
+) -> WindowOp:
     k, s, d = _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation)
     if isinstance(m.padding, str):  # "valid" or "same" (F.conv2d puts the odd row last)
         total = [0, 0] if m.padding == "valid" else [d[ax] * (k[ax] - 1) for ax in (0, 1)]
@@ -313,6 +365,8 @@ def _conv_op(m: nn.Conv2d, size: Pair, channels_last: bool = False) -> WindowOp:
     out = tuple((full[ax] - d[ax] * (k[ax] - 1) - 1) // s[ax] + 1 for ax in (0, 1))
     win = _make_window(k, s, d, before, (out[0], out[1]), size, 0.0)
     w, b, g, pad = m.weight, m.bias, m.groups, m.padding
+    if bn is not None:  # a private copy with the batch norm folded in
+        w, b = _fold_batch_norm(m, bn)
     if channels_last:  # a private NHWC copy: the model's own weights stay as they are
         w = w.detach().contiguous(memory_format=torch.channels_last)
     return WindowOp(
@@ -352,9 +406,14 @@ def _avg_pool_op(m: nn.AvgPool2d, size: Pair) -> WindowOp:
     return WindowOp(win, lambda r: F.avg_pool2d(r, k, s, 0, divisor_override=1), divisor)
 
 
-def _window_op(module: nn.Module, size: Pair, channels_last: bool = False) -> WindowOp:
+def _window_op(
+    module: nn.Module,
+    size: Pair,
+    channels_last: bool = False,
+    bn: nn.BatchNorm2d | None = None,
+) -> WindowOp:
     if isinstance(module, nn.Conv2d):
-        return _conv_op(module, size, channels_last)
+        return _conv_op(module, size, channels_last, bn)
     if isinstance(module, nn.MaxPool2d):
         return _max_pool_op(module, size)
     assert isinstance(module, nn.AvgPool2d)
@@ -376,6 +435,7 @@ class Region:
     boxes: list[Box]
     centers: list[Center]
     examples: list[int] | None = None  # position i on example examples[i] only (1 row each)
+    owned: bool = False  # the patch is a tensor this node made (no other node reads it)
 
     @property
     def count(self) -> int:
@@ -509,6 +569,8 @@ class IncrementalRunner:
     ``tau`` (``None`` or 1: exact) caps each node's changed box (approximate mode).
     ``channels_last`` keeps every activation, region and convolution weight (a private copy)
     in the NHWC layout, in which this CPU's convolutions on the batched regions ran faster.
+    ``fold_batch_norm`` folds each eval-mode batch norm that is the only reader of a
+    convolution's output into the engine's private copy of that convolution's weights.
     """
 
     def __init__(
@@ -518,6 +580,7 @@ class IncrementalRunner:
         x: torch.Tensor,
         tau: float | None = None,
         channels_last: bool = False,
+        fold_batch_norm: bool = True,
     ) -> None:
         assert plan.gm is not None
         self.model, self.plan, self.gm = model, plan, plan.gm
@@ -532,6 +595,8 @@ class IncrementalRunner:
         self.output: Any = None
         self.window_ops: dict[str, tuple[WindowOp, torch.Tensor]] = {}
         self.channels_last = channels_last and x.dim() == 4
+        self.folds = _batch_norm_folds(self.nodes, self.modules) if fold_batch_norm else {}
+        self.folded = {bn.name for bn in self.folds.values()}
         h = model.normalize(x)
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
@@ -633,6 +698,10 @@ class IncrementalRunner:
         kind = self.plan.kinds[node.name]
         if node.op == "get_attr":
             return self.bases[node.name]
+        if node.name in self.folded:
+            src = env[_first(node)]
+            if isinstance(src, Region) and src.base is self.bases[node.name]:
+                return src  # the conv before it ran with the batch norm folded in
         inputs = [env[n.name] for n in node.all_input_nodes]
         if not any(isinstance(v, Region) for v in inputs):
             return self._dense(node, env, whole, lambda a, k: self._execute(node, a, k))
@@ -681,9 +750,14 @@ class IncrementalRunner:
         return len(shape)  # .dim()
 
     def _window(self, node: torch.fx.Node, src: Region) -> Region:
+        # a conv with a batch norm folded in gives the batch norm's output
+        base = self.bases[self.folds[node.name].name if node.name in self.folds else node.name]
         if node.name not in self.window_ops:
             size = (src.base.shape[-2], src.base.shape[-1])
-            op = _window_op(self.modules[str(node.target)], size, self.channels_last)
+            module = self.modules[str(node.target)]
+            fold = self.folds.get(node.name)
+            bn = self.modules[str(fold.target)] if fold is not None else None
+            op = _window_op(module, size, self.channels_last, bn)
             w = op.window
             padded = F.pad(src.base, (w.pad[2], w.pad[3], w.pad[0], w.pad[1]), value=w.pad_value)
             self.window_ops[node.name] = (op, padded)
@@ -697,7 +771,7 @@ class IncrementalRunner:
         if (oh, ow) == win.out and self.tau is None and _is_whole(src):
             # the change fills the map here: run the layer itself on the occluded maps
             out = (op.whole or self.modules[str(node.target)])(src.patch)
-            return Region(self.bases[node.name], out, starts, cones, centers, src.examples)
+            return Region(base, out, starts, cones, centers, src.examples, owned=True)
         sh, sw = win.stride
         ih, iw = (oh - 1) * sh + win.span(0), (ow - 1) * sw + win.span(1)
         corners = [(y * sh, x * sw) for y, x in starts]
@@ -707,7 +781,7 @@ class IncrementalRunner:
             B = src.rows
             d = torch.stack([op.divisor[0, :, y : y + oh, x : x + ow] for y, x in starts])
             out = (out.unflatten(0, (-1, B)) / d.unsqueeze(1).to(out)).flatten(0, 1)
-        return Region(self.bases[node.name], out, starts, cones, centers, src.examples)
+        return Region(base, out, starts, cones, centers, src.examples, owned=True)
 
     def _pad(self, node: torch.fx.Node, src: Region) -> Region:
         left, _, top, _ = _pads4(self.modules[str(node.target)].padding)
@@ -752,6 +826,9 @@ class IncrementalRunner:
         fn = self._out_of_place(node)
         if len(regions) == 1 and kind == "pointwise":
             (src,) = regions
+            if src.owned and self._relu_in_place(node):
+                out = torch.relu_(src.patch)  # no other node reads the input's patch
+                return Region(base, out, src.origins, src.boxes, src.centers, src.examples, True)
             args = torch.fx.node.map_arg(
                 (node.args, node.kwargs),
                 lambda n: src.patch if isinstance(env[n.name], Region) else env[n.name],
@@ -794,7 +871,18 @@ class IncrementalRunner:
         args = torch.fx.node.map_arg((node.args, node.kwargs), lambda n: env[n.name])
         args = torch.fx.node.map_aggregate(args, on_region)
         out = fn(*args[0], **args[1])
-        return Region(base, out, starts, boxes, centers, regions[0].examples)
+        return Region(base, out, starts, boxes, centers, regions[0].examples, owned=True)
+
+    def _relu_in_place(self, node: torch.fx.Node) -> bool:
+        """A ReLU whose input node has no other reader: it may overwrite an owned patch."""
+        src = node.all_input_nodes
+        if len(src) != 1 or len(src[0].users) != 1 or len(node.args) != 1:
+            return False
+        if node.op == "call_module":
+            return type(self.modules[str(node.target)]) is nn.ReLU
+        if node.op == "call_method":
+            return node.target in ("relu", "relu_")
+        return node.op == "call_function" and node.target in (F.relu, torch.relu, torch.relu_)
 
     def _out_of_place(self, node: torch.fx.Node) -> Callable[..., Any]:
         """The node's computation; in-place ops become out of place (a region's patch may be
