@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import json
 import os
@@ -300,7 +301,8 @@ def captum_runs(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str,
     best: dict[str, Any] | None = None
     for ppe in (1, *((16, 64) if key == "tiny" else (4, 16))):
         r = measure(
-            lambda ppe=ppe: Occlusion(model).attribute(
+            functools.partial(
+                Occlusion(model).attribute,
                 x,
                 sliding_window_shapes=window,
                 strides=stride,
@@ -331,8 +333,15 @@ def sweep(model: Any, x: torch.Tensor, key: str, repeat: int) -> dict[str, Any]:
             a = convlens.explain(model, x[:1], "occlusion", **p)
             n_img = a.extra["grid_logit"][0].numel() * x.shape[0]
             r = measure(
-                lambda c=chunk, cl=cl: convlens.explain(
-                    model, x, "occlusion", chunk_size=c, channels_last=cl, incremental=False, **p
+                functools.partial(
+                    convlens.explain,
+                    model,
+                    x,
+                    "occlusion",
+                    chunk_size=chunk,
+                    channels_last=cl,
+                    incremental=False,
+                    **p,
                 ),
                 repeat,
                 f"sweep chunk={chunk} channels_last={cl}",

@@ -12,10 +12,11 @@ import convlens
 from convlens.io.spec import InputSpec
 from convlens.methods.incremental import incremental_plan
 from convlens.model import Model, build
+from tolerance import Tolerance
 
 # logits of He-initialized networks reach ~30: float32 rounding of the occluded and full
 # passes differs by up to a few 1e-5 there
-TOL = dict(atol=1e-4, rtol=1e-5)
+TOL: Tolerance = {"atol": 1e-4, "rtol": 1e-5}
 
 
 def _randomize(net: nn.Module) -> None:
@@ -25,6 +26,7 @@ def _randomize(net: nn.Module) -> None:
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         if isinstance(m, nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
             if m.affine:
@@ -134,7 +136,7 @@ def inception_like() -> Model:
 
 
 def occlusion(model: Model, x: torch.Tensor, **kw: object) -> convlens.Attribution:
-    return convlens.explain(model, x, "occlusion", measure="logit", **kw)  # type: ignore[arg-type]
+    return convlens.explain(model, x, "occlusion", measure="logit", **kw)
 
 
 def assert_equal_to_full_passes(model: Model, x: torch.Tensor, windows: list[tuple]) -> None:
@@ -342,7 +344,7 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
     conv_op = inc._conv_op
 
     def counting(*a: object) -> inc.WindowOp:
-        op = conv_op(*a)  # type: ignore[arg-type]
+        op = conv_op(*a)
         whole = op.whole
         assert whole is not None
 
@@ -409,7 +411,7 @@ def _runner_vs_full_passes(
     from convlens.methods.occlusion import window_positions
 
     plan = incremental_plan(model)
-    runner = IncrementalRunner(model, plan, x, **kw)  # type: ignore[arg-type]
+    runner = IncrementalRunner(model, plan, x, **kw)
     H, W = x.shape[-2:]
     corners = window_positions((H, W), (window, window), (stride, stride))
     fill = torch.full((3, 1, 1), 0.3)

@@ -11,9 +11,10 @@ import torch
 import convlens
 from convlens.errors import ConvlensError
 from convlens.model import Model
+from tolerance import Tolerance
 
 HAS_CAPTUM = importlib.util.find_spec("captum") is not None
-TOL = dict(atol=1e-5, rtol=1e-5)
+TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
 def loop(model: Model, x: torch.Tensor, t: list[int], k: int, s: int, fill: float):  # type: ignore[no-untyped-def]
@@ -108,7 +109,9 @@ def _strided_chain() -> Model:
         nn.MaxPool2d(3, stride=2, padding=1), nn.Conv2d(6, 8, 3, dilation=2, padding=1),
         nn.GELU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8 * 3 * 3, 4),
     )  # fmt: skip
-    net[1].running_mean.uniform_(-0.5, 0.5)
+    bn = net[1]
+    assert isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None
+    bn.running_mean.uniform_(-0.5, 0.5)
     return Model(net.eval(), InputSpec(3, 30, 30), name="strided")
 
 
