@@ -262,20 +262,33 @@ def test_the_page_rule_and_the_server_rule_agree() -> None:
     assert traces_mod.overview_trace_query(small, "sample-0") == "image=sample-0&max_size=64"
 
 
-def test_the_modulepreload_list_is_the_module_graph() -> None:
-    """index.html preloads exactly the modules main.js imports, directly or not (a stale list
-    would fetch a module the page never runs, or leave one to the import waterfall)."""
-    html = (STATIC / "index.html").read_text()
-    listed = re.findall(r'<link rel="modulepreload" href="/static/js/([\w.-]+)">', html)
-    spec = re.compile(r"""(?:\bimport\s*\(\s*|\bimport\s+|\bfrom\s*)['"]\./([\w.-]+)['"]""")
-    seen, todo = set(), ["main.js"]
+def _module_graph(entry: str, dynamic: bool) -> set[str]:
+    """The modules ``entry`` imports, directly or not: statically only, or also by ``import()``."""
+    static = r"""(?:\bimport\s+|\bfrom\s*)['"]\./([\w.-]+)['"]"""
+    spec = re.compile(static + (r"""|\bimport\s*\(\s*['"]\./([\w.-]+)['"]""" if dynamic else ""))
+    seen, todo = set(), [entry]
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += spec.findall((STATIC / "js" / name).read_text())
+            found = spec.findall((STATIC / "js" / name).read_text())
+            todo += [m for groups in found for m in (groups if dynamic else [groups]) if m]
+    return seen
+
+
+def test_the_modulepreload_list_is_the_first_draws_module_graph() -> None:
+    """index.html preloads exactly the modules main.js imports statically, directly or not (a
+    stale list would fetch a module the page never runs, or leave one to the import waterfall);
+    the modules main.js imports after the first draw (``import()``) are not fetched before it."""
+    html = (STATIC / "index.html").read_text()
+    listed = re.findall(r'<link rel="modulepreload" href="/static/js/([\w.-]+)">', html)
+    first = _module_graph("main.js", dynamic=False)
     assert len(listed) == len(set(listed))
-    assert set(listed) == seen
+    assert set(listed) == first
+    later = _module_graph("main.js", dynamic=True) - first
+    # the detail views and the panels, with every view they import
+    assert {"detail.js", "conv-view.js", "softmax-view.js", "playground.js", "timeline.js"} <= later
+    assert all((STATIC / "js" / name).is_file() for name in later)
 
 
 def test_a_request_during_the_warm_up_waits_for_it(

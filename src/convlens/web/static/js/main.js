@@ -1,14 +1,12 @@
-// Entry point: load the model and the first image, draw the overview, wire the panels.
+// Entry point: load the model and the first image, draw the overview, then wire the panels.
+// Only what the first draw needs is imported here (index.html preloads exactly these); the
+// detail views and the panels below the overview are imported after it (`later`), so their
+// modules neither compete with the trace for the network nor delay the draw.
 import { getChannel, getModel, getTrace } from './api.js';
 import { legendText, makeScale } from './color.js';
-import * as detail from './detail.js';
-import * as explainPanel from './explain-panel.js';
 import * as inputs from './inputs.js';
 import { drawOverview } from './overview.js';
-import * as playground from './playground.js';
 import * as store from './store.js';
-import * as timeline from './timeline.js';
-import * as unitPanel from './unit-panel.js';
 import { el } from './render.js';
 import { OVERVIEW_MAX_SIZE, QUANTIZE_ABOVE } from './config.js';
 
@@ -72,7 +70,58 @@ async function fullActivations(names, channel = null) {
   return Object.fromEntries(names.map((n) => [n, exact(n) ? trace.activations[n] : fetched[n]]));
 }
 
-function openNeuron({ layer, channel, target = null }) {
+// The modules not needed for the first draw, imported and installed once (see `later`).
+let deferred = null;
+let detail = null; // detail.js once imported: nothing can be open before
+
+/**
+ * Import and install the detail views and the panels: after the first draw, or at once when
+ * something needs them first (a neuron opened). Each panel starts from the state it finds (the
+ * model, a selection made meanwhile), so installing late loses nothing.
+ */
+function later() {
+  deferred ||= Promise.all([
+    import('./detail.js'), import('./explain-panel.js'), import('./unit-panel.js'),
+    import('./playground.js'), import('./timeline.js'),
+  ]).then(([detailView, explainPanel, unitPanel, playground, timeline]) => {
+    detail = detailView;
+    detail.install();
+    explainPanel.install(document.getElementById('explain-panel'));
+    unitPanel.install(document.getElementById('unit-panel'));
+    playground.install(document.getElementById('playground'));
+    timeline.install(document.getElementById('timeline-panel'));
+    performance.mark('convlens:panels');
+    document.body.dataset.panelsMs = String(Math.round(performance.now()));
+  });
+  return deferred;
+}
+
+/** `fn` once the browser has painted what is drawn now (a frame, then a task), or after
+ * 200 ms where no frame comes (a page the browser does not render: a hidden notebook output). */
+function afterPaint(fn) {
+  let done = false;
+  const once = () => { if (!done) { done = true; fn(); } };
+  requestAnimationFrame(() => setTimeout(once, 0));
+  setTimeout(once, 200);
+}
+
+/** Everything installed: the page is ready for use (tests wait for this). The first call
+ * imports the deferred modules once the first draw is on the screen. */
+function markReady() {
+  const ready = () => later().then(() => { document.body.dataset.ready = 'true'; }, (err) => {
+    const status = document.getElementById('status');
+    status.textContent = `Could not load the page's panels: ${err.message || err}`;
+    status.classList.add('error');
+  });
+  if (deferred) ready();
+  else afterPaint(ready);
+}
+
+function openNeuron(choice) {
+  later().then(() => openNeuronNow(choice));
+}
+
+function openNeuronNow({ layer, channel, target = null }) {
   const model = store.get('model');
   const layers = model.graph.layers;
   const lay = layers.find((l) => l.name === layer);
@@ -125,14 +174,15 @@ async function loadImage(imageId, pending = null, ticket = store.newImageRequest
   performance.mark('convlens:trace');
   if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
   document.querySelector('.input-pair').hidden = false;
-  detail.close(); // its numbers belong to the previous image
+  detail?.close(); // its numbers belong to the previous image
   store.set('imageLabel', imageLabel(imageId, label));
   store.set('imageId', imageId);
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();
-  document.body.dataset.readyMs = String(Math.round(performance.now())); // since navigation start
-  document.body.dataset.ready = 'true';
+  // the overview drawn, in ms since navigation start (benchmarks/page.py reads it)
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
+  markReady();
 }
 
 /** The first trace as the server named it in index.html's preload link (the first sample at
@@ -155,12 +205,7 @@ async function start() {
   const modelAnswer = getModel(); // (preloaded by index.html) parsed while the panels install
   modelAnswer.catch(() => {}); // shown below
   const firstTrace = preloadedTrace();
-  detail.install();
   inputs.install(loadImage);
-  explainPanel.install(document.getElementById('explain-panel'));
-  unitPanel.install(document.getElementById('unit-panel'));
-  playground.install(document.getElementById('playground'));
-  timeline.install(document.getElementById('timeline-panel'));
   document.getElementById('scale-mode').addEventListener('change', (e) => { store.set('scaleMode', e.target.value); redraw(); });
   document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
   let resizeTimer = null;
@@ -180,12 +225,13 @@ async function start() {
       // Nothing to show yet: no picture frames (no broken-image icons), just what to do.
       document.querySelector('.input-pair').hidden = true;
       document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
-      document.body.dataset.ready = 'true'; // ready for an upload
+      markReady(); // ready for an upload
     }
   } catch (err) {
     const status = document.getElementById('status');
     status.textContent = `Could not load the model: ${err.message || err}`;
     status.classList.add('error');
+    later().catch(() => {}); // the panels that need no model (the playground) still work
   }
 }
 
