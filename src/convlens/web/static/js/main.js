@@ -8,7 +8,7 @@ import * as inputs from './inputs.js';
 import { drawOverview } from './overview.js';
 import * as store from './store.js';
 import { el } from './render.js';
-import { OVERVIEW_MAX_SIZE, QUANTIZE_ABOVE } from './config.js';
+import { OVERVIEW_MAX_SIZE, PAGE_SIZE, QUANTIZE_ABOVE } from './config.js';
 
 const overviewRoot = () => document.getElementById('overview');
 
@@ -136,11 +136,32 @@ function openNeuronNow({ layer, channel, target = null }) {
   }, from);
 }
 
+// A big model's overview trace holds each map's first page of channels only (`topChannels`);
+// the channels another page shows are fetched when it is shown: the layer's whole capped map,
+// at the overview's caps and encoding (per channel, the very numbers of the first page's).
+const filling = new Map(); // "image|layer" -> the request filling it
+
+function fillChannels(names) {
+  const imageId = store.get('imageId');
+  const trace = store.get('trace');
+  const todo = names.filter((n) => !filling.has(`${imageId}|${n}`));
+  if (!todo.length) return;
+  const pending = getTrace(imageId, {
+    layers: todo, maxSize: OVERVIEW_MAX_SIZE, encoding: traceEncoding(store.get('model')),
+  });
+  todo.forEach((n) => filling.set(`${imageId}|${n}`, pending));
+  pending.then((part) => {
+    if (store.get('trace') !== trace) return; // another image meanwhile
+    for (const n of todo) if (part.activations[n]) trace.activations[n] = part.activations[n];
+    redraw();
+  }, () => todo.forEach((n) => filling.delete(`${imageId}|${n}`))); // tried again at the next draw
+}
+
 function redraw() {
   const model = store.get('model');
   const trace = store.get('trace');
   if (!model || !trace) return;
-  drawOverview(overviewRoot(), model, trace, openNeuron);
+  drawOverview(overviewRoot(), model, trace, openNeuron, fillChannels);
   const mode = store.get('scaleMode');
   const text = mode === 'neuron'
     ? 'colours: per neuron (hover a neuron for its range)'
@@ -158,9 +179,12 @@ function showPrediction(model, trace) {
 
 // Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast (and a big
 // model's is quantized); the detail views fetch what they show exactly (fullActivations).
-const overviewTrace = (imageId) => getTrace(imageId, {
-  maxSize: OVERVIEW_MAX_SIZE, encoding: traceEncoding(store.get('model')),
-});
+// A quantized (big) model's trace sends each map's first page only: fillChannels the rest.
+const topChannels = (encoding) => (encoding === 'uint8' ? PAGE_SIZE : null);
+const overviewTrace = (imageId) => {
+  const encoding = traceEncoding(store.get('model'));
+  return getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE, encoding, topChannels: topChannels(encoding) });
+};
 
 /** A short name for an image, shown on the results that belong to it. */
 function imageLabel(imageId, label) {
@@ -195,9 +219,10 @@ function preloadedTrace() {
   const imageId = q.get('image');
   const maxSize = Number(q.get('max_size'));
   if (!imageId || maxSize !== OVERVIEW_MAX_SIZE) return null;
-  const pending = getTrace(imageId, { maxSize, encoding: q.get('encoding') });
+  const top = Number(q.get('top_channels')) || null;
+  const pending = getTrace(imageId, { maxSize, encoding: q.get('encoding'), topChannels: top });
   pending.catch(() => {}); // its failure shows when loadImage awaits it
-  return { imageId, encoding: q.get('encoding') || 'float32', pending };
+  return { imageId, encoding: q.get('encoding') || 'float32', top, pending };
 }
 
 async function start() {
@@ -218,7 +243,9 @@ async function start() {
     document.title = `convlens · ${model.name}`;
     if (model.samples.length) {
       const first = model.samples[0].id;
-      const same = firstTrace && firstTrace.imageId === first && firstTrace.encoding === traceEncoding(model);
+      const encoding = traceEncoding(model);
+      const same = firstTrace && firstTrace.imageId === first && firstTrace.encoding === encoding
+        && firstTrace.top === topChannels(encoding);
       await loadImage(first, same ? firstTrace.pending : null);
     }
     else {
