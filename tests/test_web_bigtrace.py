@@ -411,6 +411,9 @@ def test_the_preloaded_trace_is_the_one_the_page_uses(served: _Counted, page: An
             .filter((e) => e.name.includes('/api/v1/trace?')).map((e) => e.initiatorType)"""
     )
     assert used[:1] == ["link"] and len(used) == len(set(traces))  # fetched once, by the link
+    # index.html's inline script took both preloads and parsed them early; api.js used them
+    assert sum(u.endswith("/api/v1/model") for u in page.requests) == 1
+    assert page.evaluate("() => globalThis.convlensEarly.size") == 0
 
 
 # ------------------------------------------------------------------ the first page of channels

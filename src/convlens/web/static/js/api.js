@@ -43,6 +43,17 @@ export function decodeTensor(t) {
   return { shape, data, ...part };
 }
 
+/** The answer index.html's inline script fetched and parsed early for this GET, taken once
+ * (a later request for the same path asks the server again); null when there is none. */
+function takeEarly(path, options) {
+  const early = globalThis.convlensEarly;
+  if (!early || (options.method && options.method !== 'GET')) return null;
+  const url = new URL(`${API}${path}`, document.baseURI).href;
+  const pending = early.get(url);
+  early.delete(url);
+  return pending || null;
+}
+
 /**
  * How requests reach the explainer's API. The default is HTTP to the server that served this
  * page; a page running without a server (the notebook widget, an exported file) sets
@@ -54,9 +65,9 @@ export function decodeTensor(t) {
  */
 export const httpTransport = {
   async request(path, options = {}) {
-    const res = await fetch(`${API}${path}`, options);
-    const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
-    if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
+    const { res, body } = await (takeEarly(path, options) || fetch(`${API}${path}`, options)
+      .then((r) => r.json().then((b) => ({ res: r, body: b }), () => ({ res: r, body: null }))));
+    if (!res.ok || body === null) throw new Error(body?.error || `${res.status} ${res.statusText}`);
     return body;
   },
   async asset(url) {

@@ -206,6 +206,10 @@ async function loadImage(imageId, pending = null, ticket = store.newImageRequest
   redraw();
   // the overview drawn, in ms since navigation start (benchmarks/page.py reads it)
   document.body.dataset.readyMs = String(Math.round(performance.now()));
+  // and on the screen: the frame after the draw (readyMs leaves out its style, layout, paint)
+  requestAnimationFrame(() => setTimeout(() => {
+    document.body.dataset.paintedMs = String(Math.round(performance.now()));
+  }, 0));
   markReady();
 }
 
