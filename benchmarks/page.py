@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import statistics
 import tempfile
@@ -163,9 +164,15 @@ def load_page(browser: Any, url: str) -> dict[str, float]:
         page.goto(url)
         page.wait_for_selector("body[data-ready=true]", timeout=120_000)
         ready = float(page.get_attribute("body", "data-ready-ms") or "nan")
+        page.wait_for_selector("body[data-painted-ms]", timeout=120_000)
         entry = page.evaluate(_TRACE_ENTRY) or {}
         return {
             "ready_ms": ready,
+            # the frame after the draw (its style, layout and paint), and the panels installed
+            # after it (the detail views, explanations, unit, playground, timeline)
+            "painted_ms": float(page.get_attribute("body", "data-painted-ms") or "nan"),
+            "panels_ms": float(page.get_attribute("body", "data-panels-ms") or "nan"),
+            "trace_mb": float(entry.get("bytes", 0)) / 1e6,
             "trace_start_ms": float(entry.get("start", "nan")),
             "trace_to_ready_ms": ready - float(entry.get("start", "nan")),
             "trace_fetch_ms": float(entry.get("ms", "nan")),
@@ -193,7 +200,7 @@ def measure_start(
         for k in loads[0]:
             values = [d[k] for d in loads]
             out[f"{mode}_{k}_median"] = statistics.median(values)
-            out[f"{mode}_{k}_all"] = [round(v) for v in values]
+            out[f"{mode}_{k}_all"] = [round(v, 2) if k == "trace_mb" else round(v) for v in values]
     return out
 
 
@@ -256,14 +263,29 @@ def start_only(args: argparse.Namespace) -> None:
             first = Server(model)
             load_page(browser, first.url)  # torch's and Chromium's first-use costs
             first.stop()
+            load = os.getloadavg()[0]
             results[name] = measure_start(
                 browser, model, args.start_rounds, args.start_delay, args.start_modes.split(",")
             )
+            results[name]["load_average_1min"] = [round(load, 2), round(os.getloadavg()[0], 2)]
         browser.close()
     text = json.dumps(results, indent=2)
     print(text)
     if args.json:
         args.json.write_text(text)
+    cols = ["ready_ms", "painted_ms", "panels_ms", "trace_start_ms", "trace_mb"]
+    print(f"\n{'model, mode (medians)':40}" + "".join(f"{c:>16}" for c in cols) + "    load")
+    for name, r in results.items():
+        for mode in args.start_modes.split(","):
+            row = [r.get(f"{mode}_{c}_median", float("nan")) for c in cols]
+            load_text = "-".join(str(v) for v in r["load_average_1min"])
+            print(
+                f"{name + ', ' + mode:40}"
+                + "".join(f"{v:>16.2f}" for v in row)
+                + f"    {load_text}"
+            )
+        first_mode = args.start_modes.split(",")[0]
+        print(f"  {first_mode} ready_ms each load: {r.get(f'{first_mode}_ready_ms_all')}")
 
 
 def main() -> None:

@@ -245,6 +245,7 @@ def test_the_page_rule_and_the_server_rule_agree() -> None:
 
     assert js_number("OVERVIEW_MAX_SIZE") == traces_mod.OVERVIEW_MAX_SIZE
     assert js_number("QUANTIZE_ABOVE") == traces_mod.QUANTIZE_ABOVE
+    assert js_number("PAGE_SIZE") == traces_mod.PAGE_SIZE
     big, small = build("vgg16"), build("tiny-vgg")
     # main.js's activationNumbers, independently: one forward pass's outputs, counted
     with torch.no_grad():
@@ -255,27 +256,42 @@ def test_the_page_rule_and_the_server_rule_agree() -> None:
     assert traces_mod.overview_encoding(small, "uint8") == "uint8"
     assert traces_mod.overview_encoding(big, "float32") == "float32"
     assert traces_mod.overview_encoding(big, "bogus") == "uint8"
-    # api.js's getTrace puts image, max_size, then encoding (only when not float32)
+    # api.js's getTrace puts image, max_size, encoding (only when not float32), then
+    # top_channels (main.js asks for the first page of a quantized trace's maps only)
     assert traces_mod.overview_trace_query(big, "sample-0") == (
-        "image=sample-0&max_size=64&encoding=uint8"
+        "image=sample-0&max_size=64&encoding=uint8&top_channels=10"
     )
+    assert traces_mod.overview_top_channels("float32") is None
     assert traces_mod.overview_trace_query(small, "sample-0") == "image=sample-0&max_size=64"
 
 
-def test_the_modulepreload_list_is_the_module_graph() -> None:
-    """index.html preloads exactly the modules main.js imports, directly or not (a stale list
-    would fetch a module the page never runs, or leave one to the import waterfall)."""
-    html = (STATIC / "index.html").read_text()
-    listed = re.findall(r'<link rel="modulepreload" href="/static/js/([\w.-]+)">', html)
-    spec = re.compile(r"""(?:\bimport\s*\(\s*|\bimport\s+|\bfrom\s*)['"]\./([\w.-]+)['"]""")
-    seen, todo = set(), ["main.js"]
+def _module_graph(entry: str, dynamic: bool) -> set[str]:
+    """The modules ``entry`` imports, directly or not: statically only, or also by ``import()``."""
+    static = r"""(?:\bimport\s+|\bfrom\s*)['"]\./([\w.-]+)['"]"""
+    spec = re.compile(static + (r"""|\bimport\s*\(\s*['"]\./([\w.-]+)['"]""" if dynamic else ""))
+    seen, todo = set(), [entry]
     while todo:
         name = todo.pop()
         if name not in seen:
             seen.add(name)
-            todo += spec.findall((STATIC / "js" / name).read_text())
+            found = spec.findall((STATIC / "js" / name).read_text())
+            todo += [m for groups in found for m in (groups if dynamic else [groups]) if m]
+    return seen
+
+
+def test_the_modulepreload_list_is_the_first_draws_module_graph() -> None:
+    """index.html preloads exactly the modules main.js imports statically, directly or not (a
+    stale list would fetch a module the page never runs, or leave one to the import waterfall);
+    the modules main.js imports after the first draw (``import()``) are not fetched before it."""
+    html = (STATIC / "index.html").read_text()
+    listed = re.findall(r'<link rel="modulepreload" href="/static/js/([\w.-]+)">', html)
+    first = _module_graph("main.js", dynamic=False)
     assert len(listed) == len(set(listed))
-    assert set(listed) == seen
+    assert set(listed) == first
+    later = _module_graph("main.js", dynamic=True) - first
+    # the detail views and the panels, with every view they import
+    assert {"detail.js", "conv-view.js", "softmax-view.js", "playground.js", "timeline.js"} <= later
+    assert all((STATIC / "js" / name).is_file() for name in later)
 
 
 def test_a_request_during_the_warm_up_waits_for_it(
@@ -372,7 +388,10 @@ def test_the_page_gets_its_first_trace_preloaded(tmp_path: Path) -> None:
             'as="fetch" crossorigin="anonymous">'
         ) in html
         forced = client.get("/", params={"trace": "uint8"}).text
-        assert "/api/v1/trace?image=sample-0&amp;max_size=64&amp;encoding=uint8" in forced
+        assert (
+            "/api/v1/trace?image=sample-0&amp;max_size=64&amp;encoding=uint8&amp;top_channels=10"
+            in forced
+        )
     bare = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
     with TestClient(create_app(bare), base_url="http://127.0.0.1") as client:
         assert "/api/v1/trace" not in client.get("/").text  # no sample: nothing to preload
@@ -392,3 +411,193 @@ def test_the_preloaded_trace_is_the_one_the_page_uses(served: _Counted, page: An
             .filter((e) => e.name.includes('/api/v1/trace?')).map((e) => e.initiatorType)"""
     )
     assert used[:1] == ["link"] and len(used) == len(set(traces))  # fetched once, by the link
+    # index.html's inline script took both preloads and parsed them early; api.js used them
+    assert sum(u.endswith("/api/v1/model") for u in page.requests) == 1
+    assert page.evaluate("() => globalThis.convlensEarly.size") == 0
+
+
+# ------------------------------------------------------------------ the first page of channels
+
+
+def _wide(tmp_path: Path) -> Model:
+    """Tiny VGG 24 channels wide (more than a page of 10) with one sample."""
+    model = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3,width=24", seed=0).eval()
+    path = tmp_path / "wide.png"
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8), "L").save(path)
+    model.samples.append(Sample(path, label=0))
+    return model
+
+
+@pytest.mark.parametrize("encoding", ["uint8", "float32"])
+def test_top_channels_are_the_whole_traces_rows_of_the_most_active(
+    tmp_path: Path, encoding: str
+) -> None:
+    """``top_channels=k``: of each map, the k channels with the largest maximum (ties to the
+    lower index), their rows byte for byte the whole trace's (offset and scale included); the
+    layer's paged rest (``layers=``) is the whole trace's too."""
+    model = _wide(tmp_path)
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
+        params = {"image": "sample-0", "max_size": 8, "encoding": encoding}
+        whole = client.get("/api/v1/trace", params=params).json()
+        top = client.get("/api/v1/trace", params={**params, "top_channels": 10}).json()
+        rest = client.get("/api/v1/trace", params={**params, "layers": "conv_1_1"}).json()
+    with torch.no_grad():
+        acts, _ = record_all(model, model.load_image(model.samples[0].path))
+    paged = 0
+    for name, t in top["activations"].items():
+        full = whole["activations"][name]
+        if len(full["shape"]) != 3 or full["shape"][0] <= 10:
+            assert t == full and "channels" not in t  # nothing to cut: sent whole
+            continue
+        paged += 1
+        # independently: the 10 largest channel maxima of the recorded pass, ties to the lower
+        maxima = acts[name][0].flatten(1).amax(dim=1).tolist()[: full["shape"][0]]
+        want = sorted(sorted(range(len(maxima)), key=lambda i: (-maxima[i], i))[:10])
+        assert t["channels"] == want and t["of_channels"] == full["shape"][0]
+        assert top["caps"][name]["top_channels"] == 10
+        np.testing.assert_array_equal(decode_tensor(t), decode_tensor(full)[want])
+        if encoding == "uint8":
+            assert t["offset"] == [full["offset"][c] for c in want]
+            assert t["scale"] == [full["scale"][c] for c in want]
+    assert paged >= 4  # every conv/relu/pool map of the wide model
+    assert top["stats"] == whole["stats"] and top["predicted"] == whole["predicted"]
+    assert rest["activations"]["conv_1_1"] == whole["activations"]["conv_1_1"]
+    assert len(httpx.Response(200, json=top).content) < len(httpx.Response(200, json=whole).content)
+
+
+def test_top_channels_rule_matches_the_pages_channel_order() -> None:
+    """The server's pick is the first page of draw-utils.js's ``channelOrder`` (node runs it),
+    ties and values JSON cannot carry (null) included."""
+    import json
+    import shutil
+    import subprocess
+
+    from convlens.trace.document import top_channels
+
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    rng = np.random.default_rng(3)
+    cases: list[list[float | None]] = [
+        [float(v) for v in rng.normal(size=24)],
+        [1.0, 2.0, 2.0, 0.5, 2.0, 1.0, 1.0, 3.0, 0.0, 2.0, 2.0, 1.0, 2.0],
+        [None, 0.5, -1.0, None, 0.0, 2.0, 0.0, -0.5, 1.5, None, 0.25, 0.75],
+    ]
+    script = (
+        f"import('{(STATIC / 'js' / 'draw-utils.js').as_uri()}').then((U) => {{"
+        f"const cases = {json.dumps(cases)};"
+        "console.log(JSON.stringify(cases.map((c) => U.channelOrder(c, 10).slice(0, 10)"
+        ".sort((a, b) => a - b))));});"
+    )
+    got = json.loads(subprocess.run([node, "-e", script], capture_output=True, text=True,
+                                    check=True, timeout=60).stdout)  # fmt: skip
+    assert got == [top_channels(c, len(c), 10) for c in cases]
+
+
+@pytest.fixture(scope="module")
+def wide(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    _browser_modules()
+    model = _wide(tmp_path_factory.mktemp("wide"))
+    srv = LiveServer(create_app(model), model)
+    yield srv
+    srv.stop()
+
+
+# the page's own modules (the same URL, so the same instances): its store and decoder
+_PAGE_TRACE = """async ([layer, query]) => {
+  const store = await import('/static/js/store.js');
+  const { decodeTensor } = await import('/static/js/api.js');
+  const t = store.get('trace').activations[layer];
+  const whole = await (await fetch(`/api/v1/trace?${query}`)).json();
+  const w = decodeTensor(whole.activations[layer]);
+  return { rows: t.rows ? [...t.rows].sort((a, b) => a - b) : null, shape: t.shape,
+    page: Array.from(t.data), whole: Array.from(w.data), wholeShape: w.shape };
+}"""
+
+
+@pytest.mark.browser
+def test_later_pages_of_channels_are_fetched_and_match_the_whole_trace(
+    wide: LiveServer, page: Any
+) -> None:
+    browser = page.context.browser  # the module's Chromium (one sync Playwright at a time)
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        errors: list[str] = []
+        requests: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        pg.on("request", lambda r: requests.append(r.url))
+        pg.goto(wide.url + "?trace=uint8")
+        pg.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        assert pg.get_attribute("#overview", "data-missing") == ""  # the first page was sent
+        first = [u for u in requests if "/api/v1/trace?" in u]
+        assert len(first) == 1 and "top_channels=10" in first[0]
+        query = "image=sample-0&max_size=64&encoding=uint8"
+        before = pg.evaluate(_PAGE_TRACE, ["conv_1_1", query])
+        assert before["shape"] == before["wholeShape"] == [24, 14, 14]
+        assert len(before["rows"]) == 10
+        per = 14 * 14
+        for c in range(24):  # the sent rows are the whole trace's; the others not there yet
+            got = before["page"][c * per : (c + 1) * per]
+            want = before["whole"][c * per : (c + 1) * per] if c in before["rows"] else [0] * per
+            assert got == want
+        pg.click("button[aria-label='next channels of conv_1_1']")
+        pg.wait_for_function(
+            "() => document.querySelector('#overview').dataset.missing === ''"
+            " && document.querySelectorAll(\"canvas.neuron[data-layer='conv_1_1']\").length > 0"
+            " && [...document.querySelectorAll('#overview .pager span')].some("
+            "(s) => s.textContent === '2/3')",
+            timeout=20_000,
+        )
+        after = pg.evaluate(_PAGE_TRACE, ["conv_1_1", query])
+        assert after["rows"] is None and after["page"] == after["whole"]  # the layer, whole
+        assert any("layers=conv_1_1" in u for u in requests)
+        # a neuron of the second page opens with the network's exact numbers
+        shown = pg.locator("canvas.neuron[data-layer='conv_1_1']").first
+        channel = int(shown.get_attribute("data-channel") or "-1")
+        assert channel not in before["rows"]
+        shown.click()
+        pg.wait_for_selector("#detail[data-view=conv] #conv-result")
+        pg.click("#detail button.step")
+        result = pg.locator("#conv-result")
+        i, j = int(result.get_attribute("data-row")), int(result.get_attribute("data-col"))
+        exact = _exact(wide.model)["conv_1_1"][channel, i, j]
+        assert float(result.get_attribute("data-value")) == pytest.approx(
+            float(exact), rel=1e-5, abs=1e-6
+        )
+        assert not errors
+    finally:
+        pg.close()
+
+
+@pytest.mark.browser
+def test_panels_installed_after_the_first_draw_work(wide: LiveServer, page: Any) -> None:
+    """The detail views and panels load after the first draw: a neuron chosen at once (before
+    they are installed) still opens its view and fills the unit panel; the explanation panel
+    and the playground are there and answer."""
+    browser = page.context.browser  # the module's Chromium (one sync Playwright at a time)
+    pg = browser.new_page(viewport={"width": 1280, "height": 720})
+    try:
+        errors: list[str] = []
+        pg.on("pageerror", lambda e: errors.append(str(e)))
+        module_requests: list[str] = []
+        pg.on("request", lambda r: module_requests.append(r.url) if r.url.endswith(".js") else None)
+        pg.goto(wide.url)
+        # the first draw, then at once a click, while the panels may still be loading
+        pg.wait_for_selector("body[data-ready-ms]", timeout=20_000)
+        pg.locator("canvas.neuron[data-layer='relu_1_1']").first.click()
+        pg.wait_for_selector("#detail[data-view=activation] #elementwise-formula", timeout=20_000)
+        pg.wait_for_selector("body[data-ready=true]")
+        pg.wait_for_selector("#unit-panel #unit-title[data-unit^='relu_1_1|']", timeout=20_000)
+        panels = float(pg.get_attribute("body", "data-panels-ms") or "nan")
+        assert panels >= float(pg.get_attribute("body", "data-ready-ms") or "nan")
+        pg.keyboard.press("Escape")
+        assert pg.locator("#explain-method option").count() >= 1
+        pg.fill("#pg-n", "9")
+        pg.locator("#pg-n").dispatch_event("change")
+        assert "(9 + 2·0 − 3) / 1 + 1" in (pg.locator("#pg-formula").text_content() or "")
+        names = [u.rsplit("/", 1)[-1] for u in module_requests]
+        assert names.index("detail.js") > names.index("overview.js")
+        assert not errors
+    finally:
+        pg.close()

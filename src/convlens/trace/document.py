@@ -65,9 +65,12 @@ class TraceOptions:
     max_size: int | None = 128
     layers: Sequence[str] | None = None
     encoding: Literal["float32", "uint8"] = "float32"
+    # Of each map's channels left by ``max_channels``, send only this many: the most active
+    # (:func:`top_channels`, the order of the overview's first page); the rest on request.
+    top_channels: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_channels", "max_size"):
+        for name in ("max_channels", "max_size", "top_channels"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConvlensError(f"{name} must be a positive integer or unset, got {value}")
@@ -105,6 +108,16 @@ def layer_stats(t: torch.Tensor) -> dict[str, Any]:
     }
 
 
+def top_channels(channel_max: Sequence[float | None], count: int, k: int) -> list[int]:
+    """The ``k`` most active of the first ``count`` channels, in increasing index order: by
+    their maximum, largest first, ties to the lower index; a maximum JSON cannot carry (NaN,
+    infinite: ``None``) counts as 0. The overview's first page of a layer is exactly these
+    (``channelOrder`` in static/js/draw-utils.js, which sorts the same numbers the same way)."""
+    values = [0.0 if v is None else v for v in channel_max[:count]]
+    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
+    return sorted(order[:k])
+
+
 def cap_activation(
     t: torch.Tensor, max_channels: int | None, max_size: int | None
 ) -> tuple[torch.Tensor, dict[str, Any] | None]:
@@ -130,6 +143,17 @@ def cap_activation(
         "of_size": [int(h), int(w)],
     }
     return out, info
+
+
+def _uncut(t: torch.Tensor) -> dict[str, Any]:
+    """A cap entry for a map that ``max_channels`` and ``max_size`` left whole."""
+    c, h, w = t.shape
+    return {
+        "channels": int(c),
+        "of_channels": int(c),
+        "size": [int(h), int(w)],
+        "of_size": [int(h), int(w)],
+    }
 
 
 # Caps tried in order, from the most detail to the least, until a trace fits the budget.
@@ -234,8 +258,19 @@ def trace_document(
         act = outputs[name][0]
         stats[name] = layer_stats(act)
         sent, info = cap_activation(act, options.max_channels, options.max_size)
-        quantize = quantize_all and sent.dim() == 3
-        activations[name] = encode_quantized(sent) if quantize else encode_tensor(sent)
+        top = options.top_channels
+        rows = None
+        if top is not None and sent.dim() == 3 and sent.shape[0] > top:
+            rows = top_channels(stats[name]["channel_max"], sent.shape[0], top)
+        part = sent if rows is None else sent[rows]
+        # per channel: a row's bytes, offset and scale are the same whichever rows are sent
+        quantize = quantize_all and part.dim() == 3
+        activations[name] = encode_quantized(part) if quantize else encode_tensor(part)
+        if rows is not None:
+            activations[name]["channels"] = rows
+            activations[name]["of_channels"] = int(sent.shape[0])
+            info = info or _uncut(act)
+            info["top_channels"] = len(rows)
         if info:
             caps[name] = info
     predicted = int(probs.argmax())

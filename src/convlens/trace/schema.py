@@ -53,6 +53,26 @@ class QuantizedTensor(Doc):
     """per channel: the step, (max − min) / 255"""
 
 
+class TensorRows(Tensor):
+    """*(v1.5)* A map of which only some channels were sent (`/trace?top_channels=k`): its rows
+    are the channels `channels`, of the `of_channels` the capped map has (the rest on request)."""
+
+    channels: list[int]
+    """the channel each row is, increasing"""
+    of_channels: int
+    """the channels of the map after `max_channels`"""
+
+
+class QuantizedRows(QuantizedTensor):
+    """*(v1.5)* A quantized map of which only some channels were sent (`/trace?top_channels=k`):
+    `offset` and `scale` are per row, the same numbers as in the whole map's."""
+
+    channels: list[int]
+    """the channel each row is, increasing"""
+    of_channels: int
+    """the channels of the map after `max_channels`"""
+
+
 class Sample(Doc):
     """One of the server's sample images."""
 
@@ -211,6 +231,13 @@ class Cap(Doc):
     """the layer's [H, W]"""
 
 
+class CapRows(Cap):
+    """*(v1.5)* A capped layer of which only some channels were sent (`top_channels`)."""
+
+    top_channels: int
+    """of the `channels`, only this many were sent (the tensor's `channels` says which)"""
+
+
 class Trace(Doc):
     """``GET /api/v1/trace``: every layer's output for one image, and the prediction."""
 
@@ -220,11 +247,11 @@ class Trace(Doc):
     """the image traced"""
     input: TraceInput
     """the image as the model sees it"""
-    activations: dict[str, Tensor | QuantizedTensor]
+    activations: dict[str, TensorRows | QuantizedRows | Tensor | QuantizedTensor]
     """layer name → output (C, H, W) or (N,), in graph order (the input: normalized)"""
     stats: dict[str, LayerStats]
     """layer name → value range (uncapped)"""
-    caps: dict[str, Cap]
+    caps: dict[str, CapRows | Cap]
     """only the layers that were cut or pooled"""
     logits: list[float | None]
     """the model's raw output"""

@@ -165,6 +165,7 @@ def trace_options(
     max_size: int | None,
     layers: str | None,
     encoding: Encoding = "float32",
+    top_channels: int | None = None,
 ) -> TraceOptions:
     """The request's caps (the model's defaults where not given), checked against the budget."""
     options = TraceOptions(
@@ -172,6 +173,7 @@ def trace_options(
         max_size=max_size or state.trace_max_size,
         layers=[n.strip() for n in layers.split(",") if n.strip()] if layers else None,
         encoding=encoding,
+        top_channels=top_channels,
     )
     check_trace_caps(state, options)
     return options
@@ -258,8 +260,12 @@ def build_router(state: ServerState) -> APIRouter:
         encoding: Annotated[
             Encoding, Query(description="uint8: maps quantized per channel, 4× smaller")
         ] = "float32",
+        top_channels: Annotated[
+            int | None,
+            Query(ge=1, le=MAX_CAP, description="of each map's channels, only the most active"),
+        ] = None,
     ) -> Response:
-        options = trace_options(state, max_channels, max_size, layers, encoding)
+        options = trace_options(state, max_channels, max_size, layers, encoding, top_channels)
         # kept, in flight (the start-up's first trace, another page's request) or queued now;
         # shielded: a client going away does not cancel work that others may be waiting for
         flight = state.traces.body(image, options)

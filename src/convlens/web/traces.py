@@ -33,12 +33,15 @@ Encoding = Literal["float32", "uint8"]
 RECORDINGS_KEPT = 2
 TRACES_KEPT = 8
 TRACE_KEPT_BYTES = 16 * 2**20  # a larger body (a whole big layer uncapped) is not kept
-TraceKey = tuple[str, int | None, int | None, tuple[str, ...] | None, str]
+TraceKey = tuple[str, int | None, int | None, tuple[str, ...] | None, str, int | None]
 
 # The page's overview trace, as static/js/config.js asks for it (OVERVIEW_MAX_SIZE,
 # QUANTIZE_ABOVE; tests/test_web_bigtrace.py checks the two files agree).
 OVERVIEW_MAX_SIZE = 64
 QUANTIZE_ABOVE = 1_000_000
+# A quantized overview trace sends each map's first page only (PAGE_SIZE, its most active
+# channels); the page asks for a layer's other channels when it shows them.
+PAGE_SIZE = 10
 
 
 def activation_numbers(model: Model) -> int:
@@ -63,7 +66,16 @@ def overview_trace_query(model: Model, image: str, asked: str | None = None) -> 
     encoding = overview_encoding(model, asked)
     if encoding != "float32":
         params.append(("encoding", encoding))
+    top = overview_top_channels(encoding)
+    if top is not None:
+        params.append(("top_channels", str(top)))
     return urlencode(params)
+
+
+def overview_top_channels(encoding: Encoding) -> int | None:
+    """How many channels of each map the page's overview trace asks for: the first page when
+    it is quantized (a big model's), all otherwise (main.js's ``overviewTrace``)."""
+    return PAGE_SIZE if encoding == "uint8" else None
 
 
 def first_image(state: ServerState) -> str | None:
@@ -73,7 +85,14 @@ def first_image(state: ServerState) -> str | None:
 
 def trace_key(image: str, options: TraceOptions) -> TraceKey:
     layers = None if options.layers is None else tuple(options.layers)
-    return (image, options.max_channels, options.max_size, layers, options.encoding)
+    return (
+        image,
+        options.max_channels,
+        options.max_size,
+        layers,
+        options.encoding,
+        options.top_channels,
+    )
 
 
 def json_bytes(doc: dict[str, Any]) -> bytes:
@@ -147,10 +166,12 @@ class Traces:
         image = first_image(state)
         if image is None:
             return None
+        encoding = overview_encoding(state.model)
         options = TraceOptions(
             max_channels=state.trace_max_channels,
             max_size=OVERVIEW_MAX_SIZE,
-            encoding=overview_encoding(state.model),
+            encoding=encoding,
+            top_channels=overview_top_channels(encoding),
         )
         if capped_numbers(state.model, options) > state.config.trace_max_numbers:
             return None  # the page's request is refused too (422); nothing to prepare

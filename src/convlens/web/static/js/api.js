@@ -1,8 +1,6 @@
 // Talking to the server (docs/web-api.md) and decoding its tensors.
 import { API } from './config.js';
 
-/** {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order);
- * a "uint8" map (C, ...) is dequantized: value = offset[c] + scale[c] * q. */
 /** Base64 to bytes: the browser's own decoder where it has one (Uint8Array.fromBase64), else
  * atob and a plain loop (a mapping callback per byte costs ~10× more on a 4 MB trace). */
 export function base64Bytes(b64) {
@@ -13,20 +11,47 @@ export function base64Bytes(b64) {
   return bytes;
 }
 
+/**
+ * {"shape", "dtype": "float32", "b64"} → {shape, data: Float32Array} (little-endian, C order);
+ * a "uint8" map (C, ...) is dequantized: value = offset[c] + scale[c] * q. A map that sent
+ * only some channels (`channels`: the channel of each row, of `of_channels`; the trace's
+ * `top_channels`) becomes the whole map with `rows`, the Set of channels it holds: the other
+ * channels are zeros until fetched.
+ */
 export function decodeTensor(t) {
   if (!t) return null;
   const bytes = base64Bytes(t.b64);
+  const rows = t.channels || null;
+  const shape = rows ? [t.of_channels, ...t.shape.slice(1)] : t.shape;
+  const part = rows ? { rows: new Set(rows) } : {};
   if (t.dtype === 'uint8') {
-    const data = new Float32Array(bytes.length);
-    const per = bytes.length / t.shape[0];
+    const per = t.shape[0] ? bytes.length / t.shape[0] : 0;
+    const data = new Float32Array(rows ? t.of_channels * per : bytes.length);
     for (let c = 0, i = 0; c < t.shape[0]; c++) {
       const offset = t.offset[c], scale = t.scale[c];
-      for (const end = i + per; i < end; i++) data[i] = offset + scale * bytes[i];
+      let at = rows ? rows[c] * per : i;
+      for (const end = i + per; i < end; i++) data[at++] = offset + scale * bytes[i];
     }
-    return { shape: t.shape, data, quantized: true }; // within scale[c] / 2 of the exact values
+    return { shape, data, quantized: true, ...part }; // within scale[c] / 2 of the exact values
   }
   if (t.dtype && t.dtype !== 'float32') throw new Error(`unsupported tensor dtype ${t.dtype}`);
-  return { shape: t.shape, data: new Float32Array(bytes.buffer) };
+  const sent = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+  if (!rows) return { shape, data: sent };
+  const per = t.shape[0] ? sent.length / t.shape[0] : 0;
+  const data = new Float32Array(t.of_channels * per);
+  rows.forEach((c, k) => data.set(sent.subarray(k * per, (k + 1) * per), c * per));
+  return { shape, data, ...part };
+}
+
+/** The answer index.html's inline script fetched and parsed early for this GET, taken once
+ * (a later request for the same path asks the server again); null when there is none. */
+function takeEarly(path, options) {
+  const early = globalThis.convlensEarly;
+  if (!early || (options.method && options.method !== 'GET')) return null;
+  const url = new URL(`${API}${path}`, document.baseURI).href;
+  const pending = early.get(url);
+  early.delete(url);
+  return pending || null;
 }
 
 /**
@@ -40,9 +65,9 @@ export function decodeTensor(t) {
  */
 export const httpTransport = {
   async request(path, options = {}) {
-    const res = await fetch(`${API}${path}`, options);
-    const body = await res.json().catch(() => ({ error: `${res.status} ${res.statusText}` }));
-    if (!res.ok) throw new Error(body.error || `${res.status} ${res.statusText}`);
+    const { res, body } = await (takeEarly(path, options) || fetch(`${API}${path}`, options)
+      .then((r) => r.json().then((b) => ({ res: r, body: b }), () => ({ res: r, body: null }))));
+    if (!res.ok || body === null) throw new Error(body?.error || `${res.status} ${res.statusText}`);
     return body;
   },
   async asset(url) {
@@ -71,14 +96,18 @@ export async function getModel() {
 /**
  * The trace with every tensor decoded. `encoding: 'uint8'` asks for maps quantized per channel
  * (a quarter of the bytes; decoded tensors then carry `quantized: true`, and a view showing
- * numbers fetches the exact ones: getChannel, or this with the default float32).
+ * numbers fetches the exact ones: getChannel, or this with the default float32);
+ * `topChannels: k` only each map's k most active channels (decoded tensors carry `rows`).
  */
-export async function getTrace(imageId, { layers = null, maxChannels = null, maxSize = null, encoding = null } = {}) {
+export async function getTrace(imageId, {
+  layers = null, maxChannels = null, maxSize = null, encoding = null, topChannels = null,
+} = {}) {
   const q = new URLSearchParams({ image: imageId });
   if (layers) q.set('layers', layers.join(','));
   if (maxChannels) q.set('max_channels', String(maxChannels));
   if (maxSize) q.set('max_size', String(maxSize));
   if (encoding && encoding !== 'float32') q.set('encoding', encoding);
+  if (topChannels) q.set('top_channels', String(topChannels));
   const doc = await request(`/trace?${q}`);
   const activations = {};
   for (const [name, t] of Object.entries(doc.activations)) activations[name] = decodeTensor(t);

@@ -102,7 +102,7 @@ async function runOnce(read, cards, status) {
 }
 
 export function install(root) {
-  store.on('model', (model) => {
+  const build = (model) => {
     const methods = model.capabilities?.methods || [];
     root.replaceChildren(el('h3', {}, 'Explanations'));
     if (!methods.length) {
@@ -117,7 +117,9 @@ export function install(root) {
         el('button', { type: 'button', id: 'explain-run', onclick: () => runOnce(form.read, cards, status) }, 'Explain'),
         el('button', { type: 'button', onclick: () => cards.replaceChildren() }, 'Clear'), status),
       el('p', { class: 'muted' }, 'Each result is kept beside the earlier ones for the same image to compare methods.'), cards);
-  });
+  };
+  store.on('model', build);
+  if (store.get('model')) build(store.get('model')); // installed after the model came
   // Another image: the cards computed for the previous one go (each names its image anyway).
   store.on('imageId', (id) => {
     root.querySelectorAll('.explain-card').forEach((c) => { if (c.dataset.image !== id) c.remove(); });

@@ -1,16 +1,14 @@
-// Entry point: load the model and the first image, draw the overview, wire the panels.
+// Entry point: load the model and the first image, draw the overview, then wire the panels.
+// Only what the first draw needs is imported here (index.html preloads exactly these); the
+// detail views and the panels below the overview are imported after it (`later`), so their
+// modules neither compete with the trace for the network nor delay the draw.
 import { getChannel, getModel, getTrace } from './api.js';
 import { legendText, makeScale } from './color.js';
-import * as detail from './detail.js';
-import * as explainPanel from './explain-panel.js';
 import * as inputs from './inputs.js';
 import { drawOverview } from './overview.js';
-import * as playground from './playground.js';
 import * as store from './store.js';
-import * as timeline from './timeline.js';
-import * as unitPanel from './unit-panel.js';
 import { el } from './render.js';
-import { OVERVIEW_MAX_SIZE, QUANTIZE_ABOVE } from './config.js';
+import { OVERVIEW_MAX_SIZE, PAGE_SIZE, QUANTIZE_ABOVE } from './config.js';
 
 const overviewRoot = () => document.getElementById('overview');
 
@@ -72,7 +70,58 @@ async function fullActivations(names, channel = null) {
   return Object.fromEntries(names.map((n) => [n, exact(n) ? trace.activations[n] : fetched[n]]));
 }
 
-function openNeuron({ layer, channel, target = null }) {
+// The modules not needed for the first draw, imported and installed once (see `later`).
+let deferred = null;
+let detail = null; // detail.js once imported: nothing can be open before
+
+/**
+ * Import and install the detail views and the panels: after the first draw, or at once when
+ * something needs them first (a neuron opened). Each panel starts from the state it finds (the
+ * model, a selection made meanwhile), so installing late loses nothing.
+ */
+function later() {
+  deferred ||= Promise.all([
+    import('./detail.js'), import('./explain-panel.js'), import('./unit-panel.js'),
+    import('./playground.js'), import('./timeline.js'),
+  ]).then(([detailView, explainPanel, unitPanel, playground, timeline]) => {
+    detail = detailView;
+    detail.install();
+    explainPanel.install(document.getElementById('explain-panel'));
+    unitPanel.install(document.getElementById('unit-panel'));
+    playground.install(document.getElementById('playground'));
+    timeline.install(document.getElementById('timeline-panel'));
+    performance.mark('convlens:panels');
+    document.body.dataset.panelsMs = String(Math.round(performance.now()));
+  });
+  return deferred;
+}
+
+/** `fn` once the browser has painted what is drawn now (a frame, then a task), or after
+ * 200 ms where no frame comes (a page the browser does not render: a hidden notebook output). */
+function afterPaint(fn) {
+  let done = false;
+  const once = () => { if (!done) { done = true; fn(); } };
+  requestAnimationFrame(() => setTimeout(once, 0));
+  setTimeout(once, 200);
+}
+
+/** Everything installed: the page is ready for use (tests wait for this). The first call
+ * imports the deferred modules once the first draw is on the screen. */
+function markReady() {
+  const ready = () => later().then(() => { document.body.dataset.ready = 'true'; }, (err) => {
+    const status = document.getElementById('status');
+    status.textContent = `Could not load the page's panels: ${err.message || err}`;
+    status.classList.add('error');
+  });
+  if (deferred) ready();
+  else afterPaint(ready);
+}
+
+function openNeuron(choice) {
+  later().then(() => openNeuronNow(choice));
+}
+
+function openNeuronNow({ layer, channel, target = null }) {
   const model = store.get('model');
   const layers = model.graph.layers;
   const lay = layers.find((l) => l.name === layer);
@@ -87,11 +136,32 @@ function openNeuron({ layer, channel, target = null }) {
   }, from);
 }
 
+// A big model's overview trace holds each map's first page of channels only (`topChannels`);
+// the channels another page shows are fetched when it is shown: the layer's whole capped map,
+// at the overview's caps and encoding (per channel, the very numbers of the first page's).
+const filling = new Map(); // "image|layer" -> the request filling it
+
+function fillChannels(names) {
+  const imageId = store.get('imageId');
+  const trace = store.get('trace');
+  const todo = names.filter((n) => !filling.has(`${imageId}|${n}`));
+  if (!todo.length) return;
+  const pending = getTrace(imageId, {
+    layers: todo, maxSize: OVERVIEW_MAX_SIZE, encoding: traceEncoding(store.get('model')),
+  });
+  todo.forEach((n) => filling.set(`${imageId}|${n}`, pending));
+  pending.then((part) => {
+    if (store.get('trace') !== trace) return; // another image meanwhile
+    for (const n of todo) if (part.activations[n]) trace.activations[n] = part.activations[n];
+    redraw();
+  }, () => todo.forEach((n) => filling.delete(`${imageId}|${n}`))); // tried again at the next draw
+}
+
 function redraw() {
   const model = store.get('model');
   const trace = store.get('trace');
   if (!model || !trace) return;
-  drawOverview(overviewRoot(), model, trace, openNeuron);
+  drawOverview(overviewRoot(), model, trace, openNeuron, fillChannels);
   const mode = store.get('scaleMode');
   const text = mode === 'neuron'
     ? 'colours: per neuron (hover a neuron for its range)'
@@ -109,9 +179,12 @@ function showPrediction(model, trace) {
 
 // Thumbnails are at most MAX_NEURON px: a coarser trace keeps big models fast (and a big
 // model's is quantized); the detail views fetch what they show exactly (fullActivations).
-const overviewTrace = (imageId) => getTrace(imageId, {
-  maxSize: OVERVIEW_MAX_SIZE, encoding: traceEncoding(store.get('model')),
-});
+// A quantized (big) model's trace sends each map's first page only: fillChannels the rest.
+const topChannels = (encoding) => (encoding === 'uint8' ? PAGE_SIZE : null);
+const overviewTrace = (imageId) => {
+  const encoding = traceEncoding(store.get('model'));
+  return getTrace(imageId, { maxSize: OVERVIEW_MAX_SIZE, encoding, topChannels: topChannels(encoding) });
+};
 
 /** A short name for an image, shown on the results that belong to it. */
 function imageLabel(imageId, label) {
@@ -125,14 +198,19 @@ async function loadImage(imageId, pending = null, ticket = store.newImageRequest
   performance.mark('convlens:trace');
   if (!store.isLatest(ticket)) return; // a newer image (or a failed upload) came meanwhile
   document.querySelector('.input-pair').hidden = false;
-  detail.close(); // its numbers belong to the previous image
+  detail?.close(); // its numbers belong to the previous image
   store.set('imageLabel', imageLabel(imageId, label));
   store.set('imageId', imageId);
   store.set('trace', trace);
   showPrediction(store.get('model'), trace);
   redraw();
-  document.body.dataset.readyMs = String(Math.round(performance.now())); // since navigation start
-  document.body.dataset.ready = 'true';
+  // the overview drawn, in ms since navigation start (benchmarks/page.py reads it)
+  document.body.dataset.readyMs = String(Math.round(performance.now()));
+  // and on the screen: the frame after the draw (readyMs leaves out its style, layout, paint)
+  requestAnimationFrame(() => setTimeout(() => {
+    document.body.dataset.paintedMs = String(Math.round(performance.now()));
+  }, 0));
+  markReady();
 }
 
 /** The first trace as the server named it in index.html's preload link (the first sample at
@@ -145,9 +223,10 @@ function preloadedTrace() {
   const imageId = q.get('image');
   const maxSize = Number(q.get('max_size'));
   if (!imageId || maxSize !== OVERVIEW_MAX_SIZE) return null;
-  const pending = getTrace(imageId, { maxSize, encoding: q.get('encoding') });
+  const top = Number(q.get('top_channels')) || null;
+  const pending = getTrace(imageId, { maxSize, encoding: q.get('encoding'), topChannels: top });
   pending.catch(() => {}); // its failure shows when loadImage awaits it
-  return { imageId, encoding: q.get('encoding') || 'float32', pending };
+  return { imageId, encoding: q.get('encoding') || 'float32', top, pending };
 }
 
 async function start() {
@@ -155,12 +234,7 @@ async function start() {
   const modelAnswer = getModel(); // (preloaded by index.html) parsed while the panels install
   modelAnswer.catch(() => {}); // shown below
   const firstTrace = preloadedTrace();
-  detail.install();
   inputs.install(loadImage);
-  explainPanel.install(document.getElementById('explain-panel'));
-  unitPanel.install(document.getElementById('unit-panel'));
-  playground.install(document.getElementById('playground'));
-  timeline.install(document.getElementById('timeline-panel'));
   document.getElementById('scale-mode').addEventListener('change', (e) => { store.set('scaleMode', e.target.value); redraw(); });
   document.getElementById('show-details').addEventListener('change', (e) => { store.set('showDetails', e.target.checked); redraw(); });
   let resizeTimer = null;
@@ -173,19 +247,22 @@ async function start() {
     document.title = `convlens · ${model.name}`;
     if (model.samples.length) {
       const first = model.samples[0].id;
-      const same = firstTrace && firstTrace.imageId === first && firstTrace.encoding === traceEncoding(model);
+      const encoding = traceEncoding(model);
+      const same = firstTrace && firstTrace.imageId === first && firstTrace.encoding === encoding
+        && firstTrace.top === topChannels(encoding);
       await loadImage(first, same ? firstTrace.pending : null);
     }
     else {
       // Nothing to show yet: no picture frames (no broken-image icons), just what to do.
       document.querySelector('.input-pair').hidden = true;
       document.getElementById('status').textContent = 'This model has no sample images: upload one (button above, drop or paste).';
-      document.body.dataset.ready = 'true'; // ready for an upload
+      markReady(); // ready for an upload
     }
   } catch (err) {
     const status = document.getElementById('status');
     status.textContent = `Could not load the model: ${err.message || err}`;
     status.classList.add('error');
+    later().catch(() => {}); // the panels that need no model (the playground) still work
   }
 }
 

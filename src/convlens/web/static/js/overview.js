@@ -248,8 +248,11 @@ function drawMaps(stage, ctx, col, pos) {
   col.channels.forEach((c, k) => {
     const n = pos.neurons[k];
     const scale = isInput ? inputScale(model, c) : scaleFor(model, trace, col.layer.name, c);
-    // painted into the stage's one map canvas (paintAtlas); this canvas is the neuron's box
-    ctx.atlas.push({ tensor: act, c, scale, x: pos.x, y: n.y, size: n.size });
+    // painted into the stage's one map canvas (paintAtlas); this canvas is the neuron's box;
+    // a channel the trace has not sent yet (a later page of a big model's) stays blank until
+    // `onMissing` has fetched it and drawn again
+    if (act.rows && !act.rows.has(c)) ctx.missing.add(col.layer.name);
+    else ctx.atlas.push({ tensor: act, c, scale, x: pos.x, y: n.y, size: n.size });
     const canvas = el('canvas', {
       class: 'neuron', tabindex: 0, role: 'button', 'data-layer': col.layer.name,
       'data-channel': c, 'data-key': `${col.layer.name}|${c}`,
@@ -377,9 +380,10 @@ function paintAtlas(items, width, height) {
 }
 
 /**
- * Draw the overview into `root`. `onOpen({layer, channel})` is called when a neuron is chosen.
+ * Draw the overview into `root`. `onOpen({layer, channel})` is called when a neuron is chosen;
+ * `onMissing(layerNames)` when a page shows channels the trace does not hold yet (drawn blank).
  */
-export function drawOverview(root, model, trace, onOpen) {
+export function drawOverview(root, model, trace, onOpen, onMissing = null) {
   const t0 = performance.now();
   const cols = buildColumns(model, trace);
   const details = store.get('showDetails');
@@ -415,7 +419,10 @@ export function drawOverview(root, model, trace, onOpen) {
   const resolve = resolver(model.graph.layers, colOf);
   const index = drawEdges(svg, cols.flatMap((_, i) => edgesInto(cols, lay, i, resolve, colOf)));
   drawLabels(svg, cols, lay, details, mode, room);
-  const ctx = { model, trace, index, onOpen, pitch: pitch(lay), atlas: [], redraw: () => drawOverview(root, model, trace, onOpen) };
+  const ctx = {
+    model, trace, index, onOpen, pitch: pitch(lay), atlas: [], missing: new Set(),
+    redraw: () => drawOverview(root, model, trace, onOpen, onMissing),
+  };
   cols.forEach((col, i) => {
     const pos = lay.columns[i];
     if (col.role === 'maps') drawMaps(stage, ctx, col, pos);
@@ -431,5 +438,7 @@ export function drawOverview(root, model, trace, onOpen) {
   root.dataset.labels = mode;
   root.dataset.width = String(root.clientWidth); // the width this drawing fits (tests wait on it)
   root.dataset.drawMs = String(Math.round(performance.now() - t0));
+  root.dataset.missing = [...ctx.missing].join(','); // layers waiting for channels (tests)
+  if (ctx.missing.size && onMissing) onMissing([...ctx.missing]);
   return { columns: cols, layout: lay };
 }

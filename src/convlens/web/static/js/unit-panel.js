@@ -19,8 +19,7 @@ function kernelCanvases(kernel) {
 
 export function install(root) {
   const empty = () => root.replaceChildren(el('h3', {}, 'Unit'), el('p', { class: 'muted' }, 'Click a neuron in the overview to see what it responds to.'));
-  empty();
-  store.on('selected', async (sel) => {
+  const show = async (sel) => {
     if (!sel) return empty();
     const ticket = store.latest('unit'); // a slower answer for an earlier click is dropped
     root.replaceChildren(el('h3', {}, `Unit ${sel.layer} · ${sel.channel}`), el('p', { class: 'muted' }, 'loading…'));
@@ -44,5 +43,7 @@ export function install(root) {
         el('div', { class: 'viewcol' }, el('span', { class: 'label' }, 'kernel (one square per input channel)'), kernel)),
       el('span', { class: 'label muted' }, 'top dataset patches'), patches);
     return undefined;
-  });
+  };
+  store.on('selected', show);
+  show(store.get('selected')); // installed after the first draw: a neuron may be chosen already
 }
