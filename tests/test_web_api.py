@@ -411,7 +411,7 @@ def test_trace_params(client: TestClient) -> None:
     ],
 )
 def test_trace_errors(client: TestClient, query: dict[str, object], status: int) -> None:
-    r = client.get("/api/v1/trace", params=query)  # type: ignore[arg-type]
+    r = client.get("/api/v1/trace", params=query)
     assert r.status_code == status and r.json()["error"]
 
 

@@ -91,7 +91,7 @@ def test_timeline_api_matches_the_run(run: Path) -> None:
 
 
 def test_no_timeline_is_reported_not_an_error(tiny_vgg: torch.nn.Module) -> None:
-    with TestClient(create_app(tiny_vgg), base_url=LOCAL) as c:  # type: ignore[arg-type]
+    with TestClient(create_app(tiny_vgg), base_url=LOCAL) as c:
         doc = c.get("/api/v1/timeline").json()
         assert doc["available"] is False and "not a training run" in doc["reason"]
         r = c.get("/api/v1/timeline/frames/0")

@@ -55,7 +55,7 @@ class LiveServer:
     def __init__(self, app: Any, model: Model | None = None) -> None:
         import uvicorn
 
-        self.model = model
+        self._model = model
         self.port = free_port()
         config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning")
         self.server = uvicorn.Server(config)
@@ -73,6 +73,13 @@ class LiveServer:
         from convlens.web.server import create_app
 
         return cls(create_app(model, **app_options), model)
+
+    @property
+    def model(self) -> Model:
+        """The model the app serves (only servers started with one have it)."""
+        if self._model is None:
+            raise AttributeError("this test server was started without a model")
+        return self._model
 
     @property
     def url(self) -> str:
