@@ -69,8 +69,9 @@ $(ONNX_NODE_TESTS): | $(BIN)/python
 
 test-data: $(ONNX_NODE_TESTS)
 
+# --durations: the slowest tests named at the end of every run (the suite should stay under ~10 min)
 pytest: dev-env system-packages node-test-deps test-data
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 nodetest:
 	@if [ -d src/convlens/web/static/tests ]; then node --test src/convlens/web/static/tests/; fi
