@@ -29,7 +29,9 @@ from convlens.model.core import Sample
 from convlens.probe import record_all
 from convlens.trace.encode import decode_tensor
 from convlens.web import create_app
+from convlens.web import server as server_mod
 from convlens.web import traces as traces_mod
+from convlens.web.guard import Access
 from web_harness import CHROMIUM, LiveServer, launch_chromium
 
 with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
@@ -395,6 +397,38 @@ def test_the_page_gets_its_first_trace_preloaded(tmp_path: Path) -> None:
     bare = build("tiny-vgg:in_channels=1,input_size=16,num_classes=3", seed=0).eval()
     with TestClient(create_app(bare), base_url="http://127.0.0.1") as client:
         assert "/api/v1/trace" not in client.get("/").text  # no sample: nothing to preload
+
+
+def test_the_app_answers_its_first_requests_once_at_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lifespan's start asks the page and a static file of the app itself (what FastAPI
+    builds on a first request is then built before a visitor comes), through the routes only,
+    and a failure there neither stops the start nor the visitor's own request."""
+    model = _sampled(tmp_path)
+    asked: list[str] = []
+    real = server_mod.with_trace_preload
+
+    def counted(html: str, state: Any, trace: str | None = None) -> str:
+        asked.append(html[:15])
+        return real(html, state, trace)
+
+    monkeypatch.setattr(server_mod, "with_trace_preload", counted)
+    app = create_app(model)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        assert asked == ["<!doctype html>"]  # the page, once, before any client request
+        assert client.get("/").status_code == 200 and len(asked) == 2
+    asked.clear()  # a server with a token asks itself with it (the guard refuses others)
+    with TestClient(create_app(model, access=Access(token="t")), base_url="http://127.0.0.1"):
+        assert len(asked) == 1
+
+    def broken(html: str, state: Any, trace: str | None = None) -> str:
+        raise RuntimeError("no page")
+
+    monkeypatch.setattr(server_mod, "with_trace_preload", broken)
+    with TestClient(create_app(model), base_url="http://127.0.0.1") as client:
+        assert client.get("/static/css/style.css").status_code == 200
+        assert client.get("/api/v1/model").json()["name"] == model.name
 
 
 @pytest.mark.browser
