@@ -3,6 +3,8 @@ approximate mode against the exact maps."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -135,7 +137,7 @@ def inception_like() -> Model:
     return Model(net.eval(), InputSpec(3, 30, 30), name="inception-like")
 
 
-def occlusion(model: Model, x: torch.Tensor, **kw: object) -> convlens.Attribution:
+def occlusion(model: Model, x: torch.Tensor, **kw: Any) -> convlens.Attribution:
     return convlens.explain(model, x, "occlusion", measure="logit", **kw)
 
 
@@ -343,7 +345,7 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
     wholes: list[int] = []  # layers that ran on whole maps through the engine's shortcut
     conv_op = inc._conv_op
 
-    def counting(*a: object) -> inc.WindowOp:
+    def counting(*a: Any) -> inc.WindowOp:
         op = conv_op(*a)
         whole = op.whole
         assert whole is not None
@@ -356,7 +358,8 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
         return op
 
     monkeypatch.setattr(inc, "_conv_op", counting)
-    nhwc_net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)
+    # torch accepts memory_format here; its type stubs list no overload with it
+    nhwc_net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     nhwc = Model(nhwc_net, model.spec, name="nhwc")
     for window, stride in windows:
         kw = dict(window=window, stride=stride, target=[0, 1], chunk_size=10)
@@ -403,7 +406,7 @@ class FoldCases(nn.Module):
 
 
 def _runner_vs_full_passes(
-    model: Model, x: torch.Tensor, window: int, stride: int, **kw: object
+    model: Model, x: torch.Tensor, window: int, stride: int, **kw: Any
 ) -> tuple[object, torch.Tensor, torch.Tensor]:
     """The engine's output with a window at every position, and the model's on the occluded
     images (window-major rows)."""
