@@ -121,7 +121,9 @@ def test_rules_reach_functional_relus(functional_net: Model, method: str) -> Non
 
     x = torch.rand(2, 3, 16, 16)
     a = convlens.explain(functional_net, x, method, target=[1, 2])
-    peer_model = ModuleReluNet(functional_net.net).eval()
+    net = functional_net.net
+    assert isinstance(net, FunctionalNet)
+    peer_model = ModuleReluNet(net).eval()
     cls = GuidedBackprop if method == "guided-backprop" else Deconvolution
     xn = functional_net.normalize(x)  # captum sees the network without the normalization
     ref = cls(peer_model).attribute(xn.requires_grad_(), target=[1, 2])
@@ -149,9 +151,11 @@ def test_guided_rule_on_relu_like_activations(act: nn.Module) -> None:
     x = torch.rand(1, 1, 8, 8)
     a = convlens.explain(model, x, "guided-backprop", target=2)
     # By hand: R = max(f'(z) · max(g, 0), 0) at the activation, then the conv's transpose.
+    net = model.net
+    assert isinstance(net, GeluNet)
     xr = x.clone().requires_grad_(True)
-    z = model.net.conv(model.normalize(xr))
-    g = (model.net.fc.weight[2] / 36).view(1, 4, 1, 1).expand_as(z)
+    z = net.conv(model.normalize(xr))
+    g = (net.fc.weight[2] / 36).view(1, 4, 1, 1).expand_as(z)
     zz = z.detach().requires_grad_(True)
     (local,) = torch.autograd.grad(act(zz), zz, g.clamp(min=0))
     (expected,) = torch.autograd.grad(z, xr, local.clamp(min=0))
@@ -269,6 +273,7 @@ def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
     a = convlens.explain(model, x, "guided-backprop", target=[0, 2])
     # By hand, layer by layer: R = max(f'(z) · max(g, 0), 0), f' from autograd of f itself.
     net = model.net
+    assert isinstance(net, ClippedNet)
     xr = x.clone().requires_grad_(True)
     z1 = net.conv1(model.normalize(xr))
     a1 = F.relu6(z1)
