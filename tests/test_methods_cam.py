@@ -24,7 +24,9 @@ HAS_GRADCAM = importlib.util.find_spec("pytorch_grad_cam") is not None
 TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def act_and_grad(model: Model, x: torch.Tensor, layer: str, target: list[int]):  # type: ignore[no-untyped-def]
+def act_and_grad(
+    model: Model, x: torch.Tensor, layer: str, target: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """A and dS/dA with the probe and plain autograd."""
     with capture(model, [layer]) as cap:
         out = model(x.clone().requires_grad_(True))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -212,7 +214,7 @@ def test_peers_agree_on_tiny_vgg(tiny_vgg_rgb: Model, x_rgb: torch.Tensor) -> No
     torch.testing.assert_close(a.extra["delta"], delta.float(), atol=1e-4, rtol=1e-4)
 
 
-def test_cnn_explainer_guided_backprop_vs_captum(cnn_explainer_dir) -> None:  # type: ignore[no-untyped-def]
+def test_cnn_explainer_guided_backprop_vs_captum(cnn_explainer_dir: Path) -> None:
     if not HAS_CAPTUM:
         pytest.skip("captum is not installed (peers extra)")
     from captum.attr import GuidedBackprop, IntegratedGradients
@@ -283,7 +285,9 @@ def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
         assert (z <= lo).any() and (z >= hi).any() and ((z > lo) & (z < hi)).any()
     score = net.fc(a2.mean((2, 3)))[[0, 1], [0, 2]].sum()
 
-    def rule(f, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def rule(
+        f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
         zz = z.detach().requires_grad_(True)
         (local,) = torch.autograd.grad(f(zz), zz, g.clamp(min=0))
         return local.clamp(min=0)

@@ -18,7 +18,9 @@ HAS_CAPTUM = importlib.util.find_spec("captum") is not None
 TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def loop(model: Model, x: torch.Tensor, t: list[int], k: int, s: int, fill: float):  # type: ignore[no-untyped-def]
+def loop(
+    model: Model, x: torch.Tensor, t: list[int], k: int, s: int, fill: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass per window, the naive way: drops in logit and probability."""
     B, _, H, W = x.shape
     rows = list(range(0, H - k + 1, s))
