@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -30,16 +30,17 @@ from web_harness import free_port
 LOCAL = "http://127.0.0.1"  # the server answers only requests addressed to this machine
 
 
+with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
+    warnings.simplefilter("ignore")
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+
 def conv_of(model: Model, name: str) -> torch.nn.Conv2d:
     """The network's convolution ``name``, read straight from the module tree."""
     conv = model.net.get_submodule(name)
     assert isinstance(conv, torch.nn.Conv2d)
     return conv
-
-
-with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
-    warnings.simplefilter("ignore")
-    from fastapi.testclient import TestClient
 
 
 def png(img: Image.Image, **kw: object) -> bytes:
@@ -263,9 +264,9 @@ def _animated() -> bytes:
     ],
 )
 def test_any_mode_is_converted_to_the_models_channels(
-    client: TestClient, make: object, centre: tuple[int, int, int] | None
+    client: TestClient, make: Callable[[], bytes], centre: tuple[int, int, int] | None
 ) -> None:
-    r = upload(client, make())  # type: ignore[operator]
+    r = upload(client, make())
     assert r.status_code == 200, r.text
     processed = data_url_image(r.json()["processed"])
     assert processed.mode == "RGB" and processed.size == (32, 32)
@@ -765,7 +766,9 @@ def test_cli_serve_defaults_to_loopback(served: list[dict[str, object]], images_
     assert main(args) == 0
     (call,) = served
     assert (call["host"], call["port"], call["open_browser"]) == ("127.0.0.1", 8765, False)
-    with TestClient(call["app"], base_url=LOCAL) as c:  # type: ignore[arg-type]
+    app = call["app"]
+    assert isinstance(app, FastAPI)
+    with TestClient(app, base_url=LOCAL) as c:
         assert len(c.get("/api/v1/model").json()["samples"]) == 2
 
 
