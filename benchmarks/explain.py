@@ -379,7 +379,7 @@ def occlusion_goal(
     x = torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
     if model.spec.channels != 3 or model.spec.height != size:
         return {"skipped": f"model input is not 3×{size}×{size}"}
-    kw = {"window": window, "stride": stride}
+    kw: dict[str, Any] = {"window": window, "stride": stride}
     target = model(x).argmax(1).tolist()
     runs: dict[str, Callable[[], Any]] = {
         "ours exact": lambda: convlens.explain(model, x, "occlusion", target=target, **kw),

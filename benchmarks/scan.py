@@ -80,6 +80,7 @@ def setup(case: str, n: int) -> tuple[Any, Any, list[str]]:
         except Exception:
             model = build("tiny-vgg:in_channels=1,input_size=28", seed=0)
         full = open_dataset("fashion-mnist", "train")
+        assert isinstance(full, TensorImages)  # held in memory, so it can be repeated
         reps = -(-n // len(full))  # 10× Fashion-MNIST: the training set repeated
         images = full.images.repeat(reps, 1, 1, 1)[:n]
         labels = full.labels.repeat(reps)[:n]
@@ -89,11 +90,11 @@ def setup(case: str, n: int) -> tuple[Any, Any, list[str]]:
         return model, data, layers
     model = build("resnet18:input_size=224,num_classes=10", seed=0).eval()
     root = make_folder(n)
-    data = FolderImages(root, "all", shape=(3, 224, 224))
-    data.items = data.items[:n]
+    folder = FolderImages(root, "all", shape=(3, 224, 224))
+    folder.items = folder.items[:n]
     relus = [lay.name for lay in model.graph if lay.kind == "activation"]
     layers = ["layer4.1.relu2"] if case == "resnet" else [*relus, model.graph.output.name]
-    return model, data, layers
+    return model, folder, layers
 
 
 def measure(model: Any, data: Any, layers: list[str], mode: str, bs: int) -> dict[str, float]:

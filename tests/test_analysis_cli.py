@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_patch_titles_promise_no_more_hits_than_kept(
     titles: list[str] = []
     real_caption = patches.caption
 
-    def spy(image: Image.Image, text: str, *args: object, **kwargs: object) -> Image.Image:
+    def spy(image: Image.Image, text: str, *args: Any, **kwargs: Any) -> Image.Image:
         titles.append(text)
         return real_caption(image, text, *args, **kwargs)
 

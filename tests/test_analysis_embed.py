@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from convlens.analysis.embed import (
     CodeMap,
@@ -94,8 +95,10 @@ def test_tsne_keeps_separated_clusters_apart() -> None:
 def test_codes_are_the_penultimate_layer(tiny_vgg: Model, images: TensorImages) -> None:
     assert code_layer(tiny_vgg) == "flatten"
     x, _ = images.get([0, 1, 2])
+    net = tiny_vgg.net
+    assert isinstance(net, nn.Sequential)
     with torch.inference_mode():
-        ref = tiny_vgg.net[:-1](tiny_vgg.normalize(x))  # everything before the classifier
+        ref = net[:-1](tiny_vgg.normalize(x))  # everything before the classifier
     codes = compute_codes(tiny_vgg, images, [0, 1, 2], batch_size=2)
     torch.testing.assert_close(codes, ref)
     pooled = compute_codes(tiny_vgg, images, [0, 1], layer="relu_2_2", pool="max")

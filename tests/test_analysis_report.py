@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch import nn
 
 from convlens.analysis import scan
 from convlens.analysis.report import report_figure, unit_report
@@ -21,6 +22,7 @@ def planted(tiny_vgg: Model) -> Model:
     """Tiny VGG with unit 3 of conv_2_1 dead (weights 0, bias -1) and unit 5 always on."""
     model = copy.deepcopy(tiny_vgg)
     conv = model.layer("conv_2_1")
+    assert isinstance(conv, nn.Conv2d) and conv.bias is not None
     with torch.no_grad():
         conv.weight[3].zero_()
         conv.bias[3] = -1.0

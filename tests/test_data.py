@@ -9,8 +9,9 @@ import os
 import pickle
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def http_dir(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     log: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
+        def __init__(self, *a: Any, **k: Any) -> None:
             super().__init__(*a, directory=str(root), **k)
 
         def log_message(self, *args: object) -> None:
@@ -159,7 +160,9 @@ def test_download_checksum_mismatch_keeps_nothing(
     assert not no_system_fmnist.exists() or os.listdir(no_system_fmnist) == []
 
 
-def test_download_unreachable_is_clear(no_system_fmnist: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def test_download_unreachable_is_clear(
+    no_system_fmnist: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(fm, "BASE_URL", "http://127.0.0.1:9/")  # discard port: refused
     with pytest.raises(ConvlensError, match="cannot download"):
         open_dataset("fashion-mnist", "test", download=True)
@@ -271,7 +274,7 @@ def test_cifar10_reads_batches(tmp_path: Path, fresh_cifar_cache: Path) -> None:
 
 
 class _Evil:
-    def __reduce__(self):  # type: ignore[no-untyped-def]
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
         return (os.system, ("touch pwned",))
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from torch import nn
 
 pytest.importorskip("fastapi", reason="the web extra is not installed")
 
@@ -175,7 +176,9 @@ def test_the_export_opens_offline_and_computes_what_the_network_does(
         assert _number(result.inner_text()) == pytest.approx(expected, abs=1.5e-3)
         # channel 0's line: the window of relu_1_1 times the layer's own kernel, term by term
         line = page.locator("#conv-arith").inner_text().splitlines()[0]
-        weight = model.layer("conv_1_2").weight.detach()[4, 0]  # (3, 3)
+        conv = model.layer("conv_1_2")
+        assert isinstance(conv, nn.Conv2d)
+        weight = conv.weight.detach()[4, 0]  # (3, 3)
         window = acts["relu_1_1"][0, 0, i : i + 3, j : j + 3]
         terms = re.findall(r"(−?\d+\.\d+)×(−?\d+\.\d+)", line)
         assert len(terms) == 9

@@ -47,8 +47,9 @@ def test_every_layer_gets_a_figure_and_the_index_lists_them(tmp_path: Path) -> N
 def test_activations_and_sparsity_match_a_hand_forward(tiny_vgg: Model) -> None:
     x = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(2))
     acts = activations(tiny_vgg, x[0])
-    net = tiny_vgg.net
-    h = F.relu(F.conv2d(tiny_vgg.normalize(x), net.conv_1_1.weight, net.conv_1_1.bias))
+    conv = tiny_vgg.net.get_submodule("conv_1_1")
+    assert isinstance(conv, torch.nn.Conv2d)
+    h = F.relu(F.conv2d(tiny_vgg.normalize(x), conv.weight, conv.bias))
     torch.testing.assert_close(acts["relu_1_1"], h[0])
     zeros = sparsity(acts)
     assert zeros["relu_1_1"] == pytest.approx(float((h == 0).float().mean()))

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from convlens.errors import ConvlensError, NotFoundError
-from convlens.featurevis.adversarial import amplify, fgsm, pgd
+from convlens.featurevis.adversarial import Norm, amplify, fgsm, pgd
 from convlens.featurevis.inversion import correlation, inversion_figure, invert, invert_layers
 from convlens.model import Model, load_model
 
@@ -94,7 +94,7 @@ def test_budget_below_zero_and_bad_options_raise(tiny_vgg: Model) -> None:
         with pytest.raises(ConvlensError, match="eps must be >= 0"):
             pgd(tiny_vgg, x, eps)
     with pytest.raises(ConvlensError, match="linf, l2"):
-        pgd(tiny_vgg, x, 0.1, norm="l1")
+        pgd(tiny_vgg, x, 0.1, norm="l1")  # type: ignore[arg-type]  # refused at run time
     with pytest.raises(ConvlensError, match="out of range"):
         fgsm(tiny_vgg, x, 0.1, target=11)
     with pytest.raises(ConvlensError, match=r"\[0, 1\]"):
@@ -105,7 +105,7 @@ def test_budget_below_zero_and_bad_options_raise(tiny_vgg: Model) -> None:
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_pgd_respects_the_budget_and_beats_fgsm(tiny_vgg: Model, norm: str) -> None:
+def test_pgd_respects_the_budget_and_beats_fgsm(tiny_vgg: Model, norm: Norm) -> None:
     torch.manual_seed(1)
     x = torch.rand(6, 1, 28, 28)
     eps = 0.02 if norm == "linf" else 0.5

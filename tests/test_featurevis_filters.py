@@ -64,7 +64,9 @@ def test_first_layer_cells_share_one_scale_with_gray_zero() -> None:
 
 
 def test_conv_weights_and_errors(tiny_vgg: Model) -> None:
-    assert torch.equal(conv_weights(tiny_vgg, "conv_2_1"), tiny_vgg.net.conv_2_1.weight.detach())
+    conv = tiny_vgg.net.get_submodule("conv_2_1")
+    assert isinstance(conv, torch.nn.Conv2d)
+    assert torch.equal(conv_weights(tiny_vgg, "conv_2_1"), conv.weight.detach())
     with pytest.raises(ConvlensError, match="not a conv module; conv layers: conv_1_1"):
         conv_weights(tiny_vgg, "relu_1_1")
     with pytest.raises(NotFoundError, match="unknown layer"):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import convlens.featurevis as fv
 from convlens.errors import ConvlensError, NotFoundError
@@ -91,7 +94,7 @@ def test_pad_fills_the_border_with_gray_and_draws_differ_per_image() -> None:
 
 def test_compose_rejects_unknown_pad_mode() -> None:
     with pytest.raises(ConvlensError, match="constant, reflect, border"):
-        fv.Compose([fv.Pad(1)], pad_mode="wrap")
+        fv.Compose([fv.Pad(1)], pad_mode="wrap")  # type: ignore[arg-type]  # refused at run time
 
 
 # ---------------------------------------------------------------- objectives
@@ -241,7 +244,8 @@ def test_redirected_relu_gradient_matches_definition() -> None:
 
 
 def test_relu_override_revives_a_unit_dead_at_the_start(tiny_vgg: Model) -> None:
-    conv = tiny_vgg.net.conv_1_1
+    conv = tiny_vgg.net.get_submodule("conv_1_1")
+    assert isinstance(conv, nn.Conv2d) and conv.bias is not None
     with torch.no_grad():  # channel 0 just below zero on gray images, the start of a render
         gray = tiny_vgg.normalize(torch.full((1, 1, 28, 28), 0.5))
         conv.bias[0] -= float(conv(gray)[0, 0].max()) + 0.05
@@ -277,7 +281,7 @@ def test_stopping_after_the_deepest_layer_changes_nothing(small_resnet: Model) -
 
     objective = O.channel("layer2.0.conv1", [0, 1])
     seen: list[str] = []
-    hook = small_resnet.net.fc.register_forward_hook(lambda *a: seen.append("fc"))
+    hook = small_resnet.net.get_submodule("fc").register_forward_hook(lambda *a: seen.append("fc"))
     try:
         with capture(small_resnet, ["layer2.0.conv1"]) as cap, stop_after(small_resnet, objective):
             assert run_model(small_resnet, torch.rand(2, 3, 64, 64)) is None
@@ -293,14 +297,21 @@ def test_stopping_after_the_deepest_layer_changes_nothing(small_resnet: Model) -
 
 def test_l1_and_l2_pull_toward_the_background(tiny_vgg: Model) -> None:
     objective = O.channel("conv_1_1", 0)
-    kw = {"steps": 15, "param": "pixel", "transforms": None, "lr": 0.2, "l1": 50.0, "l2": 50.0}
+    kw: dict[str, Any] = {
+        "steps": 15,
+        "param": "pixel",
+        "transforms": None,
+        "lr": 0.2,
+        "l1": 50.0,
+        "l2": 50.0,
+    }
     dark = fv.render(tiny_vgg, objective, background=0.0, **kw).images
     light = fv.render(tiny_vgg, objective, background=1.0, **kw).images
     assert float(dark.mean()) < 0.3 < 0.7 < float(light.mean())
 
 
 def test_copies_with_diversity_differ_more(tiny_vgg: Model) -> None:
-    kw = {"steps": 15, "lr": 0.1, "copies": 3, "seed": 0}
+    kw: dict[str, Any] = {"steps": 15, "lr": 0.1, "copies": 3, "seed": 0}
     plain = fv.render_channels(tiny_vgg, "conv_2_1", [4], **kw)
     diverse = fv.render_channels(tiny_vgg, "conv_2_1", [4], diversity=5.0, **kw)
     assert diverse.labels == ["conv_2_1:4 #0", "conv_2_1:4 #1", "conv_2_1:4 #2"]

@@ -11,7 +11,7 @@ import torch
 from convlens.cli import main
 from convlens.cli.common import input_overrides, open_model, parse_input_size
 from convlens.errors import ConvlensError
-from convlens.model import build
+from convlens.model import Model, build
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 
@@ -83,7 +83,7 @@ def test_an_unforeseen_reader_error_is_one_line(
 
     from convlens.model import load as load_module
 
-    def broken(source: str, opts: object) -> None:
+    def broken(source: str, opts: load_module.LoadOptions) -> Model:
         raise IndexError("list index out of range")
 
     onnx = dataclasses.replace(load_module.FORMATS.get("onnx"), load=broken)

@@ -119,7 +119,9 @@ def test_cnn_explainer_contract(explainer: Model) -> None:
     assert names[-2:] == ["flatten", "output"]
     assert explainer.graph.total_params == 19_920
     assert len(explainer.samples) == 20
-    by_name = {s.path.name: s.label for s in explainer.samples}
+    labels = {s.path.name: s.label for s in explainer.samples}
+    by_name = {name: label for name, label in labels.items() if label is not None}
+    assert by_name == labels  # every sample is labelled
     assert CLASSES[by_name["boat_1.jpeg"]] == "lifeboat"
     assert CLASSES[by_name["panda_1.jpeg"]] == "red panda"
     assert CLASSES[by_name["car_1.jpeg"]] == "sport car"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import nn
@@ -9,13 +11,14 @@ from torch import nn
 import convlens
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.methods import METHODS
+from convlens.methods.targets import TargetSpec
 from convlens.model import Model
 
 FAST = {"smoothgrad": {"n_samples": 2}, "integrated-gradients": {"n_steps": 4},
         "occlusion": {"window": 8, "stride": 8}}  # fmt: skip
 
 
-def params(name: str) -> dict[str, object]:
+def params(name: str) -> dict[str, Any]:
     return dict(FAST.get(name, {}))
 
 
@@ -40,7 +43,7 @@ def test_unknown_parameter_lists_accepted(tiny_vgg: Model) -> None:
 
 
 @pytest.mark.parametrize("target", [10, -1, "zebra", [1, 2, 3]])
-def test_bad_targets(tiny_vgg: Model, target: object) -> None:
+def test_bad_targets(tiny_vgg: Model, target: TargetSpec) -> None:
     with pytest.raises(ConvlensError):
         convlens.explain(tiny_vgg, torch.rand(2, 1, 28, 28), "saliency", target=target)
 
@@ -96,7 +99,7 @@ def test_probability_models_explain_log_probabilities(tiny_vgg: Model) -> None:
 @pytest.mark.parametrize("name", ["guided-backprop", "grad-cam", "integrated-gradients"])
 def test_caller_state_is_left_alone(small_resnet: Model, name: str) -> None:
     model = small_resnet.train()
-    for p in model.net.layer1.parameters():
+    for p in model.net.get_submodule("layer1").parameters():
         p.requires_grad_(False)  # frozen weights
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.rand(2, 3, 64, 64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 import convlens
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.model import Model
+from convlens.model.zoo import ResNet
 from convlens.probe import capture
 from tolerance import Tolerance
 
@@ -22,7 +24,9 @@ HAS_GRADCAM = importlib.util.find_spec("pytorch_grad_cam") is not None
 TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def act_and_grad(model: Model, x: torch.Tensor, layer: str, target: list[int]):  # type: ignore[no-untyped-def]
+def act_and_grad(
+    model: Model, x: torch.Tensor, layer: str, target: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """A and dS/dA with the probe and plain autograd."""
     with capture(model, [layer]) as cap:
         out = model(x.clone().requires_grad_(True))
@@ -63,13 +67,16 @@ def test_cam_is_classifier_weights_and_grad_cam_its_scaled_relu(small_resnet: Mo
     x = torch.rand(2, 3, 64, 64)
     cam = convlens.explain(small_resnet, x, "cam", target=[3, 4])
     A, _ = act_and_grad(small_resnet, x, "layer4.1.relu2", [3, 4])
-    W = small_resnet.net.fc.weight.detach().numpy()[[3, 4]]  # (B, K)
+    net = small_resnet.net
+    assert isinstance(net, ResNet)
+    W = net.fc.weight.detach().numpy()[[3, 4]]  # (B, K)
     expected = (W[:, :, None, None] * A).sum(1, keepdims=True)
     torch.testing.assert_close(cam.layer_values, torch.from_numpy(expected), **TOL)
     assert cam.signed
     # On a GAP head, dS/dA_k = W_ck / (hw): Grad-CAM = ReLU(CAM) / (hw).
     gc = convlens.explain(small_resnet, x, "grad-cam", target=[3, 4])
     hw = A.shape[2] * A.shape[3]
+    assert cam.layer_values is not None
     torch.testing.assert_close(gc.layer_values, cam.layer_values.relu() / hw, **TOL)
 
 
@@ -92,6 +99,7 @@ def test_score_cam_loop(tiny_vgg_rgb: Model) -> None:
             with torch.no_grad():
                 weights.append(float(tiny_vgg_rgb(x[b : b + 1] * h).softmax(1)[0, t]))
         cams.append(np.maximum((np.array(weights)[:, None, None] * A[b]).sum(0), 0))
+    assert a.layer_values is not None
     torch.testing.assert_close(a.layer_values[:, 0], torch.from_numpy(np.stack(cams)).float(),
                                **TOL)  # fmt: skip
 
@@ -102,9 +110,12 @@ def test_functional_layer_via_the_traced_graph(functional_net: Model) -> None:
     assert a.layer == "relu_1"  # an F.relu without a module
     net = functional_net.net
     xr = functional_net.normalize(x)
-    h = torch.relu(net.conv1(xr))
-    A = F.relu(net.bn(net.conv2(h)) + h)
-    out = net.fc(torch.flatten(net.pool(A), 1))
+    conv1, conv2, bn, pool, fc = (
+        net.get_submodule(n) for n in ("conv1", "conv2", "bn", "pool", "fc")
+    )
+    h = torch.relu(conv1(xr))
+    A = F.relu(bn(conv2(h)) + h)
+    out = fc(torch.flatten(pool(A), 1))
     (G,) = torch.autograd.grad(out[[0, 1], [0, 1]].sum(), A)
     cam = (G.mean((2, 3))[:, :, None, None] * A).sum(1, keepdim=True).relu()
     torch.testing.assert_close(a.layer_values, cam.detach(), **TOL)
@@ -117,7 +128,7 @@ def test_captum_grad_cam_at_a_residual_block(small_resnet: Model) -> None:
     m = small_resnet
     x = torch.rand(2, 3, 64, 64)
     a = convlens.explain(m, x, "grad-cam", target=[1, 2], layer="layer3.1.relu2")
-    ref = LayerGradCam(m, m.net.layer3[1].relu2).attribute(
+    ref = LayerGradCam(m, m.net.get_submodule("layer3.1.relu2")).attribute(
         x.clone().requires_grad_(), target=[1, 2], relu_attributions=True
     )
     torch.testing.assert_close(a.layer_values, ref.detach(), **TOL)
@@ -125,7 +136,7 @@ def test_captum_grad_cam_at_a_residual_block(small_resnet: Model) -> None:
 
 def test_guided_grad_cam_is_guided_backprop_times_grad_cam(small_resnet: Model) -> None:
     x = torch.rand(2, 3, 64, 64)
-    kw = dict(target=[1, 2], layer="layer3.1.relu2")
+    kw: dict[str, Any] = dict(target=[1, 2], layer="layer3.1.relu2")
     g = convlens.explain(small_resnet, x, "guided-grad-cam", **kw)
     gb = convlens.explain(small_resnet, x, "guided-backprop", target=[1, 2])
     gc = convlens.explain(small_resnet, x, "grad-cam", **kw)

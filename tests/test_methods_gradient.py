@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import torch
@@ -121,7 +123,9 @@ def test_rules_reach_functional_relus(functional_net: Model, method: str) -> Non
 
     x = torch.rand(2, 3, 16, 16)
     a = convlens.explain(functional_net, x, method, target=[1, 2])
-    peer_model = ModuleReluNet(functional_net.net).eval()
+    net = functional_net.net
+    assert isinstance(net, FunctionalNet)
+    peer_model = ModuleReluNet(net).eval()
     cls = GuidedBackprop if method == "guided-backprop" else Deconvolution
     xn = functional_net.normalize(x)  # captum sees the network without the normalization
     ref = cls(peer_model).attribute(xn.requires_grad_(), target=[1, 2])
@@ -149,9 +153,11 @@ def test_guided_rule_on_relu_like_activations(act: nn.Module) -> None:
     x = torch.rand(1, 1, 8, 8)
     a = convlens.explain(model, x, "guided-backprop", target=2)
     # By hand: R = max(f'(z) · max(g, 0), 0) at the activation, then the conv's transpose.
+    net = model.net
+    assert isinstance(net, GeluNet)
     xr = x.clone().requires_grad_(True)
-    z = model.net.conv(model.normalize(xr))
-    g = (model.net.fc.weight[2] / 36).view(1, 4, 1, 1).expand_as(z)
+    z = net.conv(model.normalize(xr))
+    g = (net.fc.weight[2] / 36).view(1, 4, 1, 1).expand_as(z)
     zz = z.detach().requires_grad_(True)
     (local,) = torch.autograd.grad(act(zz), zz, g.clamp(min=0))
     (expected,) = torch.autograd.grad(z, xr, local.clamp(min=0))
@@ -208,7 +214,7 @@ def test_peers_agree_on_tiny_vgg(tiny_vgg_rgb: Model, x_rgb: torch.Tensor) -> No
     torch.testing.assert_close(a.extra["delta"], delta.float(), atol=1e-4, rtol=1e-4)
 
 
-def test_cnn_explainer_guided_backprop_vs_captum(cnn_explainer_dir) -> None:  # type: ignore[no-untyped-def]
+def test_cnn_explainer_guided_backprop_vs_captum(cnn_explainer_dir: Path) -> None:
     if not HAS_CAPTUM:
         pytest.skip("captum is not installed (peers extra)")
     from captum.attr import GuidedBackprop, IntegratedGradients
@@ -269,6 +275,7 @@ def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
     a = convlens.explain(model, x, "guided-backprop", target=[0, 2])
     # By hand, layer by layer: R = max(f'(z) · max(g, 0), 0), f' from autograd of f itself.
     net = model.net
+    assert isinstance(net, ClippedNet)
     xr = x.clone().requires_grad_(True)
     z1 = net.conv1(model.normalize(xr))
     a1 = F.relu6(z1)
@@ -278,7 +285,9 @@ def test_guided_mask_shortcut_on_clipped_activations(inplace: bool) -> None:
         assert (z <= lo).any() and (z >= hi).any() and ((z > lo) & (z < hi)).any()
     score = net.fc(a2.mean((2, 3)))[[0, 1], [0, 2]].sum()
 
-    def rule(f, z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def rule(
+        f: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, g: torch.Tensor
+    ) -> torch.Tensor:
         zz = z.detach().requires_grad_(True)
         (local,) = torch.autograd.grad(f(zz), zz, g.clamp(min=0))
         return local.clamp(min=0)

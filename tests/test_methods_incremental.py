@@ -3,6 +3,8 @@ approximate mode against the exact maps."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,7 @@ from torch import nn
 
 import convlens
 from convlens.io.spec import InputSpec
-from convlens.methods.incremental import incremental_plan
+from convlens.methods.incremental import IncrementalRunner, incremental_plan
 from convlens.model import Model, build
 from tolerance import Tolerance
 
@@ -135,7 +137,7 @@ def inception_like() -> Model:
     return Model(net.eval(), InputSpec(3, 30, 30), name="inception-like")
 
 
-def occlusion(model: Model, x: torch.Tensor, **kw: object) -> convlens.Attribution:
+def occlusion(model: Model, x: torch.Tensor, **kw: Any) -> convlens.Attribution:
     return convlens.explain(model, x, "occlusion", measure="logit", **kw)
 
 
@@ -343,7 +345,7 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
     wholes: list[int] = []  # layers that ran on whole maps through the engine's shortcut
     conv_op = inc._conv_op
 
-    def counting(*a: object) -> inc.WindowOp:
+    def counting(*a: Any) -> inc.WindowOp:
         op = conv_op(*a)
         whole = op.whole
         assert whole is not None
@@ -356,7 +358,8 @@ def test_channels_last_engine_equals_full_passes(net: str, monkeypatch: pytest.M
         return op
 
     monkeypatch.setattr(inc, "_conv_op", counting)
-    nhwc_net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)
+    # torch accepts memory_format here; its type stubs list no overload with it
+    nhwc_net = copy.deepcopy(model.net).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     nhwc = Model(nhwc_net, model.spec, name="nhwc")
     for window, stride in windows:
         kw = dict(window=window, stride=stride, target=[0, 1], chunk_size=10)
@@ -403,11 +406,10 @@ class FoldCases(nn.Module):
 
 
 def _runner_vs_full_passes(
-    model: Model, x: torch.Tensor, window: int, stride: int, **kw: object
-) -> tuple[object, torch.Tensor, torch.Tensor]:
+    model: Model, x: torch.Tensor, window: int, stride: int, **kw: Any
+) -> tuple[IncrementalRunner, torch.Tensor, torch.Tensor]:
     """The engine's output with a window at every position, and the model's on the occluded
     images (window-major rows)."""
-    from convlens.methods.incremental import IncrementalRunner
     from convlens.methods.occlusion import window_positions
 
     plan = incremental_plan(model)
@@ -435,7 +437,7 @@ def test_batch_norm_folding_equals_full_passes(channels_last: bool) -> None:
             model, x, 8, 4, channels_last=channels_last, fold_batch_norm=fold
         )
         # every conv of ResNet-18 is followed by its own batch norm
-        assert len(runner.folds) == (20 if fold else 0)  # type: ignore[attr-defined]
+        assert len(runner.folds) == (20 if fold else 0)
         torch.testing.assert_close(got, want, **TOL)
     for m in model.net.modules():  # the model's weights are left as they were
         if isinstance(m, nn.Conv2d):
@@ -450,12 +452,12 @@ def test_batch_norm_folds_only_after_a_conv_it_alone_reads() -> None:
     net.b4.train()  # batch statistics: not a per-channel map, never folded
     x = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(13))
     runner, got, want = _runner_vs_full_passes(model, x, 5, 3, channels_last=True)
-    folds = runner.folds  # type: ignore[attr-defined]
+    folds = runner.folds
     assert {conv: bn.name for conv, bn in folds.items()} == {"c1": "b1"}
     # b4 in train mode normalizes each chunk by its own statistics: compare without it
     net.b4.eval()
     runner, got, want = _runner_vs_full_passes(model, x, 5, 3, channels_last=True)
-    assert {conv: bn.name for conv, bn in runner.folds.items()} == {  # type: ignore[attr-defined]
+    assert {conv: bn.name for conv, bn in runner.folds.items()} == {
         "c1": "b1",
         "c4": "b4",
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,7 +18,9 @@ HAS_CAPTUM = importlib.util.find_spec("captum") is not None
 TOL: Tolerance = {"atol": 1e-5, "rtol": 1e-5}
 
 
-def loop(model: Model, x: torch.Tensor, t: list[int], k: int, s: int, fill: float):  # type: ignore[no-untyped-def]
+def loop(
+    model: Model, x: torch.Tensor, t: list[int], k: int, s: int, fill: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One forward pass per window, the naive way: drops in logit and probability."""
     B, _, H, W = x.shape
     rows = list(range(0, H - k + 1, s))
@@ -53,7 +56,7 @@ def test_matches_a_loop_over_windows(tiny_vgg: Model) -> None:
 
 def test_chunk_size_and_channels_last_do_not_change_the_result(small_resnet: Model) -> None:
     x = torch.rand(2, 3, 64, 64)
-    kw = dict(target=[0, 1], window=32, stride=32)
+    kw: dict[str, Any] = dict(target=[0, 1], window=32, stride=32)
     a = convlens.explain(small_resnet, x, "occlusion", chunk_size=1000, **kw)
     b = convlens.explain(small_resnet, x, "occlusion", chunk_size=5, channels_last=True, **kw)
     torch.testing.assert_close(a.values, b.values, **TOL)
@@ -127,7 +130,7 @@ def test_incremental_inference_equals_full_passes(which: str) -> None:
     size = model.spec.height
     x = torch.rand(2, 3, size, size)
     for window, stride in ((8, 6), (5, 3), (size, 1), (1, 9)):
-        kw = dict(window=window, stride=stride, target=[0, 2], chunk_size=40)
+        kw: dict[str, Any] = dict(window=window, stride=stride, target=[0, 2], chunk_size=40)
         full = convlens.explain(model, x, "occlusion", incremental=False, **kw)
         assert not full.params["incremental"]
         inc = convlens.explain(model, x, "occlusion", incremental=True, **kw)
@@ -140,7 +143,7 @@ def test_incremental_on_branching_models(functional_net: Model) -> None:
     """Functional ReLU, an in-place residual addition, global pooling: incremental now (the
     ResNet, MobileNet and Inception cases are in test_methods_incremental.py)."""
     x = torch.rand(2, 3, 16, 16)
-    kw = dict(window=5, stride=3, target=[1, 2])
+    kw: dict[str, Any] = dict(window=5, stride=3, target=[1, 2])
     a = convlens.explain(functional_net, x, "occlusion", incremental=True, **kw)
     assert a.params["incremental"] and not a.notes
     b = convlens.explain(functional_net, x, "occlusion", incremental=False, **kw)
@@ -150,7 +153,7 @@ def test_incremental_on_branching_models(functional_net: Model) -> None:
 def test_cnn_explainer_incremental(cnn_explainer_dir: Path) -> None:
     m = convlens.load_model(str(cnn_explainer_dir / "model.json"))
     x = torch.cat([m.load_image(s.path) for s in m.samples[:2]])
-    kw = dict(window=8, stride=6)
+    kw: dict[str, Any] = dict(window=8, stride=6)
     full = convlens.explain(m, x, "occlusion", incremental=False, **kw)
     inc = convlens.explain(m, x, "occlusion", **kw)  # incremental by default on chains
     assert inc.params["incremental"]

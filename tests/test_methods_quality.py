@@ -8,6 +8,7 @@ import importlib.util
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 import convlens
 from convlens.methods.curves import deletion_insertion, gaussian_blur
@@ -37,7 +38,9 @@ def test_cascading_randomization(tiny_vgg_rgb: Model) -> None:
     original = convlens.explain(tiny_vgg_rgb, x, "saliency")
     victim = copy.deepcopy(tiny_vgg_rgb)
     torch.manual_seed(5)
-    victim.net.output.reset_parameters()
+    head = victim.net.get_submodule("output")
+    assert isinstance(head, nn.Linear)
+    head.reset_parameters()
     step1 = convlens.explain(victim, x, "saliency", target=original.targets)
     torch.testing.assert_close(r.maps[1], step1.heat())
     torch.testing.assert_close(r.spearman_abs[0], spearman(original.heat(), step1.heat()))
@@ -47,6 +50,7 @@ def test_cascading_randomization(tiny_vgg_rgb: Model) -> None:
 def test_deletion_and_insertion_by_hand(tiny_vgg: Model) -> None:
     x = torch.rand(2, 1, 28, 28)
     attr = convlens.explain(tiny_vgg, x, "saliency")
+    assert attr.targets is not None
     c = deletion_insertion(tiny_vgg, x, attr, steps=4, chunk_size=3)
     heat = attr.heat().reshape(2, -1)
     blurred = gaussian_blur(x, 28 / 16)

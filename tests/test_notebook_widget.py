@@ -32,6 +32,7 @@ import convlens
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
 from convlens.model import load_model
+from convlens.notebook.widget import ExplainerWidget
 
 FIXTURE = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "cnn-explainer"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts" / "notebook"
@@ -79,6 +80,7 @@ def test_a_live_module_is_wrapped_and_answered_in_process() -> None:
     net = _Cell()
     image = torch.rand(3, 16, 16)
     w = convlens.show(net, image, input_spec=InputSpec(3, 16, 16), classes=["cat", "dog"])
+    assert isinstance(w, ExplainerWidget)
     try:
         doc = w.api.get("/model").json()
         assert doc["classes"] == ["cat", "dog"]
@@ -200,6 +202,7 @@ def test_widget_state_and_requests_round_trip(model: Any, browser: Any) -> None:
 
     images = [FIXTURE / "images" / "panda_1.jpeg", FIXTURE / "images" / "bus_1.jpeg"]
     widget = convlens.show(model, images, height=900)
+    assert isinstance(widget, ExplainerWidget)
     relay = _Relay(widget)
     state = widget.get_state()
     html = HARNESS.replace(

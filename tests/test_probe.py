@@ -23,8 +23,9 @@ def test_activation_and_gradient_match_autograd(tiny_vgg: Model) -> None:
         out[:, 4].sum().backward()
     # independent: run the layers by hand and differentiate with torch.autograd.grad
     net = tiny_vgg.net
+    assert isinstance(net, nn.Sequential)
     h = net[:5](x)  # up to max_pool_1
-    a = net.conv_2_1(h)
+    a = net.get_submodule("conv_2_1")(h)
     score = net[6:](a)[:, 4].sum()
     (g,) = torch.autograd.grad(score, a)
     assert torch.allclose(cap.activations["conv_2_1"], a, atol=1e-6)
@@ -53,15 +54,16 @@ def test_repeated_module_calls_are_separate_layers() -> None:
             return self.fc(self.conv(self.conv(x)).flatten(1))
 
     torch.manual_seed(0)
-    model = Model(Shared(), InputSpec(3, 4, 4))
+    shared = Shared()
+    model = Model(shared, InputSpec(3, 4, 4))
     assert [lay.name for lay in model.graph if lay.kind == "conv"] == ["conv", "conv#2"]
     assert model.graph["conv#2"].params == 0  # counted once, at the first call
     x = torch.rand(2, 3, 4, 4)
     with capture(model, ["conv", "conv#2"]) as cap:
         model(x)
-    once = model.net.conv(x)
+    once = shared.conv(x)
     assert torch.allclose(cap["conv"], once)
-    assert torch.allclose(cap["conv#2"], model.net.conv(once))
+    assert torch.allclose(cap["conv#2"], shared.conv(once))
 
 
 def test_hooks_removed_and_modes_restored_after_exception(small_resnet: Model) -> None:
@@ -71,7 +73,7 @@ def test_hooks_removed_and_modes_restored_after_exception(small_resnet: Model) -
         assert not small_resnet.training
         raise RuntimeError("boom")
     assert hook_count(small_resnet) == before
-    assert small_resnet.training and small_resnet.net.bn1.training
+    assert small_resnet.training and small_resnet.net.get_submodule("bn1").training
 
 
 def test_functional_layer_cannot_be_hooked_but_is_recorded(functional_net: Model) -> None:
@@ -81,7 +83,7 @@ def test_functional_layer_cannot_be_hooked_but_is_recorded(functional_net: Model
     x = torch.rand(2, 3, 16, 16)
     acts, out = record_all(functional_net, x)
     assert set(acts) == set(functional_net.graph.names())
-    h = torch.relu(functional_net.net.conv1(functional_net.normalize(x)))
+    h = torch.relu(functional_net.net.get_submodule("conv1")(functional_net.normalize(x)))
     assert torch.allclose(acts[relu.name], h, atol=1e-6)
     assert torch.allclose(out, functional_net(x), atol=1e-6)
 

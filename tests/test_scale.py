@@ -120,7 +120,7 @@ def assert_same_scan(got: ScanResult, want: ScanResult) -> None:
 class Wrapped(ImageDataset):
     """A data set that delegates to another, for the fault injectors below."""
 
-    def __init__(self, inner: ImageDataset) -> None:
+    def __init__(self, inner: FolderImages) -> None:
         self.inner = inner
         self.name, self.classes, self.shape = inner.name, inner.classes, inner.shape
 
@@ -137,7 +137,7 @@ class Wrapped(ImageDataset):
 class KillOnce(Wrapped):
     """Kills the worker process reading image 40, the first time only (``marker`` says)."""
 
-    def __init__(self, inner: ImageDataset, marker: Path) -> None:
+    def __init__(self, inner: FolderImages, marker: Path) -> None:
         super().__init__(inner)
         self.marker = marker
 

@@ -14,8 +14,14 @@ from convlens.cli import main
 from convlens.cli.summary import layer_list_graph, print_summary
 from convlens.errors import ConvlensError
 from convlens.io.spec import InputSpec
-from convlens.model import Model, build
+from convlens.model import Layer, Model, ReceptiveField, build
 from convlens.model.layerspec import output_size, parse_input, parse_layers
+
+
+def rf_of(layer: Layer) -> ReceptiveField:
+    """The layer's receptive field (every layer these tests read one from has one)."""
+    assert layer.rf is not None, f"{layer.name} has no receptive field"
+    return layer.rf
 
 
 def conv_params(f: int, c: int, k: int) -> int:
@@ -112,7 +118,7 @@ def test_padding_and_json_give_the_same_network() -> None:
 
 def test_stacked_3x3_receptive_fields() -> None:
     graph = layer_list_graph("conv:3x3x1+1,conv:3x3x1+1,conv:3x3x1+1", "32x32x1")
-    assert [graph[f"conv{i}"].rf.size for i in (1, 2, 3)] == [(3, 3), (5, 5), (7, 7)]
+    assert [rf_of(graph[f"conv{i}"]).size for i in (1, 2, 3)] == [(3, 3), (5, 5), (7, 7)]
 
 
 @pytest.mark.parametrize(

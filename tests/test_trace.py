@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from convlens.errors import ConvlensError, NotFoundError
 from convlens.model import Model
+from convlens.model.zoo import ResNet
 from convlens.trace import (
     TraceOptions,
     build_trace,
@@ -139,14 +140,15 @@ def test_layer_subset_in_graph_order_and_unknown_layer(tiny_vgg_rgb: Model) -> N
 
 
 def test_weights_and_kernels(small_resnet: Model) -> None:
-    conv = small_resnet.net.get_submodule("layer1.0.conv1")
+    net = small_resnet.net
+    assert isinstance(net, ResNet)
+    conv = net.get_submodule("layer1.0.conv1")
+    assert isinstance(conv, torch.nn.Conv2d)
     doc = weights_document(small_resnet, "layer1.0.conv1")
     np.testing.assert_array_equal(decode_tensor(doc["weight"]), conv.weight.detach().numpy())
     assert doc["bias"] is None  # ResNet convs have no bias
     fc = weights_document(small_resnet, "fc")
-    np.testing.assert_array_equal(
-        decode_tensor(fc["bias"]), small_resnet.net.fc.bias.detach().numpy()
-    )
+    np.testing.assert_array_equal(decode_tensor(fc["bias"]), net.fc.bias.detach().numpy())
     with pytest.raises(ConvlensError, match="no weights"):
         weights_document(small_resnet, "maxpool")
     k = kernel_of(small_resnet, "layer1.0.conv1", 3)
@@ -162,7 +164,7 @@ def test_trace_of_a_branching_net_pools_large_maps(small_resnet: Model) -> None:
     conv1 = decode_tensor(doc["activations"]["conv1"])
     assert conv1.shape == (4, 16, 16)
     with torch.no_grad():
-        ref = small_resnet.net.conv1(small_resnet.normalize(x))[0, :4]
+        ref = small_resnet.net.get_submodule("conv1")(small_resnet.normalize(x))[0, :4]
     np.testing.assert_allclose(conv1, F.adaptive_avg_pool2d(ref, 16).numpy(), atol=1e-5)
 
 
@@ -208,7 +210,9 @@ def test_trace_of_an_untraceable_model() -> None:
     doc = build_trace(model, x)
     assert list(doc["activations"]) == ["input", "conv", "relu", "fc"]
     with torch.no_grad():
-        relu = model.net.relu(model.net.conv(x))[0]
+        net = model.net
+        assert isinstance(net, Branchy)
+        relu = net.relu(net.conv(x))[0]
     np.testing.assert_allclose(decode_tensor(doc["activations"]["relu"]), relu.numpy(), atol=1e-6)
     np.testing.assert_allclose(doc["logits"], model(x)[0].detach().numpy(), atol=1e-6)
 
@@ -260,7 +264,10 @@ def test_unit_document_checks_and_sends_the_kernel(small_resnet: Model) -> None:
 
     conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
     doc = unit_document(small_resnet, conv.name, 1)
-    weight = small_resnet.net.get_submodule(conv.module).weight[1]
+    assert conv.module is not None
+    module = small_resnet.net.get_submodule(conv.module)
+    assert isinstance(module, torch.nn.Conv2d)
+    weight = module.weight[1]
     np.testing.assert_array_equal(decode_tensor(doc["kernel"]), weight.detach().numpy())
     with pytest.raises(ConvlensError, match="out of range"):
         unit_document(small_resnet, conv.name, 10_000)
@@ -320,6 +327,7 @@ def test_channel_document_is_the_exact_layer_output(small_resnet: Model) -> None
     x = torch.rand(1, *small_resnet.spec.shape)
     conv = next(lay for lay in small_resnet.graph if lay.kind == "conv")
     doc = channel_document(small_resnet, x, conv.name, 2)
+    assert conv.module is not None
     with torch.no_grad():  # the first conv by hand, on the normalized input
         expected = small_resnet.net.get_submodule(conv.module)(small_resnet.normalize(x))[0, 2]
     np.testing.assert_allclose(decode_tensor(doc["map"]), expected.numpy(), rtol=1e-5, atol=1e-6)

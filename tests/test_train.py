@@ -484,5 +484,7 @@ def test_cli_feature_extraction_from_a_checkpoint(tmp_path: Path) -> None:
     assert main(args) == 0
     before, after = load_model(str(tmp_path / "a")), load_model(str(tmp_path / "b"))
     assert after.classes == CLASSES[2:] and after.num_outputs == 2
-    torch.testing.assert_close(after.net.conv_2_2.weight, before.net.conv_2_2.weight)
+    torch.testing.assert_close(
+        after.net.get_submodule("conv_2_2").weight, before.net.get_submodule("conv_2_2").weight
+    )
     assert main([*args[:-2], "--finetune", "--out", str(tmp_path / "c")]) == 2  # both modes

@@ -104,14 +104,18 @@ def test_cut_point_and_head_shapes() -> None:
     with torch.no_grad():
         model.eval(), base.eval()
         feats: dict[str, torch.Tensor] = {}
-        hook = base.net.avgpool.register_forward_hook(lambda m, a, o: feats.setdefault("f", o))
+        hook = base.net.get_submodule("avgpool").register_forward_hook(
+            lambda m, a, o: feats.setdefault("f", o)
+        )
         base(x)
         hook.remove()
         # the body is the original network up to the cut, sharing its weights
         torch.testing.assert_close(net.body(base.normalize(x)), feats["f"], rtol=0, atol=0)
     flat = build("tiny-vgg:input_size=32")
     model = new_head(flat, ["a", "b"], parse_head("flatten"), "tiny-vgg", "zoo", "unused")
-    assert model.net.head.layers[-1].in_features == 10 * 5 * 5
+    assert isinstance(model.net, TransferNet)
+    last = model.net.head.layers[-1]
+    assert isinstance(last, nn.Linear) and last.in_features == 10 * 5 * 5
 
 
 @pytest.mark.parametrize(
@@ -136,14 +140,16 @@ def test_no_spatial_layer_to_cut_at() -> None:
 
 def test_features_mode_leaves_the_body_bit_identical(tmp_path: Path) -> None:
     base, model = transfer(head="dense:8")
-    before, head_before = snapshot(base.net), snapshot(model.net.head)
+    net = model.net
+    assert isinstance(net, TransferNet)
+    before, head_before = snapshot(base.net), snapshot(net.head)
     train(model, images(), None, tmp_path / "r", TrainConfig(epochs=2, batch_size=8,
                                                               mode="features"))  # fmt: skip
     after = model.net.state_dict()
     for k, v in before.items():  # parameters and batch-norm statistics alike
         if not k.startswith("fc."):
             assert torch.equal(after["body." + k], v), k
-    assert all(not torch.equal(model.net.head.state_dict()[k], v)
+    assert all(not torch.equal(net.head.state_dict()[k], v)
                for k, v in head_before.items() if k.endswith("weight"))  # fmt: skip
 
 

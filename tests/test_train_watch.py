@@ -19,9 +19,9 @@ from PIL import Image, ImageSequence
 
 from convlens.cli import main
 from convlens.data import TensorImages
-from convlens.model import build
+from convlens.model import Model, build
 from convlens.model.checkpoint import read_safetensors
-from convlens.train import TrainConfig, train
+from convlens.train import StepInfo, TrainConfig, train
 from convlens.train.watch import (
     FRAMES_DIR,
     INDEX_FILE,
@@ -63,6 +63,13 @@ def expected_steps(every: int, steps_per_epoch: int, epochs: int) -> list[int]:
     return sorted(grid | ends)
 
 
+def conv_of(model: Model, name: str) -> torch.nn.Conv2d:
+    """The network's convolution ``name``, read straight from the module tree."""
+    conv = model.net.get_submodule(name)
+    assert isinstance(conv, torch.nn.Conv2d)
+    return conv
+
+
 def manual_forward(net: torch.nn.Sequential, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Every child's output, by name, from a plain loop over the Sequential."""
     outs = {}
@@ -79,12 +86,16 @@ def manual_forward(net: torch.nn.Sequential, x: torch.Tensor) -> dict[str, torch
 def test_snapshots_at_the_right_steps_with_the_right_values(tmp_path: Path) -> None:
     data, val = quadrants(48), quadrants(20, seed=1)
     model = build(ARCH, CLASSES, seed=0)
+    bias = conv_of(model, "conv_1_2").bias
+    assert bias is not None
     with torch.no_grad():  # a unit that can never fire: the dead count is not trivially 0
-        model.net.conv_1_2.bias[0] = -1e3
+        bias[0] = -1e3
     weights_at: dict[int, torch.Tensor] = {}
 
-    def on_step(s):  # type: ignore[no-untyped-def]
-        weights_at[(s.epoch - 1) * s.steps + s.step] = model.net.conv_1_1.weight.detach().clone()
+    def on_step(s: StepInfo) -> None:
+        weights_at[(s.epoch - 1) * s.steps + s.step] = (
+            conv_of(model, "conv_1_1").weight.detach().clone()
+        )
 
     watch = Watch(every=4)
     config = TrainConfig(epochs=2, batch_size=8, lr=0.01, optimizer="sgd", channels_last=False)
@@ -112,6 +123,7 @@ def test_snapshots_at_the_right_steps_with_the_right_values(tmp_path: Path) -> N
     check = build(ARCH, CLASSES, seed=0)
     check.net.load_state_dict(final)
     net = check.net.eval()
+    assert isinstance(net, torch.nn.Sequential)
     with torch.no_grad():
         outs = manual_forward(net, probe)  # tiny-vgg: mean 0, std 1 (no normalisation)
     for name in index.plan.dead:
@@ -136,8 +148,10 @@ def test_snapshots_at_the_right_steps_with_the_right_values(tmp_path: Path) -> N
 
     # watching does not change training: the same weights as an unwatched run
     plain = build(ARCH, CLASSES, seed=0)
+    plain_bias = conv_of(plain, "conv_1_2").bias
+    assert plain_bias is not None
     with torch.no_grad():
-        plain.net.conv_1_2.bias[0] = -1e3
+        plain_bias[0] = -1e3
     train(plain, data, val, tmp_path / "plain", config)
     other = read_safetensors(tmp_path / "plain" / "weights.safetensors")
     for k, v in final.items():

@@ -11,7 +11,7 @@ import threading
 import time
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -29,9 +29,18 @@ from web_harness import free_port
 
 LOCAL = "http://127.0.0.1"  # the server answers only requests addressed to this machine
 
+
 with warnings.catch_warnings():  # Starlette prefers the httpx2 package; httpx works
     warnings.simplefilter("ignore")
+    from fastapi import FastAPI
     from fastapi.testclient import TestClient
+
+
+def conv_of(model: Model, name: str) -> torch.nn.Conv2d:
+    """The network's convolution ``name``, read straight from the module tree."""
+    conv = model.net.get_submodule(name)
+    assert isinstance(conv, torch.nn.Conv2d)
+    return conv
 
 
 def png(img: Image.Image, **kw: object) -> bytes:
@@ -255,9 +264,9 @@ def _animated() -> bytes:
     ],
 )
 def test_any_mode_is_converted_to_the_models_channels(
-    client: TestClient, make: object, centre: tuple[int, int, int] | None
+    client: TestClient, make: Callable[[], bytes], centre: tuple[int, int, int] | None
 ) -> None:
-    r = upload(client, make())  # type: ignore[operator]
+    r = upload(client, make())
     assert r.status_code == 200, r.text
     processed = data_url_image(r.json()["processed"])
     assert processed.mode == "RGB" and processed.size == (32, 32)
@@ -376,7 +385,7 @@ def test_trace_of_an_upload_matches_the_model(client: TestClient, model: Model) 
     np.testing.assert_allclose(decode_tensor(doc["input"]["tensor"]), x[0].numpy(), atol=1e-6)
     with torch.no_grad():
         logits = model(x)[0]
-        conv = model.net.conv_1_1(model.normalize(x))[0]
+        conv = conv_of(model, "conv_1_1")(model.normalize(x))[0]
     np.testing.assert_allclose(doc["logits"], logits.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(
         decode_tensor(doc["activations"]["conv_1_1"]), conv.numpy(), rtol=1e-4, atol=1e-5
@@ -420,11 +429,14 @@ def test_trace_errors(client: TestClient, query: dict[str, object], status: int)
 
 def test_weights(client: TestClient, model: Model) -> None:
     doc = client.get("/api/v1/weights/conv_2_1").json()
-    conv = model.net.conv_2_1
+    conv = conv_of(model, "conv_2_1")
+    assert conv.bias is not None
     np.testing.assert_array_equal(decode_tensor(doc["weight"]), conv.weight.detach().numpy())
     np.testing.assert_array_equal(decode_tensor(doc["bias"]), conv.bias.detach().numpy())
     lin = client.get("/api/v1/weights/output").json()
-    assert lin["weight"]["shape"] == list(model.net.output.weight.shape)
+    head = model.net.get_submodule("output")
+    assert isinstance(head, torch.nn.Linear)
+    assert lin["weight"]["shape"] == list(head.weight.shape)
     assert client.get("/api/v1/weights/relu_1_1").status_code == 400
     assert client.get("/api/v1/weights/conv_7").status_code == 404
 
@@ -434,7 +446,7 @@ def test_dotted_layer_names_in_urls(small_resnet: Model) -> None:
         r = c.get("/api/v1/weights/layer1.0.conv1")
         assert r.status_code == 200 and r.json()["bias"] is None
         unit = c.get("/api/v1/units/layer1.0.conv1/2?featurevis=false").json()
-        w = small_resnet.net.get_submodule("layer1.0.conv1").weight[2]
+        w = conv_of(small_resnet, "layer1.0.conv1").weight[2]
         np.testing.assert_array_equal(decode_tensor(unit["kernel"]), w.detach().numpy())
 
 
@@ -472,7 +484,7 @@ def test_units(client: TestClient, model: Model) -> None:
     doc = client.get("/api/v1/units/conv_1_2/4?featurevis=false").json()
     assert doc["layer"] == "conv_1_2" and doc["channel"] == 4
     np.testing.assert_array_equal(
-        decode_tensor(doc["kernel"]), model.net.conv_1_2.weight[4].detach().numpy()
+        decode_tensor(doc["kernel"]), conv_of(model, "conv_1_2").weight[4].detach().numpy()
     )
     assert doc["top_patches"] is None  # no --scan given
     assert client.get("/api/v1/units/relu_1_2/4?featurevis=false").json()["kernel"] is None
@@ -523,7 +535,7 @@ def test_unit_top_patches_from_a_scan(model: Model, scanned: tuple[Path, Path]) 
         # the best hit is the channel's largest activation over the data set, found by hand
         images, _ = open_dataset(data_dir, "train").get(list(range(6)))
         with torch.no_grad():
-            acts = model.net.conv_1_1(model.normalize(images))[:, 2]  # (N, 30, 30)
+            acts = conv_of(model, "conv_1_1")(model.normalize(images))[:, 2]  # (N, 30, 30)
         best = doc["top_hits"][0]
         assert best["value"] == pytest.approx(float(acts.max()), rel=1e-5)
         assert float(acts[best["image"], best["row"], best["col"]]) == pytest.approx(best["value"])
@@ -754,7 +766,9 @@ def test_cli_serve_defaults_to_loopback(served: list[dict[str, object]], images_
     assert main(args) == 0
     (call,) = served
     assert (call["host"], call["port"], call["open_browser"]) == ("127.0.0.1", 8765, False)
-    with TestClient(call["app"], base_url=LOCAL) as c:  # type: ignore[arg-type]
+    app = call["app"]
+    assert isinstance(app, FastAPI)
+    with TestClient(app, base_url=LOCAL) as c:
         assert len(c.get("/api/v1/model").json()["samples"]) == 2
 
 

@@ -152,7 +152,10 @@ def test_conv_view_prints_exact_numbers_from_a_quantized_trace(served: _Counted,
         params={"image": "sample-0", "encoding": "uint8", "layers": "relu_1_1"},
     ).json()
     x_q = torch.from_numpy(decode_tensor(doc["activations"]["relu_1_1"]))
-    conv = model.net.get_submodule(model.graph["conv_1_2"].module)
+    module = model.graph["conv_1_2"].module
+    assert module is not None
+    conv = model.net.get_submodule(module)
+    assert isinstance(conv, torch.nn.Conv2d)
     with torch.no_grad():
         approx = float(F.conv2d(x_q[None], conv.weight, conv.bias)[0, 4, i, j])
     assert abs(approx - expected) > 100 * max(1e-5 * abs(expected), 1e-6)

@@ -719,7 +719,7 @@ def test_image_errors_carry_their_kind(tmp_path: Path) -> None:
     Image.effect_noise((20, 20), 50).save(buf, "PNG")  # 400 pixels: within the limit
     small = buf.getvalue()
     limits = DecodeLimits(max_bytes=10_000, max_pixels=1000, formats=("PNG",))
-    cases = {
+    cases: dict[bytes | Path, ImageProblem] = {
         b"": ImageProblem.EMPTY,
         good: ImageProblem.TOO_LARGE,  # 1200 pixels > 1000
         b"x" * 20_000: ImageProblem.TOO_LARGE,  # bytes

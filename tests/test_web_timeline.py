@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from convlens.model import build, load_model
+from convlens.model import Model, build, load_model
 from convlens.train import TrainConfig, train
 from convlens.train.timeline import filter_grid
 from convlens.train.watch import Watch, frame_file, read_frame, read_index, timeline_dir
@@ -80,17 +80,17 @@ def test_timeline_api_matches_the_run(run: Path) -> None:
         ]:
             r = c.get(path)
             assert r.status_code == status and words in r.json()["error"], (path, r.text)
-        path = frame_file(timeline_dir(run), index.frames[1].step)
-        good = path.read_bytes()
+        frame_path = frame_file(timeline_dir(run), index.frames[1].step)
+        good = frame_path.read_bytes()
         try:
-            path.write_bytes(good[:40])  # a truncated frame file: a clear 400, not a 500
+            frame_path.write_bytes(good[:40])  # a truncated frame file: a clear 400, not a 500
             r = c.get("/api/v1/timeline/frames/1")
             assert r.status_code == 400 and "safetensors" in r.json()["error"]
         finally:
-            path.write_bytes(good)
+            frame_path.write_bytes(good)
 
 
-def test_no_timeline_is_reported_not_an_error(tiny_vgg: torch.nn.Module) -> None:
+def test_no_timeline_is_reported_not_an_error(tiny_vgg: Model) -> None:
     with TestClient(create_app(tiny_vgg), base_url=LOCAL) as c:
         doc = c.get("/api/v1/timeline").json()
         assert doc["available"] is False and "not a training run" in doc["reason"]
