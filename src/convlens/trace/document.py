@@ -136,22 +136,16 @@ def cap_activation(
         out = F.adaptive_avg_pool2d(out.unsqueeze(0), size)[0]  # (1, C, H, W) pooling
     if out.shape == t.shape:
         return t, None
-    info = {
-        "channels": int(out.shape[0]),
-        "of_channels": int(c),
-        "size": [int(out.shape[1]), int(out.shape[2])],
-        "of_size": [int(h), int(w)],
-    }
-    return out, info
+    return out, cap_info(out, t)
 
 
-def _uncut(t: torch.Tensor) -> dict[str, Any]:
-    """A cap entry for a map that ``max_channels`` and ``max_size`` left whole."""
-    c, h, w = t.shape
+def cap_info(sent: torch.Tensor, whole: torch.Tensor) -> dict[str, Any]:
+    """A map's cap entry: the channels and size sent (``sent``) of the layer's (``whole``)."""
+    c, h, w = whole.shape
     return {
-        "channels": int(c),
+        "channels": int(sent.shape[0]),
         "of_channels": int(c),
-        "size": [int(h), int(w)],
+        "size": [int(sent.shape[1]), int(sent.shape[2])],
         "of_size": [int(h), int(w)],
     }
 
@@ -269,7 +263,7 @@ def trace_document(
         if rows is not None:
             activations[name]["channels"] = rows
             activations[name]["of_channels"] = int(sent.shape[0])
-            info = info or _uncut(act)
+            info = info or cap_info(act, act)  # left whole by the caps
             info["top_channels"] = len(rows)
         if info:
             caps[name] = info
